@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: entry point and UI pieces shared by the pages."""

@@ -1,0 +1,108 @@
+"""Privacy accounting as values: (σ, q, releases, δ) in, ε out, and the inverse.
+
+A run's privacy is the composition of `releases` Poisson-subsampled Gaussian
+mechanisms at noise multiplier σ and sample rate q (DP-SAM makes two releases a
+step, on independent batches). Opacus's PRV accountant is the default; it can
+fail for large ε (Opacus issue 604), where we fall back to RDP and say so.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from .errors import ConfigError
+
+PRV_FALLBACK_NOTE = "PRV accountant failed at this budget; ε computed with RDP (looser, still valid)"
+
+
+@dataclass(frozen=True)
+class PrivacySpent:
+    """ε for (σ, q, releases, δ), and which accountant produced it."""
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    releases: int
+    accountant: str
+    note: str = ""
+
+
+def _epsilon_with(accountant: str, *, noise_multiplier: float, sample_rate: float, releases: int, delta: float) -> float:
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(noise_multiplier, sample_rate, releases)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta=delta))
+
+
+def epsilon_spent(
+    *, noise_multiplier: float, sample_rate: float, releases: int, delta: float, accountant: str = "prv"
+) -> PrivacySpent:
+    """ε after `releases` subsampled Gaussian releases; inf when σ = 0, 0 before any release."""
+    if accountant not in ("prv", "rdp"):
+        raise ConfigError(f"unknown accountant {accountant!r}: choose prv or rdp")
+    common = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, releases=releases)
+    if releases == 0:
+        return PrivacySpent(0.0, delta, accountant=accountant, **common)
+    if noise_multiplier == 0:
+        return PrivacySpent(math.inf, delta, accountant=accountant, **common)
+    if accountant == "prv":
+        try:
+            eps = _epsilon_with("prv", delta=delta, **common)
+            if math.isfinite(eps):
+                return PrivacySpent(eps, delta, accountant="prv", **common)
+        except Exception:  # PRV's domain computation fails for large ε (Opacus #604)
+            pass
+        eps = _epsilon_with("rdp", delta=delta, **common)
+        return PrivacySpent(eps, delta, accountant="rdp", note=PRV_FALLBACK_NOTE, **common)
+    return PrivacySpent(_epsilon_with("rdp", delta=delta, **common), delta, accountant="rdp", **common)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The σ that keeps `releases` releases under the target ε, and the accountant that certified it."""
+
+    noise_multiplier: float
+    accountant: str
+    note: str = ""
+
+
+@functools.lru_cache(maxsize=256)
+def calibrate_noise(
+    *, target_epsilon: float, delta: float, sample_rate: float, releases: int, accountant: str = "prv"
+) -> Calibration:
+    """Smallest σ (to 0.01 in ε) whose ε after `releases` releases stays ≤ target (cached: it is pure)."""
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ConfigError(f"target epsilon must be > 0, got {target_epsilon!r}")
+    if releases < 1:
+        raise ConfigError(f"calibration needs at least one release, got {releases}")
+
+    def solve(mechanism: str) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return get_noise_multiplier(
+                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                steps=releases, accountant=mechanism, epsilon_tolerance=0.01,
+            )
+
+    try:
+        return Calibration(solve(accountant), accountant)
+    except ValueError as exc:
+        if "too low" in str(exc):
+            raise ConfigError(
+                f"epsilon={target_epsilon:g} is too small to reach with {releases} releases at "
+                f"sample rate {sample_rate:.3g}: raise epsilon or train fewer epochs"
+            ) from None
+        if accountant != "prv":
+            raise
+    except Exception:
+        if accountant != "prv":
+            raise
+    return Calibration(solve("rdp"), "rdp", PRV_FALLBACK_NOTE)

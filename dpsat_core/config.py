@@ -1,0 +1,153 @@
+"""Training configuration: one frozen dataclass, validated once, hashed for reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .errors import ConfigError
+from .methods import METHODS, method_info
+
+ACCOUNTANTS = ("prv", "rdp")
+MODELS = ("auto", "cnn", "mlp")
+DEFAULT_EPSILON = 3.0
+# Settings that change memory use or placement but not the algorithm: left out of the hash.
+_NOT_HASHED = ("device", "max_physical_batch_size")
+
+
+def _finite(name: str, value: float, *, low: float, low_inclusive: bool, fix: str) -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= low if low_inclusive else value > low)
+    if not ok:
+        sign = "≥" if low_inclusive else ">"
+        raise ConfigError(f"{name} must be a finite number {sign} {low:g}, got {value!r}: {fix}")
+
+
+def _positive_int(name: str, value: int, fix: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a whole number ≥ 1, got {value!r}: {fix}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that defines one training run; defaults suit the built-in data sets.
+
+    Private methods take a target `epsilon` (σ is calibrated) or a `noise_multiplier`
+    σ directly, never both; with neither, the target is ε = 3. `delta=None` means
+    1/n rounded down to a power of ten.
+    """
+
+    dataset: str = "digits"
+    method: str = "dpsat"
+    epsilon: Optional[float] = None
+    noise_multiplier: Optional[float] = None
+    delta: Optional[float] = None
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    clip_norm: float = 1.0
+    rho: float = 0.05
+    accountant: str = "prv"
+    seed: int = 0
+    model: str = "auto"
+    target: Optional[str] = None
+    dataset_size: Optional[int] = None
+    split_seed: int = 0
+    max_physical_batch_size: int = 1024
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ConfigError("dataset must name a built-in data set or a file/folder path")
+        _positive_int("epochs", self.epochs, "train for at least one epoch")
+        _positive_int("batch_size", self.batch_size, "use the expected batch size, e.g. 128")
+        _positive_int("max_physical_batch_size", self.max_physical_batch_size, "e.g. 1024")
+        _finite("lr", self.lr, low=0, low_inclusive=False, fix="use a learning rate such as 0.5")
+        _finite("clip_norm", self.clip_norm, low=0, low_inclusive=False, fix="use a clipping norm C such as 1.0")
+        _finite("rho", self.rho, low=0, low_inclusive=True, fix="ρ is a radius: use 0 (no perturbation) or e.g. 0.05")
+        _finite("momentum", self.momentum, low=0, low_inclusive=True, fix="use a value in [0, 1)")
+        if self.momentum >= 1:
+            raise ConfigError(f"momentum must be < 1, got {self.momentum!r}: use e.g. 0.9")
+        if self.accountant not in ACCOUNTANTS:
+            raise ConfigError(f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.dataset_size is not None:
+            _positive_int("dataset_size", self.dataset_size, "or leave it unset for the default size")
+        if not isinstance(self.seed, int) or not isinstance(self.split_seed, int):
+            raise ConfigError(f"seed and split_seed must be whole numbers, got {self.seed!r}, {self.split_seed!r}")
+        if self.delta is not None:
+            _finite("delta", self.delta, low=0, low_inclusive=False, fix="use δ < 1/n, e.g. 1e-5")
+            if self.delta >= 1:
+                raise ConfigError(f"delta must be < 1, got {self.delta!r}: use δ < 1/n, e.g. 1e-5")
+        if self.epsilon is not None:
+            _finite("epsilon", self.epsilon, low=0, low_inclusive=False, fix="the privacy budget ε must be > 0, e.g. 3")
+        if self.noise_multiplier is not None:
+            _finite("noise_multiplier", self.noise_multiplier, low=0, low_inclusive=True, fix="σ must be ≥ 0, e.g. 1.0")
+        if self.private:
+            if self.epsilon is not None and self.noise_multiplier is not None:
+                raise ConfigError(
+                    f"give either epsilon (target ε, σ is calibrated) or noise_multiplier (σ), not both: "
+                    f"got epsilon={self.epsilon}, noise_multiplier={self.noise_multiplier}"
+                )
+            if self.epsilon is None and self.noise_multiplier is None:
+                object.__setattr__(self, "epsilon", DEFAULT_EPSILON)
+
+    @property
+    def private(self) -> bool:
+        return method_info(self.method).private
+
+    def normalized(self) -> "TrainConfig":
+        """The same run with settings its method ignores cleared (so equal runs hash equal)."""
+        info = method_info(self.method)
+        changes: dict[str, Any] = {}
+        if not info.private:
+            changes.update(epsilon=None, noise_multiplier=None, delta=None, accountant="prv")
+        if not info.uses_rho:
+            changes["rho"] = 0.0
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)}: known fields are {sorted(known)}")
+        return cls(**data)
+
+    def config_hash(self) -> str:
+        """A stable hash of the normalised config, without placement settings."""
+        data = {k: v for k, v in self.normalized().to_dict().items() if k not in _NOT_HASHED}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_delta(n_train: int) -> float:
+    """1/n rounded down to a power of ten, strictly below 1/n."""
+    delta = 10.0 ** math.floor(math.log10(1.0 / n_train))
+    return delta / 10 if delta >= 1.0 / n_train else delta
+
+
+def resolve_for_data(config: TrainConfig, n_train: int) -> float:
+    """Check the settings that depend on the training-set size; return the δ to use."""
+    if config.batch_size > n_train:
+        raise ConfigError(
+            f"batch_size={config.batch_size} exceeds the {n_train} training examples: use a batch size ≤ {n_train}"
+        )
+    if not config.private:
+        return 0.0
+    delta = default_delta(n_train) if config.delta is None else config.delta
+    if delta >= 1.0 / n_train:
+        raise ConfigError(
+            f"delta={delta:g} must be < 1/n = {1.0 / n_train:.3g} for n={n_train} training examples: "
+            f"use e.g. delta={default_delta(n_train):g}"
+        )
+    return delta

@@ -1,0 +1,44 @@
+"""Data sets by name or path: built-ins from installed packages, or the user's files."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional
+
+from ..errors import DataError
+from .builtin import BUILTIN, DEFAULT_SIZES
+from .dataset import Dataset
+from .files import load_csv, load_folder, load_npz
+
+__all__ = ["BUILTIN", "DEFAULT_SIZES", "Dataset", "load_dataset"]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(source: str, target: Optional[str], size: Optional[int], split_seed: int, stamp: tuple) -> Dataset:
+    if source in BUILTIN:
+        return BUILTIN[source](size=size, split_seed=split_seed)
+    path = Path(source)
+    if path.is_dir():
+        return load_folder(path, split_seed=split_seed)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return load_csv(path, target=target, split_seed=split_seed)
+    if suffix == ".npz":
+        return load_npz(path, split_seed=split_seed)
+    raise DataError(f"{path.name}: unsupported file type {suffix or '(none)'}: use .csv, .npz, or a folder of IDX/CIFAR files")
+
+
+def load_dataset(source: str, *, target: Optional[str] = None, size: Optional[int] = None, split_seed: int = 0) -> Dataset:
+    """Load a built-in data set by name (digits, breast_cancer, mnist1d, synthetic) or a file/folder.
+
+    Results are cached per process (arrays are read-only); a file's cache entry
+    is keyed by its modification time and size, so an edited file is re-read.
+    """
+    if source not in BUILTIN:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"unknown dataset {source!r}: use a built-in one ({', '.join(BUILTIN)}) or a path to a .csv, .npz or data folder")
+        stat = path.stat()
+        return _load_cached(str(path), target, None, split_seed, (stat.st_mtime_ns, stat.st_size))
+    return _load_cached(source, None, size, split_seed, ())

@@ -1,0 +1,128 @@
+"""The `Dataset` value every loader returns, and the one place data is checked, split and scaled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from ..errors import DataError
+
+TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Standardised train/test arrays: images are (n, C, H, W), tabular rows are (n, d)."""
+
+    name: str
+    kind: str  # "image" or "tabular"
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    feature_names: tuple[str, ...] = ()
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def describe(self) -> dict:
+        """A short summary for pages, reports and the CLI."""
+        return {
+            "name": self.name, "kind": self.kind, "n_train": self.n_train, "n_test": len(self.y_test),
+            "n_classes": self.n_classes, "input_shape": list(self.input_shape),
+            "class_counts": np.bincount(self.y_train, minlength=self.n_classes).tolist(),
+        }
+
+
+def encode_labels(labels: np.ndarray, source: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Map any label values to 0..k-1 (sorted), rejecting missing labels and single-class data."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DataError(f"{source}: labels must be one value per example, got shape {labels.shape}")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise DataError(f"{source}: {int((~np.isfinite(labels)).sum())} labels are missing (NaN): fill or drop those rows")
+    if labels.dtype.kind == "f" and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    values, codes = np.unique(labels, return_inverse=True)
+    if len(values) < 2:
+        raise DataError(f"{source}: every example has the same label ({values[0] if len(values) else 'none'}): a classifier needs ≥ 2 classes")
+    return codes.astype(np.int64), tuple(str(v) for v in values)
+
+
+def _check_features(x: np.ndarray, source: str) -> np.ndarray:
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{source}: features must be numbers, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])[:5] + 1
+        raise DataError(f"{source}: {int(bad.sum())} feature values are NaN or infinite (first rows: {rows.tolist()}): fill or drop them")
+    return x
+
+
+def _scale(train: np.ndarray, test: np.ndarray, kind: str, columns: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise with training statistics only: per channel for images, per column for tables."""
+    if kind == "image":
+        axes = (0, 2, 3)
+        mean, std = train.mean(axis=axes, keepdims=True), train.std(axis=axes, keepdims=True)
+    else:
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        if columns is not None:  # leave one-hot columns as 0/1
+            mean, std = np.where(columns, mean, 0.0), np.where(columns, std, 1.0)
+    std = np.where(std < 1e-8, 1.0, std)
+    return ((train - mean) / std).astype(np.float32), ((test - mean) / std).astype(np.float32)
+
+
+def _freeze(*arrays: np.ndarray) -> None:
+    for a in arrays:
+        a.flags.writeable = False
+
+
+def finish(
+    name: str,
+    kind: str,
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    split_seed: int,
+    test: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    feature_names: Sequence[str] = (),
+    standardize: Optional[np.ndarray] = None,
+) -> Dataset:
+    """Validate, encode labels, split (stratified, by `split_seed`) unless a test set is given, and scale."""
+    if len(x) == 0:
+        raise DataError(f"{name}: no examples found")
+    if len(x) != len(labels):
+        raise DataError(f"{name}: {len(x)} examples but {len(labels)} labels")
+    x = _check_features(np.asarray(x), name)
+    if test is None:
+        y, class_names = encode_labels(labels, name)
+        if len(y) < 10:
+            raise DataError(f"{name}: only {len(y)} examples; at least 10 are needed to train and test")
+        counts = np.bincount(y)
+        stratify = y if counts.min() >= 2 else None
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=TEST_FRACTION, random_state=split_seed, stratify=stratify
+        )
+    else:
+        x_test_raw = _check_features(np.asarray(test[0]), f"{name} (test)")
+        all_labels = np.concatenate([np.asarray(labels), np.asarray(test[1])])
+        codes, class_names = encode_labels(all_labels, name)
+        x_train, x_test, y_train, y_test = x, x_test_raw, codes[: len(x)], codes[len(x):]
+    x_train, x_test = _scale(x_train, x_test, kind, standardize)
+    y_train, y_test = y_train.astype(np.int64), y_test.astype(np.int64)
+    _freeze(x_train, x_test, y_train, y_test)
+    return Dataset(name, kind, x_train, y_train, x_test, y_test, class_names, tuple(feature_names))

@@ -1,0 +1,44 @@
+"""The one progress/cancel protocol shared by training, sweeps and analyses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report: `done` of `total` units of `stage`, plus optional live metrics."""
+
+    stage: str
+    done: int
+    total: int
+    message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if self.total <= 0 else min(1.0, self.done / self.total)
+
+
+ProgressFn = Callable[[Progress], None]
+StopFn = Callable[[], bool]
+
+
+def no_progress(_: Progress) -> None:
+    """Default progress callback: ignore reports."""
+
+
+def never_stop() -> bool:
+    """Default stop check: run to the end."""
+    return False
+
+
+class Cancelled(Exception):
+    """Raised inside long computations when `should_stop()` turns true."""
+
+
+def check_stop(should_stop: Optional[StopFn]) -> None:
+    """Raise `Cancelled` if the caller asked to stop."""
+    if should_stop is not None and should_stop():
+        raise Cancelled()

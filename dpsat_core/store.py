@@ -1,0 +1,232 @@
+"""The run store: one SQLite file (WAL) holding configs, status, per-epoch metrics, weights and analyses.
+
+Each operation opens its own short connection, so threads (the dashboard's job
+manager) and processes (sweep workers) can share one file safely.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+
+from .config import TrainConfig
+from .errors import StoreError
+from .training import EpochMetrics, TrainResult
+
+DEFAULT_STORE = "dpsat_runs.db"
+STATUSES = ("running", "done", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, config_hash TEXT NOT NULL, config TEXT NOT NULL,
+    method TEXT NOT NULL, dataset TEXT NOT NULL, target_epsilon REAL, seed INTEGER NOT NULL,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', summary TEXT NOT NULL DEFAULT '{}',
+    weights BLOB, host TEXT, pid INTEGER, created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_hash ON runs (config_hash, status);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE, epoch INTEGER NOT NULL,
+    metrics TEXT NOT NULL, PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS analyses (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE, kind TEXT NOT NULL, key TEXT NOT NULL,
+    result TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (run_id, kind, key)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One stored run: its config, status, summary numbers and per-epoch metrics."""
+
+    run_id: str
+    config: TrainConfig
+    config_hash: str
+    status: str
+    reason: str
+    summary: dict[str, Any]
+    created: float
+    updated: float
+    epochs: list[EpochMetrics] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def test_accuracy(self) -> Optional[float]:
+        return self.summary.get("test_accuracy")
+
+    @property
+    def epsilon(self) -> Optional[float]:
+        return self.summary.get("epsilon")
+
+    def to_dict(self, *, with_epochs: bool = False) -> dict[str, Any]:
+        """JSON-ready: identity, status, config and summary (and epochs if asked)."""
+        data = {"run_id": self.run_id, "status": self.status, "reason": self.reason, "method": self.method,
+                "dataset": self.config.dataset, "seed": self.config.seed,
+                "target_epsilon": self.config.epsilon, "epsilon": self.epsilon,
+                "test_accuracy": self.test_accuracy, "config_hash": self.config_hash,
+                "created": self.created, "updated": self.updated,
+                "config": self.config.to_dict(), "summary": self.summary}
+        if with_epochs:
+            data["epochs"] = [asdict(e) for e in self.epochs]
+        return data
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunStore:
+    """A run store in one SQLite file; created (with its folder) on first use."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_STORE):
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the run store {self.path}: {exc}") from None
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=30000")
+        try:
+            with db:
+                yield db
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"the run store {self.path} cannot be used: {exc}") from None
+        finally:
+            db.close()
+
+    # --- writing a run -------------------------------------------------------------------------
+    def create_run(self, config: TrainConfig) -> str:
+        """Record a new run as `running` and return its id."""
+        self.reap_interrupted()
+        run_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, config_hash, config, method, dataset, target_epsilon, seed, status,"
+                " host, pid, created, updated) VALUES (?,?,?,?,?,?,?,'running',?,?,?,?)",
+                (run_id, config.config_hash(), json.dumps(config.to_dict()), config.method, config.dataset,
+                 config.epsilon, config.seed, socket.gethostname(), os.getpid(), now, now),
+            )
+        return run_id
+
+    def add_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?,?,?)",
+                       (run_id, metrics.epoch, json.dumps(asdict(metrics))))
+            db.execute("UPDATE runs SET updated=? WHERE run_id=?", (time.time(), run_id))
+
+    def finish(self, run_id: str, result: TrainResult) -> None:
+        """Store the outcome: status, reason, summary and weights (kept for failed runs too, for diagnosis)."""
+        buffer = io.BytesIO()
+        torch.save(result.state_dict, buffer)
+        with self._connect() as db:
+            db.execute("UPDATE runs SET status=?, reason=?, summary=?, weights=?, updated=? WHERE run_id=?",
+                       (result.status, result.reason, json.dumps(result.summary()), buffer.getvalue(), time.time(),
+                        run_id))
+
+    def fail(self, run_id: str, reason: str) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE runs SET status='failed', reason=?, updated=? WHERE run_id=?",
+                       (reason, time.time(), run_id))
+
+    def reap_interrupted(self) -> int:
+        """Mark `running` runs whose process on this host has ended as failed; return how many."""
+        host = socket.gethostname()
+        with self._connect() as db:
+            rows = db.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall()
+            dead = [r["run_id"] for r in rows if r["pid"] is not None and not _pid_alive(r["pid"])]
+            for run_id in dead:
+                db.execute("UPDATE runs SET status='failed', reason='interrupted: its process ended', updated=?"
+                           " WHERE run_id=?", (time.time(), run_id))
+        return len(dead)
+
+    def delete(self, run_id: str) -> None:
+        with self._connect() as db:
+            if db.execute("DELETE FROM runs WHERE run_id=?", (run_id,)).rowcount == 0:
+                raise StoreError(f"no run {run_id!r} in {self.path}")
+
+    # --- reading -------------------------------------------------------------------------------
+    def find_done(self, config_hash: str) -> Optional[str]:
+        """The newest finished run with this config hash, if any."""
+        with self._connect() as db:
+            row = db.execute("SELECT run_id FROM runs WHERE config_hash=? AND status='done' ORDER BY created DESC"
+                             " LIMIT 1", (config_hash,)).fetchone()
+        return None if row is None else row["run_id"]
+
+    def _record(self, row: sqlite3.Row, epochs: list[EpochMetrics]) -> RunRecord:
+        return RunRecord(row["run_id"], TrainConfig.from_dict(json.loads(row["config"])), row["config_hash"],
+                         row["status"], row["reason"], json.loads(row["summary"]), row["created"], row["updated"],
+                         epochs)
+
+    def _epochs(self, db: sqlite3.Connection, run_id: str) -> list[EpochMetrics]:
+        rows = db.execute("SELECT metrics FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()
+        return [EpochMetrics(**json.loads(r["metrics"])) for r in rows]
+
+    def get(self, run_id: str) -> RunRecord:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no run {run_id!r} in {self.path}: list them with `python -m dpsat_core runs`")
+            return self._record(row, self._epochs(db, run_id))
+
+    def list_runs(self, *, status: Optional[str] = None, dataset: Optional[str] = None,
+                  method: Optional[str] = None, with_epochs: bool = False) -> list[RunRecord]:
+        """Runs, oldest first, optionally filtered."""
+        clauses, args = [], []
+        for column, value in (("status", status), ("dataset", dataset), ("method", method)):
+            if value is not None:
+                clauses.append(f"{column}=?")
+                args.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connect() as db:
+            rows = db.execute(f"SELECT run_id, config_hash, config, status, reason, summary, created, updated"
+                              f" FROM runs {where} ORDER BY created", args).fetchall()
+            return [self._record(r, self._epochs(db, r["run_id"]) if with_epochs else []) for r in rows]
+
+    def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:
+        """The run's final weights, read with `weights_only=True` (no code runs on load)."""
+        with self._connect() as db:
+            row = db.execute("SELECT weights FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None or row["weights"] is None:
+            raise StoreError(f"run {run_id!r} has no stored weights (missing, or still running)")
+        return torch.load(io.BytesIO(row["weights"]), weights_only=True, map_location="cpu")
+
+    # --- analyses (Hessian, landscape) -----------------------------------------------------------
+    def save_analysis(self, run_id: str, kind: str, key: str, result: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO analyses (run_id, kind, key, result, created) VALUES (?,?,?,?,?)",
+                       (run_id, kind, key, json.dumps(result), time.time()))
+
+    def get_analysis(self, run_id: str, kind: str, key: str) -> Optional[dict[str, Any]]:
+        with self._connect() as db:
+            row = db.execute("SELECT result FROM analyses WHERE run_id=? AND kind=? AND key=?",
+                             (run_id, kind, key)).fetchone()
+        return None if row is None else json.loads(row["result"])

@@ -1,0 +1,280 @@
+"""Train one configuration: Poisson-sampled steps, per-epoch metrics, ε spent, final weights.
+
+`prepare` builds the live state of a run (model, optimizer, method step,
+sampler); `train` drives it with progress, cancel and divergence checks. The
+split lets tests step two methods side by side.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from .accounting import PrivacySpent, calibrate_noise, epsilon_spent
+from .config import TrainConfig, resolve_for_data
+from .data import Dataset, load_dataset
+from .devices import resolve_device
+from .gradients import Batch
+from .methods import Step, method_info
+from .models import ModelSpec, build_model, count_parameters, model_spec
+from .progress import Progress, ProgressFn, StopFn, no_progress
+
+# Known harmless on this stack (shared/NOTES.md): Opacus's hooks on a model whose input needs no grad.
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
+TRAIN_LOSS_SUBSET = 4096
+EVAL_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """Metrics at the end of one epoch; `seconds` is cumulative training time (evaluation excluded)."""
+
+    epoch: int
+    train_loss: float
+    test_loss: float
+    test_accuracy: float
+    epsilon: Optional[float]
+    seconds: float
+    steps: int
+    releases: int
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """The privacy parameters fixed before training: σ, q, δ and the planned releases."""
+
+    noise_multiplier: Optional[float]
+    sample_rate: float
+    delta: Optional[float]
+    steps: int
+    planned_releases: int
+    target_epsilon: Optional[float]
+    accountant: Optional[str]
+    note: str = ""
+
+
+@dataclass
+class TrainResult:
+    """A finished (or failed, or cancelled) run: config, plan, metrics and weights."""
+
+    config: TrainConfig
+    status: str  # "done", "failed" or "cancelled"
+    reason: str
+    plan: PrivacyPlan
+    epochs: list[EpochMetrics]
+    privacy: Optional[PrivacySpent]
+    steps: int
+    releases: int
+    seconds: float
+    model: ModelSpec
+    n_params: int
+    device: str
+    n_train: int
+    state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+    @property
+    def test_accuracy(self) -> Optional[float]:
+        return self.epochs[-1].test_accuracy if self.epochs else None
+
+    def summary(self) -> dict:
+        """Flat, JSON-ready numbers for the store, the CLI and reports."""
+        last = self.epochs[-1] if self.epochs else None
+        return {
+            "method": self.config.method, "dataset": self.config.dataset, "seed": self.config.seed,
+            "status": self.status, "reason": self.reason,
+            "epsilon": None if self.privacy is None else _json_float(self.privacy.epsilon),
+            "delta": self.plan.delta, "target_epsilon": self.plan.target_epsilon,
+            "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
+            "steps": self.steps, "releases": self.releases,
+            "accountant": None if self.privacy is None else self.privacy.accountant,
+            "accounting_note": " ".join(n for n in {self.plan.note, self.privacy.note if self.privacy else ""} if n),
+            "test_accuracy": None if last is None else last.test_accuracy,
+            "test_loss": None if last is None else _json_float(last.test_loss),
+            "train_loss": None if last is None else _json_float(last.train_loss),
+            "seconds": self.seconds, "seconds_per_epoch": self.seconds / max(1, len(self.epochs)),
+            "epochs_done": len(self.epochs), "model": asdict(self.model), "n_params": self.n_params,
+            "device": self.device, "n_train": self.n_train,
+        }
+
+
+def _json_float(value: float) -> Optional[float]:
+    return value if math.isfinite(value) else None
+
+
+class PoissonSampler:
+    """Each example joins a batch independently with probability q (what the accountant assumes)."""
+
+    def __init__(self, n: int, sample_rate: float, seed: int):
+        self.n, self.sample_rate = n, sample_rate
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def indices(self) -> torch.Tensor:
+        return torch.nonzero(torch.rand(self.n, generator=self.generator) < self.sample_rate).flatten()
+
+
+@dataclass
+class Trainer:
+    """The live state of one run; `step()` takes one optimisation step of the configured method."""
+
+    config: TrainConfig
+    dataset: Dataset
+    device: torch.device
+    plan: PrivacyPlan
+    spec: ModelSpec
+    model: nn.Module  # the plain module (for evaluation and weights)
+    step_fn: Step
+    sampler: PoissonSampler
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    releases: int = 0
+
+    def draw(self) -> Batch:
+        idx = self.sampler.indices().to(self.device)
+        return self.x_train[idx], self.y_train[idx]
+
+    def step(self) -> Optional[float]:
+        return self.step_fn(self.draw)
+
+    def _count_release(self, _optimizer: DPOptimizer) -> None:
+        self.releases += 1
+
+
+def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
+    """Fix σ (calibrated for all planned releases when a target ε is given), q, δ and steps."""
+    delta = resolve_for_data(config, n_train)
+    sample_rate = config.batch_size / n_train
+    steps = config.epochs * max(1, round(n_train / config.batch_size))
+    info = method_info(config.method)
+    releases = steps * info.releases_per_step
+    if not info.private:
+        return PrivacyPlan(None, sample_rate, None, steps, 0, None, None)
+    if config.noise_multiplier is not None:
+        return PrivacyPlan(config.noise_multiplier, sample_rate, delta, steps, releases, None, config.accountant)
+    calibration = calibrate_noise(target_epsilon=config.epsilon, delta=delta, sample_rate=sample_rate,
+                                  releases=releases, accountant=config.accountant)
+    return PrivacyPlan(calibration.noise_multiplier, sample_rate, delta, steps, releases, config.epsilon,
+                       calibration.accountant, calibration.note)
+
+
+def prepare(config: TrainConfig, dataset: Optional[Dataset] = None) -> Trainer:
+    """Build model, optimizer and method step for `config` (loading its data set unless given)."""
+    dataset = dataset or load_dataset(config.dataset, target=config.target, size=config.dataset_size,
+                                      split_seed=config.split_seed)
+    device = resolve_device(config.device)
+    plan = plan_privacy(config, dataset.n_train)
+    spec = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
+    model = build_model(spec, seed=config.seed).to(device)
+    info = method_info(config.method)
+    base = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    if info.private:
+        trained: nn.Module = GradSampleModule(model, loss_reduction="mean")
+        noise = torch.Generator(device=device).manual_seed(config.seed + 7919)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer = DPOptimizer(base, noise_multiplier=plan.noise_multiplier, max_grad_norm=config.clip_norm,
+                                    expected_batch_size=config.batch_size, loss_reduction="mean", generator=noise)
+    else:
+        trained, optimizer = model, base
+    step_fn = info.make_step(trained, optimizer, rho=config.rho, chunk_size=config.max_physical_batch_size)
+    trainer = Trainer(
+        config=config, dataset=dataset, device=device, plan=plan, spec=spec, model=model, step_fn=step_fn,
+        sampler=PoissonSampler(dataset.n_train, plan.sample_rate, seed=config.seed + 104729),
+        x_train=torch.tensor(dataset.x_train, device=device), y_train=torch.tensor(dataset.y_train, device=device),
+    )
+    if info.private:
+        optimizer.attach_step_hook(trainer._count_release)
+    return trainer
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy, in eval mode without building any graph."""
+    was_training = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), EVAL_BATCH):
+        logits = model(x[i : i + EVAL_BATCH])
+        loss += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i : i + EVAL_BATCH]).sum().item()
+    model.train(was_training)
+    return loss / len(x), correct / len(x)
+
+
+def _privacy_now(trainer: Trainer) -> Optional[PrivacySpent]:
+    plan = trainer.plan
+    if plan.noise_multiplier is None:
+        return None
+    return epsilon_spent(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                         releases=trainer.releases, delta=plan.delta, accountant=plan.accountant)
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train(
+    config: TrainConfig,
+    *,
+    on_progress: ProgressFn = no_progress,
+    should_stop: Optional[StopFn] = None,
+    on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
+    dataset: Optional[Dataset] = None,
+) -> TrainResult:
+    """Train `config` to the end, or until it diverges (status failed) or `should_stop()` (cancelled)."""
+    trainer = prepare(config, dataset)
+    x_test = torch.tensor(trainer.dataset.x_test, device=trainer.device)
+    y_test = torch.tensor(trainer.dataset.y_test, device=trainer.device)
+    subset = slice(0, min(TRAIN_LOSS_SUBSET, trainer.dataset.n_train))
+    steps_per_epoch = trainer.plan.steps // config.epochs
+    epochs: list[EpochMetrics] = []
+    status, reason, step, seconds = "done", "", 0, 0.0
+    trainer.model.train()
+    for epoch in range(1, config.epochs + 1):
+        for _ in range(steps_per_epoch):
+            if should_stop is not None and should_stop():
+                status, reason = "cancelled", f"cancelled at epoch {epoch}, step {step}"
+                break
+            start = time.perf_counter()
+            loss = trainer.step()
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - start
+            step += 1
+            if loss is not None and not math.isfinite(loss):
+                status = "failed"
+                hint = f" or the clipping norm C (now {config.clip_norm:g})" if config.private else ""
+                reason = f"training diverged: loss became {loss} at epoch {epoch}, step {step}; lower lr (now {config.lr:g}){hint}"
+                break
+            on_progress(Progress("train", step, trainer.plan.steps, f"epoch {epoch}/{config.epochs}",
+                                 {"epoch": epoch, "loss": loss}))
+        if status != "done":
+            break
+        test_loss, test_accuracy = evaluate(trainer.model, x_test, y_test)
+        train_loss, _ = evaluate(trainer.model, trainer.x_train[subset], trainer.y_train[subset])
+        if not (math.isfinite(test_loss) and math.isfinite(train_loss)):
+            status, reason = "failed", f"training diverged: evaluation loss is not finite after epoch {epoch}; lower lr"
+            break
+        privacy = _privacy_now(trainer)
+        metrics = EpochMetrics(epoch, train_loss, test_loss, test_accuracy,
+                               None if privacy is None else privacy.epsilon, seconds, step, trainer.releases)
+        epochs.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        on_progress(Progress("train", step, trainer.plan.steps, f"epoch {epoch}/{config.epochs} done",
+                             {"epoch": epoch, "test_accuracy": test_accuracy, "epsilon": metrics.epsilon}))
+    return TrainResult(
+        config=config, status=status, reason=reason, plan=trainer.plan, epochs=epochs, privacy=_privacy_now(trainer),
+        steps=step, releases=trainer.releases, seconds=seconds, model=trainer.spec,
+        n_params=count_parameters(trainer.model), device=str(trainer.device), n_train=trainer.dataset.n_train,
+        state_dict=_weights(trainer.model),
+    )

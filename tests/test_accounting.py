@@ -1,0 +1,106 @@
+"""ε must equal an accountant's ε for (σ, q, releases); calibration must land just under the target."""
+
+import math
+
+import numpy as np
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp
+
+import dpsat_core.accounting as accounting
+from dpsat_core import TrainConfig, calibrate_noise, epsilon_spent, prepare, train
+
+
+def rdp_subsampled_gaussian(q: float, sigma: float, alpha: int) -> float:
+    """Mironov, Talwar & Zhang (2019), integer α: log Σₖ C(α,k)(1−q)^(α−k) qᵏ exp((k²−k)/2σ²) / (α−1)."""
+    log_terms = np.array([math.log(math.comb(alpha, k)) + (alpha - k) * math.log1p(-q) + k * math.log(q)
+                          + (k * k - k) / (2 * sigma ** 2) for k in range(alpha + 1)])
+    top = log_terms.max()
+    return float(top + math.log(np.exp(log_terms - top).sum())) / (alpha - 1)
+
+
+@pytest.mark.parametrize("q, sigma", [(0.05, 1.0), (0.1, 1.5), (0.01, 0.8), (0.2, 3.0)])
+def test_opacus_rdp_matches_the_binomial_formula(q, sigma):
+    orders = list(range(2, 33))
+    ours = np.array([rdp_subsampled_gaussian(q, sigma, a) for a in orders]) * 100
+    np.testing.assert_allclose(compute_rdp(q=q, noise_multiplier=sigma, steps=100, orders=orders), ours, rtol=1e-9)
+
+
+def test_epsilon_from_integer_orders_bounds_opacus_rdp_from_above():
+    q, sigma, releases, delta = 0.05, 1.0, 300, 1e-5
+    orders = np.arange(2, 129)
+    rdp = np.array([rdp_subsampled_gaussian(q, sigma, int(a)) for a in orders]) * releases
+    # Balle et al. (2020) conversion, as Opacus uses it
+    ours = np.min(rdp - (np.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders))
+    theirs = epsilon_spent(noise_multiplier=sigma, sample_rate=q, releases=releases, delta=delta,
+                           accountant="rdp").epsilon
+    assert theirs <= ours + 1e-9 and theirs == pytest.approx(ours, rel=0.02)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("method, per_step", [("dpsgd", 1), ("dpsam", 2), ("dpsat", 1)])
+def test_reported_epsilon_is_the_accountants_for_sigma_q_releases(method, per_step, accountant, quick):
+    cfg = TrainConfig(**{**quick.to_dict(), "method": method, "accountant": accountant, "epochs": 2})
+    result = train(cfg)
+    summary = result.summary()
+    assert summary["releases"] == per_step * summary["steps"] == per_step * result.plan.steps
+    reference = (PRVAccountant if accountant == "prv" else RDPAccountant)()
+    reference.history = [(summary["noise_multiplier"], summary["sample_rate"], summary["releases"])]
+    assert summary["epsilon"] == pytest.approx(reference.get_epsilon(delta=summary["delta"]), rel=1e-9)
+    assert summary["target_epsilon"] - 0.05 <= summary["epsilon"] <= summary["target_epsilon"]
+    epsilons = [e.epsilon for e in result.epochs]
+    assert epsilons == sorted(epsilons) and epsilons[-1] == pytest.approx(summary["epsilon"])
+
+
+def test_dpsat_spends_what_dpsgd_spends_and_dpsam_needs_more_noise(quick):
+    plans = {m: prepare(TrainConfig(**{**quick.to_dict(), "method": m})).plan for m in ("dpsgd", "dpsat", "dpsam")}
+    assert plans["dpsat"] == plans["dpsgd"]
+    assert plans["dpsam"].planned_releases == 2 * plans["dpsgd"].planned_releases
+    assert plans["dpsam"].noise_multiplier > plans["dpsgd"].noise_multiplier
+
+
+def test_dpsam_draws_an_independent_batch_for_each_release():
+    trainer = prepare(TrainConfig(method="dpsam", dataset="breast_cancer", epsilon=2.0))
+    draws = []
+    batch = (trainer.x_train[:32], trainer.y_train[:32])
+    trainer.step_fn(lambda: draws.append(1) or batch)
+    assert len(draws) == 2 and trainer.releases == 2
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("target", [0.5, 1.0, 3.0, 8.0])
+def test_calibration_lands_within_0_05_under_the_target(target, accountant):
+    q, releases, delta = 128 / 1437, 165, 1e-4
+    cal = calibrate_noise(target_epsilon=target, delta=delta, sample_rate=q, releases=releases, accountant=accountant)
+    spent = epsilon_spent(noise_multiplier=cal.noise_multiplier, sample_rate=q, releases=releases, delta=delta,
+                          accountant=cal.accountant)
+    assert target - 0.05 <= spent.epsilon <= target
+
+
+def test_prv_failure_falls_back_to_rdp_with_a_note(monkeypatch):
+    real = accounting._epsilon_with
+
+    def failing_prv(mechanism, **kwargs):
+        if mechanism == "prv":
+            raise ValueError("simulated PRV domain failure")
+        return real(mechanism, **kwargs)
+
+    monkeypatch.setattr(accounting, "_epsilon_with", failing_prv)
+    spent = epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
+    assert spent.accountant == "rdp" and "RDP" in spent.note
+    assert spent.epsilon == pytest.approx(real("rdp", noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5))
+
+
+def test_edge_cases_of_epsilon_spent():
+    assert epsilon_spent(noise_multiplier=1.0, sample_rate=0.1, releases=0, delta=1e-5).epsilon == 0.0
+    assert math.isinf(epsilon_spent(noise_multiplier=0.0, sample_rate=0.1, releases=5, delta=1e-5).epsilon)
+    prv = epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=300, delta=1e-5, accountant="prv").epsilon
+    rdp = epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=300, delta=1e-5, accountant="rdp").epsilon
+    assert prv < rdp  # PRV is the tighter of the two
+
+
+def test_an_unreachable_budget_is_a_clear_error():
+    from dpsat_core import ConfigError
+
+    with pytest.raises(ConfigError, match="too small"):
+        calibrate_noise(target_epsilon=1e-9, delta=1e-5, sample_rate=1.0, releases=10_000, accountant="rdp")

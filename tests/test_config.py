@@ -1,0 +1,74 @@
+import dataclasses
+
+import pytest
+
+from dpsat_core import ConfigError, TrainConfig, default_delta
+from dpsat_core.config import resolve_for_data
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("epsilon", 0.0, "epsilon must be a finite number > 0"),
+    ("epsilon", -1.0, "epsilon must be a finite number > 0"),
+    ("epsilon", float("nan"), "epsilon"),
+    ("rho", -0.1, "rho must be a finite number ≥ 0"),
+    ("clip_norm", 0.0, "clip_norm"),
+    ("lr", -1.0, "lr"),
+    ("momentum", 1.0, "momentum must be < 1"),
+    ("epochs", 0, "epochs must be a whole number ≥ 1"),
+    ("batch_size", 0, "batch_size"),
+    ("delta", 1.5, "delta must be < 1"),
+    ("noise_multiplier", -1.0, "noise_multiplier"),
+    ("method", "adam", "unknown method 'adam'"),
+    ("accountant", "moments", "unknown accountant 'moments'"),
+    ("model", "resnet", "unknown model 'resnet'"),
+])
+def test_bad_values_are_named_in_the_error(field, value, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        TrainConfig(**{field: value})
+
+
+def test_epsilon_and_sigma_together_are_refused():
+    with pytest.raises(ConfigError, match="either epsilon"):
+        TrainConfig(method="dpsgd", epsilon=2.0, noise_multiplier=1.0)
+
+
+def test_private_method_defaults_to_a_target_epsilon_and_sigma_alone_is_kept():
+    assert TrainConfig(method="dpsat").epsilon == 3.0
+    cfg = TrainConfig(method="dpsat", noise_multiplier=1.2)
+    assert cfg.epsilon is None and cfg.noise_multiplier == 1.2
+
+
+def test_configs_are_keyword_only_and_frozen():
+    with pytest.raises(TypeError):
+        TrainConfig("digits")  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().lr = 1.0  # type: ignore[misc]
+
+
+def test_hash_ignores_what_a_method_ignores_and_placement():
+    a = TrainConfig(method="sgd", epsilon=1.0, rho=0.3, device="cpu")
+    b = TrainConfig(method="sgd", epsilon=8.0, rho=0.0, device="auto", max_physical_batch_size=7)
+    assert a.config_hash() == b.config_hash()
+    assert TrainConfig(method="dpsat", rho=0.1).config_hash() != TrainConfig(method="dpsat", rho=0.2).config_hash()
+    assert TrainConfig(method="dpsgd", epsilon=1).config_hash() != TrainConfig(method="dpsgd", epsilon=2).config_hash()
+
+
+def test_round_trip_through_a_dict_and_unknown_fields_are_refused():
+    cfg = TrainConfig(method="dpsam", epsilon=2.0, rho=0.1)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.from_dict({**cfg.to_dict(), "sigma": 1})
+
+
+@pytest.mark.parametrize("n, expected", [(1437, 1e-4), (455, 1e-3), (1000, 1e-4), (60000, 1e-5), (9, 1e-1)])
+def test_default_delta_is_a_power_of_ten_below_one_over_n(n, expected):
+    assert default_delta(n) == pytest.approx(expected)
+    assert default_delta(n) < 1 / n
+
+
+def test_data_dependent_checks():
+    with pytest.raises(ConfigError, match="delta=0.01 must be < 1/n"):
+        resolve_for_data(TrainConfig(method="dpsgd", delta=0.01), 1437)
+    with pytest.raises(ConfigError, match="batch_size=2000 exceeds the 1437"):
+        resolve_for_data(TrainConfig(batch_size=2000), 1437)
+    assert resolve_for_data(TrainConfig(method="dpsgd"), 1437) == pytest.approx(1e-4)

@@ -1,0 +1,157 @@
+"""Every loader on files the test writes, and a clear error for each kind of bad input."""
+
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from dpsat_core import DataError, load_dataset
+from dpsat_core.data import files
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def table(rows=40):
+    rng = np.random.default_rng(0)
+    lines = ["age,colour,score,label"]
+    for i in range(rows):
+        lines.append(f"{20 + i},{['red', 'green', 'blue'][i % 3]},{rng.normal():.3f},{'yes' if i % 2 else 'no'}")
+    return "\n".join(lines) + "\n"
+
+
+def test_csv_standardises_numbers_and_one_hot_encodes_categories(tmp_path):
+    data = load_dataset(write_csv(tmp_path / "t.csv", table()), target="label")
+    assert data.kind == "tabular" and data.class_names == ("no", "yes")
+    assert data.feature_names == ("age", "colour=blue", "colour=green", "colour=red", "score")
+    assert data.n_train == 32 and len(data.y_test) == 8
+    np.testing.assert_allclose(data.x_train[:, [0, 4]].mean(0), 0, atol=1e-5)
+    assert set(np.unique(data.x_train[:, 1:4])) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("body, target, message", [
+    ("age,label\n1,a\nx,b\n" + "3,a\n" * 20, "label", "column 'age' is numeric but holds text in 1 rows"),
+    ("age,label\n1,a\n,b\n" + "3,b\n" * 20, "label", "column 'age' has 1 missing values"),
+    ("age,label\n" + "1,a\n" * 20, "label", "same label"),
+    ("age,label\n" + "1,a\n2,b\n" * 10, "lbl", "no column 'lbl'"),
+    ("age,label\n" + "1,a\n2,b\n" * 10, None, "name the label column"),
+    ("age,label\n", "label", "has a header but no rows"),
+    ("name,label\n" + "".join(f"person{i},{i % 2}\n" for i in range(60)), "label", "free text"),
+    ("age,label\n1,\n" + "1,a\n2,b\n" * 10, "label", "missing labels"),
+])
+def test_csv_errors_say_what_and_where(tmp_path, body, target, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(write_csv(tmp_path / "bad.csv", body), target=target)
+
+
+def test_empty_and_oversized_files_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match="is empty"):
+        load_dataset(write_csv(tmp_path / "empty.csv", ""), target="y")
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 100)
+    with pytest.raises(DataError, match="the limit is"):
+        load_dataset(write_csv(tmp_path / "big.csv", table()), target="label")
+
+
+def test_npz_tabular_and_channels_last_images(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "tab.npz", x=rng.normal(size=(50, 6)), y=np.arange(50) % 3)
+    tab = load_dataset(str(tmp_path / "tab.npz"))
+    assert tab.kind == "tabular" and tab.input_shape == (6,) and tab.n_classes == 3
+    np.savez(tmp_path / "img.npz", x=rng.integers(0, 255, size=(40, 12, 12, 3)), y=np.arange(40) % 2)
+    img = load_dataset(str(tmp_path / "img.npz"))
+    assert img.kind == "image" and img.input_shape == (3, 12, 12)
+
+
+def test_npz_errors(tmp_path):
+    np.savez(tmp_path / "keys.npz", a=np.zeros((10, 2)), y=np.zeros(10))
+    with pytest.raises(DataError, match="needs arrays 'x' and 'y'"):
+        load_dataset(str(tmp_path / "keys.npz"))
+    x = np.ones((20, 2))
+    x[3, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(20) % 2)
+    with pytest.raises(DataError, match="NaN or infinite"):
+        load_dataset(str(tmp_path / "nan.npz"))
+
+
+def _idx(path, array, compress):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_folder_like_mnist(tmp_path, compress):
+    rng = np.random.default_rng(2)
+    suffix = ".gz" if compress else ""
+    _idx(tmp_path / f"train-images-idx3-ubyte{suffix}", rng.integers(0, 255, (30, 28, 28)), compress)
+    _idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", np.arange(30) % 10, compress)
+    _idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", rng.integers(0, 255, (10, 28, 28)), compress)
+    _idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", np.arange(10) % 10, compress)
+    data = load_dataset(str(tmp_path))
+    assert data.kind == "image" and data.input_shape == (1, 28, 28) and data.n_train == 30 and len(data.y_test) == 10
+
+
+def test_idx_with_a_wrong_header_is_refused(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x03" + b"\x00" * 20)
+    with pytest.raises(DataError, match="not an unsigned-byte IDX"):
+        load_dataset(str(tmp_path))
+
+
+def _cifar(path, n, seed):
+    rng = np.random.default_rng(seed)
+    batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
+    path.write_bytes(pickle.dumps(batch))
+
+
+def test_cifar_batches_in_their_usual_subfolder(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    _cifar(folder / "data_batch_1", 20, 0)
+    _cifar(folder / "data_batch_2", 20, 1)
+    _cifar(folder / "test_batch", 10, 2)
+    data = load_dataset(str(tmp_path))
+    assert data.input_shape == (3, 32, 32) and data.n_train == 40 and data.n_classes == 10
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}))
+    _cifar(tmp_path / "test_batch", 10, 2)
+    with pytest.raises(DataError, match="refusing to load"):
+        load_dataset(str(tmp_path))
+
+
+@pytest.mark.parametrize("name, kind, shape, classes", [
+    ("digits", "image", (1, 8, 8), 10), ("breast_cancer", "tabular", (30,), 2),
+    ("mnist1d", "tabular", (40,), 10), ("synthetic", "tabular", (20,), 4),
+])
+def test_builtin_data_sets(name, kind, shape, classes):
+    data = load_dataset(name, size=500 if name in ("mnist1d", "synthetic") else None)
+    assert (data.kind, data.input_shape, data.n_classes) == (kind, shape, classes)
+    assert data.x_train.dtype == np.float32 and not data.x_train.flags.writeable
+
+
+def test_splits_are_deterministic_by_seed():
+    a, b = load_dataset("digits", split_seed=5), load_dataset("digits", split_seed=5)
+    c = load_dataset("digits", split_seed=6)
+    assert np.array_equal(a.y_test, b.y_test) and np.array_equal(a.x_test, b.x_test)
+    assert not np.array_equal(a.x_test, c.x_test)
+    assert load_dataset("mnist1d", size=300, split_seed=1).n_train == 240
+
+
+def test_unknown_names_and_file_types(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'cifar100'"):
+        load_dataset("cifar100")
+    (tmp_path / "d.parquet").write_text("x")
+    with pytest.raises(DataError, match="unsupported file type .parquet"):
+        load_dataset(str(tmp_path / "d.parquet"))
+    with pytest.raises(DataError, match="neither MNIST-style IDX"):
+        load_dataset(str(tmp_path))

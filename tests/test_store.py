@@ -1,0 +1,90 @@
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dpsat_core import RunStore, StoreError, TrainConfig, build_model, run
+from dpsat_core.store import _pid_alive
+
+
+def test_round_trip_of_config_metrics_and_weights(store, quick):
+    outcome = run(quick, store)
+    assert not outcome.reused
+    again = store.get(outcome.record.run_id)
+    assert again.config == quick.normalized() and again.status == "done" and len(again.epochs) == 1
+    assert again.summary["releases"] == again.summary["steps"] > 0
+    weights = store.load_weights(again.run_id)
+    model = build_model(model_spec_of(again), seed=99)
+    model.load_state_dict(weights)  # loads into a fresh module: no Opacus prefixes
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def model_spec_of(record):
+    from dpsat_core.models import ModelSpec
+
+    m = record.summary["model"]
+    return ModelSpec(m["architecture"], tuple(m["input_shape"]), m["n_classes"])
+
+
+def test_a_finished_config_is_reused_not_retrained(store, quick):
+    first = run(quick, store)
+    second = run(TrainConfig(**{**quick.to_dict(), "device": "cpu"}), store)  # placement is not part of the hash
+    assert second.reused and second.record.run_id == first.record.run_id
+    assert len(store.list_runs()) == 1
+    assert not run(quick, store, reuse=False).reused and len(store.list_runs()) == 2
+
+
+def test_bad_input_writes_no_row_and_a_failed_run_keeps_its_reason(store):
+    with pytest.raises(Exception, match="must be < 1/n"):
+        run(TrainConfig(dataset="breast_cancer", method="dpsgd", delta=0.5), store)
+    assert store.list_runs() == []
+    record = run(TrainConfig(dataset="breast_cancer", method="sgd", lr=1e38, epochs=1), store).record
+    assert record.status == "failed" and "diverged" in record.reason
+    assert store.find_done(record.config_hash) is None
+
+
+def test_filters_delete_and_missing_runs(store, quick):
+    a = run(quick, store).record
+    b = run(TrainConfig(**{**quick.to_dict(), "method": "sgd"}), store).record
+    assert [r.run_id for r in store.list_runs(method="sgd")] == [b.run_id]
+    assert {r.run_id for r in store.list_runs(status="done", dataset="breast_cancer")} == {a.run_id, b.run_id}
+    store.delete(a.run_id)
+    with pytest.raises(StoreError, match="no run"):
+        store.get(a.run_id)
+    with pytest.raises(StoreError, match="no run"):
+        store.delete(a.run_id)
+
+
+def test_analyses_are_stored_with_the_run_and_deleted_with_it(store, quick):
+    run_id = run(quick, store).record.run_id
+    store.save_analysis(run_id, "hessian", "k=5", {"top": [3.0, 2.0]})
+    assert store.get_analysis(run_id, "hessian", "k=5") == {"top": [3.0, 2.0]}
+    assert store.get_analysis(run_id, "hessian", "k=3") is None
+    store.delete(run_id)
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM analyses").fetchone()[0] == 0
+
+
+def test_runs_of_a_dead_process_are_marked_interrupted(store, quick):
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(child.stdout)
+    assert not _pid_alive(dead_pid) and _pid_alive(os.getpid())
+    run_id = store.create_run(quick)
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE runs SET pid=? WHERE run_id=?", (dead_pid, run_id))
+    live_id = store.create_run(quick)
+    assert store.reap_interrupted() == 0  # the first call (inside create_run) already reaped it
+    assert store.get(run_id).status == "failed" and "interrupted" in store.get(run_id).reason
+    assert store.get(live_id).status == "running"
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot be used"):
+        RunStore(path)

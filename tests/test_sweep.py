@@ -1,0 +1,48 @@
+import pytest
+
+from dpsat_core import ConfigError, SweepSpec, TrainConfig, sweep
+
+BASE = TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64)
+
+
+def test_cells_cover_the_grid_once_and_non_private_methods_once_per_seed():
+    spec = SweepSpec(base=BASE, methods=("sgd", "dpsgd", "dpsat"), epsilons=(1.0, 4.0), seeds=(0, 1))
+    cells = spec.cells()
+    assert len(cells) == 2 + 2 * 2 * 2
+    assert len({c.config_hash() for c in cells}) == len(cells)
+    assert {c.epsilon for c in cells if c.method == "sgd"} == {None}
+
+
+def test_a_small_sweep_stores_every_cell_and_a_rerun_trains_nothing(store):
+    spec = SweepSpec(base=BASE, methods=("dpsgd", "dpsat"), epsilons=(2.0,), seeds=(0,))
+    reports = []
+    first = sweep(spec, store, on_progress=reports.append)
+    assert len(first.trained) == 2 and not first.failed and not first.reused
+    assert reports[-1].done == reports[-1].total == 2
+    records = [store.get(r) for r in first.trained]
+    assert {r.method for r in records} == {"dpsgd", "dpsat"}
+    assert all(r.status == "done" and r.epsilon <= 2.0 for r in records)
+    second = sweep(spec, store)
+    assert second.trained == [] and sorted(second.reused) == sorted(first.trained)
+
+
+def test_a_process_pool_sweep_writes_to_the_same_store(store):
+    spec = SweepSpec(base=BASE, methods=("sgd", "dpsgd"), epsilons=(3.0,), seeds=(0, 1))
+    result = sweep(spec, store, workers=2)
+    assert len(result.trained) == 4 and not result.errors
+    assert len(store.list_runs(status="done")) == 4
+
+
+def test_cancelling_a_sweep_keeps_what_finished(store):
+    spec = SweepSpec(base=BASE, methods=("dpsgd",), epsilons=(1.0, 2.0, 3.0), seeds=(0,))
+    finished = []
+    result = sweep(spec, store, on_progress=lambda p: finished.append(p.done), should_stop=lambda: max(finished) >= 1)
+    assert result.cancelled and len(result.trained) == 1
+    assert len(store.list_runs(status="done")) == 1
+
+
+def test_a_sweep_needs_methods_seeds_and_epsilons():
+    with pytest.raises(ConfigError, match="unknown method"):
+        SweepSpec(base=BASE, methods=("dpadam",), epsilons=(1.0,), seeds=(0,))
+    with pytest.raises(ConfigError, match="need at least one epsilon"):
+        SweepSpec(base=BASE, methods=("dpsgd",), epsilons=(), seeds=(0,))
