@@ -32,8 +32,9 @@ def time_steps(dataset: str, *, steps: int, batch_size: int, device: str) -> dic
     trainers = {}
     for name, info in METHODS.items():
         extra = {"noise_multiplier": 1.0} if info.private else {}
-        trainers[name] = prepare(TrainConfig(dataset=dataset, method=name, batch_size=batch_size, device=device,
-                                             **extra))
+        trainers[name] = prepare(
+            TrainConfig(dataset=dataset, method=name, batch_size=batch_size, device=device, **extra)
+        )
     any_trainer = next(iter(trainers.values()))
     batch = (any_trainer.x_train[:batch_size], any_trainer.y_train[:batch_size])
     sync = torch.cuda.synchronize if any_trainer.device.type == "cuda" else (lambda: None)
@@ -76,8 +77,10 @@ def main() -> None:
     for model, r in report.items():
         per_step = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in r["seconds_per_step"].items())
         print(f"{model} ({r['dataset']}): {per_step}")
-        print(f"  DP-SAT/DP-SGD {r['dpsat_over_dpsgd']:.2f}×  DP-SAM/DP-SGD {r['dpsam_over_dpsgd']:.2f}×  "
-              f"DP-SGD/SGD {r['dpsgd_over_sgd']:.2f}×")
+        print(
+            f"  DP-SAT/DP-SGD {r['dpsat_over_dpsgd']:.2f}×  DP-SAM/DP-SGD {r['dpsam_over_dpsgd']:.2f}×  "
+            f"DP-SGD/SGD {r['dpsgd_over_sgd']:.2f}×"
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ class PrivacySpent:
     note: str = ""
 
 
-def _epsilon_with(accountant: str, *, noise_multiplier: float, sample_rate: float, releases: int, delta: float) -> float:
+def _epsilon_with(
+    accountant: str, *, noise_multiplier: float, sample_rate: float, releases: int, delta: float
+) -> float:
     acc = create_accountant(mechanism=accountant)
     acc.history = [(noise_multiplier, sample_rate, releases)]
     with warnings.catch_warnings():
@@ -88,8 +90,12 @@ def calibrate_noise(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return get_noise_multiplier(
-                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                steps=releases, accountant=mechanism, epsilon_tolerance=0.01,
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=releases,
+                accountant=mechanism,
+                epsilon_tolerance=0.01,
             )
 
     try:

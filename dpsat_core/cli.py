@@ -1,4 +1,4 @@
-"""Command line: `python -m dpsat_core train|sweep|runs|show|delete`.
+"""Command line: `python -m dpsat_core train|sweep|runs|show|analyze|delete`.
 
 Errors caused by input print one line to stderr and exit with status 2.
 """
@@ -12,8 +12,10 @@ import sys
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
+from .analysis import DEFAULT_SAMPLES, run_hessian, run_surface
 from .config import ACCOUNTANTS, MODELS, TrainConfig
 from .errors import DpsatError
+from .hessian import BACKENDS
 from .methods import METHODS
 from .progress import Progress, no_progress
 from .runner import run
@@ -48,8 +50,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> None:
     d = TrainConfig()
-    p.add_argument("--dataset", default=d.dataset, help="built-in name (digits, breast_cancer, mnist1d, synthetic) "
-                   "or a path: .csv (with --target), .npz, or a folder of IDX/CIFAR-10 files")
+    p.add_argument(
+        "--dataset",
+        default=d.dataset,
+        help="built-in name (digits, breast_cancer, mnist1d, synthetic) "
+        "or a path: .csv (with --target), .npz, or a folder of IDX/CIFAR-10 files",
+    )
     p.add_argument("--target", help="label column of a CSV file")
     p.add_argument("--dataset-size", type=int, help="examples to generate for mnist1d/synthetic")
     if with_method:
@@ -67,17 +73,32 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     p.add_argument("--accountant", default=d.accountant, choices=ACCOUNTANTS)
     p.add_argument("--model", default=d.model, choices=MODELS)
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/test split")
-    p.add_argument("--physical-batch-size", type=int, default=d.max_physical_batch_size,
-                   help="largest chunk per backward pass (memory only)")
+    p.add_argument(
+        "--physical-batch-size",
+        type=int,
+        default=d.max_physical_batch_size,
+        help="largest chunk per backward pass (memory only)",
+    )
     p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     fields = dict(
-        dataset=args.dataset, target=args.target, dataset_size=args.dataset_size, delta=args.delta,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, clip_norm=args.clip,
-        rho=args.rho, accountant=args.accountant, model=args.model, split_seed=args.split_seed,
-        max_physical_batch_size=args.physical_batch_size, device=args.device,
+        dataset=args.dataset,
+        target=args.target,
+        dataset_size=args.dataset_size,
+        delta=args.delta,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        clip_norm=args.clip,
+        rho=args.rho,
+        accountant=args.accountant,
+        model=args.model,
+        split_seed=args.split_seed,
+        max_physical_batch_size=args.physical_batch_size,
+        device=args.device,
     )
     fields.update(overrides)
     return TrainConfig(**fields)
@@ -93,16 +114,22 @@ def _fmt(value: Optional[float], spec: str) -> str:
 
 def _print_run(record: RunRecord) -> None:
     s = record.summary
-    print(f"run {record.run_id}  {record.method} on {record.config.dataset}  status={record.status}"
-          + (f"  ({record.reason})" if record.reason else ""))
+    print(
+        f"run {record.run_id}  {record.method} on {record.config.dataset}  status={record.status}"
+        + (f"  ({record.reason})" if record.reason else "")
+    )
     if s.get("noise_multiplier") is not None:
-        print(f"  privacy: ε={_fmt(s.get('epsilon'), '.3f')} (target {_fmt(s.get('target_epsilon'), 'g')}), "
-              f"δ={s.get('delta'):g}, σ={s['noise_multiplier']:.4f}, q={s['sample_rate']:.4f}, "
-              f"{s['steps']} steps, {s['releases']} releases, {s['accountant']}")
+        print(
+            f"  privacy: ε={_fmt(s.get('epsilon'), '.3f')} (target {_fmt(s.get('target_epsilon'), 'g')}), "
+            f"δ={s.get('delta'):g}, σ={s['noise_multiplier']:.4f}, q={s['sample_rate']:.4f}, "
+            f"{s['steps']} steps, {s['releases']} releases, {s['accountant']}"
+        )
     print(f"  {'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>8} {'ε':>7} {'seconds':>8}")
     for e in record.epochs:
-        print(f"  {e.epoch:>5} {e.train_loss:>10.4f} {e.test_loss:>10.4f} {e.test_accuracy:>8.4f} "
-              f"{_fmt(e.epsilon, '.3f'):>7} {e.seconds:>8.2f}")
+        print(
+            f"  {e.epoch:>5} {e.train_loss:>10.4f} {e.test_loss:>10.4f} {e.test_accuracy:>8.4f} "
+            f"{_fmt(e.epsilon, '.3f'):>7} {e.seconds:>8.2f}"
+        )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -113,8 +140,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.json:
         print(file=sys.stderr)
     if args.json:
-        print(json.dumps({"run_id": record.run_id, "reused": outcome.reused, **record.summary,
-                          "status": record.status, "reason": record.reason}))
+        print(
+            json.dumps(
+                {
+                    "run_id": record.run_id,
+                    "reused": outcome.reused,
+                    **record.summary,
+                    "status": record.status,
+                    "reason": record.reason,
+                }
+            )
+        )
     else:
         if outcome.reused:
             print(f"reused finished run {record.run_id} with the same settings (pass --no-reuse to retrain)")
@@ -127,8 +163,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
     result = sweep(spec, store, workers=args.workers, on_progress=no_progress if args.json else _stderr_progress)
     if args.json:
-        print(json.dumps({"reused": result.reused, "trained": result.trained, "failed": result.failed,
-                          "errors": result.errors, "cancelled": result.cancelled}))
+        print(
+            json.dumps(
+                {
+                    "reused": result.reused,
+                    "trained": result.trained,
+                    "failed": result.failed,
+                    "errors": result.errors,
+                    "cancelled": result.cancelled,
+                }
+            )
+        )
     else:
         print(file=sys.stderr)
         print(f"sweep: {len(result.trained)} trained, {len(result.reused)} reused, {len(result.failed)} failed")
@@ -141,8 +186,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _print_table(records: Sequence[RunRecord]) -> None:
     print(f"{'run_id':<12} {'status':<9} {'method':<6} {'dataset':<14} {'seed':>4} {'target ε':>8} {'ε':>7} {'acc':>7}")
     for r in records:
-        print(f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} "
-              f"{_fmt(r.config.epsilon, 'g'):>8} {_fmt(r.epsilon, '.3f'):>7} {_fmt(r.test_accuracy, '.4f'):>7}")
+        print(
+            f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} "
+            f"{_fmt(r.config.epsilon, 'g'):>8} {_fmt(r.epsilon, '.3f'):>7} {_fmt(r.test_accuracy, '.4f'):>7}"
+        )
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -163,6 +210,65 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    store = RunStore(args.store)
+    both = not (args.hessian or args.landscape)
+    progress = no_progress if args.json else _stderr_progress
+    out: dict[str, Any] = {"run_id": args.run_id}
+    if args.hessian or both:
+        spectrum = run_hessian(
+            store,
+            args.run_id,
+            k=args.k,
+            trace_probes=args.probes,
+            n_samples=args.samples,
+            backend=args.backend,
+            recompute=args.recompute,
+            device=args.device,
+            on_progress=progress,
+        )
+        out.update(
+            top_eigenvalues=spectrum.top,
+            trace=spectrum.trace,
+            trace_stderr=spectrum.trace_stderr,
+            trace_probes=spectrum.trace_probes,
+            hessian_backend=spectrum.backend,
+            hessian_seconds=spectrum.seconds,
+            n_samples=spectrum.n_samples,
+        )
+    if args.landscape or both:
+        surface = run_surface(
+            store,
+            args.run_id,
+            steps=args.steps,
+            span=args.span,
+            n_samples=args.samples,
+            recompute=args.recompute,
+            device=args.device,
+            on_progress=progress,
+        )
+        out.update(
+            grid=surface.axis, loss=surface.loss, center_loss=surface.center_loss, landscape_seconds=surface.seconds
+        )
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(file=sys.stderr)
+    if "top_eigenvalues" in out:
+        print(
+            f"Hessian ({out['hessian_backend']}, {out['n_samples']} training examples): top eigenvalues "
+            + ", ".join(f"{v:.4g}" for v in out["top_eigenvalues"])
+            + f"; trace {out['trace']:.4g} ± {out['trace_stderr']:.2g} ({out['trace_probes']} probes)"
+        )
+    if "loss" in out:
+        values = [v for row in out["loss"] for v in row if v is not None]
+        print(
+            f"landscape {len(out['grid'])}×{len(out['grid'])} over ±{args.span:g} (filter-normalised): "
+            f"loss at the weights {out['center_loss']:.4f}, min {min(values):.4f}, max {max(values):.4f}"
+        )
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     RunStore(args.store).delete(args.run_id)
     print(f"deleted run {args.run_id}")
@@ -170,13 +276,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dpsat_core",
-                                     description="Train and compare DP-SGD, DP-SAM and DP-SAT; runs are stored.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dpsat_core", description="Train and compare DP-SGD, DP-SAM and DP-SAT; runs are stored."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--store", default=default_store_path(), help=f"run store file (default ${STORE_ENV} or {DEFAULT_STORE})")
+        p.add_argument(
+            "--store", default=default_store_path(), help=f"run store file (default ${STORE_ENV} or {DEFAULT_STORE})"
+        )
         p.set_defaults(handler=handler)
         return p
 
@@ -190,7 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names, default=("dpsgd", "dpsam", "dpsat"), help="comma-separated")
     p.add_argument("--epsilons", type=_floats, default=(1.0, 2.0, 4.0, 8.0), help="comma-separated target ε values")
     p.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="worker processes (default: up to 2; 1 trains in this process)",
+    )
     p.add_argument("--json", action="store_true")
 
     p = command("runs", cmd_runs, "list stored runs")
@@ -201,6 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("show", cmd_show, "show one run with its per-epoch metrics")
     p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+
+    p = command("analyze", cmd_analyze, "Hessian spectrum and/or 2D loss landscape of a stored run (cached)")
+    p.add_argument("run_id")
+    p.add_argument("--hessian", action="store_true", help="top eigenvalues and trace (default: both analyses)")
+    p.add_argument("--landscape", action="store_true", help="2D loss surface (default: both analyses)")
+    p.add_argument("--k", type=int, default=5, help="number of top eigenvalues")
+    p.add_argument("--probes", type=int, default=100, help="Hutchinson probes for the trace")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="training examples in the evaluation subset")
+    p.add_argument("--backend", default="lanczos", choices=BACKENDS, help="pyhessian is the slower cross-check")
+    p.add_argument("--steps", type=int, default=21, help="grid points per axis (odd)")
+    p.add_argument("--span", type=float, default=1.0, help="grid covers [-span, span] on both axes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--recompute", action="store_true", help="ignore a cached result")
     p.add_argument("--json", action="store_true")
 
     p = command("delete", cmd_delete, "delete one run")

@@ -187,25 +187,83 @@ class MethodInfo:
 METHODS: dict[str, MethodInfo] = {
     m.name: m
     for m in (
-        MethodInfo("sgd", "SGD (non-private)", "#7f7f7f", False, False, 0, 1, "not private",
-                   "Non-private reference: the accuracy ceiling.", SgdStep),
-        MethodInfo("sam", "SAM (non-private)", "#bcbd22", False, True, 0, 2, "not private",
-                   "Non-private sharpness-aware reference.", SamStep),
-        MethodInfo("dpsgd", "DP-SGD", "#1f77b4", True, False, 1, 1, "baseline",
-                   "Clip each example's gradient to C, add N(0, σ²C²) to the sum.", DpSgdStep),
-        MethodInfo("dpsam", "DP-SAM", "#ff7f0e", True, True, 2, 2, "yes: 2 releases per step",
-                   "SAM with both gradients privatized: twice the releases and the compute.", DpSamStep),
-        MethodInfo("dpsat", "DP-SAT", "#2ca02c", True, True, 1, 1, "none (post-processing)",
-                   "Perturb along the previous private gradient: SAM-like at DP-SGD cost.", DpSatStep),
+        MethodInfo(
+            "sgd",
+            "SGD (non-private)",
+            "#7f7f7f",
+            False,
+            False,
+            0,
+            1,
+            "not private",
+            "Non-private reference: the accuracy ceiling.",
+            SgdStep,
+        ),
+        MethodInfo(
+            "sam",
+            "SAM (non-private)",
+            "#bcbd22",
+            False,
+            True,
+            0,
+            2,
+            "not private",
+            "Non-private sharpness-aware reference.",
+            SamStep,
+        ),
+        MethodInfo(
+            "dpsgd",
+            "DP-SGD",
+            "#1f77b4",
+            True,
+            False,
+            1,
+            1,
+            "baseline",
+            "Clip each example's gradient to C, add N(0, σ²C²) to the sum.",
+            DpSgdStep,
+        ),
+        MethodInfo(
+            "dpsam",
+            "DP-SAM",
+            "#ff7f0e",
+            True,
+            True,
+            2,
+            2,
+            "yes: 2 releases per step",
+            "SAM with both gradients privatized: twice the releases and the compute.",
+            DpSamStep,
+        ),
+        MethodInfo(
+            "dpsat",
+            "DP-SAT",
+            "#2ca02c",
+            True,
+            True,
+            1,
+            1,
+            "none (post-processing)",
+            "Perturb along the previous private gradient: SAM-like at DP-SGD cost.",
+            DpSatStep,
+        ),
     )
 }
 
 
 def method_table() -> list[dict[str, object]]:
     """The methods side by side (extra ε, releases and backward passes per step), for pages and reports."""
-    return [{"method": m.label, "private": m.private, "extra ε": m.extra_epsilon,
-             "noisy releases / step": m.releases_per_step, "backward passes / step": m.backward_passes_per_step,
-             "what it does": m.summary} for m in METHODS.values()]
+    return [
+        {
+            "method": m.label,
+            "private": m.private,
+            "extra ε": m.extra_epsilon,
+            "noisy releases / step": m.releases_per_step,
+            "backward passes / step": m.backward_passes_per_step,
+            "what it does": m.summary,
+        }
+        for m in METHODS.values()
+    ]
 
 
 def method_info(name: str) -> MethodInfo:

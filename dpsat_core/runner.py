@@ -34,13 +34,17 @@ def run(
         existing = store.find_done(config.config_hash())
         if existing is not None:
             return RunOutcome(store.get(existing), reused=True)
-    dataset = load_dataset(config.dataset, target=config.target, size=config.dataset_size,
-                           split_seed=config.split_seed)
+    dataset = load_dataset(config.dataset, target=config.target, size=config.dataset_size, split_seed=config.split_seed)
     plan_privacy(config, dataset.n_train)  # raises ConfigError before any row is written
     run_id = store.create_run(config)
     try:
-        result = train(config, on_progress=on_progress, should_stop=should_stop, dataset=dataset,
-                       on_epoch=lambda metrics: store.add_epoch(run_id, metrics))
+        result = train(
+            config,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            dataset=dataset,
+            on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
+        )
     except BaseException as exc:
         store.fail(run_id, f"{type(exc).__name__}: {exc}")
         raise

@@ -74,12 +74,22 @@ class RunRecord:
 
     def to_dict(self, *, with_epochs: bool = False) -> dict[str, Any]:
         """JSON-ready: identity, status, config and summary (and epochs if asked)."""
-        data = {"run_id": self.run_id, "status": self.status, "reason": self.reason, "method": self.method,
-                "dataset": self.config.dataset, "seed": self.config.seed,
-                "target_epsilon": self.config.epsilon, "epsilon": self.epsilon,
-                "test_accuracy": self.test_accuracy, "config_hash": self.config_hash,
-                "created": self.created, "updated": self.updated,
-                "config": self.config.to_dict(), "summary": self.summary}
+        data = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "reason": self.reason,
+            "method": self.method,
+            "dataset": self.config.dataset,
+            "seed": self.config.seed,
+            "target_epsilon": self.config.epsilon,
+            "epsilon": self.epsilon,
+            "test_accuracy": self.test_accuracy,
+            "config_hash": self.config_hash,
+            "created": self.created,
+            "updated": self.updated,
+            "config": self.config.to_dict(),
+            "summary": self.summary,
+        }
         if with_epochs:
             data["epochs"] = [asdict(e) for e in self.epochs]
         return data
@@ -132,15 +142,28 @@ class RunStore:
             db.execute(
                 "INSERT INTO runs (run_id, config_hash, config, method, dataset, target_epsilon, seed, status,"
                 " host, pid, created, updated) VALUES (?,?,?,?,?,?,?,'running',?,?,?,?)",
-                (run_id, config.config_hash(), json.dumps(config.to_dict()), config.method, config.dataset,
-                 config.epsilon, config.seed, socket.gethostname(), os.getpid(), now, now),
+                (
+                    run_id,
+                    config.config_hash(),
+                    json.dumps(config.to_dict()),
+                    config.method,
+                    config.dataset,
+                    config.epsilon,
+                    config.seed,
+                    socket.gethostname(),
+                    os.getpid(),
+                    now,
+                    now,
+                ),
             )
         return run_id
 
     def add_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?,?,?)",
-                       (run_id, metrics.epoch, json.dumps(asdict(metrics))))
+            db.execute(
+                "INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?,?,?)",
+                (run_id, metrics.epoch, json.dumps(asdict(metrics))),
+            )
             db.execute("UPDATE runs SET updated=? WHERE run_id=?", (time.time(), run_id))
 
     def finish(self, run_id: str, result: TrainResult) -> None:
@@ -148,14 +171,16 @@ class RunStore:
         buffer = io.BytesIO()
         torch.save(result.state_dict, buffer)
         with self._connect() as db:
-            db.execute("UPDATE runs SET status=?, reason=?, summary=?, weights=?, updated=? WHERE run_id=?",
-                       (result.status, result.reason, json.dumps(result.summary()), buffer.getvalue(), time.time(),
-                        run_id))
+            db.execute(
+                "UPDATE runs SET status=?, reason=?, summary=?, weights=?, updated=? WHERE run_id=?",
+                (result.status, result.reason, json.dumps(result.summary()), buffer.getvalue(), time.time(), run_id),
+            )
 
     def fail(self, run_id: str, reason: str) -> None:
         with self._connect() as db:
-            db.execute("UPDATE runs SET status='failed', reason=?, updated=? WHERE run_id=?",
-                       (reason, time.time(), run_id))
+            db.execute(
+                "UPDATE runs SET status='failed', reason=?, updated=? WHERE run_id=?", (reason, time.time(), run_id)
+            )
 
     def reap_interrupted(self) -> int:
         """Mark `running` runs whose process on this host has ended as failed; return how many."""
@@ -164,8 +189,11 @@ class RunStore:
             rows = db.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall()
             dead = [r["run_id"] for r in rows if r["pid"] is not None and not _pid_alive(r["pid"])]
             for run_id in dead:
-                db.execute("UPDATE runs SET status='failed', reason='interrupted: its process ended', updated=?"
-                           " WHERE run_id=?", (time.time(), run_id))
+                db.execute(
+                    "UPDATE runs SET status='failed', reason='interrupted: its process ended', updated=?"
+                    " WHERE run_id=?",
+                    (time.time(), run_id),
+                )
         return len(dead)
 
     def delete(self, run_id: str) -> None:
@@ -177,14 +205,24 @@ class RunStore:
     def find_done(self, config_hash: str) -> Optional[str]:
         """The newest finished run with this config hash, if any."""
         with self._connect() as db:
-            row = db.execute("SELECT run_id FROM runs WHERE config_hash=? AND status='done' ORDER BY created DESC"
-                             " LIMIT 1", (config_hash,)).fetchone()
+            row = db.execute(
+                "SELECT run_id FROM runs WHERE config_hash=? AND status='done' ORDER BY created DESC LIMIT 1",
+                (config_hash,),
+            ).fetchone()
         return None if row is None else row["run_id"]
 
     def _record(self, row: sqlite3.Row, epochs: list[EpochMetrics]) -> RunRecord:
-        return RunRecord(row["run_id"], TrainConfig.from_dict(json.loads(row["config"])), row["config_hash"],
-                         row["status"], row["reason"], json.loads(row["summary"]), row["created"], row["updated"],
-                         epochs)
+        return RunRecord(
+            row["run_id"],
+            TrainConfig.from_dict(json.loads(row["config"])),
+            row["config_hash"],
+            row["status"],
+            row["reason"],
+            json.loads(row["summary"]),
+            row["created"],
+            row["updated"],
+            epochs,
+        )
 
     def _epochs(self, db: sqlite3.Connection, run_id: str) -> list[EpochMetrics]:
         rows = db.execute("SELECT metrics FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()
@@ -197,8 +235,14 @@ class RunStore:
                 raise StoreError(f"no run {run_id!r} in {self.path}: list them with `python -m dpsat_core runs`")
             return self._record(row, self._epochs(db, run_id))
 
-    def list_runs(self, *, status: Optional[str] = None, dataset: Optional[str] = None,
-                  method: Optional[str] = None, with_epochs: bool = False) -> list[RunRecord]:
+    def list_runs(
+        self,
+        *,
+        status: Optional[str] = None,
+        dataset: Optional[str] = None,
+        method: Optional[str] = None,
+        with_epochs: bool = False,
+    ) -> list[RunRecord]:
         """Runs, oldest first, optionally filtered."""
         clauses, args = [], []
         for column, value in (("status", status), ("dataset", dataset), ("method", method)):
@@ -207,8 +251,11 @@ class RunStore:
                 args.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._connect() as db:
-            rows = db.execute(f"SELECT run_id, config_hash, config, status, reason, summary, created, updated"
-                              f" FROM runs {where} ORDER BY created", args).fetchall()
+            rows = db.execute(
+                f"SELECT run_id, config_hash, config, status, reason, summary, created, updated"
+                f" FROM runs {where} ORDER BY created",
+                args,
+            ).fetchall()
             return [self._record(r, self._epochs(db, r["run_id"]) if with_epochs else []) for r in rows]
 
     def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:
@@ -222,11 +269,14 @@ class RunStore:
     # --- analyses (Hessian, landscape) -----------------------------------------------------------
     def save_analysis(self, run_id: str, kind: str, key: str, result: dict[str, Any]) -> None:
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO analyses (run_id, kind, key, result, created) VALUES (?,?,?,?,?)",
-                       (run_id, kind, key, json.dumps(result), time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO analyses (run_id, kind, key, result, created) VALUES (?,?,?,?,?)",
+                (run_id, kind, key, json.dumps(result), time.time()),
+            )
 
     def get_analysis(self, run_id: str, kind: str, key: str) -> Optional[dict[str, Any]]:
         with self._connect() as db:
-            row = db.execute("SELECT result FROM analyses WHERE run_id=? AND kind=? AND key=?",
-                             (run_id, kind, key)).fetchone()
+            row = db.execute(
+                "SELECT result FROM analyses WHERE run_id=? AND kind=? AND key=?", (run_id, kind, key)
+            ).fetchone()
         return None if row is None else json.loads(row["result"])

@@ -46,8 +46,9 @@ class SweepSpec:
             private = method_info(method).private
             for epsilon in self.epsilons if private else (None,):
                 for seed in self.seeds:
-                    cell = dataclasses.replace(self.base, method=method, seed=seed, epsilon=epsilon,
-                                               noise_multiplier=None).normalized()
+                    cell = dataclasses.replace(
+                        self.base, method=method, seed=seed, epsilon=epsilon, noise_multiplier=None
+                    ).normalized()
                     if cell.config_hash() not in seen:
                         seen.add(cell.config_hash())
                         out.append(cell)
@@ -125,8 +126,13 @@ def _record(result: SweepResult, run_id: str, status: str, error: str) -> None:
             result.errors.append(error)
 
 
-def _sweep_inline(todo: Sequence[TrainConfig], store: RunStore, result: SweepResult, on_progress: ProgressFn,
-                  should_stop: Optional[StopFn]) -> None:
+def _sweep_inline(
+    todo: Sequence[TrainConfig],
+    store: RunStore,
+    result: SweepResult,
+    on_progress: ProgressFn,
+    should_stop: Optional[StopFn],
+) -> None:
     for i, cell in enumerate(todo):
         if should_stop is not None and should_stop():
             result.cancelled = True
@@ -144,8 +150,14 @@ def _sweep_inline(todo: Sequence[TrainConfig], store: RunStore, result: SweepRes
         on_progress(Progress("sweep", i + 1, len(todo), f"{label} finished"))
 
 
-def _sweep_pool(todo: Sequence[TrainConfig], store: RunStore, result: SweepResult, workers: int,
-                on_progress: ProgressFn, should_stop: Optional[StopFn]) -> None:
+def _sweep_pool(
+    todo: Sequence[TrainConfig],
+    store: RunStore,
+    result: SweepResult,
+    workers: int,
+    on_progress: ProgressFn,
+    should_stop: Optional[StopFn],
+) -> None:
     context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
     threads = max(1, (os.cpu_count() or 1) // workers)
     with context.Manager() as manager:
@@ -167,8 +179,9 @@ def _sweep_pool(todo: Sequence[TrainConfig], store: RunStore, result: SweepResul
                         _, step, steps, message = reports.get_nowait()
                     except queue.Empty:
                         break
-                    on_progress(Progress("sweep", finished, len(todo), message,
-                                         {"cell_fraction": step / max(1, steps)}))
+                    on_progress(
+                        Progress("sweep", finished, len(todo), message, {"cell_fraction": step / max(1, steps)})
+                    )
                 for future in done:
                     pending.pop(future)
                     finished += 1

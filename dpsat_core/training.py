@@ -90,20 +90,30 @@ class TrainResult:
         """Flat, JSON-ready numbers for the store, the CLI and reports."""
         last = self.epochs[-1] if self.epochs else None
         return {
-            "method": self.config.method, "dataset": self.config.dataset, "seed": self.config.seed,
-            "status": self.status, "reason": self.reason,
+            "method": self.config.method,
+            "dataset": self.config.dataset,
+            "seed": self.config.seed,
+            "status": self.status,
+            "reason": self.reason,
             "epsilon": None if self.privacy is None else _json_float(self.privacy.epsilon),
-            "delta": self.plan.delta, "target_epsilon": self.plan.target_epsilon,
-            "noise_multiplier": self.plan.noise_multiplier, "sample_rate": self.plan.sample_rate,
-            "steps": self.steps, "releases": self.releases,
+            "delta": self.plan.delta,
+            "target_epsilon": self.plan.target_epsilon,
+            "noise_multiplier": self.plan.noise_multiplier,
+            "sample_rate": self.plan.sample_rate,
+            "steps": self.steps,
+            "releases": self.releases,
             "accountant": None if self.privacy is None else self.privacy.accountant,
             "accounting_note": " ".join(n for n in {self.plan.note, self.privacy.note if self.privacy else ""} if n),
             "test_accuracy": None if last is None else last.test_accuracy,
             "test_loss": None if last is None else _json_float(last.test_loss),
             "train_loss": None if last is None else _json_float(last.train_loss),
-            "seconds": self.seconds, "seconds_per_epoch": self.seconds / max(1, len(self.epochs)),
-            "epochs_done": len(self.epochs), "model": asdict(self.model), "n_params": self.n_params,
-            "device": self.device, "n_train": self.n_train,
+            "seconds": self.seconds,
+            "seconds_per_epoch": self.seconds / max(1, len(self.epochs)),
+            "epochs_done": len(self.epochs),
+            "model": asdict(self.model),
+            "n_params": self.n_params,
+            "device": self.device,
+            "n_train": self.n_train,
         }
 
 
@@ -160,16 +170,30 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
         return PrivacyPlan(None, sample_rate, None, steps, 0, None, None)
     if config.noise_multiplier is not None:
         return PrivacyPlan(config.noise_multiplier, sample_rate, delta, steps, releases, None, config.accountant)
-    calibration = calibrate_noise(target_epsilon=config.epsilon, delta=delta, sample_rate=sample_rate,
-                                  releases=releases, accountant=config.accountant)
-    return PrivacyPlan(calibration.noise_multiplier, sample_rate, delta, steps, releases, config.epsilon,
-                       calibration.accountant, calibration.note)
+    calibration = calibrate_noise(
+        target_epsilon=config.epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        releases=releases,
+        accountant=config.accountant,
+    )
+    return PrivacyPlan(
+        calibration.noise_multiplier,
+        sample_rate,
+        delta,
+        steps,
+        releases,
+        config.epsilon,
+        calibration.accountant,
+        calibration.note,
+    )
 
 
 def prepare(config: TrainConfig, dataset: Optional[Dataset] = None) -> Trainer:
     """Build model, optimizer and method step for `config` (loading its data set unless given)."""
-    dataset = dataset or load_dataset(config.dataset, target=config.target, size=config.dataset_size,
-                                      split_seed=config.split_seed)
+    dataset = dataset or load_dataset(
+        config.dataset, target=config.target, size=config.dataset_size, split_seed=config.split_seed
+    )
     device = resolve_device(config.device)
     plan = plan_privacy(config, dataset.n_train)
     spec = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
@@ -181,15 +205,28 @@ def prepare(config: TrainConfig, dataset: Optional[Dataset] = None) -> Trainer:
         noise = torch.Generator(device=device).manual_seed(config.seed + 7919)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            optimizer = DPOptimizer(base, noise_multiplier=plan.noise_multiplier, max_grad_norm=config.clip_norm,
-                                    expected_batch_size=config.batch_size, loss_reduction="mean", generator=noise)
+            optimizer = DPOptimizer(
+                base,
+                noise_multiplier=plan.noise_multiplier,
+                max_grad_norm=config.clip_norm,
+                expected_batch_size=config.batch_size,
+                loss_reduction="mean",
+                generator=noise,
+            )
     else:
         trained, optimizer = model, base
     step_fn = info.make_step(trained, optimizer, rho=config.rho, chunk_size=config.max_physical_batch_size)
     trainer = Trainer(
-        config=config, dataset=dataset, device=device, plan=plan, spec=spec, model=model, step_fn=step_fn,
+        config=config,
+        dataset=dataset,
+        device=device,
+        plan=plan,
+        spec=spec,
+        model=model,
+        step_fn=step_fn,
         sampler=PoissonSampler(dataset.n_train, plan.sample_rate, seed=config.seed + 104729),
-        x_train=torch.tensor(dataset.x_train, device=device), y_train=torch.tensor(dataset.y_train, device=device),
+        x_train=torch.tensor(dataset.x_train, device=device),
+        y_train=torch.tensor(dataset.y_train, device=device),
     )
     if info.private:
         optimizer.attach_step_hook(trainer._count_release)
@@ -214,8 +251,13 @@ def _privacy_now(trainer: Trainer) -> Optional[PrivacySpent]:
     plan = trainer.plan
     if plan.noise_multiplier is None:
         return None
-    return epsilon_spent(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                         releases=trainer.releases, delta=plan.delta, accountant=plan.accountant)
+    return epsilon_spent(
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        releases=trainer.releases,
+        delta=plan.delta,
+        accountant=plan.accountant,
+    )
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -253,10 +295,16 @@ def train(
             if loss is not None and not math.isfinite(loss):
                 status = "failed"
                 hint = f" or the clipping norm C (now {config.clip_norm:g})" if config.private else ""
-                reason = f"training diverged: loss became {loss} at epoch {epoch}, step {step}; lower lr (now {config.lr:g}){hint}"
+                reason = (
+                    f"training diverged: loss became {loss} at epoch {epoch}, step {step}; "
+                    f"lower lr (now {config.lr:g}){hint}"
+                )
                 break
-            on_progress(Progress("train", step, trainer.plan.steps, f"epoch {epoch}/{config.epochs}",
-                                 {"epoch": epoch, "loss": loss}))
+            on_progress(
+                Progress(
+                    "train", step, trainer.plan.steps, f"epoch {epoch}/{config.epochs}", {"epoch": epoch, "loss": loss}
+                )
+            )
         if status != "done":
             break
         test_loss, test_accuracy = evaluate(trainer.model, x_test, y_test)
@@ -265,16 +313,41 @@ def train(
             status, reason = "failed", f"training diverged: evaluation loss is not finite after epoch {epoch}; lower lr"
             break
         privacy = _privacy_now(trainer)
-        metrics = EpochMetrics(epoch, train_loss, test_loss, test_accuracy,
-                               None if privacy is None else privacy.epsilon, seconds, step, trainer.releases)
+        metrics = EpochMetrics(
+            epoch,
+            train_loss,
+            test_loss,
+            test_accuracy,
+            None if privacy is None else privacy.epsilon,
+            seconds,
+            step,
+            trainer.releases,
+        )
         epochs.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
-        on_progress(Progress("train", step, trainer.plan.steps, f"epoch {epoch}/{config.epochs} done",
-                             {"epoch": epoch, "test_accuracy": test_accuracy, "epsilon": metrics.epsilon}))
+        on_progress(
+            Progress(
+                "train",
+                step,
+                trainer.plan.steps,
+                f"epoch {epoch}/{config.epochs} done",
+                {"epoch": epoch, "test_accuracy": test_accuracy, "epsilon": metrics.epsilon},
+            )
+        )
     return TrainResult(
-        config=config, status=status, reason=reason, plan=trainer.plan, epochs=epochs, privacy=_privacy_now(trainer),
-        steps=step, releases=trainer.releases, seconds=seconds, model=trainer.spec,
-        n_params=count_parameters(trainer.model), device=str(trainer.device), n_train=trainer.dataset.n_train,
+        config=config,
+        status=status,
+        reason=reason,
+        plan=trainer.plan,
+        epochs=epochs,
+        privacy=_privacy_now(trainer),
+        steps=step,
+        releases=trainer.releases,
+        seconds=seconds,
+        model=trainer.spec,
+        n_params=count_parameters(trainer.model),
+        device=str(trainer.device),
+        n_train=trainer.dataset.n_train,
         state_dict=_weights(trainer.model),
     )

@@ -12,8 +12,26 @@ st.dataframe(pd.DataFrame(method_table()), hide_index=True)
 st.subheader("Stored runs")
 runs = RunStore(default_store_path()).list_runs()
 if runs:
-    st.dataframe(pd.DataFrame([{k: r.to_dict()[k] for k in ("run_id", "status", "method", "dataset", "seed",
-                                                            "target_epsilon", "epsilon", "test_accuracy")}
-                               for r in runs]), hide_index=True)
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    k: r.to_dict()[k]
+                    for k in (
+                        "run_id",
+                        "status",
+                        "method",
+                        "dataset",
+                        "seed",
+                        "target_epsilon",
+                        "epsilon",
+                        "test_accuracy",
+                    )
+                }
+                for r in runs
+            ]
+        ),
+        hide_index=True,
+    )
 else:
     st.info("No runs yet. Train some with: python -m dpsat_core sweep --dataset digits --epochs 5")

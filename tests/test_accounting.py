@@ -13,8 +13,15 @@ from dpsat_core import TrainConfig, calibrate_noise, epsilon_spent, prepare, tra
 
 def rdp_subsampled_gaussian(q: float, sigma: float, alpha: int) -> float:
     """Mironov, Talwar & Zhang (2019), integer α: log Σₖ C(α,k)(1−q)^(α−k) qᵏ exp((k²−k)/2σ²) / (α−1)."""
-    log_terms = np.array([math.log(math.comb(alpha, k)) + (alpha - k) * math.log1p(-q) + k * math.log(q)
-                          + (k * k - k) / (2 * sigma ** 2) for k in range(alpha + 1)])
+    log_terms = np.array(
+        [
+            math.log(math.comb(alpha, k))
+            + (alpha - k) * math.log1p(-q)
+            + k * math.log(q)
+            + (k * k - k) / (2 * sigma**2)
+            for k in range(alpha + 1)
+        ]
+    )
     top = log_terms.max()
     return float(top + math.log(np.exp(log_terms - top).sum())) / (alpha - 1)
 
@@ -32,8 +39,9 @@ def test_epsilon_from_integer_orders_bounds_opacus_rdp_from_above():
     rdp = np.array([rdp_subsampled_gaussian(q, sigma, int(a)) for a in orders]) * releases
     # Balle et al. (2020) conversion, as Opacus uses it
     ours = np.min(rdp - (np.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders))
-    theirs = epsilon_spent(noise_multiplier=sigma, sample_rate=q, releases=releases, delta=delta,
-                           accountant="rdp").epsilon
+    theirs = epsilon_spent(
+        noise_multiplier=sigma, sample_rate=q, releases=releases, delta=delta, accountant="rdp"
+    ).epsilon
     assert theirs <= ours + 1e-9 and theirs == pytest.approx(ours, rel=0.02)
 
 
@@ -72,8 +80,9 @@ def test_dpsam_draws_an_independent_batch_for_each_release():
 def test_calibration_lands_within_0_05_under_the_target(target, accountant):
     q, releases, delta = 128 / 1437, 165, 1e-4
     cal = calibrate_noise(target_epsilon=target, delta=delta, sample_rate=q, releases=releases, accountant=accountant)
-    spent = epsilon_spent(noise_multiplier=cal.noise_multiplier, sample_rate=q, releases=releases, delta=delta,
-                          accountant=cal.accountant)
+    spent = epsilon_spent(
+        noise_multiplier=cal.noise_multiplier, sample_rate=q, releases=releases, delta=delta, accountant=cal.accountant
+    )
     assert target - 0.05 <= spent.epsilon <= target
 
 

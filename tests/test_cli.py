@@ -6,8 +6,21 @@ import pytest
 
 from dpsat_core.cli import main
 
-TRAIN_KEYS = {"run_id", "method", "dataset", "epsilon", "delta", "target_epsilon", "noise_multiplier", "sample_rate",
-              "steps", "releases", "accountant", "test_accuracy", "seconds"}
+TRAIN_KEYS = {
+    "run_id",
+    "method",
+    "dataset",
+    "epsilon",
+    "delta",
+    "target_epsilon",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "releases",
+    "accountant",
+    "test_accuracy",
+    "seconds",
+}
 
 
 def cli(capsys, *args):
@@ -18,8 +31,23 @@ def cli(capsys, *args):
 
 def test_train_json_then_runs_and_show(tmp_path, capsys):
     db = str(tmp_path / "r.db")
-    code, out, _ = cli(capsys, "train", "--dataset", "breast_cancer", "--method", "dpsam", "--epsilon", "3",
-                       "--epochs", "1", "--batch-size", "64", "--json", "--store", db)
+    code, out, _ = cli(
+        capsys,
+        "train",
+        "--dataset",
+        "breast_cancer",
+        "--method",
+        "dpsam",
+        "--epsilon",
+        "3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--json",
+        "--store",
+        db,
+    )
     assert code == 0
     row = json.loads(out)
     assert TRAIN_KEYS <= set(row) and row["method"] == "dpsam" and row["releases"] == 2 * row["steps"]
@@ -31,31 +59,67 @@ def test_train_json_then_runs_and_show(tmp_path, capsys):
     code, out, _ = cli(capsys, "show", row["run_id"], "--json", "--store", db)
     shown = json.loads(out)
     assert len(shown["epochs"]) == 1 and shown["epochs"][0]["releases"] == row["releases"]
-    code, out, _ = cli(capsys, "train", "--dataset", "breast_cancer", "--method", "dpsam", "--epsilon", "3",
-                       "--epochs", "1", "--batch-size", "64", "--json", "--store", db)
+    code, out, _ = cli(
+        capsys,
+        "train",
+        "--dataset",
+        "breast_cancer",
+        "--method",
+        "dpsam",
+        "--epsilon",
+        "3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--json",
+        "--store",
+        db,
+    )
     assert json.loads(out)["reused"] is True
 
 
 def test_sweep_then_human_readable_listing(tmp_path, capsys):
     db = str(tmp_path / "r.db")
-    code, out, _ = cli(capsys, "sweep", "--dataset", "breast_cancer", "--methods", "dpsgd,dpsat", "--epsilons", "2",
-                       "--seeds", "0", "--epochs", "1", "--batch-size", "64", "--json", "--store", db)
+    code, out, _ = cli(
+        capsys,
+        "sweep",
+        "--dataset",
+        "breast_cancer",
+        "--methods",
+        "dpsgd,dpsat",
+        "--epsilons",
+        "2",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--json",
+        "--store",
+        db,
+    )
     assert code == 0 and len(json.loads(out)["trained"]) == 2
     code, out, _ = cli(capsys, "runs", "--store", db)
     assert "dpsat" in out and "dpsgd" in out and "run_id" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--epsilon", "0"], "epsilon must be a finite number > 0"),
-    (["train", "--method", "dpsgd", "--delta", "0.5", "--dataset", "breast_cancer"], "must be < 1/n"),
-    (["train", "--batch-size", "5000", "--dataset", "breast_cancer"], "exceeds the 455"),
-    (["train", "--rho", "-1"], "rho must be"),
-    (["train", "--dataset", "nowhere"], "unknown dataset"),
-    (["show", "abc123"], "no run 'abc123'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--epsilon", "0"], "epsilon must be a finite number > 0"),
+        (["train", "--method", "dpsgd", "--delta", "0.5", "--dataset", "breast_cancer"], "must be < 1/n"),
+        (["train", "--batch-size", "5000", "--dataset", "breast_cancer"], "exceeds the 455"),
+        (["train", "--rho", "-1"], "rho must be"),
+        (["train", "--dataset", "nowhere"], "unknown dataset"),
+        (["show", "abc123"], "no run 'abc123'"),
+    ],
+)
 def test_bad_input_is_one_line_on_stderr_with_exit_2(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "dpsat_core", *args, "--store", str(tmp_path / "r.db")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpsat_core", *args, "--store", str(tmp_path / "r.db")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]

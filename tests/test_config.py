@@ -6,22 +6,25 @@ from dpsat_core import ConfigError, TrainConfig, default_delta
 from dpsat_core.config import resolve_for_data
 
 
-@pytest.mark.parametrize("field, value, fragment", [
-    ("epsilon", 0.0, "epsilon must be a finite number > 0"),
-    ("epsilon", -1.0, "epsilon must be a finite number > 0"),
-    ("epsilon", float("nan"), "epsilon"),
-    ("rho", -0.1, "rho must be a finite number ≥ 0"),
-    ("clip_norm", 0.0, "clip_norm"),
-    ("lr", -1.0, "lr"),
-    ("momentum", 1.0, "momentum must be < 1"),
-    ("epochs", 0, "epochs must be a whole number ≥ 1"),
-    ("batch_size", 0, "batch_size"),
-    ("delta", 1.5, "delta must be < 1"),
-    ("noise_multiplier", -1.0, "noise_multiplier"),
-    ("method", "adam", "unknown method 'adam'"),
-    ("accountant", "moments", "unknown accountant 'moments'"),
-    ("model", "resnet", "unknown model 'resnet'"),
-])
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("epsilon", 0.0, "epsilon must be a finite number > 0"),
+        ("epsilon", -1.0, "epsilon must be a finite number > 0"),
+        ("epsilon", float("nan"), "epsilon"),
+        ("rho", -0.1, "rho must be a finite number ≥ 0"),
+        ("clip_norm", 0.0, "clip_norm"),
+        ("lr", -1.0, "lr"),
+        ("momentum", 1.0, "momentum must be < 1"),
+        ("epochs", 0, "epochs must be a whole number ≥ 1"),
+        ("batch_size", 0, "batch_size"),
+        ("delta", 1.5, "delta must be < 1"),
+        ("noise_multiplier", -1.0, "noise_multiplier"),
+        ("method", "adam", "unknown method 'adam'"),
+        ("accountant", "moments", "unknown accountant 'moments'"),
+        ("model", "resnet", "unknown model 'resnet'"),
+    ],
+)
 def test_bad_values_are_named_in_the_error(field, value, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         TrainConfig(**{field: value})

@@ -33,16 +33,19 @@ def test_csv_standardises_numbers_and_one_hot_encodes_categories(tmp_path):
     assert set(np.unique(data.x_train[:, 1:4])) == {0.0, 1.0}
 
 
-@pytest.mark.parametrize("body, target, message", [
-    ("age,label\n1,a\nx,b\n" + "3,a\n" * 20, "label", "column 'age' is numeric but holds text in 1 rows"),
-    ("age,label\n1,a\n,b\n" + "3,b\n" * 20, "label", "column 'age' has 1 missing values"),
-    ("age,label\n" + "1,a\n" * 20, "label", "same label"),
-    ("age,label\n" + "1,a\n2,b\n" * 10, "lbl", "no column 'lbl'"),
-    ("age,label\n" + "1,a\n2,b\n" * 10, None, "name the label column"),
-    ("age,label\n", "label", "has a header but no rows"),
-    ("name,label\n" + "".join(f"person{i},{i % 2}\n" for i in range(60)), "label", "free text"),
-    ("age,label\n1,\n" + "1,a\n2,b\n" * 10, "label", "missing labels"),
-])
+@pytest.mark.parametrize(
+    "body, target, message",
+    [
+        ("age,label\n1,a\nx,b\n" + "3,a\n" * 20, "label", "column 'age' is numeric but holds text in 1 rows"),
+        ("age,label\n1,a\n,b\n" + "3,b\n" * 20, "label", "column 'age' has 1 missing values"),
+        ("age,label\n" + "1,a\n" * 20, "label", "same label"),
+        ("age,label\n" + "1,a\n2,b\n" * 10, "lbl", "no column 'lbl'"),
+        ("age,label\n" + "1,a\n2,b\n" * 10, None, "name the label column"),
+        ("age,label\n", "label", "has a header but no rows"),
+        ("name,label\n" + "".join(f"person{i},{i % 2}\n" for i in range(60)), "label", "free text"),
+        ("age,label\n1,\n" + "1,a\n2,b\n" * 10, "label", "missing labels"),
+    ],
+)
 def test_csv_errors_say_what_and_where(tmp_path, body, target, message):
     with pytest.raises(DataError, match=message):
         load_dataset(write_csv(tmp_path / "bad.csv", body), target=target)
@@ -129,10 +132,15 @@ def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
         load_dataset(str(tmp_path))
 
 
-@pytest.mark.parametrize("name, kind, shape, classes", [
-    ("digits", "image", (1, 8, 8), 10), ("breast_cancer", "tabular", (30,), 2),
-    ("mnist1d", "tabular", (40,), 10), ("synthetic", "tabular", (20,), 4),
-])
+@pytest.mark.parametrize(
+    "name, kind, shape, classes",
+    [
+        ("digits", "image", (1, 8, 8), 10),
+        ("breast_cancer", "tabular", (30,), 2),
+        ("mnist1d", "tabular", (40,), 10),
+        ("synthetic", "tabular", (20,), 4),
+    ],
+)
 def test_builtin_data_sets(name, kind, shape, classes):
     data = load_dataset(name, size=500 if name in ("mnist1d", "synthetic") else None)
     assert (data.kind, data.input_shape, data.n_classes) == (kind, shape, classes)

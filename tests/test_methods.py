@@ -17,7 +17,7 @@ def _params(trainer):
 
 
 def _fixed_batch(trainer, n=64, offset=0):
-    return trainer.x_train[offset:offset + n], trainer.y_train[offset:offset + n]
+    return trainer.x_train[offset : offset + n], trainer.y_train[offset : offset + n]
 
 
 @pytest.mark.parametrize("dataset", ["digits", "breast_cancer"])  # CNN and MLP
@@ -59,15 +59,26 @@ def _clean(trainer):
 
 def _mean_grad(model, params, x, y):
     names = [n for n, _ in model.named_parameters()]
-    loss = lambda ps: F.cross_entropy(functional_call(model, dict(zip(names, ps)), (x,)), y)
-    return list(torch.autograd.grad(loss(params), params))
+    loss = F.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
+    return list(torch.autograd.grad(loss, params))
 
 
 def test_dpsat_matches_an_independent_implementation_without_noise():
     """w ← w − lr·∇L(w + ρ·g_prev/‖g_prev‖), g_prev the previous step's gradient, none at step 0."""
     rho, lr = 0.3, 0.2
-    sat = prepare(TrainConfig(method="dpsat", dataset="breast_cancer", noise_multiplier=0.0, clip_norm=1e9, rho=rho,
-                              lr=lr, momentum=0.0, batch_size=64, seed=2))
+    sat = prepare(
+        TrainConfig(
+            method="dpsat",
+            dataset="breast_cancer",
+            noise_multiplier=0.0,
+            clip_norm=1e9,
+            rho=rho,
+            lr=lr,
+            momentum=0.0,
+            batch_size=64,
+            seed=2,
+        )
+    )
     model = _clean(sat)
     ref = [p.detach().clone().requires_grad_(True) for p in sat.model.parameters()]
     batches = [_fixed_batch(sat, offset=64 * i) for i in range(5)]
@@ -77,7 +88,7 @@ def test_dpsat_matches_an_independent_implementation_without_noise():
         if prev is None:
             point = ref
         else:
-            norm = torch.sqrt(sum((g ** 2).sum() for g in prev))
+            norm = torch.sqrt(sum((g**2).sum() for g in prev))
             point = [w + rho * g / norm for w, g in zip(ref, prev)]
         g = _mean_grad(model, point, *batch)
         with torch.no_grad():
@@ -90,16 +101,27 @@ def test_dpsat_matches_an_independent_implementation_without_noise():
 def test_dpsam_matches_an_independent_implementation_without_noise():
     """Ascent on its own batch A, descent on batch B at w + ρ·g_A/‖g_A‖."""
     rho, lr = 0.3, 0.2
-    sam = prepare(TrainConfig(method="dpsam", dataset="breast_cancer", noise_multiplier=0.0, clip_norm=1e9, rho=rho,
-                              lr=lr, momentum=0.0, batch_size=64, seed=2))
+    sam = prepare(
+        TrainConfig(
+            method="dpsam",
+            dataset="breast_cancer",
+            noise_multiplier=0.0,
+            clip_norm=1e9,
+            rho=rho,
+            lr=lr,
+            momentum=0.0,
+            batch_size=64,
+            seed=2,
+        )
+    )
     model = _clean(sam)
     ref = [p.detach().clone().requires_grad_(True) for p in sam.model.parameters()]
     batches = [_fixed_batch(sam, offset=64 * i) for i in range(6)]
     for i in range(0, 6, 2):
-        feed = iter(batches[i:i + 2])
+        feed = iter(batches[i : i + 2])
         sam.step_fn(lambda: next(feed))
         g_a = _mean_grad(model, ref, *batches[i])
-        norm = torch.sqrt(sum((g ** 2).sum() for g in g_a))
+        norm = torch.sqrt(sum((g**2).sum() for g in g_a))
         g_b = _mean_grad(model, [w + rho * g / norm for w, g in zip(ref, g_a)], *batches[i + 1])
         with torch.no_grad():
             ref = [(w - lr * g).requires_grad_(True) for w, g in zip(ref, g_b)]

@@ -6,8 +6,10 @@ from dpsat_core import build_model, model_spec
 from dpsat_core.models import count_parameters
 
 
-@pytest.mark.parametrize("kind, shape", [("image", (1, 8, 8)), ("image", (1, 28, 28)), ("image", (3, 32, 32)),
-                                         ("tabular", (30,)), ("tabular", (40,))])
+@pytest.mark.parametrize(
+    "kind, shape",
+    [("image", (1, 8, 8)), ("image", (1, 28, 28)), ("image", (3, 32, 32)), ("tabular", (30,)), ("tabular", (40,))],
+)
 def test_models_fit_the_data_and_are_valid_for_opacus(kind, shape):
     model = build_model(model_spec("auto", kind=kind, input_shape=shape, n_classes=7), seed=0)
     assert model(torch.zeros(5, *shape)).shape == (5, 7)

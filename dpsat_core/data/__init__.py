@@ -26,10 +26,14 @@ def _load_cached(source: str, target: Optional[str], size: Optional[int], split_
         return load_csv(path, target=target, split_seed=split_seed)
     if suffix == ".npz":
         return load_npz(path, split_seed=split_seed)
-    raise DataError(f"{path.name}: unsupported file type {suffix or '(none)'}: use .csv, .npz, or a folder of IDX/CIFAR files")
+    raise DataError(
+        f"{path.name}: unsupported file type {suffix or '(none)'}: use .csv, .npz, or a folder of IDX/CIFAR files"
+    )
 
 
-def load_dataset(source: str, *, target: Optional[str] = None, size: Optional[int] = None, split_seed: int = 0) -> Dataset:
+def load_dataset(
+    source: str, *, target: Optional[str] = None, size: Optional[int] = None, split_seed: int = 0
+) -> Dataset:
     """Load a built-in data set by name (digits, breast_cancer, mnist1d, synthetic) or a file/folder.
 
     Results are cached per process (arrays are read-only); a file's cache entry
@@ -38,7 +42,10 @@ def load_dataset(source: str, *, target: Optional[str] = None, size: Optional[in
     if source not in BUILTIN:
         path = Path(source).expanduser()
         if not path.exists():
-            raise DataError(f"unknown dataset {source!r}: use a built-in one ({', '.join(BUILTIN)}) or a path to a .csv, .npz or data folder")
+            raise DataError(
+                f"unknown dataset {source!r}: use a built-in one ({', '.join(BUILTIN)}) "
+                "or a path to a .csv, .npz or data folder"
+            )
         stat = path.stat()
         return _load_cached(str(path), target, None, split_seed, (stat.st_mtime_ns, stat.st_size))
     return _load_cached(source, None, size, split_seed, ())

@@ -24,8 +24,9 @@ def breast_cancer(*, size: int | None, split_seed: int) -> Dataset:
 
     bunch = load_breast_cancer()
     labels = np.asarray(bunch.target_names)[bunch.target]
-    return finish("breast_cancer", "tabular", bunch.data, labels, split_seed=split_seed,
-                  feature_names=list(bunch.feature_names))
+    return finish(
+        "breast_cancer", "tabular", bunch.data, labels, split_seed=split_seed, feature_names=list(bunch.feature_names)
+    )
 
 
 def mnist1d(*, size: int | None, split_seed: int) -> Dataset:
@@ -36,16 +37,24 @@ def mnist1d(*, size: int | None, split_seed: int) -> Dataset:
     args.num_samples = size or DEFAULT_SIZES["mnist1d"]
     args.seed = 42 + split_seed
     data = make_dataset(args)  # never `get_dataset`, which downloads
-    return finish("mnist1d", "tabular", data["x"], data["y"], split_seed=split_seed,
-                  test=(data["x_test"], data["y_test"]))
+    return finish(
+        "mnist1d", "tabular", data["x"], data["y"], split_seed=split_seed, test=(data["x_test"], data["y_test"])
+    )
 
 
 def synthetic(*, size: int | None, split_seed: int) -> Dataset:
     """scikit-learn's make_classification: 20 features (10 informative), 4 classes."""
     from sklearn.datasets import make_classification
 
-    x, y = make_classification(n_samples=size or DEFAULT_SIZES["synthetic"], n_features=20, n_informative=10,
-                               n_redundant=4, n_classes=4, class_sep=1.0, random_state=split_seed)
+    x, y = make_classification(
+        n_samples=size or DEFAULT_SIZES["synthetic"],
+        n_features=20,
+        n_informative=10,
+        n_redundant=4,
+        n_classes=4,
+        class_sep=1.0,
+        random_state=split_seed,
+    )
     return finish("synthetic", "tabular", x, y, split_seed=split_seed)
 
 

@@ -41,8 +41,12 @@ class Dataset:
     def describe(self) -> dict:
         """A short summary for pages, reports and the CLI."""
         return {
-            "name": self.name, "kind": self.kind, "n_train": self.n_train, "n_test": len(self.y_test),
-            "n_classes": self.n_classes, "input_shape": list(self.input_shape),
+            "name": self.name,
+            "kind": self.kind,
+            "n_train": self.n_train,
+            "n_test": len(self.y_test),
+            "n_classes": self.n_classes,
+            "input_shape": list(self.input_shape),
             "class_counts": np.bincount(self.y_train, minlength=self.n_classes).tolist(),
         }
 
@@ -53,12 +57,17 @@ def encode_labels(labels: np.ndarray, source: str) -> tuple[np.ndarray, tuple[st
     if labels.ndim != 1:
         raise DataError(f"{source}: labels must be one value per example, got shape {labels.shape}")
     if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-        raise DataError(f"{source}: {int((~np.isfinite(labels)).sum())} labels are missing (NaN): fill or drop those rows")
+        raise DataError(
+            f"{source}: {int((~np.isfinite(labels)).sum())} labels are missing (NaN): fill or drop those rows"
+        )
     if labels.dtype.kind == "f" and np.all(labels == np.round(labels)):
         labels = labels.astype(np.int64)
     values, codes = np.unique(labels, return_inverse=True)
     if len(values) < 2:
-        raise DataError(f"{source}: every example has the same label ({values[0] if len(values) else 'none'}): a classifier needs ≥ 2 classes")
+        raise DataError(
+            f"{source}: every example has the same label ({values[0] if len(values) else 'none'}): "
+            "a classifier needs ≥ 2 classes"
+        )
     return codes.astype(np.int64), tuple(str(v) for v in values)
 
 
@@ -69,11 +78,16 @@ def _check_features(x: np.ndarray, source: str) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])[:5] + 1
-        raise DataError(f"{source}: {int(bad.sum())} feature values are NaN or infinite (first rows: {rows.tolist()}): fill or drop them")
+        raise DataError(
+            f"{source}: {int(bad.sum())} feature values are NaN or infinite (first rows: {rows.tolist()}): "
+            "fill or drop them"
+        )
     return x
 
 
-def _scale(train: np.ndarray, test: np.ndarray, kind: str, columns: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _scale(
+    train: np.ndarray, test: np.ndarray, kind: str, columns: Optional[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Standardise with training statistics only: per channel for images, per column for tables."""
     if kind == "image":
         axes = (0, 2, 3)
@@ -121,7 +135,7 @@ def finish(
         x_test_raw = _check_features(np.asarray(test[0]), f"{name} (test)")
         all_labels = np.concatenate([np.asarray(labels), np.asarray(test[1])])
         codes, class_names = encode_labels(all_labels, name)
-        x_train, x_test, y_train, y_test = x, x_test_raw, codes[: len(x)], codes[len(x):]
+        x_train, x_test, y_train, y_test = x, x_test_raw, codes[: len(x)], codes[len(x) :]
     x_train, x_test = _scale(x_train, x_test, kind, standardize)
     y_train, y_test = y_train.astype(np.int64), y_test.astype(np.int64)
     _freeze(x_train, x_test, y_train, y_test)

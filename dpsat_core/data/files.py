@@ -23,7 +23,9 @@ def check_size(path: Path) -> None:
     if size == 0:
         raise DataError(f"{path.name} is empty")
     if size > MAX_FILE_BYTES:
-        raise DataError(f"{path.name} is {size / 1024**2:.0f} MiB; the limit is {MAX_FILE_BYTES // 1024**2} MiB: subsample it first")
+        raise DataError(
+            f"{path.name} is {size / 1024**2:.0f} MiB; the limit is {MAX_FILE_BYTES // 1024**2} MiB: subsample it first"
+        )
 
 
 def _rows(mask: pd.Series) -> str:
@@ -37,7 +39,10 @@ def _encode_table(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[st
         values = frame[column]
         missing = values.isna()
         if missing.any():
-            raise DataError(f"{source}: column {column!r} has {int(missing.sum())} missing values (rows {_rows(missing)}): fill or drop them")
+            raise DataError(
+                f"{source}: column {column!r} has {int(missing.sum())} missing values (rows {_rows(missing)}): "
+                "fill or drop them"
+            )
         if values.dtype.kind in "biuf":
             blocks.append(values.to_numpy(dtype=np.float64)[:, None])
             names.append(str(column))
@@ -47,12 +52,16 @@ def _encode_table(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[st
         text = as_numbers.isna()
         if text.mean() < 0.5:
             first = values[text].iloc[0]
-            raise DataError(f"{source}: column {column!r} is numeric but holds text in {int(text.sum())} rows "
-                            f"(rows {_rows(text)}, e.g. {first!r}): fix or drop those rows")
+            raise DataError(
+                f"{source}: column {column!r} is numeric but holds text in {int(text.sum())} rows "
+                f"(rows {_rows(text)}, e.g. {first!r}): fix or drop those rows"
+            )
         levels = sorted(values.astype(str).unique())
         if len(levels) > MAX_CATEGORIES or len(levels) > 0.5 * len(values):
-            raise DataError(f"{source}: column {column!r} looks like free text ({len(levels)} distinct values): "
-                            f"drop it, or encode it as numbers")
+            raise DataError(
+                f"{source}: column {column!r} looks like free text ({len(levels)} distinct values): "
+                f"drop it, or encode it as numbers"
+            )
         strings = values.astype(str).to_numpy()
         blocks.append(np.stack([strings == level for level in levels], axis=1).astype(np.float64))
         names.extend(f"{column}={level}" for level in levels)
@@ -80,10 +89,20 @@ def load_csv(path: Path, *, target: str | None, split_seed: int) -> Dataset:
         raise DataError(f"{path.name}: no column {target!r}; columns are {', '.join(columns)}")
     labels = frame.pop(target)
     if labels.isna().any():
-        raise DataError(f"{path.name}: target column {target!r} has {int(labels.isna().sum())} missing labels (rows {_rows(labels.isna())}): drop those rows")
+        raise DataError(
+            f"{path.name}: target column {target!r} has {int(labels.isna().sum())} missing labels "
+            f"(rows {_rows(labels.isna())}): drop those rows"
+        )
     x, names, numeric = _encode_table(frame, path.name)
-    return finish(path.stem, "tabular", x, labels.astype(str).to_numpy() if labels.dtype == object else labels.to_numpy(),
-                  split_seed=split_seed, feature_names=names, standardize=numeric)
+    return finish(
+        path.stem,
+        "tabular",
+        x,
+        labels.astype(str).to_numpy() if labels.dtype == object else labels.to_numpy(),
+        split_seed=split_seed,
+        feature_names=names,
+        standardize=numeric,
+    )
 
 
 def _as_images(x: np.ndarray) -> np.ndarray:
@@ -142,19 +161,34 @@ def load_idx_folder(folder: Path, *, split_seed: int) -> Dataset:
     """MNIST or FashionMNIST: train/t10k images and labels, `*-ubyte` or `*-ubyte.gz`."""
     parts = {
         key: read_idx(_find(folder, f"{prefix}-{kind}-idx{dim}-ubyte*"))
-        for key, prefix, kind, dim in (("xtr", "train", "images", 3), ("ytr", "train", "labels", 1),
-                                       ("xte", "t10k", "images", 3), ("yte", "t10k", "labels", 1))
+        for key, prefix, kind, dim in (
+            ("xtr", "train", "images", 3),
+            ("ytr", "train", "labels", 1),
+            ("xte", "t10k", "images", 3),
+            ("yte", "t10k", "labels", 1),
+        )
     }
-    return finish(folder.name, "image", parts["xtr"][:, None] / 255.0, parts["ytr"], split_seed=split_seed,
-                  test=(parts["xte"][:, None] / 255.0, parts["yte"]))
+    return finish(
+        folder.name,
+        "image",
+        parts["xtr"][:, None] / 255.0,
+        parts["ytr"],
+        split_seed=split_seed,
+        test=(parts["xte"][:, None] / 255.0, parts["yte"]),
+    )
 
 
 class _ArraysOnly(pickle.Unpickler):
     """CIFAR batches are pickles: allow numpy arrays and plain containers, nothing that runs code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -187,4 +221,6 @@ def load_folder(folder: Path, *, split_seed: int) -> Dataset:
     for candidate in (folder, folder / "cifar-10-batches-py"):
         if any(candidate.glob("data_batch_*")):
             return load_cifar_folder(candidate, split_seed=split_seed)
-    raise DataError(f"{folder}: found neither MNIST-style IDX files (train-images-idx3-ubyte…) nor CIFAR-10 batches (data_batch_1…)")
+    raise DataError(
+        f"{folder}: found neither MNIST-style IDX files (train-images-idx3-ubyte…) nor CIFAR-10 batches (data_batch_1…)"
+    )

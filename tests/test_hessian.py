@@ -1,0 +1,146 @@
+"""The Hessian tools against the exact Hessian of tiny models, and against PyHessian."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+import dpsat_core.hessian as hessian_module
+from dpsat_core import TrainConfig, build_model, train
+from dpsat_core.data import load_dataset
+from dpsat_core.hessian import HessianOperator, hessian_spectrum, hutchinson_trace, top_eigenvalues
+
+
+def tiny_mlp():
+    """Seed 1 gives eigenvalues 1.48, 0.996, 0.508, … −0.512: magnitude ranking would pick −0.512 third."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    return model, torch.randn(40, 3), torch.randint(0, 3, (40,))
+
+
+def tiny_cnn():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.GroupNorm(1, 2), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)
+    )
+    return model, torch.randn(30, 1, 4, 4), torch.randint(0, 3, (30,))
+
+
+def exact_eigenvalues(model, x, y):
+    names = [n for n, _ in model.named_parameters()]
+    shapes, sizes = [p.shape for p in model.parameters()], [p.numel() for p in model.parameters()]
+
+    def loss(flat):
+        params = [t.view(s) for t, s in zip(torch.split(flat, sizes), shapes)]
+        return F.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    matrix = torch.autograd.functional.hessian(loss, flat).double()
+    return torch.linalg.eigvalsh(matrix).flip(0).numpy(), torch.trace(matrix).item()
+
+
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn])
+def test_top_eigenvalues_and_trace_match_the_exact_hessian(make):
+    model, x, y = make()
+    exact, exact_trace = exact_eigenvalues(model, x, y)
+    spectrum = hessian_spectrum(model, x, y, k=3, trace_probes=10_000)  # probes ≥ size: exact diagonal
+    np.testing.assert_allclose(spectrum.top, exact[:3], rtol=1e-3)
+    assert spectrum.top == sorted(spectrum.top, reverse=True)
+    assert spectrum.trace == pytest.approx(exact_trace, rel=1e-3) and spectrum.trace_stderr == 0.0
+
+
+@pytest.mark.parametrize("mode", ["linearize", "vjp"])
+def test_both_product_modes_give_the_exact_top_eigenvalues(mode):
+    model, x, y = tiny_cnn()
+    exact, _ = exact_eigenvalues(model, x, y)
+    op = HessianOperator(model, x, y, mode=mode)
+    assert op.mode == mode
+    np.testing.assert_allclose(top_eigenvalues(op, 3), exact[:3], rtol=1e-3)
+
+
+def test_auto_mode_takes_linearize_only_when_its_memory_fits(monkeypatch):
+    model, x, y = tiny_cnn()
+    assert HessianOperator(model, x, y).mode == "linearize"
+    monkeypatch.setattr(hessian_module, "LINEARIZE_BUDGET_BYTES", 0)
+    assert HessianOperator(model, x, y).mode == "vjp"
+
+
+def test_eigenvalues_are_the_algebraically_largest_not_the_largest_in_magnitude():
+    model, x, y = tiny_mlp()
+    exact, _ = exact_eigenvalues(model, x, y)
+    assert abs(exact[-1]) > exact[2]  # the premise: a magnitude ranking would differ
+    top = top_eigenvalues(HessianOperator(model, x, y), 3)
+    assert min(top) > 0 and top[2] == pytest.approx(exact[2], rel=1e-3)
+
+
+def test_hutchinson_is_unbiased_within_its_standard_error():
+    model, x, y = tiny_cnn()
+    _, exact_trace = exact_eigenvalues(model, x, y)
+    estimate, stderr, probes = hutchinson_trace(HessianOperator(model, x, y), 40, seed=3)
+    assert probes == 40 and stderr > 0
+    assert abs(estimate - exact_trace) < 4 * stderr
+
+
+def test_a_model_linearize_cannot_trace_falls_back_to_vjp(monkeypatch):
+    model, x, y = tiny_cnn()
+    fast = HessianOperator(model, x, y, mode="linearize")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated linearize failure")
+
+    monkeypatch.setattr(hessian_module, "linearize", broken)
+    fallback = HessianOperator(model, x, y, mode="linearize")
+    assert fallback.mode == "vjp"
+    v = torch.randn(fast.size)
+    torch.testing.assert_close(fast(v), fallback(v), rtol=1e-4, atol=1e-6)
+
+
+def test_density_integrates_to_one_and_covers_the_top_eigenvalue():
+    model, x, y = tiny_mlp()
+    spectrum = hessian_spectrum(model, x, y, k=2, trace_probes=10, density_steps=30)
+    grid, density = np.array(spectrum.density_grid), np.array(spectrum.density)
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=0.02)
+    assert grid.min() < 0 < spectrum.top[0] <= grid.max()
+
+
+def test_the_callers_model_and_global_rng_are_left_alone():
+    model, x, y = tiny_cnn()
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    for backend in ("lanczos", "pyhessian"):
+        hessian_spectrum(model, x, y, k=2, trace_probes=5, backend=backend)
+    assert torch.rand(1) == expected
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_pyhessian_backend_agrees_with_lanczos_within_one_percent():
+    result = train(TrainConfig(dataset="digits", method="sgd", epochs=2))
+    model = build_model(result.model, seed=0)
+    model.load_state_dict(result.state_dict)
+    data = load_dataset("digits")
+    x, y = torch.tensor(data.x_train[:256]), torch.tensor(data.y_train[:256])
+    fast = hessian_spectrum(model, x, y, k=3, trace_probes=100, seed=0)
+    slow = hessian_spectrum(model, x, y, k=3, trace_probes=100, seed=0, backend="pyhessian")
+    np.testing.assert_allclose(slow.top, fast.top, rtol=0.01)
+    assert abs(slow.trace - fast.trace) < 4 * np.hypot(slow.trace_stderr, fast.trace_stderr)
+
+
+def test_bad_settings_are_refused():
+    from dpsat_core import ConfigError
+
+    model, x, y = tiny_mlp()
+    with pytest.raises(ConfigError, match="unknown Hessian backend"):
+        hessian_spectrum(model, x, y, backend="power")
+    with pytest.raises(ConfigError, match="k must be between 1 and"):
+        top_eigenvalues(HessianOperator(model, x, y), 0)
+    with pytest.raises(ConfigError, match="unknown HVP mode"):
+        HessianOperator(model, x, y, mode="forward")
