@@ -79,11 +79,15 @@ def _cached(
     recompute: bool,
     load: Callable[[dict], T],
     compute: Callable[[], T],
-) -> T:
+    cached_only: bool = False,
+) -> Optional[T]:
+    """The stored result if any, else compute and store it (or None with `cached_only`)."""
     if not recompute:
         stored = store.get_analysis(run_id, kind, key)
         if stored is not None:
             return load(stored)
+    if cached_only:
+        return None
     result = compute()
     store.save_analysis(run_id, kind, key, result.to_dict())  # type: ignore[attr-defined]
     return result
@@ -102,8 +106,10 @@ def run_hessian(
     device: str = "auto",
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
-) -> HessianSpectrum:
-    """Top-k eigenvalues, trace and density of a stored run's training loss (cached)."""
+    cached_only: bool = False,
+) -> Optional[HessianSpectrum]:
+    """Top-k eigenvalues, trace and density of a stored run's training loss (cached; with
+    `cached_only`, None unless already computed)."""
     key = _key(k=k, trace_probes=trace_probes, n_samples=n_samples, backend=backend, seed=seed)
 
     def compute() -> HessianSpectrum:
@@ -120,7 +126,7 @@ def run_hessian(
             should_stop=should_stop,
         )
 
-    return _cached(store, run_id, "hessian", key, recompute, HessianSpectrum.from_dict, compute)
+    return _cached(store, run_id, "hessian", key, recompute, HessianSpectrum.from_dict, compute, cached_only)
 
 
 def iter_run_surface(
@@ -135,12 +141,15 @@ def iter_run_surface(
     device: str = "auto",
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
+    cached_only: bool = False,
 ) -> Iterator[Surface]:
     """The run's 2D loss surface along directions seeded by `seed` and `seed + 1`: coarse, then full (cached)."""
     key = _key(steps=steps, span=span, n_samples=n_samples, seed=seed)
     stored = None if recompute else store.get_analysis(run_id, "surface", key)
     if stored is not None:
         yield Surface.from_dict(stored)
+        return
+    if cached_only:
         return
     rm = load_run_model(store, run_id, n_samples=n_samples, device=device)
     evaluator = LossEvaluator(rm.model, rm.x, rm.y)
@@ -154,9 +163,10 @@ def iter_run_surface(
         yield surface
 
 
-def run_surface(store: RunStore, run_id: str, **settings: Any) -> Surface:
-    """The complete 2D surface (see `iter_run_surface`)."""
-    return list(iter_run_surface(store, run_id, **settings))[-1]
+def run_surface(store: RunStore, run_id: str, **settings: Any) -> Optional[Surface]:
+    """The complete 2D surface (see `iter_run_surface`; None with `cached_only=True` when not stored)."""
+    surfaces = list(iter_run_surface(store, run_id, **settings))
+    return surfaces[-1] if surfaces else None
 
 
 def run_slice(
@@ -169,7 +179,8 @@ def run_slice(
     seed: int = 0,
     recompute: bool = False,
     device: str = "auto",
-) -> Slice:
+    cached_only: bool = False,
+) -> Optional[Slice]:
     """Loss and accuracy along the seeded filter-normalised direction (the same for every run of an architecture)."""
     key = _key(steps=steps, span=span, n_samples=n_samples, seed=seed)
 
@@ -178,7 +189,7 @@ def run_slice(
         evaluator = LossEvaluator(rm.model, rm.x, rm.y)
         return slice_1d(evaluator, random_direction(evaluator.weights, seed=seed), steps=steps, span=span)
 
-    return _cached(store, run_id, "slice", key, recompute, Slice.from_dict, compute)
+    return _cached(store, run_id, "slice", key, recompute, Slice.from_dict, compute, cached_only)
 
 
 def run_line(
@@ -190,7 +201,8 @@ def run_line(
     n_samples: int = DEFAULT_SAMPLES,
     recompute: bool = False,
     device: str = "auto",
-) -> Slice:
+    cached_only: bool = False,
+) -> Optional[Slice]:
     """Loss along the straight line from run A's weights (t=0) to run B's (t=1), on A's data subset."""
     key = _key(other=run_b, steps=steps, n_samples=n_samples)
 
@@ -202,7 +214,7 @@ def run_line(
         evaluator = LossEvaluator(a.model, a.x, a.y)
         return line_between(evaluator, {n: p.detach() for n, p in b.model.named_parameters()}, steps=steps)
 
-    return _cached(store, run_a, "line", key, recompute, Slice.from_dict, compute)
+    return _cached(store, run_a, "line", key, recompute, Slice.from_dict, compute, cached_only)
 
 
 def run_noise_robustness(
@@ -216,7 +228,8 @@ def run_noise_robustness(
     recompute: bool = False,
     device: str = "auto",
     should_stop: Optional[StopFn] = None,
-) -> NoiseRobustness:
+    cached_only: bool = False,
+) -> Optional[NoiseRobustness]:
     """Mean ± std loss increase under relative Gaussian weight noise, per scale (cached)."""
     key = _key(scales=list(scales), draws=draws, n_samples=n_samples, seed=seed)
 
@@ -226,4 +239,4 @@ def run_noise_robustness(
             LossEvaluator(rm.model, rm.x, rm.y), scales=scales, draws=draws, seed=seed, should_stop=should_stop
         )
 
-    return _cached(store, run_id, "noise", key, recompute, NoiseRobustness.from_dict, compute)
+    return _cached(store, run_id, "noise", key, recompute, NoiseRobustness.from_dict, compute, cached_only)

@@ -13,35 +13,24 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from .analysis import DEFAULT_SAMPLES, run_hessian, run_surface
-from .config import ACCOUNTANTS, MODELS, TrainConfig
-from .errors import DpsatError
+from .config import ACCOUNTANTS, MODELS, TrainConfig, parse_numbers
+from .errors import ConfigError, DpsatError
 from .hessian import BACKENDS
 from .methods import METHODS
 from .progress import Progress, no_progress
 from .runner import run
-from .store import DEFAULT_STORE, STATUSES, RunRecord, RunStore
-from .sweep import SweepSpec, sweep
-
-STORE_ENV = "DPSAT_STORE"
+from .store import DEFAULT_STORE, STATUSES, STORE_ENV, RunRecord, RunStore, default_store_path
+from .sweep import SweepSpec, check_sweep, sweep
 
 
-def default_store_path() -> str:
-    """`$DPSAT_STORE`, else `dpsat_runs.db` in the working directory (shared with the dashboard)."""
-    return os.environ.get(STORE_ENV, DEFAULT_STORE)
+def _list(name: str, kind: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            return parse_numbers(text, name=name, kind=kind)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+    return parse
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -160,6 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec = SweepSpec(base=_config(args), methods=args.methods, epsilons=args.epsilons, seeds=args.seeds)
+    check_sweep(spec)
     store = RunStore(args.store)
     result = sweep(spec, store, workers=args.workers, on_progress=no_progress if args.json else _stderr_progress)
     if args.json:
@@ -297,8 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sweep", cmd_sweep, "train methods × ε values × seeds; cells already done are reused")
     _add_training_options(p, with_method=False)
     p.add_argument("--methods", type=_names, default=("dpsgd", "dpsam", "dpsat"), help="comma-separated")
-    p.add_argument("--epsilons", type=_floats, default=(1.0, 2.0, 4.0, 8.0), help="comma-separated target ε values")
-    p.add_argument("--seeds", type=_ints, default=(0,), help="comma-separated")
+    p.add_argument(
+        "--epsilons",
+        type=_list("--epsilons", float),
+        default=(1.0, 2.0, 4.0, 8.0),
+        help="comma-separated target ε values",
+    )
+    p.add_argument("--seeds", type=_list("--seeds", int), default=(0,), help="comma-separated")
     p.add_argument(
         "--workers",
         type=int,

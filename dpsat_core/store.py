@@ -25,6 +25,7 @@ from .errors import StoreError
 from .training import EpochMetrics, TrainResult
 
 DEFAULT_STORE = "dpsat_runs.db"
+STORE_ENV = "DPSAT_STORE"
 STATUSES = ("running", "done", "failed", "cancelled")
 
 _SCHEMA = """
@@ -93,6 +94,11 @@ class RunRecord:
         if with_epochs:
             data["epochs"] = [asdict(e) for e in self.epochs]
         return data
+
+
+def default_store_path() -> str:
+    """`$DPSAT_STORE`, else `dpsat_runs.db` in the working directory (shared by the CLI and the dashboard)."""
+    return os.environ.get(STORE_ENV, DEFAULT_STORE)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,9 +14,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .config import TrainConfig
+from .config import TrainConfig, resolve_for_data
+from .data import load_dataset
 from .errors import ConfigError
 from .methods import method_info
+from .models import model_spec
 from .progress import Progress, ProgressFn, StopFn, no_progress
 from .runner import run
 from .store import RunStore
@@ -55,6 +57,16 @@ class SweepSpec:
         return out
 
 
+def check_sweep(spec: SweepSpec) -> None:
+    """Check the grid against its data before any training (δ < 1/n, batch ≤ n, model fits), so a page
+    or the CLI can refuse it with one message instead of failing cell by cell."""
+    base = spec.base
+    dataset = load_dataset(base.dataset, target=base.target, size=base.dataset_size, split_seed=base.split_seed)
+    model_spec(base.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
+    for cell in spec.cells():
+        resolve_for_data(cell, dataset.n_train)
+
+
 @dataclass
 class SweepResult:
     """Run ids of the grid, split by what happened to each cell."""
@@ -68,6 +80,12 @@ class SweepResult:
     @property
     def run_ids(self) -> list[str]:
         return self.reused + self.trained + self.failed
+
+    def problems(self) -> str:
+        """One line on failed cells (each failed cell leaves one error), or '' when all finished."""
+        if not self.errors:
+            return ""
+        return f"{len(self.errors)} of the cells failed: " + "; ".join(self.errors[:3])
 
 
 def _cell_worker(config: dict, store_path: str, threads: int, reports, stop) -> tuple[str, str, str]:

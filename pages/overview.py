@@ -1,37 +1,56 @@
-"""Overview (placeholder until the dashboard issue): the three methods and the stored runs."""
+"""Overview: accuracy vs ε, sharpness vs ε and 1D slices side by side, with a plain-words verdict."""
 
-import pandas as pd
 import streamlit as st
 
-from dpsat_core import RunStore, method_table
-from dpsat_core.cli import default_store_path
+from dashboard.actions import start_analyses, start_default_comparison
+from dashboard.state import get_store
+from dashboard.widgets import job_panel, methods_table, one_run_per_method, setting_picker
+from dpsat_core import figures, run_hessian, run_slice
+from dpsat_core.compare import compare_at, group_runs, private_epsilons
 
-st.title("dpsat-lab: why flat minima help under differential privacy")
-st.subheader("The methods")
-st.dataframe(pd.DataFrame(method_table()), hide_index=True)
-st.subheader("Stored runs")
-runs = RunStore(default_store_path()).list_runs()
-if runs:
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    k: r.to_dict()[k]
-                    for k in (
-                        "run_id",
-                        "status",
-                        "method",
-                        "dataset",
-                        "seed",
-                        "target_epsilon",
-                        "epsilon",
-                        "test_accuracy",
-                    )
-                }
-                for r in runs
-            ]
-        ),
-        hide_index=True,
+st.title("Do flat minima help under differential privacy?")
+store = get_store()
+runs = setting_picker(store.list_runs(status="done"), key="overview")
+if not runs:
+    st.markdown(
+        "Train small models with **DP-SGD**, **DP-SAM** and **DP-SAT** at several privacy budgets ε and compare "
+        "accuracy, sharpness (Hessian eigenvalues, loss landscapes) and cost. DP-SAT perturbs the weights along "
+        "the *previous* private gradient, so it is sharpness-aware at no extra privacy cost."
     )
-else:
-    st.info("No runs yet. Train some with: python -m dpsat_core sweep --dataset digits --epochs 5")
+    methods_table()
+    st.caption("Default comparison: digits, SGD + DP-SGD + DP-SAM + DP-SAT, ε = 1, 3, 8, seeds 0 and 1, 5 epochs.")
+    if st.button("Run the default comparison", type="primary", key="overview-default"):
+        start_default_comparison()
+    job_panel()
+    st.stop()
+
+spectra = {r.run_id: s for r in runs if (s := run_hessian(store, r.run_id, cached_only=True))}
+stats = group_runs(runs, spectra)
+epsilons = private_epsilons(stats)
+epsilon = st.select_slider("ε for the slices and the verdict", epsilons, key="overview-eps") if epsilons else None
+
+acc, sharp, slices_col = st.columns(3)
+acc.plotly_chart(figures.accuracy_vs_epsilon(stats), key="overview-acc")
+with sharp:
+    if spectra:
+        st.plotly_chart(figures.hessian_vs_epsilon(stats), key="overview-hessian")
+    missing = [r.run_id for r in runs if r.run_id not in spectra]
+    if missing and st.button(f"Compute Hessian for {len(missing)} runs", key="overview-hessian-go"):
+        start_analyses(missing, ["hessian"])
+with slices_col:
+    chosen = one_run_per_method(runs, epsilon)
+    slices = {
+        figures.run_label(r): (r.method, s) for r in chosen if (s := run_slice(store, r.run_id, cached_only=True))
+    }
+    if slices:
+        st.plotly_chart(figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon}"), key="overview-slices")
+    missing_slices = [r.run_id for r in chosen if figures.run_label(r) not in slices]
+    if missing_slices and st.button(f"Compute 1D slices for {len(missing_slices)} runs", key="overview-slices-go"):
+        start_analyses(missing_slices, ["slice"])
+
+if epsilon is not None:
+    for method in ("dpsat", "dpsam"):
+        comparison = compare_at(stats, epsilon, method)
+        if comparison:
+            st.markdown(f"- {comparison.text}")
+job_panel()

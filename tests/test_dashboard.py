@@ -1,25 +1,140 @@
+"""Every page renders on an empty store and on one with runs; jobs started from pages end in stored results."""
+
 from pathlib import Path
 
+import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from dpsat_core import RunStore, TrainConfig, run
+from dashboard.state import get_jobs
+from dpsat_core import RunStore, SweepSpec, TrainConfig, sweep
+from dpsat_core.analysis import run_hessian, run_noise_robustness, run_slice, run_surface
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-
-
-def test_overview_renders_on_an_empty_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception
-    assert "No runs yet" in at.info[0].value
-    assert "DP-SAT" in at.dataframe[0].value["method"].tolist()
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard" / "app.py")
+PAGES = ["overview", "data", "train", "privacy_utility", "sharpness", "landscape", "runs"]
 
 
-def test_overview_lists_stored_runs(tmp_path, monkeypatch):
-    db = tmp_path / "runs.db"
-    record = run(TrainConfig(dataset="breast_cancer", method="dpsat", epochs=1, batch_size=64), RunStore(db)).record
-    monkeypatch.setenv("DPSAT_STORE", str(db))
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory) -> Path:
+    """Digits: SGD, DP-SGD and DP-SAT at ε=3, two seeds, one epoch; DP-SGD and DP-SAT seed 0 fully analysed."""
+    path = tmp_path_factory.mktemp("store") / "runs.db"
+    store = RunStore(path)
+    spec = SweepSpec(base=TrainConfig(dataset="digits", epochs=1), methods=("sgd", "dpsgd", "dpsat"),
+                     epsilons=(3.0,), seeds=(0, 1))
+    result = sweep(spec, store)
+    for run_id in (r.run_id for r in store.list_runs() if r.config.private and r.config.seed == 0):
+        run_hessian(store, run_id, trace_probes=100)
+        run_noise_robustness(store, run_id)
+        run_slice(store, run_id)
+        run_surface(store, run_id)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_server_state():
+    st.cache_resource.clear()
+    yield
+    for job in get_jobs().jobs():
+        get_jobs().cancel(job.job_id)
+        get_jobs().wait(job.job_id, timeout=120)
+    st.cache_resource.clear()
+
+
+def open_page(name: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    if name != "overview":
+        at.switch_page(f"../pages/{name}.py").run()
+    return at
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_on_an_empty_store(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "empty.db"))
     monkeypatch.chdir(tmp_path)  # the app must not depend on the working directory
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception
-    assert at.dataframe[1].value["run_id"].tolist() == [record.run_id]
+    at = open_page(name)
+    assert not at.exception, at.exception
+    assert at.title, "every page has a title"
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_with_runs(name, populated, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    at = open_page(name)
+    assert not at.exception, at.exception
+    charts = at.get("plotly_chart")
+    if name in ("overview", "privacy_utility", "sharpness", "landscape"):
+        assert len(charts) >= 2, f"{name} should draw its figures"
+
+
+def test_overview_shows_the_verdict(populated, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    at = open_page("overview")
+    verdicts = [m.value for m in at.markdown if "over DP-SGD" in m.value]
+    assert verdicts and verdicts[0].startswith("- At ε=3, DP-SAT:") and "points over DP-SGD" in verdicts[0]
+    assert "λ_max" in verdicts[0] and "not computed" not in verdicts[0] and "within the seed spread" in verdicts[0]
+
+
+def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "empty.db"))
+    at = open_page("overview")
+    assert "DP-SAT" in at.dataframe[0].value["method"].tolist()
+    at.button(key="overview-default").click().run()
+    jobs = get_jobs().jobs()
+    assert len(jobs) == 1 and "dpsgd, dpsam, dpsat" in jobs[0].label
+    get_jobs().cancel(jobs[0].job_id)
+    assert get_jobs().wait(jobs[0].job_id, timeout=120).status == "cancelled"
+
+
+def test_a_small_job_from_the_train_page_ends_in_stored_results(tmp_path, monkeypatch):
+    db = tmp_path / "runs.db"
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    at = open_page("train")
+    at.checkbox(key="train-method-dpsam").uncheck()
+    at.text_input(key="train-epsilons").input("3")
+    at.text_input(key="train-seeds").input("0")
+    at.number_input(key="train-epochs").set_value(1)
+    at.button(key="train-start").click().run()
+    assert not at.exception and "Started 2 runs" in at.success[0].value
+    job = get_jobs().jobs()[0]
+    assert get_jobs().wait(job.job_id, timeout=300).status == "done"
+    runs = RunStore(db).list_runs(status="done")
+    assert sorted(r.method for r in runs) == ["dpsat", "dpsgd"] and all(r.config.epochs == 1 for r in runs)
+    at.run()  # the panel now shows the finished job
+    assert any("finished" in p.value["text"] if isinstance(p.value, dict) else True for p in at.get("progress"))
+
+
+def test_bad_settings_are_explained_on_the_train_page(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("train")
+    at.text_input(key="train-epsilons").input("1, two")
+    at.button(key="train-start").click().run()
+    assert "ε values must be comma-separated numbers; 'two'" in at.error[0].value
+    at.text_input(key="train-epsilons").input("0")
+    at.button(key="train-start").click().run()
+    assert "epsilon must be a finite number > 0" in at.error[0].value
+    assert get_jobs().jobs() == []
+
+
+def test_the_data_page_checks_and_selects_a_built_in_data_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("data")
+    at.selectbox(key="data-builtin").select("breast_cancer").run()
+    assert [m.value for m in at.metric][:3] == ["455", "114", "2"]
+    at.button(key="data-use").click().run()
+    assert at.session_state["dataset"]["source"] == "breast_cancer"
+    at.switch_page("../pages/train.py").run()
+    assert "breast_cancer" in at.caption[0].value
+
+
+def test_runs_page_deletes_after_confirmation(populated, tmp_path, monkeypatch):
+    db = tmp_path / "copy.db"
+    db.write_bytes(populated.read_bytes())
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    victim = RunStore(db).list_runs()[0].run_id
+    at = open_page("runs")
+    at.multiselect(key="runs-selected").select(victim).run()
+    assert not at.exception and victim in at.subheader[0].value
+    at.button(key="runs-delete").click().run()
+    at.button(key="runs-delete-confirm").click().run()
+    assert victim not in [r.run_id for r in RunStore(db).list_runs()]

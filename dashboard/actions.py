@@ -1,0 +1,80 @@
+"""What the pages start in the background: sweeps and analyses, as jobs on the server's job manager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from dpsat_core import (
+    DpsatError,
+    SweepResult,
+    SweepSpec,
+    TrainConfig,
+    run_hessian,
+    run_line,
+    run_noise_robustness,
+    run_slice,
+    run_surface,
+    sweep,
+)
+from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
+from dpsat_core.sweep import check_sweep
+
+from .state import get_jobs, get_store
+
+
+def start_sweep(spec: SweepSpec) -> str:
+    """Check the grid against its data now (errors reach the page), then train it in the background."""
+    check_sweep(spec)
+    store = get_store()
+    label = f"{len(spec.cells())} runs on {Path(spec.base.dataset).name}: {', '.join(spec.methods)}"
+
+    def job(progress: ProgressFn, stop: StopFn) -> SweepResult:
+        result = sweep(spec, store, on_progress=progress, should_stop=stop)
+        if result.problems():  # finished cells are stored; say what failed
+            raise DpsatError(result.problems())
+        return result
+
+    return get_jobs().submit("sweep", label, job)
+
+
+def start_default_comparison(dataset: str = "digits") -> str:
+    """The one-click comparison: DP-SGD, DP-SAM, DP-SAT at ε = 1, 3, 8, two seeds, 5 epochs, plus SGD."""
+    spec = SweepSpec(
+        base=TrainConfig(dataset=dataset, epochs=5),
+        methods=("sgd", "dpsgd", "dpsam", "dpsat"),
+        epsilons=(1.0, 3.0, 8.0),
+        seeds=(0, 1),
+    )
+    return start_sweep(spec)
+
+
+ANALYSES = {
+    "hessian": lambda store, run_id, stop: run_hessian(store, run_id, should_stop=stop),
+    "slice": lambda store, run_id, stop: run_slice(store, run_id),
+    "surface": lambda store, run_id, stop: run_surface(store, run_id, should_stop=stop),
+    "noise": lambda store, run_id, stop: run_noise_robustness(store, run_id, should_stop=stop),
+}
+
+
+def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
+    """Compute (and store) the given analyses for each run; already stored ones are not recomputed."""
+    store = get_store()
+    work = [(run_id, kind) for run_id in run_ids for kind in kinds]
+
+    def job(progress: ProgressFn, stop: StopFn) -> None:
+        for i, (run_id, kind) in enumerate(work):
+            check_stop(stop)
+            progress(Progress("analysis", i, len(work), f"{kind} of run {run_id}"))
+            ANALYSES[kind](store, run_id, stop)
+        progress(Progress("analysis", len(work), len(work), "analyses stored"))
+
+    return get_jobs().submit("analysis", f"{', '.join(kinds)} for {len(run_ids)} runs", job)
+
+
+def start_line(run_a: str, run_b: str) -> str:
+    """Loss along the straight line between two runs' weights."""
+    store = get_store()
+    return get_jobs().submit(
+        "analysis", f"line {run_a} → {run_b}", lambda progress, stop: run_line(store, run_a, run_b)
+    )

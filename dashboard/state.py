@@ -1,0 +1,46 @@
+"""Shared server state: the run store and the job manager (one per server), and session keys.
+
+Session-state keys used across pages:
+- "dataset": {"source": str, "target": str | None, "size": int | None}, the data set the
+  Data page chose (default: the built-in digits).
+- "watched_jobs": ids of jobs this session saw running (to rerun when they finish).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dpsat_core import RunStore
+from dpsat_core.jobs import JobManager
+from dpsat_core.store import default_store_path
+
+DEFAULT_DATASET = {"source": "digits", "target": None, "size": None}
+
+
+@st.cache_resource
+def _store(path: str) -> RunStore:
+    return RunStore(path)
+
+
+def get_store() -> RunStore:
+    """The run store of this server (`$DPSAT_STORE` or ./dpsat_runs.db)."""
+    return _store(default_store_path())
+
+
+@st.cache_resource
+def get_jobs() -> JobManager:
+    """One job manager per server: jobs survive reruns, reloads and other tabs."""
+    return JobManager(max_workers=2)
+
+
+def uploads_dir() -> Path:
+    """Where uploaded data files are kept, next to the store, so jobs can load them by path."""
+    folder = get_store().path.parent / "dpsat_uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def current_dataset() -> dict:
+    return st.session_state.get("dataset", DEFAULT_DATASET)

@@ -1,0 +1,95 @@
+"""UI pieces the pages share: job panel, setting and run pickers, method legend, error display."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from dpsat_core import METHODS, RunRecord, method_table
+from dpsat_core.compare import describe_setting, setting_key
+from dpsat_core.errors import DpsatError
+from dpsat_core.figures import run_label
+
+from .state import get_jobs
+
+
+def show_error(exc: Exception) -> None:
+    """One clear line for input errors; anything else also names its type."""
+    st.error(str(exc) if isinstance(exc, DpsatError) else f"{type(exc).__name__}: {exc}")
+
+
+def methods_table() -> None:
+    st.dataframe(pd.DataFrame(method_table()), hide_index=True)
+
+
+def method_label(name: str) -> str:
+    return METHODS[name].label
+
+
+@st.fragment(run_every="1s")
+def job_panel() -> None:
+    """Progress of the server's jobs, with Cancel; reruns the page when a watched job finishes."""
+    jobs = get_jobs().jobs()
+    watched: set = st.session_state.setdefault("watched_jobs", set())
+    finished_now = [j for j in jobs if j.job_id in watched and not j.active]
+    for job in finished_now:
+        watched.discard(job.job_id)
+    watched.update(j.job_id for j in jobs if j.active)
+    if not jobs:
+        return
+    st.markdown("**Jobs**")
+    for job in jobs[:6]:
+        extra = []
+        if job.metrics.get("epsilon") is not None:
+            extra.append(f"ε spent {job.metrics['epsilon']:.2f}")
+        if job.metrics.get("test_accuracy") is not None:
+            extra.append(f"accuracy {100 * job.metrics['test_accuracy']:.1f}%")
+        text = f"{job.label} · {job.status} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
+        cols = st.columns([6, 1])
+        cols[0].progress(job.fraction, text=text)
+        if job.active and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):
+            get_jobs().cancel(job.job_id)
+        if job.error:
+            st.error(f"{job.label}: {job.error}")
+    if finished_now:
+        st.rerun(scope="app")
+
+
+def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]:
+    """Pick a data set, then one comparable setting; returns the finished runs of that setting."""
+    done = [r for r in records if r.status == "done"]
+    datasets = sorted({r.config.dataset for r in done})
+    if not datasets:
+        return []
+    dataset = st.selectbox("Data set", datasets, key=f"{key}-dataset")
+    in_dataset = [r for r in done if r.config.dataset == dataset]
+    settings: dict[str, list[RunRecord]] = {}
+    for r in in_dataset:
+        settings.setdefault(setting_key(r), []).append(r)
+    if len(settings) == 1:
+        return next(iter(settings.values()))
+    ordered = sorted(settings.values(), key=len, reverse=True)
+    labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
+    chosen = st.selectbox("Setting (runs are compared only within one)", labels, key=f"{key}-setting")
+    return ordered[labels.index(chosen)]
+
+
+def run_multiselect(
+    records: Sequence[RunRecord], *, key: str, default: Optional[Sequence[RunRecord]] = None, label: str = "Runs"
+) -> list[RunRecord]:
+    """Pick runs by their figure label (method, ε, seed)."""
+    by_label = {f"{run_label(r)} · {r.run_id}": r for r in records}
+    default_labels = [lbl for lbl, r in by_label.items() if default is None or r in default]
+    chosen = st.multiselect(label, list(by_label), default=default_labels, key=key)
+    return [by_label[c] for c in chosen]
+
+
+def one_run_per_method(records: Sequence[RunRecord], epsilon: Optional[float]) -> list[RunRecord]:
+    """The lowest-seed run of each method at ε (non-private methods at any ε)."""
+    picked: dict[str, RunRecord] = {}
+    for r in sorted(records, key=lambda r: r.config.seed):
+        if r.config.epsilon in (epsilon, None) and r.method not in picked:
+            picked[r.method] = r
+    return list(picked.values())

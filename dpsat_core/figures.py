@@ -1,0 +1,244 @@
+"""Plotly figures built from typed results: the pages, the CLI and reports draw the same ones.
+
+Method colours and names come from `METHODS`, so they are identical everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .compare import CellStats
+from .hessian import HessianSpectrum
+from .landscape import NoiseRobustness, Slice, Surface
+from .methods import method_info
+from .store import RunRecord
+
+TEMPLATE = "plotly_white"
+
+
+def _color(method: str) -> str:
+    return method_info(method).color
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        template=TEMPLATE,
+        xaxis_title=x,
+        yaxis_title=y,
+        legend_title_text="",
+        margin=dict(l=60, r=20, t=60, b=50),
+        **extra,
+    )
+    return fig
+
+
+def run_label(record: RunRecord) -> str:
+    """The label every figure uses for one run: method, target ε, seed."""
+    eps = f" ε={record.config.epsilon:g}" if record.config.epsilon is not None else ""
+    return f"{method_info(record.method).label}{eps} s{record.config.seed}"
+
+
+def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
+    """Test accuracy vs target ε per private method (mean ± std over seeds); non-private ones as lines."""
+    fig = go.Figure()
+    for method in dict.fromkeys(c.method for c in stats):
+        cells = [c for c in stats if c.method == method]
+        if cells[0].target_epsilon is None:
+            fig.add_hline(
+                y=100 * cells[0].accuracy_mean,
+                line_dash="dash",
+                line_color=_color(method),
+                annotation_text=method_info(method).label,
+                annotation_position="bottom right",
+            )
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[c.target_epsilon for c in cells],
+                y=[100 * c.accuracy_mean for c in cells],
+                name=cells[0].label,
+                mode="lines+markers",
+                line_color=_color(method),
+                error_y=dict(type="data", array=[100 * (c.accuracy_std or 0) for c in cells], visible=True),
+                customdata=[[c.seeds] for c in cells],
+                hovertemplate="ε=%{x}<br>%{y:.1f}%<br>%{customdata[0]} seeds",
+            )
+        )
+    fig.update_xaxes(type="log")
+    return _layout(fig, "Test accuracy vs privacy budget", "target ε (log scale)", "test accuracy (%)")
+
+
+def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
+    """Top Hessian eigenvalue and trace vs ε per method (mean ± std over the seeds analysed)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("λ_max", "trace"))
+    for method in dict.fromkeys(c.method for c in stats):
+        cells = [c for c in stats if c.method == method and c.lambda_max_mean is not None]
+        if not cells or cells[0].target_epsilon is None:
+            continue
+        x = [c.target_epsilon for c in cells]
+        for col, mean, std in ((1, "lambda_max_mean", "lambda_max_std"), (2, "trace_mean", "trace_std")):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[getattr(c, mean) for c in cells],
+                    name=cells[0].label,
+                    mode="lines+markers",
+                    line_color=_color(method),
+                    showlegend=col == 1,
+                    error_y=dict(type="data", array=[getattr(c, std) or 0 for c in cells]),
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(type="log", title_text="target ε")
+    return _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "target ε", "")
+
+
+def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D loss slices") -> go.Figure:
+    """1D loss slices of several runs along the same seeded direction; label → (method, slice)."""
+    fig = go.Figure()
+    for label, (method, s) in slices.items():
+        fig.add_trace(go.Scatter(x=s.axis, y=s.loss, name=label, mode="lines", line_color=_color(method)))
+    return _layout(fig, title, "step along the filter-normalised direction", "training loss")
+
+
+def training_curves(records: Sequence[RunRecord]) -> go.Figure:
+    fig = go.Figure()
+    for r in records:
+        fig.add_trace(
+            go.Scatter(
+                x=[e.epoch for e in r.epochs],
+                y=[100 * e.test_accuracy for e in r.epochs],
+                name=run_label(r),
+                mode="lines+markers",
+                line_color=_color(r.method),
+            )
+        )
+    return _layout(fig, "Training curves", "epoch", "test accuracy (%)")
+
+
+def epsilon_over_epochs(records: Sequence[RunRecord]) -> go.Figure:
+    fig = go.Figure()
+    for r in records:
+        if r.epochs and r.epochs[0].epsilon is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[e.epoch for e in r.epochs],
+                    y=[e.epsilon for e in r.epochs],
+                    name=run_label(r),
+                    mode="lines+markers",
+                    line_color=_color(r.method),
+                )
+            )
+    return _layout(fig, "Privacy spent during training", "epoch", "ε spent")
+
+
+def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
+    """Seconds of training per epoch, per method and ε."""
+    fig = go.Figure()
+    for method in dict.fromkeys(c.method for c in stats):
+        cells = [c for c in stats if c.method == method]
+        fig.add_trace(
+            go.Bar(
+                x=[f"ε={c.target_epsilon:g}" if c.target_epsilon else "non-private" for c in cells],
+                y=[c.seconds_per_epoch for c in cells],
+                name=cells[0].label,
+                marker_color=_color(method),
+            )
+        )
+    return _layout(fig, "Cost: training seconds per epoch", "", "seconds per epoch", barmode="group")
+
+
+def top_eigenvalues(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:
+    fig = go.Figure()
+    for label, (method, s) in spectra.items():
+        fig.add_trace(
+            go.Bar(x=[f"λ{i + 1}" for i in range(len(s.top))], y=s.top, name=label, marker_color=_color(method))
+        )
+    return _layout(fig, "Top Hessian eigenvalues", "", "eigenvalue", barmode="group")
+
+
+def eigenvalue_density(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:
+    fig = go.Figure()
+    for label, (method, s) in spectra.items():
+        if s.density:
+            fig.add_trace(
+                go.Scatter(x=s.density_grid, y=s.density, name=label, mode="lines", line_color=_color(method))
+            )
+    fig.update_yaxes(type="log")
+    return _layout(fig, "Hessian eigenvalue density (SLQ)", "eigenvalue", "density (log scale)")
+
+
+def noise_robustness(curves: Mapping[str, tuple[str, NoiseRobustness]]) -> go.Figure:
+    fig = go.Figure()
+    for label, (method, n) in curves.items():
+        fig.add_trace(
+            go.Scatter(
+                x=n.scales,
+                y=n.mean_increase,
+                name=label,
+                mode="lines+markers",
+                line_color=_color(method),
+                error_y=dict(type="data", array=n.std_increase),
+            )
+        )
+    return _layout(
+        fig, "Noise robustness: loss increase under weight noise", "relative noise size s", "training loss increase"
+    )
+
+
+def surfaces_side_by_side(surfaces: Mapping[str, Surface]) -> go.Figure:
+    """2D loss contours of several runs on one colour scale."""
+    values = [v for s in surfaces.values() for row in s.loss for v in row if v is not None]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    fig = make_subplots(rows=1, cols=max(1, len(surfaces)), subplot_titles=list(surfaces) or [""])
+    for i, (label, s) in enumerate(surfaces.items(), start=1):
+        fig.add_trace(
+            go.Contour(
+                x=s.axis,
+                y=s.axis,
+                z=s.loss,
+                coloraxis="coloraxis",
+                name=label,
+                contours_coloring="heatmap",
+                line_width=0.5,
+            ),
+            row=1,
+            col=i,
+        )
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=low, cmax=high, colorbar_title="loss"))
+    return _layout(fig, "Loss surfaces along the same random directions", "d₁", "d₂")
+
+
+def surface_3d(label: str, surface: Surface) -> go.Figure:
+    fig = go.Figure(go.Surface(x=surface.axis, y=surface.axis, z=surface.loss, colorscale="Viridis"))
+    fig.update_layout(scene=dict(xaxis_title="d₁", yaxis_title="d₂", zaxis_title="loss"))
+    return _layout(fig, f"Loss surface: {label}", "", "")
+
+
+def line_between_runs(line: Slice, label_a: str, label_b: str) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=line.axis, y=line.loss, mode="lines+markers", name="training loss"))
+    for t, label in ((0.0, label_a), (1.0, label_b)):
+        fig.add_vline(x=t, line_dash="dot", annotation_text=label)
+    return _layout(fig, f"Loss on the straight line from {label_a} to {label_b}", "t", "training loss")
+
+
+__all__ = [
+    "accuracy_vs_epsilon",
+    "cost_per_epoch",
+    "eigenvalue_density",
+    "epsilon_over_epochs",
+    "hessian_vs_epsilon",
+    "line_between_runs",
+    "noise_robustness",
+    "run_label",
+    "slices_overlay",
+    "surface_3d",
+    "surfaces_side_by_side",
+    "top_eigenvalues",
+    "training_curves",
+]

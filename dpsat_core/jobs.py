@@ -1,0 +1,151 @@
+"""Background jobs: a thread pool that runs training, sweeps and analyses and keeps their progress.
+
+No UI code here: a job is a function `(on_progress, should_stop) -> result`; the
+dashboard polls `JobManager.jobs()` and draws what it finds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .errors import DpsatError
+from .progress import Cancelled, Progress, ProgressFn, StopFn
+
+JobFn = Callable[[ProgressFn, StopFn], Any]
+FINISHED = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobView:
+    """An immutable snapshot of a job for drawing."""
+
+    job_id: str
+    kind: str
+    label: str
+    status: str
+    fraction: float
+    message: str
+    metrics: dict[str, Any]
+    error: str
+    created: float
+    finished: Optional[float]
+
+    @property
+    def active(self) -> bool:
+        return self.status not in FINISHED
+
+
+@dataclass
+class _Job:
+    job_id: str
+    kind: str
+    label: str
+    status: str = "queued"
+    fraction: float = 0.0
+    message: str = "waiting for a worker"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    result: Any = None
+    created: float = field(default_factory=time.time)
+    finished: Optional[float] = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> JobView:
+        return JobView(
+            self.job_id,
+            self.kind,
+            self.label,
+            self.status,
+            self.fraction,
+            self.message,
+            dict(self.metrics),
+            self.error,
+            self.created,
+            self.finished,
+        )
+
+
+class JobManager:
+    """Runs jobs on `max_workers` threads; safe to share between sessions and reruns."""
+
+    def __init__(self, max_workers: int = 2):
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dpsat-job")
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, kind: str, label: str, fn: JobFn) -> str:
+        job = _Job(uuid.uuid4().hex[:10], kind, label)
+        with self._lock:
+            self._jobs[job.job_id] = job
+        self._executor.submit(self._run, job, fn)
+        return job.job_id
+
+    def _run(self, job: _Job, fn: JobFn) -> None:
+        if job.stop.is_set():
+            job.status, job.finished, job.message = "cancelled", time.time(), "cancelled before it started"
+            return
+        job.status, job.message = "running", "starting"
+
+        def report(p: Progress) -> None:
+            job.fraction, job.message = p.fraction, p.message
+            job.metrics.update({k: v for k, v in p.metrics.items() if v is not None})
+
+        try:
+            job.result = fn(report, job.stop.is_set)
+            cancelled = job.stop.is_set() or getattr(job.result, "cancelled", False)
+            job.status = "cancelled" if cancelled else "done"
+            job.fraction = job.fraction if cancelled else 1.0
+            job.message = "cancelled; finished results are kept" if cancelled else "finished"
+        except Cancelled:
+            job.status, job.message = "cancelled", "cancelled; finished results are kept"
+        except DpsatError as exc:
+            job.status, job.error = "failed", str(exc)
+        except Exception as exc:  # shown in the UI; the traceback goes to the server log
+            traceback.print_exc()
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            job.finished = time.time()
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            job.stop.set()
+
+    def jobs(self) -> list[JobView]:
+        """All jobs, newest first."""
+        with self._lock:
+            return sorted((j.view() for j in self._jobs.values()), key=lambda v: v.created, reverse=True)
+
+    def get(self, job_id: str) -> JobView:
+        with self._lock:
+            return self._jobs[job_id].view()
+
+    def result(self, job_id: str) -> Any:
+        with self._lock:
+            return self._jobs[job_id].result
+
+    def clear_finished(self) -> None:
+        with self._lock:
+            self._jobs = {k: j for k, j in self._jobs.items() if j.status not in FINISHED}
+
+    def wait(self, job_id: str, timeout: float = 600.0) -> JobView:
+        """Block until the job ends (for scripts and tests)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            view = self.get(job_id)
+            if not view.active:
+                return view
+            time.sleep(0.05)
+        raise TimeoutError(f"job {job_id} still running after {timeout} s")
+
+    def shutdown(self) -> None:
+        for job in list(self._jobs.values()):
+            job.stop.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,65 @@
+"""Data: pick a built-in data set or upload a CSV/NPZ; preview it; every problem explained here."""
+
+import hashlib
+import re
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.state import current_dataset, uploads_dir
+from dashboard.widgets import show_error
+from dpsat_core import BUILTIN_DATASETS, DpsatError, load_dataset
+from dpsat_core.data import DEFAULT_SIZES
+
+MAX_UPLOAD_MB = 50
+
+st.title("Data")
+st.caption(f"Selected for training: **{current_dataset()['source']}**")
+kind = st.radio("Source", ["Built-in", "Upload a file"], horizontal=True, key="data-kind")
+size, target = None, None
+if kind == "Built-in":
+    source = st.selectbox("Data set", list(BUILTIN_DATASETS), key="data-builtin")
+    if source in DEFAULT_SIZES:
+        size = int(st.number_input("Examples to generate", 200, 100_000, DEFAULT_SIZES[source], key="data-size"))
+else:
+    upload = st.file_uploader(
+        f"CSV (with a header row) or NPZ with arrays x and y, ≤ {MAX_UPLOAD_MB} MB",
+        type=["csv", "npz"],
+        max_upload_size=MAX_UPLOAD_MB,
+        key="data-upload",
+    )
+    if upload is None:
+        st.info("Upload a file to check and preview it. Nothing leaves this machine.")
+        st.stop()
+    content = upload.getvalue()
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", upload.name)
+    path = uploads_dir() / f"{hashlib.sha256(content).hexdigest()[:8]}-{safe}"
+    path.write_bytes(content)
+    source = str(path)
+    if path.suffix.lower() == ".csv":
+        try:
+            head = pd.read_csv(path, nrows=8)
+        except Exception as exc:  # the loader below gives the precise message
+            head = None
+            show_error(exc)
+        if head is not None:
+            st.dataframe(head, hide_index=True)
+            columns = list(head.columns)
+            target = st.selectbox("Target (label) column", columns, index=len(columns) - 1, key="data-target")
+
+try:
+    data = load_dataset(source, target=target, size=size)
+except DpsatError as exc:
+    show_error(exc)
+    st.stop()
+
+info = data.describe()
+cols = st.columns(4)
+cols[0].metric("Training examples", info["n_train"])
+cols[1].metric("Test examples", info["n_test"])
+cols[2].metric("Classes", info["n_classes"])
+cols[3].metric("Input shape", " × ".join(map(str, info["input_shape"])))
+st.bar_chart(pd.DataFrame({"examples": info["class_counts"]}, index=list(data.class_names)))
+if st.button("Use this data set", type="primary", key="data-use"):
+    st.session_state["dataset"] = {"source": source, "target": target, "size": size}
+    st.success(f"Training will use {data.name}.")

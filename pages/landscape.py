@@ -1,0 +1,48 @@
+"""Landscape: 1D slices overlaid, 2D contours on one colour scale, 3D on demand, the line between two runs."""
+
+import streamlit as st
+
+from dashboard.actions import start_analyses, start_line
+from dashboard.state import get_store
+from dashboard.widgets import job_panel, one_run_per_method, run_multiselect, setting_picker
+from dpsat_core import figures, run_line, run_slice, run_surface
+from dpsat_core.compare import group_runs, private_epsilons
+
+st.title("Loss landscape")
+st.caption("Every run is sliced along the same seeded, filter-normalised random directions (Li et al. 2018).")
+store = get_store()
+runs = setting_picker(store.list_runs(status="done"), key="land")
+if not runs:
+    st.info("No finished runs yet: start some on **Train & sweep**.")
+    job_panel()
+    st.stop()
+epsilons = private_epsilons(group_runs(runs))
+middle = epsilons[len(epsilons) // 2] if epsilons else None
+chosen = run_multiselect(runs, key="land-runs", default=one_run_per_method(runs, middle))
+labels = {r.run_id: figures.run_label(r) for r in runs}
+
+
+slices = {labels[r.run_id]: (r.method, s) for r in chosen if (s := run_slice(store, r.run_id, cached_only=True))}
+surfaces = {labels[r.run_id]: s for r in chosen if (s := run_surface(store, r.run_id, cached_only=True))}
+missing = [r.run_id for r in chosen if labels[r.run_id] not in slices or labels[r.run_id] not in surfaces]
+if missing and st.button(f"Compute slices and surfaces for {len(missing)} runs", key="land-go"):
+    start_analyses(missing, ["slice", "surface"])
+if slices:
+    st.plotly_chart(figures.slices_overlay(slices), key="land-slices")
+if surfaces:
+    st.plotly_chart(figures.surfaces_side_by_side(surfaces), key="land-contours")
+    if st.checkbox("Show a 3D surface", key="land-3d"):
+        which = st.selectbox("Run", list(surfaces), key="land-3d-run")
+        st.plotly_chart(figures.surface_3d(which, surfaces[which]), key="land-3d-plot")
+
+st.subheader("The straight line between two runs")
+ids = [r.run_id for r in runs]
+a, b = st.columns(2)
+run_a = a.selectbox("From (t = 0)", ids, format_func=labels.get, key="land-line-a")
+run_b = b.selectbox("To (t = 1)", ids, index=min(1, len(ids) - 1), format_func=labels.get, key="land-line-b")
+line = run_line(store, run_a, run_b, cached_only=True) if run_a != run_b else None
+if line:
+    st.plotly_chart(figures.line_between_runs(line, labels[run_a], labels[run_b]), key="land-line")
+elif run_a != run_b and st.button("Compute the line", key="land-line-go"):
+    start_line(run_a, run_b)
+job_panel()

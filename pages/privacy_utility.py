@@ -1,0 +1,40 @@
+"""Privacy–utility: accuracy vs ε (mean ± std over seeds), training curves, ε over epochs, cost."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.state import get_store
+from dashboard.widgets import job_panel, setting_picker
+from dpsat_core import figures
+from dpsat_core.compare import group_runs
+
+st.title("Privacy–utility")
+runs = setting_picker(get_store().list_runs(status="done", with_epochs=True), key="pu")
+if not runs:
+    st.info("No finished runs yet: start some on **Train & sweep**.")
+    job_panel()
+    st.stop()
+stats = group_runs(runs)
+st.plotly_chart(figures.accuracy_vs_epsilon(stats), key="pu-accuracy")
+st.dataframe(
+    pd.DataFrame(
+        [
+            {
+                "method": c.label,
+                "target ε": c.target_epsilon,
+                "seeds": c.seeds,
+                "accuracy %": round(100 * c.accuracy_mean, 2),
+                "± std": None if c.accuracy_std is None else round(100 * c.accuracy_std, 2),
+                "ε spent": None if c.epsilon_mean is None else round(c.epsilon_mean, 3),
+                "s / epoch": round(c.seconds_per_epoch, 3),
+            }
+            for c in stats
+        ]
+    ),
+    hide_index=True,
+)
+left, right = st.columns(2)
+left.plotly_chart(figures.training_curves(runs), key="pu-curves")
+right.plotly_chart(figures.epsilon_over_epochs(runs), key="pu-epsilon")
+st.plotly_chart(figures.cost_per_epoch(stats), key="pu-cost")
+job_panel()

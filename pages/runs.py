@@ -1,0 +1,62 @@
+"""Runs: the store as a table: filter, select, delete, re-open one run."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.state import get_store
+from dashboard.widgets import job_panel
+from dpsat_core import figures
+from dpsat_core.store import STATUSES
+
+st.title("Runs")
+store = get_store()
+records = store.list_runs()
+if not records:
+    st.info("The store is empty: start runs on **Train & sweep**, or run the default comparison on the Overview.")
+    st.stop()
+a, b, c = st.columns(3)
+statuses = a.multiselect("Status", STATUSES, default=list(STATUSES), key="runs-status")
+datasets = b.multiselect("Data set", sorted({r.config.dataset for r in records}), key="runs-dataset")
+methods = c.multiselect("Method", sorted({r.method for r in records}), key="runs-method")
+shown = [
+    r
+    for r in records
+    if r.status in statuses and (not datasets or r.config.dataset in datasets) and (not methods or r.method in methods)
+]
+table = pd.DataFrame(
+    [
+        {
+            "run_id": r.run_id,
+            "status": r.status,
+            "method": r.method,
+            "dataset": r.config.dataset,
+            "seed": r.config.seed,
+            "target ε": r.config.epsilon,
+            "ε spent": r.epsilon,
+            "accuracy": r.test_accuracy,
+            "epochs": r.config.epochs,
+            "reason": r.reason,
+        }
+        for r in shown
+    ]
+)
+st.dataframe(table, hide_index=True, key="runs-table")
+selected = st.multiselect("Select runs", [r.run_id for r in shown], key="runs-selected")
+if selected:
+    left, right = st.columns(2)
+    if left.button(f"Delete {len(selected)} runs", key="runs-delete"):
+        st.session_state["runs-confirm"] = list(selected)
+    if st.session_state.get("runs-confirm") == list(selected):
+        st.warning("Deleting removes the runs, their weights and analyses.")
+        if right.button("Yes, delete", type="primary", key="runs-delete-confirm"):
+            for run_id in selected:
+                store.delete(run_id)
+            st.session_state.pop("runs-confirm")
+            st.session_state.pop("runs-selected")
+            st.rerun()
+    record = store.get(selected[0])
+    st.subheader(f"Run {record.run_id}: {figures.run_label(record)}")
+    st.plotly_chart(figures.training_curves([record]), key="runs-curve")
+    st.dataframe(pd.DataFrame([vars(e) for e in record.epochs]), hide_index=True)
+    st.json(record.to_dict(), expanded=False)
+job_panel()

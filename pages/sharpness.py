@@ -1,0 +1,40 @@
+"""Sharpness: Hessian top-k and trace per method and ε, the eigenvalue density, noise robustness."""
+
+import streamlit as st
+
+from dashboard.actions import start_analyses
+from dashboard.state import get_store
+from dashboard.widgets import job_panel, one_run_per_method, run_multiselect, setting_picker
+from dpsat_core import figures, run_hessian, run_noise_robustness
+from dpsat_core.compare import group_runs, private_epsilons
+
+st.title("Sharpness")
+store = get_store()
+runs = setting_picker(store.list_runs(status="done"), key="sharp")
+if not runs:
+    st.info("No finished runs yet: start some on **Train & sweep**.")
+    job_panel()
+    st.stop()
+spectra = {r.run_id: s for r in runs if (s := run_hessian(store, r.run_id, cached_only=True))}
+noise = {r.run_id: n for r in runs if (n := run_noise_robustness(store, r.run_id, cached_only=True))}
+missing = [r.run_id for r in runs if r.run_id not in spectra or r.run_id not in noise]
+if missing:
+    st.caption(f"{len(missing)} of {len(runs)} runs have no sharpness analysis yet.")
+    if st.button(f"Compute Hessian and noise robustness for {len(missing)} runs", key="sharp-go"):
+        start_analyses(missing, ["hessian", "noise"])
+stats = group_runs(runs, spectra)
+if spectra:
+    st.plotly_chart(figures.hessian_vs_epsilon(stats), key="sharp-vs-eps")
+epsilons = private_epsilons(stats)
+middle = epsilons[len(epsilons) // 2] if epsilons else None
+analysed = [r for r in runs if r.run_id in spectra]
+chosen = run_multiselect(analysed, key="sharp-runs", default=one_run_per_method(analysed, middle))
+if chosen:
+    labelled = {figures.run_label(r): (r.method, spectra[r.run_id]) for r in chosen}
+    left, right = st.columns(2)
+    left.plotly_chart(figures.top_eigenvalues(labelled), key="sharp-top")
+    right.plotly_chart(figures.eigenvalue_density(labelled), key="sharp-density")
+    curves = {figures.run_label(r): (r.method, noise[r.run_id]) for r in chosen if r.run_id in noise}
+    if curves:
+        st.plotly_chart(figures.noise_robustness(curves), key="sharp-noise")
+job_panel()

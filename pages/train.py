@@ -1,0 +1,61 @@
+"""Train & sweep: methods × ε grid × seeds, with the advanced settings; progress below."""
+
+import streamlit as st
+
+from dashboard.actions import start_sweep
+from dashboard.state import current_dataset
+from dashboard.widgets import job_panel, show_error
+from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
+from dpsat_core.config import ACCOUNTANTS, parse_numbers
+
+st.title("Train & sweep")
+dataset = current_dataset()
+st.caption(f"Data set: **{dataset['source']}** (change it on the Data page). Runs already stored are reused.")
+defaults = TrainConfig()
+
+st.markdown("**Methods**")
+columns = st.columns(len(METHODS))
+methods = [
+    name
+    for (name, info), col in zip(METHODS.items(), columns)
+    if col.checkbox(info.label, value=info.private, key=f"train-method-{name}")
+]
+epsilons = st.text_input("Target ε values (comma-separated)", "1, 2, 4, 8", key="train-epsilons")
+seeds = st.text_input("Seeds (comma-separated)", "0, 1", key="train-seeds")
+epochs = st.number_input("Epochs", 1, 500, defaults.epochs, key="train-epochs")
+with st.expander("Advanced settings"):
+    a, b, c = st.columns(3)
+    clip = a.number_input("Clipping norm C", 0.001, 100.0, defaults.clip_norm, key="train-clip")
+    rho = a.number_input("ρ (SAM, DP-SAM, DP-SAT)", 0.0, 10.0, defaults.rho, format="%.3f", key="train-rho")
+    lr = b.number_input("Learning rate", 0.0001, 100.0, defaults.lr, format="%.4f", key="train-lr")
+    batch = b.number_input("Expected batch size", 1, 100_000, defaults.batch_size, key="train-batch")
+    momentum = c.number_input("Momentum", 0.0, 0.99, defaults.momentum, key="train-momentum")
+    accountant = c.selectbox("Accountant", ACCOUNTANTS, key="train-accountant")
+    device = c.selectbox("Device", ["auto", "cpu", "cuda"], key="train-device")
+
+if st.button("Start training", type="primary", key="train-start"):
+    try:
+        base = TrainConfig(
+            dataset=dataset["source"],
+            target=dataset["target"],
+            dataset_size=dataset["size"],
+            epochs=int(epochs),
+            clip_norm=clip,
+            rho=rho,
+            lr=lr,
+            batch_size=int(batch),
+            momentum=momentum,
+            accountant=accountant,
+            device=device,
+        )
+        spec = SweepSpec(
+            base=base,
+            methods=tuple(methods),
+            epsilons=parse_numbers(epsilons, name="ε values"),
+            seeds=parse_numbers(seeds, name="seeds", kind=int),
+        )
+        start_sweep(spec)
+        st.success(f"Started {len(spec.cells())} runs. Progress is below; results appear on the other pages.")
+    except DpsatError as exc:
+        show_error(exc)
+job_panel()
