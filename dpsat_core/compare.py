@@ -142,3 +142,14 @@ def compare_at(
 
 def private_epsilons(stats: Sequence[CellStats]) -> list[float]:
     return sorted({c.target_epsilon for c in stats if c.target_epsilon is not None})
+
+
+def best_epsilon(stats: Sequence[CellStats]) -> Optional[float]:
+    """The target ε that the most private methods were run at (the middle one on ties): the default to compare at."""
+    epsilons = private_epsilons(stats)
+    if not epsilons:
+        return None
+    coverage = {e: sum(1 for c in stats if c.target_epsilon == e) for e in epsilons}
+    most = max(coverage.values())
+    tied = [e for e in epsilons if coverage[e] == most]
+    return tied[len(tied) // 2]

@@ -6,7 +6,7 @@ from dashboard.actions import start_analyses, start_line
 from dashboard.state import get_store
 from dashboard.widgets import job_panel, one_run_per_method, run_multiselect, setting_picker
 from dpsat_core import figures, run_line, run_slice, run_surface
-from dpsat_core.compare import group_runs, private_epsilons
+from dpsat_core.compare import best_epsilon, group_runs
 
 st.title("Loss landscape")
 st.caption("Every run is sliced along the same seeded, filter-normalised random directions (Li et al. 2018).")
@@ -16,8 +16,7 @@ if not runs:
     st.info("No finished runs yet: start some on **Train & sweep**.")
     job_panel()
     st.stop()
-epsilons = private_epsilons(group_runs(runs))
-middle = epsilons[len(epsilons) // 2] if epsilons else None
+middle = best_epsilon(group_runs(runs))
 chosen = run_multiselect(runs, key="land-runs", default=one_run_per_method(runs, middle))
 labels = {r.run_id: figures.run_label(r) for r in runs}
 

@@ -6,7 +6,7 @@ from dashboard.actions import start_analyses, start_default_comparison
 from dashboard.state import get_store
 from dashboard.widgets import job_panel, methods_table, one_run_per_method, setting_picker
 from dpsat_core import figures, run_hessian, run_slice
-from dpsat_core.compare import compare_at, group_runs, private_epsilons
+from dpsat_core.compare import best_epsilon, compare_at, group_runs, private_epsilons
 
 st.title("Do flat minima help under differential privacy?")
 store = get_store()
@@ -27,7 +27,11 @@ if not runs:
 spectra = {r.run_id: s for r in runs if (s := run_hessian(store, r.run_id, cached_only=True))}
 stats = group_runs(runs, spectra)
 epsilons = private_epsilons(stats)
-epsilon = st.select_slider("ε for the slices and the verdict", epsilons, key="overview-eps") if epsilons else None
+epsilon = (
+    st.select_slider("ε for the slices and the verdict", epsilons, value=best_epsilon(stats), key="overview-eps")
+    if epsilons
+    else None
+)
 
 acc, sharp, slices_col = st.columns(3)
 acc.plotly_chart(figures.accuracy_vs_epsilon(stats), key="overview-acc")

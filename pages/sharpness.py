@@ -6,7 +6,7 @@ from dashboard.actions import start_analyses
 from dashboard.state import get_store
 from dashboard.widgets import job_panel, one_run_per_method, run_multiselect, setting_picker
 from dpsat_core import figures, run_hessian, run_noise_robustness
-from dpsat_core.compare import group_runs, private_epsilons
+from dpsat_core.compare import best_epsilon, group_runs
 
 st.title("Sharpness")
 store = get_store()
@@ -25,8 +25,7 @@ if missing:
 stats = group_runs(runs, spectra)
 if spectra:
     st.plotly_chart(figures.hessian_vs_epsilon(stats), key="sharp-vs-eps")
-epsilons = private_epsilons(stats)
-middle = epsilons[len(epsilons) // 2] if epsilons else None
+middle = best_epsilon(stats)
 analysed = [r for r in runs if r.run_id in spectra]
 chosen = run_multiselect(analysed, key="sharp-runs", default=one_run_per_method(analysed, middle))
 if chosen:

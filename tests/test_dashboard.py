@@ -20,9 +20,10 @@ def populated(tmp_path_factory) -> Path:
     """Digits: SGD, DP-SGD and DP-SAT at ε=3, two seeds, one epoch; DP-SGD and DP-SAT seed 0 fully analysed."""
     path = tmp_path_factory.mktemp("store") / "runs.db"
     store = RunStore(path)
-    spec = SweepSpec(base=TrainConfig(dataset="digits", epochs=1), methods=("sgd", "dpsgd", "dpsat"),
-                     epsilons=(3.0,), seeds=(0, 1))
-    result = sweep(spec, store)
+    spec = SweepSpec(
+        base=TrainConfig(dataset="digits", epochs=1), methods=("sgd", "dpsgd", "dpsat"), epsilons=(3.0,), seeds=(0, 1)
+    )
+    sweep(spec, store)
     for run_id in (r.run_id for r in store.list_runs() if r.config.private and r.config.seed == 0):
         run_hessian(store, run_id, trace_probes=100)
         run_noise_robustness(store, run_id)

@@ -1,0 +1,89 @@
+"""First paint of every dashboard page with a store of 100 runs (script time in AppTest, per page).
+
+    python bench/first_paint.py [--runs 100] [--json]
+
+One real run is trained, then copied into 100 runs over methods × ε × seeds
+(metrics and weights are the real run's). Each page is opened in a fresh
+AppTest after a warm-up of the app, so imports are not counted; the time is
+the server-side script run, which is what delays the first paint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from dpsat_core import RunStore, TrainConfig, run  # noqa: E402
+
+PAGES = ["overview", "data", "train", "privacy_utility", "sharpness", "landscape", "runs"]
+
+
+def build_store(path: Path, runs: int) -> None:
+    store = RunStore(path)
+    template = run(TrainConfig(dataset="digits", method="dpsgd", epsilon=3.0, epochs=3), store).record
+    grid = [(m, e, s) for s in range(20) for m in ("dpsgd", "dpsam", "dpsat") for e in (1.0, 2.0, 4.0, 8.0)]
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT * FROM runs WHERE run_id=?", (template.run_id,)).fetchone()
+        epochs = db.execute("SELECT epoch, metrics FROM epochs WHERE run_id=?", (template.run_id,)).fetchall()
+        for method, eps, seed in grid[: runs - 1]:
+            config = TrainConfig(**{**template.config.to_dict(), "method": method, "epsilon": eps, "seed": seed})
+            run_id = uuid.uuid4().hex[:12]
+            values = list(row)
+            values[0:8] = [
+                run_id,
+                config.config_hash(),
+                json.dumps(config.to_dict()),
+                method,
+                "digits",
+                eps,
+                seed,
+                "done",
+            ]
+            db.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(values))})", values)
+            db.executemany("INSERT INTO epochs VALUES (?,?,?)", [(run_id, e, m) for e, m in epochs])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "runs.db"
+        build_store(path, args.runs)
+        os.environ["DPSAT_STORE"] = str(path)
+        app = str(ROOT / "dashboard" / "app.py")
+        AppTest.from_file(app, default_timeout=120).run()  # warm-up: imports
+        seconds = {}
+        for page in PAGES:
+            at = AppTest.from_file(app, default_timeout=120)
+            start = time.perf_counter()
+            at.run()
+            if page != "overview":
+                start = time.perf_counter()
+                at.switch_page(f"../pages/{page}.py").run()
+            seconds[page] = round(time.perf_counter() - start, 3)
+            assert not at.exception, at.exception
+    report = {"runs": args.runs, "seconds": seconds, "max_seconds": max(seconds.values())}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"first paint with {args.runs} runs (server script time):")
+        for page, s in seconds.items():
+            print(f"  {page:<16} {s:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""A real browser: Debian's Chromium driven by Playwright against `streamlit run` on a loopback port.
+
+Opens the app from another working directory, runs a tiny comparison (digits, DP-SGD and DP-SAT,
+ε = 3, one seed, one epoch), waits for the privacy–utility figure and saves a screenshot.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = {**os.environ, "DPSAT_STORE": str(tmp_path / "runs.db")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "dashboard" / "app.py"),
+            "--server.headless=true",
+            "--server.address=127.0.0.1",
+            f"--server.port={port}",
+            "--browser.gatherUsageStats=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"streamlit did not start: {proc.stderr.read().decode()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_a_tiny_comparison_in_a_real_browser(server, tmp_path):
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (the README's test command does)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        expect(page.get_by_text("Do flat minima help under differential privacy?")).to_be_visible(timeout=60_000)
+
+        page.get_by_role("link", name="Train & sweep").click()
+        expect(page.get_by_role("heading", name="Train & sweep")).to_be_visible(timeout=30_000)
+        page.get_by_text("DP-SAM", exact=True).click()  # untick: keep DP-SGD and DP-SAT
+        for label, value in (
+            ("Target ε values (comma-separated)", "3"),
+            ("Seeds (comma-separated)", "0"),
+            ("Epochs", "1"),
+        ):
+            field = page.get_by_label(label)
+            field.fill(value)
+            field.press("Enter")
+        page.wait_for_timeout(500)
+        page.get_by_role("button", name="Start training").click()
+        expect(page.get_by_text("Started 2 runs")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("done · finished")).to_be_visible(timeout=180_000)
+
+        page.get_by_role("link", name="Privacy–utility").click()
+        chart = page.locator(".js-plotly-plot").first
+        expect(chart).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Test accuracy vs privacy budget").first).to_be_visible(timeout=30_000)
+        shot = tmp_path / "privacy_utility.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 20_000

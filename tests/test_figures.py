@@ -1,0 +1,27 @@
+import plotly.graph_objects as go
+
+from dpsat_core import METHODS, Slice, Surface, figures
+from dpsat_core.compare import group_runs
+from tests.test_compare import record, spectrum
+
+
+def test_figures_use_the_method_table_colours_and_names():
+    runs = [record("sgd", None, 0, 0.95), record("dpsgd", 1.0, 0, 0.7), record("dpsgd", 4.0, 0, 0.8),
+            record("dpsat", 1.0, 0, 0.72), record("dpsat", 4.0, 0, 0.83)]
+    fig = figures.accuracy_vs_epsilon(group_runs(runs))
+    traces = {t.name: t for t in fig.data}
+    assert set(traces) == {"DP-SGD", "DP-SAT"}
+    assert traces["DP-SAT"].line.color == METHODS["dpsat"].color and list(traces["DP-SAT"].y) == [72.0, 83.0]
+    assert fig.layout.shapes[0].line.color == METHODS["sgd"].color  # the non-private ceiling as a line
+    spectra = {r.run_id: spectrum(5.0) for r in runs}
+    assert len(figures.hessian_vs_epsilon(group_runs(runs, spectra)).data) == 4  # λ_max and trace per method
+
+
+def test_surfaces_share_one_colour_scale():
+    a = Surface([-1.0, 0.0, 1.0], [[3.0, 2.0, 3.0], [2.0, 1.0, 2.0], [3.0, 2.0, 3.0]], 1.0, True, 0.1)
+    b = Surface([-1.0, 0.0, 1.0], [[9.0, 2.0, 3.0], [2.0, 0.5, 2.0], [3.0, 2.0, None]], 0.5, True, 0.1)
+    fig = figures.surfaces_side_by_side({"A": a, "B": b})
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.5, 9.0)
+    assert all(t.coloraxis == "coloraxis" for t in fig.data)
+    line = figures.slices_overlay({"x": ("dpsat", Slice([-1.0, 0.0, 1.0], [2.0, 1.0, 2.0], [0.5, 0.9, 0.5], 1.0, 0.1))})
+    assert isinstance(line, go.Figure) and line.data[0].line.color == METHODS["dpsat"].color

@@ -1,0 +1,33 @@
+import time
+
+from dpsat_core import ConfigError, Progress
+from dpsat_core.jobs import JobManager
+from dpsat_core.progress import check_stop
+
+
+def test_jobs_report_progress_and_end_done_failed_or_cancelled():
+    jobs = JobManager(max_workers=2)
+
+    def good(progress, stop):
+        progress(Progress("train", 1, 2, "half", {"epsilon": 1.5, "test_accuracy": 0.7}))
+        return 42
+
+    def bad(progress, stop):
+        raise ConfigError("epsilon must be > 0")
+
+    def slow(progress, stop):
+        while True:
+            check_stop(stop)
+            time.sleep(0.01)
+
+    ids = [jobs.submit("x", "good", good), jobs.submit("x", "bad", bad), jobs.submit("x", "slow", slow)]
+    done, failed = jobs.wait(ids[0]), jobs.wait(ids[1])
+    assert done.status == "done" and done.fraction == 1.0 and done.metrics == {"epsilon": 1.5, "test_accuracy": 0.7}
+    assert jobs.result(ids[0]) == 42
+    assert failed.status == "failed" and failed.error == "epsilon must be > 0"
+    jobs.cancel(ids[2])
+    assert jobs.wait(ids[2]).status == "cancelled"
+    assert [j.label for j in jobs.jobs()] == ["slow", "bad", "good"]
+    jobs.clear_finished()
+    assert jobs.jobs() == []
+    jobs.shutdown()
