@@ -76,6 +76,16 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
     return ordered[labels.index(chosen)]
 
 
+def comparable_runs_or_stop(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]:
+    """`setting_picker`, or, with no finished run, a pointer to the Train page and the end of the page."""
+    runs = setting_picker(records, key=key)
+    if not runs:
+        st.info("No finished runs yet: start some on **Train & sweep**.")
+        job_panel()
+        st.stop()
+    return runs
+
+
 def run_multiselect(
     records: Sequence[RunRecord], *, key: str, default: Optional[Sequence[RunRecord]] = None, label: str = "Runs"
 ) -> list[RunRecord]:

@@ -4,18 +4,14 @@ import streamlit as st
 
 from dashboard.actions import start_analyses, start_line
 from dashboard.state import get_store
-from dashboard.widgets import job_panel, one_run_per_method, run_multiselect, setting_picker
+from dashboard.widgets import comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
 from dpsat_core import figures, run_line, run_slice, run_surface
 from dpsat_core.compare import best_epsilon, group_runs
 
 st.title("Loss landscape")
 st.caption("Every run is sliced along the same seeded, filter-normalised random directions (Li et al. 2018).")
 store = get_store()
-runs = setting_picker(store.list_runs(status="done"), key="land")
-if not runs:
-    st.info("No finished runs yet: start some on **Train & sweep**.")
-    job_panel()
-    st.stop()
+runs = comparable_runs_or_stop(store.list_runs(status="done"), key="land")
 middle = best_epsilon(group_runs(runs))
 chosen = run_multiselect(runs, key="land-runs", default=one_run_per_method(runs, middle))
 labels = {r.run_id: figures.run_label(r) for r in runs}

@@ -4,16 +4,12 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import get_store
-from dashboard.widgets import job_panel, setting_picker
+from dashboard.widgets import comparable_runs_or_stop, job_panel
 from dpsat_core import figures
 from dpsat_core.compare import group_runs
 
 st.title("Privacy–utility")
-runs = setting_picker(get_store().list_runs(status="done", with_epochs=True), key="pu")
-if not runs:
-    st.info("No finished runs yet: start some on **Train & sweep**.")
-    job_panel()
-    st.stop()
+runs = comparable_runs_or_stop(get_store().list_runs(status="done", with_epochs=True), key="pu")
 stats = group_runs(runs)
 st.plotly_chart(figures.accuracy_vs_epsilon(stats), key="pu-accuracy")
 st.dataframe(

@@ -4,17 +4,13 @@ import streamlit as st
 
 from dashboard.actions import start_analyses
 from dashboard.state import get_store
-from dashboard.widgets import job_panel, one_run_per_method, run_multiselect, setting_picker
+from dashboard.widgets import comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
 from dpsat_core import figures, run_hessian, run_noise_robustness
 from dpsat_core.compare import best_epsilon, group_runs
 
 st.title("Sharpness")
 store = get_store()
-runs = setting_picker(store.list_runs(status="done"), key="sharp")
-if not runs:
-    st.info("No finished runs yet: start some on **Train & sweep**.")
-    job_panel()
-    st.stop()
+runs = comparable_runs_or_stop(store.list_runs(status="done"), key="sharp")
 spectra = {r.run_id: s for r in runs if (s := run_hessian(store, r.run_id, cached_only=True))}
 noise = {r.run_id: n for r in runs if (n := run_noise_robustness(store, r.run_id, cached_only=True))}
 missing = [r.run_id for r in runs if r.run_id not in spectra or r.run_id not in noise]
