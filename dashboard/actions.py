@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +19,7 @@ from dpsat_core import (
     sweep,
 )
 from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
+from dpsat_core.report import build_report, write_report
 from dpsat_core.sweep import check_sweep
 
 from .state import get_jobs, get_store
@@ -78,3 +80,14 @@ def start_line(run_a: str, run_b: str) -> str:
     return get_jobs().submit(
         "analysis", f"line {run_a} → {run_b}", lambda progress, stop: run_line(store, run_a, run_b)
     )
+
+
+def report_file(fmt: str, dataset: str) -> bytes:
+    """The pilot report for `dataset` as HTML or PDF bytes (built on click, from the store)."""
+    with tempfile.TemporaryDirectory() as folder:
+        files = write_report(build_report(get_store(), dataset=dataset), folder)
+        if fmt == "pdf":
+            if files.pdf is None:
+                raise DpsatError(f"the PDF could not be made ({files.note}); the HTML report works")
+            return files.pdf.read_bytes()
+        return files.html.read_bytes()

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from functools import partial
 from typing import Optional, Sequence
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from dpsat_core import METHODS, RunRecord, method_table
 from dpsat_core.compare import describe_setting, setting_key
 from dpsat_core.errors import DpsatError
+from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
 
 from .state import get_jobs
+
+
+def chart(fig: go.Figure, *, key: str, where: Optional[DeltaGenerator] = None) -> None:
+    """Draw a library figure with PNG/SVG/PDF/HTML downloads (named after `key`), each built only when clicked."""
+    with where if where is not None else nullcontext():
+        st.plotly_chart(fig, key=key)
+        formats = ("png", "svg", "pdf", "html") if find_chromium() else ("html",)
+        cols = st.columns(len(formats) + 2)
+        for col, fmt in zip(cols, formats):
+            col.download_button(
+                fmt.upper(),
+                data=partial(figure_bytes, fig, fmt),
+                file_name=f"{key}.{fmt}",
+                mime=MIME[fmt],
+                on_click="ignore",
+                key=f"{key}-{fmt}",
+            )
+        if len(formats) == 1:
+            cols[1].caption("PNG/SVG/PDF need Chromium (apt-get install chromium, or set BROWSER_PATH)")
 
 
 def show_error(exc: Exception) -> None:

@@ -1,4 +1,4 @@
-"""Command line: `python -m dpsat_core train|sweep|runs|show|analyze|delete`.
+"""Command line: `python -m dpsat_core train|sweep|runs|show|analyze|report|export|delete`.
 
 Errors caused by input print one line to stderr and exit with status 2.
 """
@@ -15,9 +15,11 @@ from typing import Any, Callable, Optional, Sequence
 from .analysis import DEFAULT_SAMPLES, run_hessian, run_surface
 from .config import ACCOUNTANTS, MODELS, TrainConfig, parse_numbers
 from .errors import ConfigError, DpsatError
+from .export import results_csv, results_json
 from .hessian import BACKENDS
 from .methods import METHODS
 from .progress import Progress, no_progress
+from .report import build_report, cost_phrase, write_report
 from .runner import run
 from .store import DEFAULT_STORE, STATUSES, STORE_ENV, RunRecord, RunStore, default_store_path
 from .sweep import SweepSpec, check_sweep, sweep
@@ -259,6 +261,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    report = build_report(RunStore(args.store), dataset=args.dataset)
+    files = write_report(report, args.out)
+    print(f"wrote {files.html}" + (f" and {files.pdf}" if files.pdf else f" ({files.note})"))
+    for row in report.headline:
+        for comparison in row.comparisons:
+            print(f"  ε={row.epsilon:g}: {cost_phrase(comparison)}")
+    print(f"  caveat: {report.caveat}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = RunStore(args.store)
+    records = store.list_runs()
+    spectra = {r.run_id: s for r in records if (s := run_hessian(store, r.run_id, cached_only=True))}
+    data = results_csv(records, spectra) if args.format == "csv" else results_json(records, spectra)
+    sys.stdout.write(data.decode())
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     RunStore(args.store).delete(args.run_id)
     print(f"deleted run {args.run_id}")
@@ -325,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--recompute", action="store_true", help="ignore a cached result")
     p.add_argument("--json", action="store_true")
+
+    p = command("report", cmd_report, "write the pilot report (report.html and report.pdf) from the store")
+    p.add_argument("--out", required=True, help="folder for report.html and report.pdf")
+    p.add_argument("--dataset", help="data set to report on (default: the setting with the most runs)")
+
+    p = command("export", cmd_export, "print one row per run (config, ε spent, accuracy, λ_max, trace, seconds)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
 
     p = command("delete", cmd_delete, "delete one run")
     p.add_argument("run_id")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard.actions import start_analyses, start_line
 from dashboard.state import get_store
-from dashboard.widgets import comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
+from dashboard.widgets import chart, comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
 from dpsat_core import figures, run_line, run_slice, run_surface
 from dpsat_core.compare import best_epsilon, group_runs
 
@@ -23,12 +23,12 @@ missing = [r.run_id for r in chosen if labels[r.run_id] not in slices or labels[
 if missing and st.button(f"Compute slices and surfaces for {len(missing)} runs", key="land-go"):
     start_analyses(missing, ["slice", "surface"])
 if slices:
-    st.plotly_chart(figures.slices_overlay(slices), key="land-slices")
+    chart(figures.slices_overlay(slices), key="land-slices")
 if surfaces:
-    st.plotly_chart(figures.surfaces_side_by_side(surfaces), key="land-contours")
+    chart(figures.surfaces_side_by_side(surfaces), key="land-contours")
     if st.checkbox("Show a 3D surface", key="land-3d"):
         which = st.selectbox("Run", list(surfaces), key="land-3d-run")
-        st.plotly_chart(figures.surface_3d(which, surfaces[which]), key="land-3d-plot")
+        chart(figures.surface_3d(which, surfaces[which]), key="land-3d-plot")
 
 st.subheader("The straight line between two runs")
 ids = [r.run_id for r in runs]
@@ -37,7 +37,7 @@ run_a = a.selectbox("From (t = 0)", ids, format_func=labels.get, key="land-line-
 run_b = b.selectbox("To (t = 1)", ids, index=min(1, len(ids) - 1), format_func=labels.get, key="land-line-b")
 line = run_line(store, run_a, run_b, cached_only=True) if run_a != run_b else None
 if line:
-    st.plotly_chart(figures.line_between_runs(line, labels[run_a], labels[run_b]), key="land-line")
+    chart(figures.line_between_runs(line, labels[run_a], labels[run_b]), key="land-line")
 elif run_a != run_b and st.button("Compute the line", key="land-line-go"):
     start_line(run_a, run_b)
 job_panel()

@@ -1,12 +1,15 @@
 """Overview: accuracy vs ε, sharpness vs ε and 1D slices side by side, with a plain-words verdict."""
 
+from functools import partial
+
 import streamlit as st
 
-from dashboard.actions import start_analyses, start_default_comparison
+from dashboard.actions import report_file, start_analyses, start_default_comparison
 from dashboard.state import get_store
-from dashboard.widgets import job_panel, methods_table, one_run_per_method, setting_picker
+from dashboard.widgets import chart, job_panel, methods_table, one_run_per_method, setting_picker
 from dpsat_core import figures, run_hessian, run_slice
 from dpsat_core.compare import best_epsilon, compare_at, group_runs, private_epsilons
+from dpsat_core.export import find_chromium
 
 st.title("Do flat minima help under differential privacy?")
 store = get_store()
@@ -34,10 +37,10 @@ epsilon = (
 )
 
 acc, sharp, slices_col = st.columns(3)
-acc.plotly_chart(figures.accuracy_vs_epsilon(stats), key="overview-acc")
+chart(figures.accuracy_vs_epsilon(stats), key="overview-acc", where=acc)
 with sharp:
     if spectra:
-        st.plotly_chart(figures.hessian_vs_epsilon(stats), key="overview-hessian")
+        chart(figures.hessian_vs_epsilon(stats), key="overview-hessian")
     missing = [r.run_id for r in runs if r.run_id not in spectra]
     if missing and st.button(f"Compute Hessian for {len(missing)} runs", key="overview-hessian-go"):
         start_analyses(missing, ["hessian"])
@@ -47,11 +50,36 @@ with slices_col:
         figures.run_label(r): (r.method, s) for r in chosen if (s := run_slice(store, r.run_id, cached_only=True))
     }
     if slices:
-        st.plotly_chart(figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon}"), key="overview-slices")
+        chart(
+            figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon}"),
+            key="overview-slices",
+        )
     missing_slices = [r.run_id for r in chosen if figures.run_label(r) not in slices]
     if missing_slices and st.button(f"Compute 1D slices for {len(missing_slices)} runs", key="overview-slices-go"):
         start_analyses(missing_slices, ["slice"])
 
+st.markdown("**Pilot report** for managers: the question, the settings, a headline per ε, the figures and the caveats.")
+report_html, report_pdf, _ = st.columns([1, 1, 4])
+dataset = runs[0].config.dataset
+report_html.download_button(
+    "Report (HTML)",
+    data=partial(report_file, "html", dataset),
+    file_name="pilot_report.html",
+    mime="text/html",
+    on_click="ignore",
+    key="overview-report-html",
+)
+if find_chromium():
+    report_pdf.download_button(
+        "Report (PDF)",
+        data=partial(report_file, "pdf", dataset),
+        file_name="pilot_report.pdf",
+        mime="application/pdf",
+        on_click="ignore",
+        key="overview-report-pdf",
+    )
+else:
+    report_pdf.caption("PDF needs Chromium (apt-get install chromium)")
 if epsilon is not None:
     for method in ("dpsat", "dpsam"):
         comparison = compare_at(stats, epsilon, method)

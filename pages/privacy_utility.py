@@ -4,14 +4,14 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import get_store
-from dashboard.widgets import comparable_runs_or_stop, job_panel
+from dashboard.widgets import chart, comparable_runs_or_stop, job_panel
 from dpsat_core import figures
 from dpsat_core.compare import group_runs
 
 st.title("Privacy–utility")
 runs = comparable_runs_or_stop(get_store().list_runs(status="done", with_epochs=True), key="pu")
 stats = group_runs(runs)
-st.plotly_chart(figures.accuracy_vs_epsilon(stats), key="pu-accuracy")
+chart(figures.accuracy_vs_epsilon(stats), key="pu-accuracy")
 st.dataframe(
     pd.DataFrame(
         [
@@ -30,7 +30,7 @@ st.dataframe(
     hide_index=True,
 )
 left, right = st.columns(2)
-left.plotly_chart(figures.training_curves(runs), key="pu-curves")
-right.plotly_chart(figures.epsilon_over_epochs(runs), key="pu-epsilon")
-st.plotly_chart(figures.cost_per_epoch(stats), key="pu-cost")
+chart(figures.training_curves(runs), key="pu-curves", where=left)
+chart(figures.epsilon_over_epochs(runs), key="pu-epsilon", where=right)
+chart(figures.cost_per_epoch(stats), key="pu-cost")
 job_panel()

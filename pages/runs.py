@@ -1,11 +1,14 @@
 """Runs: the store as a table: filter, select, delete, re-open one run."""
 
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
 from dashboard.state import get_store
-from dashboard.widgets import job_panel
-from dpsat_core import figures
+from dashboard.widgets import chart, job_panel
+from dpsat_core import figures, run_hessian
+from dpsat_core.export import results_csv, results_json
 from dpsat_core.store import STATUSES
 
 st.title("Runs")
@@ -41,6 +44,24 @@ table = pd.DataFrame(
     ]
 )
 st.dataframe(table, hide_index=True, key="runs-table")
+spectra = {r.run_id: sp for r in shown if (sp := run_hessian(store, r.run_id, cached_only=True))}
+down_csv, down_json, _ = st.columns([1, 1, 4])
+down_csv.download_button(
+    "Results CSV",
+    data=partial(results_csv, shown, spectra),
+    file_name="dpsat_results.csv",
+    mime="text/csv",
+    on_click="ignore",
+    key="runs-csv",
+)
+down_json.download_button(
+    "Results JSON",
+    data=partial(results_json, shown, spectra),
+    file_name="dpsat_results.json",
+    mime="application/json",
+    on_click="ignore",
+    key="runs-json",
+)
 selected = st.multiselect("Select runs", [r.run_id for r in shown], key="runs-selected")
 if selected:
     left, right = st.columns(2)
@@ -56,7 +77,7 @@ if selected:
             st.rerun()
     record = store.get(selected[0])
     st.subheader(f"Run {record.run_id}: {figures.run_label(record)}")
-    st.plotly_chart(figures.training_curves([record]), key="runs-curve")
+    chart(figures.training_curves([record]), key="runs-curve")
     st.dataframe(pd.DataFrame([vars(e) for e in record.epochs]), hide_index=True)
     st.json(record.to_dict(), expanded=False)
 job_panel()

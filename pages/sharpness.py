@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard.actions import start_analyses
 from dashboard.state import get_store
-from dashboard.widgets import comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
+from dashboard.widgets import chart, comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
 from dpsat_core import figures, run_hessian, run_noise_robustness
 from dpsat_core.compare import best_epsilon, group_runs
 
@@ -20,16 +20,16 @@ if missing:
         start_analyses(missing, ["hessian", "noise"])
 stats = group_runs(runs, spectra)
 if spectra:
-    st.plotly_chart(figures.hessian_vs_epsilon(stats), key="sharp-vs-eps")
+    chart(figures.hessian_vs_epsilon(stats), key="sharp-vs-eps")
 middle = best_epsilon(stats)
 analysed = [r for r in runs if r.run_id in spectra]
 chosen = run_multiselect(analysed, key="sharp-runs", default=one_run_per_method(analysed, middle))
 if chosen:
     labelled = {figures.run_label(r): (r.method, spectra[r.run_id]) for r in chosen}
     left, right = st.columns(2)
-    left.plotly_chart(figures.top_eigenvalues(labelled), key="sharp-top")
-    right.plotly_chart(figures.eigenvalue_density(labelled), key="sharp-density")
+    chart(figures.top_eigenvalues(labelled), key="sharp-top", where=left)
+    chart(figures.eigenvalue_density(labelled), key="sharp-density", where=right)
     curves = {figures.run_label(r): (r.method, noise[r.run_id]) for r in chosen if r.run_id in noise}
     if curves:
-        st.plotly_chart(figures.noise_robustness(curves), key="sharp-noise")
+        chart(figures.noise_robustness(curves), key="sharp-noise")
 job_panel()

@@ -1,7 +1,8 @@
 """A real browser: Debian's Chromium driven by Playwright against `streamlit run` on a loopback port.
 
 Opens the app from another working directory, runs a tiny comparison (digits, DP-SGD and DP-SAT,
-ε = 3, one seed, one epoch), waits for the privacy–utility figure and saves a screenshot.
+ε = 3, one seed, one epoch), waits for the privacy–utility figure, saves a screenshot and downloads
+the figure as PNG.
 """
 
 import os
@@ -94,5 +95,10 @@ def test_a_tiny_comparison_in_a_real_browser(server, tmp_path):
         expect(page.get_by_text("Test accuracy vs privacy budget").first).to_be_visible(timeout=30_000)
         shot = tmp_path / "privacy_utility.png"
         page.screenshot(path=str(shot), full_page=True)
+        with page.expect_download(timeout=60_000) as download:  # the PNG is built by kaleido only on this click
+            page.get_by_role("button", name="PNG").first.click()
+        png = tmp_path / "figure.png"
+        download.value.save_as(png)
         browser.close()
     assert shot.stat().st_size > 20_000
+    assert png.read_bytes().startswith(b"\x89PNG")

@@ -139,3 +139,27 @@ def test_runs_page_deletes_after_confirmation(populated, tmp_path, monkeypatch):
     at.button(key="runs-delete").click().run()
     at.button(key="runs-delete-confirm").click().run()
     assert victim not in [r.run_id for r in RunStore(db).list_runs()]
+
+
+def _download_labels(at: AppTest) -> list[str]:
+    return [b.proto.label for b in at.get("download_button")]
+
+
+def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    at = open_page("privacy_utility")
+    labels = _download_labels(at)
+    charts = len(at.get("plotly_chart"))
+    assert charts == 4 and all(labels.count(fmt) == charts for fmt in ("PNG", "SVG", "PDF", "HTML"))
+    at = open_page("runs")
+    assert {"Results CSV", "Results JSON"} <= set(_download_labels(at))
+    at = open_page("overview")
+    assert {"Report (HTML)", "Report (PDF)"} <= set(_download_labels(at))
+
+
+def test_without_chromium_pages_offer_html_and_name_the_fix(populated, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))
+    at = open_page("privacy_utility")
+    assert set(_download_labels(at)) == {"HTML"}
+    assert any("apt-get install chromium" in c.value for c in at.caption)

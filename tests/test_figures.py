@@ -6,8 +6,13 @@ from tests.test_compare import record, spectrum
 
 
 def test_figures_use_the_method_table_colours_and_names():
-    runs = [record("sgd", None, 0, 0.95), record("dpsgd", 1.0, 0, 0.7), record("dpsgd", 4.0, 0, 0.8),
-            record("dpsat", 1.0, 0, 0.72), record("dpsat", 4.0, 0, 0.83)]
+    runs = [
+        record("sgd", None, 0, 0.95),
+        record("dpsgd", 1.0, 0, 0.7),
+        record("dpsgd", 4.0, 0, 0.8),
+        record("dpsat", 1.0, 0, 0.72),
+        record("dpsat", 4.0, 0, 0.83),
+    ]
     fig = figures.accuracy_vs_epsilon(group_runs(runs))
     traces = {t.name: t for t in fig.data}
     assert set(traces) == {"DP-SGD", "DP-SAT"}
