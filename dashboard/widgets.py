@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from functools import partial
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -20,6 +20,13 @@ from dpsat_core.figures import run_label
 from .state import get_jobs
 
 
+def download(where: DeltaGenerator, label: str, build: Callable[[], bytes], file_name: str, *, key: str) -> None:
+    """A download button whose file is built by `build` only when clicked (MIME type from the extension)."""
+    where.download_button(
+        label, data=build, file_name=file_name, mime=MIME[file_name.rsplit(".", 1)[1]], on_click="ignore", key=key
+    )
+
+
 def chart(fig: go.Figure, *, key: str, where: Optional[DeltaGenerator] = None) -> None:
     """Draw a library figure with PNG/SVG/PDF/HTML downloads (named after `key`), each built only when clicked."""
     with where if where is not None else nullcontext():
@@ -27,14 +34,7 @@ def chart(fig: go.Figure, *, key: str, where: Optional[DeltaGenerator] = None) -
         formats = ("png", "svg", "pdf", "html") if find_chromium() else ("html",)
         cols = st.columns(len(formats) + 2)
         for col, fmt in zip(cols, formats):
-            col.download_button(
-                fmt.upper(),
-                data=partial(figure_bytes, fig, fmt),
-                file_name=f"{key}.{fmt}",
-                mime=MIME[fmt],
-                on_click="ignore",
-                key=f"{key}-{fmt}",
-            )
+            download(col, fmt.upper(), partial(figure_bytes, fig, fmt), f"{key}.{fmt}", key=f"{key}-{fmt}")
         if len(formats) == 1:
             cols[1].caption("PNG/SVG/PDF need Chromium (apt-get install chromium, or set BROWSER_PATH)")
 

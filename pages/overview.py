@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard.actions import report_file, start_analyses, start_default_comparison
 from dashboard.state import get_store
-from dashboard.widgets import chart, job_panel, methods_table, one_run_per_method, setting_picker
+from dashboard.widgets import chart, download, job_panel, methods_table, one_run_per_method, setting_picker
 from dpsat_core import figures, run_hessian, run_slice
 from dpsat_core.compare import best_epsilon, compare_at, group_runs, private_epsilons
 from dpsat_core.export import find_chromium
@@ -61,22 +61,12 @@ with slices_col:
 st.markdown("**Pilot report** for managers: the question, the settings, a headline per ε, the figures and the caveats.")
 report_html, report_pdf, _ = st.columns([1, 1, 4])
 dataset = runs[0].config.dataset
-report_html.download_button(
-    "Report (HTML)",
-    data=partial(report_file, "html", dataset),
-    file_name="pilot_report.html",
-    mime="text/html",
-    on_click="ignore",
-    key="overview-report-html",
+download(
+    report_html, "Report (HTML)", partial(report_file, "html", dataset), "pilot_report.html", key="overview-report-html"
 )
 if find_chromium():
-    report_pdf.download_button(
-        "Report (PDF)",
-        data=partial(report_file, "pdf", dataset),
-        file_name="pilot_report.pdf",
-        mime="application/pdf",
-        on_click="ignore",
-        key="overview-report-pdf",
+    download(
+        report_pdf, "Report (PDF)", partial(report_file, "pdf", dataset), "pilot_report.pdf", key="overview-report-pdf"
     )
 else:
     report_pdf.caption("PDF needs Chromium (apt-get install chromium)")

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import get_store
-from dashboard.widgets import chart, job_panel
+from dashboard.widgets import chart, download, job_panel
 from dpsat_core import figures, run_hessian
 from dpsat_core.export import results_csv, results_json
 from dpsat_core.store import STATUSES
@@ -46,22 +46,8 @@ table = pd.DataFrame(
 st.dataframe(table, hide_index=True, key="runs-table")
 spectra = {r.run_id: sp for r in shown if (sp := run_hessian(store, r.run_id, cached_only=True))}
 down_csv, down_json, _ = st.columns([1, 1, 4])
-down_csv.download_button(
-    "Results CSV",
-    data=partial(results_csv, shown, spectra),
-    file_name="dpsat_results.csv",
-    mime="text/csv",
-    on_click="ignore",
-    key="runs-csv",
-)
-down_json.download_button(
-    "Results JSON",
-    data=partial(results_json, shown, spectra),
-    file_name="dpsat_results.json",
-    mime="application/json",
-    on_click="ignore",
-    key="runs-json",
-)
+download(down_csv, "Results CSV", partial(results_csv, shown, spectra), "dpsat_results.csv", key="runs-csv")
+download(down_json, "Results JSON", partial(results_json, shown, spectra), "dpsat_results.json", key="runs-json")
 selected = st.multiselect("Select runs", [r.run_id for r in shown], key="runs-selected")
 if selected:
     left, right = st.columns(2)
