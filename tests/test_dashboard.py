@@ -163,3 +163,53 @@ def test_without_chromium_pages_offer_html_and_name_the_fix(populated, tmp_path,
     at = open_page("privacy_utility")
     assert set(_download_labels(at)) == {"HTML"}
     assert any("apt-get install chromium" in c.value for c in at.caption)
+
+
+def _csv(rows: int = 40, bad_row: bool = False) -> bytes:
+    rows_text = [f"{20 + i},{['red', 'blue'][i % 2]},{'yes' if i % 3 else 'no'}" for i in range(rows)]
+    lines = ["age,colour,label", *rows_text]
+    if bad_row:
+        lines[5] = "forty,red,yes"
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("data")
+    at.radio(key="data-kind").set_value("Upload a file").run()
+    at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
+    assert not at.exception and len(at.dataframe[0].value) == 8  # preview of the first rows
+    at.selectbox(key="data-target").select("label").run()
+    assert [m.value for m in at.metric][:3] == ["32", "8", "2"]
+    at.button(key="data-use").click().run()
+    chosen = at.session_state["dataset"]
+    assert chosen["target"] == "label" and Path(chosen["source"]).read_bytes() == _csv()
+    assert Path(chosen["source"]).parent == tmp_path / "dpsat_uploads"
+
+
+def test_an_uploaded_csv_with_text_in_a_numeric_column_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("data")
+    at.radio(key="data-kind").set_value("Upload a file").run()
+    at.get("file_uploader")[0].upload("bad.csv", _csv(bad_row=True), "text/csv").run()
+    at.selectbox(key="data-target").select("label").run()
+    assert not at.exception
+    assert "column 'age' is numeric but holds text in 1 rows" in at.error[0].value
+    assert not at.button  # nothing to select
+
+
+def test_a_diverging_run_fails_its_job_with_the_reason_and_keeps_earlier_runs(populated, tmp_path, monkeypatch):
+    from dashboard.actions import start_sweep
+
+    db = tmp_path / "copy.db"
+    db.write_bytes(populated.read_bytes())
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    before = len(RunStore(db).list_runs(status="done"))
+    spec = SweepSpec(
+        base=TrainConfig(dataset="digits", epochs=1, lr=1e38), methods=("dpsgd",), epsilons=(3.0,), seeds=(0,)
+    )
+    view = get_jobs().wait(start_sweep(spec), timeout=120)
+    assert view.status == "failed" and "diverged" in view.error and "lower lr" in view.error
+    assert len(RunStore(db).list_runs(status="done")) == before
+    at = open_page("train")
+    assert any("diverged" in e.value for e in at.error)  # the job panel shows it
