@@ -32,11 +32,11 @@ def chart(fig: go.Figure, *, key: str, where: Optional[DeltaGenerator] = None) -
     with where if where is not None else nullcontext():
         st.plotly_chart(fig, key=key)
         formats = ("png", "svg", "pdf", "html") if find_chromium() else ("html",)
-        cols = st.columns(len(formats) + 2)
-        for col, fmt in zip(cols, formats):
-            download(col, fmt.upper(), partial(figure_bytes, fig, fmt), f"{key}.{fmt}", key=f"{key}-{fmt}")
-        if len(formats) == 1:
-            cols[1].caption("PNG/SVG/PDF need Chromium (apt-get install chromium, or set BROWSER_PATH)")
+        with st.popover("Download", key=f"{key}-download"):
+            for fmt in formats:
+                download(st, fmt.upper(), partial(figure_bytes, fig, fmt), f"{key}.{fmt}", key=f"{key}-{fmt}")
+            if len(formats) == 1:
+                st.caption("PNG/SVG/PDF need Chromium (apt-get install chromium, or set BROWSER_PATH)")
 
 
 def show_error(exc: Exception) -> None:

@@ -130,7 +130,7 @@ def compare_at(
     if a.accuracy_std is not None and b.accuracy_std is not None:
         spread = abs(gain) <= 100 * math.hypot(a.accuracy_std, b.accuracy_std)
     parts = [f"At ε={epsilon:g}, {a.label}: {gain:+.1f} points over {b.label}"]
-    parts.append(f"λ_max {100 * lam:+.0f}%" if lam is not None else "λ_max not computed")
+    parts.append(f"λ_max {100 * lam:+.1f}%" if lam is not None else "λ_max not computed")
     parts.append(f"{ratio:.1f}× time")
     caveat = {
         None: "one seed only: the spread is unknown",

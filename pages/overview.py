@@ -51,13 +51,18 @@ with slices_col:
     }
     if slices:
         chart(
-            figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon}"),
+            figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon:g}"),
             key="overview-slices",
         )
     missing_slices = [r.run_id for r in chosen if figures.run_label(r) not in slices]
     if missing_slices and st.button(f"Compute 1D slices for {len(missing_slices)} runs", key="overview-slices-go"):
         start_analyses(missing_slices, ["slice"])
 
+if epsilon is not None:
+    for method in ("dpsat", "dpsam"):
+        comparison = compare_at(stats, epsilon, method)
+        if comparison:
+            st.markdown(f"- {comparison.text}")
 st.markdown("**Pilot report** for managers: the question, the settings, a headline per ε, the figures and the caveats.")
 report_html, report_pdf, _ = st.columns([1, 1, 4])
 dataset = runs[0].config.dataset
@@ -70,9 +75,4 @@ if find_chromium():
     )
 else:
     report_pdf.caption("PDF needs Chromium (apt-get install chromium)")
-if epsilon is not None:
-    for method in ("dpsat", "dpsam"):
-        comparison = compare_at(stats, epsilon, method)
-        if comparison:
-            st.markdown(f"- {comparison.text}")
 job_panel()

@@ -95,6 +95,7 @@ def test_a_tiny_comparison_in_a_real_browser(server, tmp_path):
         expect(page.get_by_text("Test accuracy vs privacy budget").first).to_be_visible(timeout=30_000)
         shot = tmp_path / "privacy_utility.png"
         page.screenshot(path=str(shot), full_page=True)
+        page.get_by_role("button", name="Download").first.click()
         with page.expect_download(timeout=60_000) as download:  # the PNG is built by kaleido only on this click
             page.get_by_role("button", name="PNG").first.click()
         png = tmp_path / "figure.png"

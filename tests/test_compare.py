@@ -38,7 +38,7 @@ def test_the_verdict_gives_gain_flatness_cost_and_the_honest_caveat():
     result = compare_at(group_runs(runs, spectra), 2.0, "dpsat")
     assert result.accuracy_gain_points == pytest.approx(5.0) and result.lambda_max_change == pytest.approx(-0.2)
     assert result.within_seed_spread is False
-    assert result.text == "At ε=2, DP-SAT: +5.0 points over DP-SGD, λ_max -20%, 1.1× time; within the seed spread: no"
+    assert result.text == "At ε=2, DP-SAT: +5.0 points over DP-SGD, λ_max -20.0%, 1.1× time; within the seed spread: no"
     close = [
         record("dpsgd", 2.0, 0, 0.80),
         record("dpsgd", 2.0, 1, 0.84),
