@@ -75,7 +75,9 @@ def cost_phrase(comparison: Comparison) -> str:
     """'DP-SAT: +1.2 points over DP-SGD at 1.0× cost and the same ε'."""
     label = method_info(comparison.method).label
     gain, ratio = comparison.accuracy_gain_points, comparison.time_ratio
-    return f"{label}: {gain:+.1f} points over DP-SGD at {ratio:.1f}× cost and the same ε"
+    phrase = f"{label}: {gain:+.1f} points over DP-SGD at {ratio:.1f}× cost and the same ε"
+    releases = method_info(comparison.method).releases_per_step
+    return phrase + (f" (paid with more noise: σ covers {releases} releases per step)" if releases > 1 else "")
 
 
 def build_report(store: RunStore, *, dataset: Optional[str] = None) -> Report:
