@@ -98,7 +98,7 @@ def _cell_worker(config: dict, store_path: str, threads: int, reports, stop) -> 
 
     def forward(p: Progress) -> None:
         try:
-            reports.put_nowait((key, p.done, p.total, p.message))
+            reports.put_nowait((key, p.done, p.total, p.message, dict(p.metrics)))
         except Exception:  # a full or closed queue must never stop training
             pass
 
@@ -158,7 +158,9 @@ def _sweep_inline(
         label = f"{cell.method} ε={cell.epsilon} seed={cell.seed}"
 
         def inner(p: Progress, i=i, label=label) -> None:
-            on_progress(Progress("sweep", i, len(todo), f"{label}: {p.message}", {"cell_fraction": p.fraction}))
+            on_progress(
+                Progress("sweep", i, len(todo), f"{label}: {p.message}", {**p.metrics, "cell_fraction": p.fraction})
+            )
 
         try:
             outcome = run(cell, store, on_progress=inner, should_stop=should_stop)
@@ -194,11 +196,13 @@ def _sweep_pool(
                         future.cancel()
                 while True:
                     try:
-                        _, step, steps, message = reports.get_nowait()
+                        _, step, steps, message, metrics = reports.get_nowait()
                     except queue.Empty:
                         break
                     on_progress(
-                        Progress("sweep", finished, len(todo), message, {"cell_fraction": step / max(1, steps)})
+                        Progress(
+                            "sweep", finished, len(todo), message, {**metrics, "cell_fraction": step / max(1, steps)}
+                        )
                     )
                 for future in done:
                     pending.pop(future)

@@ -98,7 +98,9 @@ def test_a_small_job_from_the_train_page_ends_in_stored_results(tmp_path, monkey
     at.button(key="train-start").click().run()
     assert not at.exception and "Started 2 runs" in at.success[0].value
     job = get_jobs().jobs()[0]
-    assert get_jobs().wait(job.job_id, timeout=300).status == "done"
+    view = get_jobs().wait(job.job_id, timeout=300)
+    assert view.status == "done"
+    assert 0 < view.metrics["epsilon"] <= 3.0 and 0 <= view.metrics["test_accuracy"] <= 1  # shown on the bar
     runs = RunStore(db).list_runs(status="done")
     assert sorted(r.method for r in runs) == ["dpsat", "dpsgd"] and all(r.config.epochs == 1 for r in runs)
     at.run()  # the panel now shows the finished job
