@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from dpsat_core import METHODS, RunRecord, method_table
-from dpsat_core.compare import describe_setting, setting_key
+from dpsat_core import RunRecord, method_table
+from dpsat_core.compare import describe_setting, runs_by_setting
 from dpsat_core.errors import DpsatError
 from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
@@ -48,10 +48,6 @@ def methods_table() -> None:
     st.dataframe(pd.DataFrame(method_table()), hide_index=True)
 
 
-def method_label(name: str) -> str:
-    return METHODS[name].label
-
-
 @st.fragment(run_every="1s")
 def job_panel() -> None:
     """Progress of the server's jobs, with Cancel; reruns the page when a watched job finishes."""
@@ -63,7 +59,11 @@ def job_panel() -> None:
     watched.update(j.job_id for j in jobs if j.active)
     if not jobs:
         return
-    st.markdown("**Jobs**")
+    title, clear = st.columns([6, 1])
+    title.markdown("**Jobs**")
+    if any(not j.active for j in jobs) and clear.button("Clear finished", key="jobs-clear"):
+        get_jobs().clear_finished()
+        jobs = get_jobs().jobs()
     for job in jobs[:6]:
         extra = []
         if job.metrics.get("epsilon") is not None:
@@ -88,13 +88,9 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
     if not datasets:
         return []
     dataset = st.selectbox("Data set", datasets, key=f"{key}-dataset")
-    in_dataset = [r for r in done if r.config.dataset == dataset]
-    settings: dict[str, list[RunRecord]] = {}
-    for r in in_dataset:
-        settings.setdefault(setting_key(r), []).append(r)
-    if len(settings) == 1:
-        return next(iter(settings.values()))
-    ordered = sorted(settings.values(), key=len, reverse=True)
+    ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])
+    if len(ordered) == 1:
+        return ordered[0]
     labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
     chosen = st.selectbox("Setting (runs are compared only within one)", labels, key=f"{key}-setting")
     return ordered[labels.index(chosen)]

@@ -27,6 +27,15 @@ def setting_key(record: RunRecord) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def runs_by_setting(records: Sequence[RunRecord]) -> list[list[RunRecord]]:
+    """Finished runs grouped by `setting_key`, the largest group first."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        if r.status == "done":
+            groups[setting_key(r)].append(r)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
 def describe_setting(record: RunRecord) -> str:
     c = record.config
     return (

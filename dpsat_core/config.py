@@ -155,18 +155,13 @@ def resolve_for_data(config: TrainConfig, n_train: int) -> float:
 
 def parse_numbers(text: str, *, name: str, kind: type = float) -> tuple:
     """'1, 2, 4' → (1.0, 2.0, 4.0); an error names the field and the bad item."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    try:
-        return tuple(kind(t) for t in items)
-    except ValueError:
-        bad = next(t for t in items if not _parses(t, kind))
-        what = "whole numbers" if kind is int else "numbers"
-        raise ConfigError(f"{name} must be comma-separated {what}; {bad!r} is not one") from None
-
-
-def _parses(text: str, kind: type) -> bool:
-    try:
-        kind(text)
-        return True
-    except ValueError:
-        return False
+    values = []
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        try:
+            values.append(kind(item))
+        except ValueError:
+            what = "whole numbers" if kind is int else "numbers"
+            raise ConfigError(f"{name} must be comma-separated {what}; {item!r} is not one") from None
+    return tuple(values)

@@ -5,7 +5,7 @@ Method colours and names come from `METHODS`, so they are identical everywhere.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -15,6 +15,7 @@ from .hessian import HessianSpectrum
 from .landscape import NoiseRobustness, Slice, Surface
 from .methods import method_info
 from .store import RunRecord
+from .training import EpochMetrics
 
 TEMPLATE = "plotly_white"
 
@@ -106,35 +107,31 @@ def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D 
     return _layout(fig, title, "step along the filter-normalised direction", "training loss")
 
 
-def training_curves(records: Sequence[RunRecord]) -> go.Figure:
+def _per_epoch(
+    records: Sequence[RunRecord], value: Callable[[EpochMetrics], Optional[float]], title: str, y_title: str
+) -> go.Figure:
+    """One line per run over epochs; runs without the value (ε of a non-private run) are left out."""
     fig = go.Figure()
     for r in records:
-        fig.add_trace(
-            go.Scatter(
-                x=[e.epoch for e in r.epochs],
-                y=[100 * e.test_accuracy for e in r.epochs],
-                name=run_label(r),
-                mode="lines+markers",
-                line_color=_color(r.method),
-            )
-        )
-    return _layout(fig, "Training curves", "epoch", "test accuracy (%)")
-
-
-def epsilon_over_epochs(records: Sequence[RunRecord]) -> go.Figure:
-    fig = go.Figure()
-    for r in records:
-        if r.epochs and r.epochs[0].epsilon is not None:
+        if r.epochs and value(r.epochs[0]) is not None:
             fig.add_trace(
                 go.Scatter(
                     x=[e.epoch for e in r.epochs],
-                    y=[e.epsilon for e in r.epochs],
+                    y=[value(e) for e in r.epochs],
                     name=run_label(r),
                     mode="lines+markers",
                     line_color=_color(r.method),
                 )
             )
-    return _layout(fig, "Privacy spent during training", "epoch", "ε spent")
+    return _layout(fig, title, "epoch", y_title)
+
+
+def training_curves(records: Sequence[RunRecord]) -> go.Figure:
+    return _per_epoch(records, lambda e: 100 * e.test_accuracy, "Training curves", "test accuracy (%)")
+
+
+def epsilon_over_epochs(records: Sequence[RunRecord]) -> go.Figure:
+    return _per_epoch(records, lambda e: e.epsilon, "Privacy spent during training", "ε spent")
 
 
 def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:

@@ -46,10 +46,6 @@ class HessianSpectrum(JsonRecord):
     backend: str
     seconds: float
 
-    @property
-    def lambda_max(self) -> float:
-        return self.top[0]
-
 
 # linearize keeps about this many times the forward activations alive (measured on the tanh CNNs).
 LINEARIZE_MEMORY_FACTOR = 20

@@ -29,11 +29,6 @@ def no_progress(_: Progress) -> None:
     """Default progress callback: ignore reports."""
 
 
-def never_stop() -> bool:
-    """Default stop check: run to the end."""
-    return False
-
-
 class Cancelled(Exception):
     """Raised inside long computations when `should_stop()` turns true."""
 

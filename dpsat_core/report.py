@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 
 from . import figures
 from .analysis import run_hessian
-from .compare import CellStats, Comparison, compare_at, describe_setting, group_runs, private_epsilons, setting_key
+from .compare import CellStats, Comparison, compare_at, describe_setting, group_runs, private_epsilons, runs_by_setting
 from .errors import StoreError
 from .export import ExportError, figure_image, find_chromium
 from .methods import method_info
@@ -65,10 +65,7 @@ def _pick_setting(records: list[RunRecord], dataset: Optional[str]) -> list[RunR
     if not done:
         where = f" for data set {dataset!r}" if dataset else ""
         raise StoreError(f"no finished runs{where} in the store: train some first (python -m dpsat_core sweep …)")
-    groups: dict[str, list[RunRecord]] = {}
-    for r in done:
-        groups.setdefault(setting_key(r), []).append(r)
-    return max(groups.values(), key=len)
+    return runs_by_setting(done)[0]
 
 
 def cost_phrase(comparison: Comparison) -> str:

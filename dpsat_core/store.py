@@ -262,7 +262,12 @@ class RunStore:
                 f" FROM runs {where} ORDER BY created",
                 args,
             ).fetchall()
-            return [self._record(r, self._epochs(db, r["run_id"]) if with_epochs else []) for r in rows]
+            epochs: dict[str, list[EpochMetrics]] = {r["run_id"]: [] for r in rows}
+            if with_epochs and rows:  # one query for all listed runs, not one per run
+                for e in db.execute("SELECT run_id, metrics FROM epochs ORDER BY run_id, epoch"):
+                    if e["run_id"] in epochs:
+                        epochs[e["run_id"]].append(EpochMetrics(**json.loads(e["metrics"])))
+            return [self._record(r, epochs[r["run_id"]]) for r in rows]
 
     def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:
         """The run's final weights, read with `weights_only=True` (no code runs on load)."""

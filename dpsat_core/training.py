@@ -89,6 +89,7 @@ class TrainResult:
     def summary(self) -> dict:
         """Flat, JSON-ready numbers for the store, the CLI and reports."""
         last = self.epochs[-1] if self.epochs else None
+        notes = (self.plan.note, self.privacy.note if self.privacy else "")
         return {
             "method": self.config.method,
             "dataset": self.config.dataset,
@@ -103,7 +104,7 @@ class TrainResult:
             "steps": self.steps,
             "releases": self.releases,
             "accountant": None if self.privacy is None else self.privacy.accountant,
-            "accounting_note": " ".join(n for n in {self.plan.note, self.privacy.note if self.privacy else ""} if n),
+            "accounting_note": " ".join(dict.fromkeys(n for n in notes if n)),  # calibration and spending notes
             "test_accuracy": None if last is None else last.test_accuracy,
             "test_loss": None if last is None else _json_float(last.test_loss),
             "train_loss": None if last is None else _json_float(last.train_loss),
@@ -279,6 +280,7 @@ def train(
     subset = slice(0, min(TRAIN_LOSS_SUBSET, trainer.dataset.n_train))
     steps_per_epoch = trainer.plan.steps // config.epochs
     epochs: list[EpochMetrics] = []
+    privacy: Optional[PrivacySpent] = None
     status, reason, step, seconds = "done", "", 0, 0.0
     trainer.model.train()
     for epoch in range(1, config.epochs + 1):
@@ -341,7 +343,8 @@ def train(
         reason=reason,
         plan=trainer.plan,
         epochs=epochs,
-        privacy=_privacy_now(trainer),
+        # the last epoch's ε is the result's unless releases happened since (cancel, divergence)
+        privacy=privacy if privacy is not None and privacy.releases == trainer.releases else _privacy_now(trainer),
         steps=step,
         releases=trainer.releases,
         seconds=seconds,

@@ -60,43 +60,13 @@ def test_surfaces_slices_lines_and_noise_are_stored_per_run(store, run_id):
 
 
 def test_cli_analyze_json_contract(store, run_id, capsys):
-    code = main(
-        [
-            "analyze",
-            run_id,
-            "--json",
-            "--store",
-            str(store.path),
-            "--k",
-            "3",
-            "--probes",
-            "8",
-            "--steps",
-            "7",
-            "--samples",
-            "128",
-        ]
-    )
+    small = ("--store", str(store.path), "--k", "3", "--probes", "8", "--samples", "128")
+    code = main(["analyze", run_id, "--json", *small, "--steps", "7"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert out["top_eigenvalues"] == sorted(out["top_eigenvalues"], reverse=True) and len(out["top_eigenvalues"]) == 3
     assert out["trace_stderr"] > 0 and isinstance(out["trace"], float)
     assert len(out["grid"]) == 7 and len(out["loss"]) == 7 and all(len(row) == 7 for row in out["loss"])
     assert out["loss"][3][3] == pytest.approx(out["center_loss"])
-    code = main(
-        [
-            "analyze",
-            run_id,
-            "--hessian",
-            "--json",
-            "--store",
-            str(store.path),
-            "--k",
-            "3",
-            "--probes",
-            "8",
-            "--samples",
-            "128",
-        ]
-    )
+    code = main(["analyze", run_id, "--hessian", "--json", *small])
     assert "loss" not in json.loads(capsys.readouterr().out)

@@ -23,6 +23,22 @@ TRAIN_KEYS = {
 }
 
 
+TRAIN_DPSAM = (
+    "train",
+    "--dataset",
+    "breast_cancer",
+    "--method",
+    "dpsam",
+    "--epsilon",
+    "3",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--json",
+)
+
+
 def cli(capsys, *args):
     code = main(list(args))
     out, err = capsys.readouterr()
@@ -31,23 +47,7 @@ def cli(capsys, *args):
 
 def test_train_json_then_runs_and_show(tmp_path, capsys):
     db = str(tmp_path / "r.db")
-    code, out, _ = cli(
-        capsys,
-        "train",
-        "--dataset",
-        "breast_cancer",
-        "--method",
-        "dpsam",
-        "--epsilon",
-        "3",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--json",
-        "--store",
-        db,
-    )
+    code, out, _ = cli(capsys, *TRAIN_DPSAM, "--store", db)
     assert code == 0
     row = json.loads(out)
     assert TRAIN_KEYS <= set(row) and row["method"] == "dpsam" and row["releases"] == 2 * row["steps"]
@@ -59,23 +59,7 @@ def test_train_json_then_runs_and_show(tmp_path, capsys):
     code, out, _ = cli(capsys, "show", row["run_id"], "--json", "--store", db)
     shown = json.loads(out)
     assert len(shown["epochs"]) == 1 and shown["epochs"][0]["releases"] == row["releases"]
-    code, out, _ = cli(
-        capsys,
-        "train",
-        "--dataset",
-        "breast_cancer",
-        "--method",
-        "dpsam",
-        "--epsilon",
-        "3",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--json",
-        "--store",
-        db,
-    )
+    code, out, _ = cli(capsys, *TRAIN_DPSAM, "--store", db)
     assert json.loads(out)["reused"] is True
 
 

@@ -105,6 +105,8 @@ def test_a_small_job_from_the_train_page_ends_in_stored_results(tmp_path, monkey
     assert sorted(r.method for r in runs) == ["dpsat", "dpsgd"] and all(r.config.epochs == 1 for r in runs)
     at.run()  # the panel now shows the finished job
     assert any("finished" in p.value["text"] if isinstance(p.value, dict) else True for p in at.get("progress"))
+    at.button(key="jobs-clear").click().run()
+    assert get_jobs().jobs() == [] and not at.exception
 
 
 def test_bad_settings_are_explained_on_the_train_page(tmp_path, monkeypatch):

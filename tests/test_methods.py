@@ -57,6 +57,21 @@ def _clean(trainer):
     return build_model(trainer.spec, seed=0)
 
 
+def _noiseless(method, *, rho, lr):
+    """σ = 0 and a huge C: the private step reduces to its non-private algorithm, plain SGD without momentum."""
+    return TrainConfig(
+        method=method,
+        dataset="breast_cancer",
+        noise_multiplier=0.0,
+        clip_norm=1e9,
+        rho=rho,
+        lr=lr,
+        momentum=0.0,
+        batch_size=64,
+        seed=2,
+    )
+
+
 def _mean_grad(model, params, x, y):
     names = [n for n, _ in model.named_parameters()]
     loss = F.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
@@ -66,19 +81,7 @@ def _mean_grad(model, params, x, y):
 def test_dpsat_matches_an_independent_implementation_without_noise():
     """w ← w − lr·∇L(w + ρ·g_prev/‖g_prev‖), g_prev the previous step's gradient, none at step 0."""
     rho, lr = 0.3, 0.2
-    sat = prepare(
-        TrainConfig(
-            method="dpsat",
-            dataset="breast_cancer",
-            noise_multiplier=0.0,
-            clip_norm=1e9,
-            rho=rho,
-            lr=lr,
-            momentum=0.0,
-            batch_size=64,
-            seed=2,
-        )
-    )
+    sat = prepare(_noiseless("dpsat", rho=rho, lr=lr))
     model = _clean(sat)
     ref = [p.detach().clone().requires_grad_(True) for p in sat.model.parameters()]
     batches = [_fixed_batch(sat, offset=64 * i) for i in range(5)]
@@ -101,19 +104,7 @@ def test_dpsat_matches_an_independent_implementation_without_noise():
 def test_dpsam_matches_an_independent_implementation_without_noise():
     """Ascent on its own batch A, descent on batch B at w + ρ·g_A/‖g_A‖."""
     rho, lr = 0.3, 0.2
-    sam = prepare(
-        TrainConfig(
-            method="dpsam",
-            dataset="breast_cancer",
-            noise_multiplier=0.0,
-            clip_norm=1e9,
-            rho=rho,
-            lr=lr,
-            momentum=0.0,
-            batch_size=64,
-            seed=2,
-        )
-    )
+    sam = prepare(_noiseless("dpsam", rho=rho, lr=lr))
     model = _clean(sam)
     ref = [p.detach().clone().requires_grad_(True) for p in sam.model.parameters()]
     batches = [_fixed_batch(sam, offset=64 * i) for i in range(6)]

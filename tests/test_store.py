@@ -88,3 +88,12 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot be used"):
         RunStore(path)
+
+
+def test_a_listing_with_epochs_attaches_each_runs_own_epochs(store, quick):
+    two = TrainConfig(**{**quick.to_dict(), "epochs": 2, "method": "sgd"})
+    ids = [run(quick, store).record.run_id, run(two, store).record.run_id]
+    listed = {r.run_id: r.epochs for r in store.list_runs(with_epochs=True)}
+    assert [len(listed[i]) for i in ids] == [1, 2]
+    assert all(listed[i] == store.get(i).epochs for i in ids)
+    assert all(r.epochs == [] for r in store.list_runs())
