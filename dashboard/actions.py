@@ -6,21 +6,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from dpsat_core import (
-    DpsatError,
-    SweepResult,
-    SweepSpec,
-    TrainConfig,
-    run_hessian,
-    run_line,
-    run_noise_robustness,
-    run_slice,
-    run_surface,
-    sweep,
-)
+from dpsat_core import DpsatError, SweepResult, SweepSpec, analyze, run_line, sweep
+from dpsat_core.analysis import ANALYSES
 from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
 from dpsat_core.report import build_report, write_report
-from dpsat_core.sweep import check_sweep
+from dpsat_core.sweeps import check_sweep, default_comparison
 
 from .state import get_jobs, get_store
 
@@ -41,37 +31,25 @@ def start_sweep(spec: SweepSpec) -> str:
 
 
 def start_default_comparison(dataset: str = "digits") -> str:
-    """The one-click comparison: DP-SGD, DP-SAM, DP-SAT at ε = 1, 3, 8, two seeds, 5 epochs, plus SGD."""
-    spec = SweepSpec(
-        base=TrainConfig(dataset=dataset, epochs=5),
-        methods=("sgd", "dpsgd", "dpsam", "dpsat"),
-        epsilons=(1.0, 3.0, 8.0),
-        seeds=(0, 1),
-    )
-    return start_sweep(spec)
-
-
-ANALYSES = {
-    "hessian": lambda store, run_id, stop: run_hessian(store, run_id, should_stop=stop),
-    "slice": lambda store, run_id, stop: run_slice(store, run_id),
-    "surface": lambda store, run_id, stop: run_surface(store, run_id, should_stop=stop),
-    "noise": lambda store, run_id, stop: run_noise_robustness(store, run_id, should_stop=stop),
-}
+    """The one-click comparison (`dpsat_core.sweeps.default_comparison`) in the background."""
+    return start_sweep(default_comparison(dataset))
 
 
 def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
-    """Compute (and store) the given analyses for each run; already stored ones are not recomputed."""
+    """Compute (and store) the given analyses (registry names) for each run at their default settings;
+    already stored ones are not recomputed."""
     store = get_store()
     work = [(run_id, kind) for run_id in run_ids for kind in kinds]
 
     def job(progress: ProgressFn, stop: StopFn) -> None:
         for i, (run_id, kind) in enumerate(work):
             check_stop(stop)
-            progress(Progress("analysis", i, len(work), f"{kind} of run {run_id}"))
-            ANALYSES[kind](store, run_id, stop)
+            progress(Progress("analysis", i, len(work), f"{ANALYSES[kind].label} of run {run_id}"))
+            analyze(store, run_id, kind, should_stop=stop)
         progress(Progress("analysis", len(work), len(work), "analyses stored"))
 
-    return get_jobs().submit("analysis", f"{', '.join(kinds)} for {len(run_ids)} runs", job)
+    labels = ", ".join(ANALYSES[kind].label for kind in kinds)
+    return get_jobs().submit("analysis", f"{labels} for {len(run_ids)} runs", job)
 
 
 def start_line(run_a: str, run_b: str) -> str:

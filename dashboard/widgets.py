@@ -66,8 +66,8 @@ def job_panel() -> None:
         jobs = get_jobs().jobs()
     for job in jobs[:6]:
         extra = []
-        if job.metrics.get("epsilon") is not None:
-            extra.append(f"ε spent {job.metrics['epsilon']:.2f}")
+        if job.metrics.get("epsilon_spent") is not None:
+            extra.append(f"ε spent {job.metrics['epsilon_spent']:.2f}")
         if job.metrics.get("test_accuracy") is not None:
             extra.append(f"accuracy {100 * job.metrics['test_accuracy']:.1f}%")
         text = f"{job.label} · {job.status} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
@@ -120,6 +120,6 @@ def one_run_per_method(records: Sequence[RunRecord], epsilon: Optional[float]) -
     """The lowest-seed run of each method at ε (non-private methods at any ε)."""
     picked: dict[str, RunRecord] = {}
     for r in sorted(records, key=lambda r: r.config.seed):
-        if r.config.epsilon in (epsilon, None) and r.method not in picked:
+        if r.target_epsilon in (epsilon, None) and r.method not in picked:
             picked[r.method] = r
     return list(picked.values())

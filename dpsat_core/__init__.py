@@ -1,103 +1,104 @@
 """dpsat_core: train and compare DP-SGD, DP-SAM and DP-SAT, with honest privacy accounting.
 
->>> from dpsat_core import TrainConfig, RunStore, run
->>> outcome = run(TrainConfig(dataset="digits", method="dpsat", epsilon=3), RunStore("runs.db"))
->>> outcome.record.test_accuracy, outcome.record.epsilon
->>> run_hessian(RunStore("runs.db"), outcome.record.run_id).top   # λ₁ ≥ … ≥ λ₅, cached in the store
+>>> from dpsat_core import TrainConfig, RunStore, run, run_hessian
+>>> store = RunStore()                                   # the per-user store (or $DPSAT_STORE)
+>>> outcome = run(TrainConfig(dataset="digits", method="dpsat", epsilon=3), store)
+>>> outcome.record.test_accuracy, outcome.record.epsilon_spent
+>>> run_hessian(store, outcome.record.run_id).top        # λ₁ ≥ … ≥ λ₅, cached in the store
+
+Names are imported on first use (PEP 562), so `import dpsat_core` is instant and
+reading a store or drawing figures never loads Opacus.
 """
 
-from .accounting import Calibration, PrivacySpent, calibrate_noise, epsilon_spent
-from .analysis import (
-    RunModel,
-    iter_run_surface,
-    load_run_model,
-    run_hessian,
-    run_line,
-    run_noise_robustness,
-    run_slice,
-    run_surface,
-)
-from .config import TrainConfig, default_delta
-from .data import BUILTIN as BUILTIN_DATASETS
-from .data import Dataset, load_dataset
-from .errors import ConfigError, DataError, DpsatError, StoreError
-from .hessian import HessianOperator, HessianSpectrum, hessian_spectrum
-from .landscape import (
-    LossEvaluator,
-    NoiseRobustness,
-    Slice,
-    Surface,
-    iter_surface,
-    line_between,
-    noise_robustness,
-    random_direction,
-    slice_1d,
-)
-from .methods import METHODS, MethodInfo, method_info, method_table
-from .models import ModelSpec, build_model, model_spec
-from .progress import Cancelled, Progress, ProgressFn, StopFn
-from .runner import RunOutcome, run
-from .store import RunRecord, RunStore
-from .sweep import SweepResult, SweepSpec, sweep
-from .training import EpochMetrics, PrivacyPlan, Trainer, TrainResult, evaluate, prepare, train
+from __future__ import annotations
 
-__all__ = [
-    "BUILTIN_DATASETS",
-    "METHODS",
-    "Calibration",
-    "Cancelled",
-    "ConfigError",
-    "DataError",
-    "Dataset",
-    "DpsatError",
-    "EpochMetrics",
-    "HessianOperator",
-    "HessianSpectrum",
-    "LossEvaluator",
-    "MethodInfo",
-    "ModelSpec",
-    "NoiseRobustness",
-    "PrivacyPlan",
-    "PrivacySpent",
-    "Progress",
-    "ProgressFn",
-    "RunModel",
-    "RunOutcome",
-    "RunRecord",
-    "RunStore",
-    "Slice",
-    "StopFn",
-    "StoreError",
-    "Surface",
-    "SweepResult",
-    "SweepSpec",
-    "TrainConfig",
-    "TrainResult",
-    "Trainer",
-    "build_model",
-    "calibrate_noise",
-    "default_delta",
-    "epsilon_spent",
-    "evaluate",
-    "hessian_spectrum",
-    "iter_run_surface",
-    "iter_surface",
-    "line_between",
-    "load_dataset",
-    "load_run_model",
-    "method_info",
-    "method_table",
-    "model_spec",
-    "noise_robustness",
-    "prepare",
-    "random_direction",
-    "run",
-    "run_hessian",
-    "run_line",
-    "run_noise_robustness",
-    "run_slice",
-    "run_surface",
-    "slice_1d",
-    "sweep",
-    "train",
-]
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Calibration": "accounting",
+    "PrivacySpent": "accounting",
+    "calibrate_noise": "accounting",
+    "epsilon_spent": "accounting",
+    "ANALYSES": "analysis",
+    "AnalysisKind": "analysis",
+    "RunModel": "analysis",
+    "analyze": "analysis",
+    "cached_analyses": "analysis",
+    "iter_run_surface": "analysis",
+    "load_run_model": "analysis",
+    "run_hessian": "analysis",
+    "run_line": "analysis",
+    "run_noise_robustness": "analysis",
+    "run_slice": "analysis",
+    "run_surface": "analysis",
+    "TrainConfig": "config",
+    "default_delta": "config",
+    "Dataset": "data",
+    "load_dataset": "data",
+    "ConfigError": "errors",
+    "DataError": "errors",
+    "DpsatError": "errors",
+    "StoreError": "errors",
+    "HessianOperator": "hessian",
+    "hessian_spectrum": "hessian",
+    "LossEvaluator": "landscape",
+    "iter_surface": "landscape",
+    "line_between": "landscape",
+    "noise_robustness": "landscape",
+    "random_direction": "landscape",
+    "slice_1d": "landscape",
+    "METHODS": "methods",
+    "MethodInfo": "methods",
+    "method_info": "methods",
+    "method_table": "methods",
+    "register_method": "methods",
+    "build_model": "models",
+    "model_spec": "models",
+    "PrivacyPlan": "planning",
+    "RunPlan": "planning",
+    "plan_run": "planning",
+    "Cancelled": "progress",
+    "Progress": "progress",
+    "ProgressFn": "progress",
+    "StopFn": "progress",
+    "EpochMetrics": "results",
+    "HessianSpectrum": "results",
+    "ModelSpec": "results",
+    "NoiseRobustness": "results",
+    "RunRecord": "results",
+    "RunSummary": "results",
+    "Slice": "results",
+    "Surface": "results",
+    "RunOutcome": "runner",
+    "run": "runner",
+    "RunStore": "store",
+    "SweepResult": "sweeps",
+    "SweepSpec": "sweeps",
+    "sweep": "sweeps",
+    "Trainer": "training",
+    "TrainResult": "training",
+    "evaluate": "training",
+    "prepare": "training",
+    "train": "training",
+}
+_RENAMED = {"BUILTIN_DATASETS": ("data.builtin", "BUILTIN")}
+
+__all__ = sorted([*_EXPORTS, *_RENAMED])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, attribute = _EXPORTS[name], name
+    elif name in _RENAMED:
+        module, attribute = _RENAMED[name]
+    else:
+        raise AttributeError(f"module 'dpsat_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

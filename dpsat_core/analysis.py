@@ -1,8 +1,10 @@
 """Sharpness analyses of stored runs, cached in the store so a page shows them again without recomputing.
 
-Every run is analysed on the same fixed subset of its training set (the first
-`n_samples` of the seeded split) and, for landscapes, along the same seeded
-random directions, so runs of one architecture are comparable.
+`ANALYSES` is the one registry of analysis kinds (hessian, slice, surface,
+noise, line) with their default settings; the CLI, the pages and the report
+use it. Every run is analysed on the same fixed subset of its training set (the
+first `n_samples` of the seeded split) and, for landscapes, along the same
+seeded random directions, so runs of one architecture are comparable.
 """
 
 from __future__ import annotations
@@ -10,32 +12,30 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
 
+from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .devices import resolve_device
-from .errors import StoreError
-from .hessian import HessianSpectrum, hessian_spectrum
+from .errors import ConfigError, StoreError
+from .hessian import BACKENDS, hessian_spectrum
 from .landscape import (
     LossEvaluator,
-    NoiseRobustness,
-    Slice,
-    Surface,
     iter_surface,
     line_between,
     noise_robustness,
     random_direction,
     slice_1d,
 )
-from .models import ModelSpec, build_model, strip_wrapper_prefix
+from .models import build_model, strip_wrapper_prefix
 from .progress import ProgressFn, StopFn, no_progress
-from .store import RunRecord, RunStore
+from .results import HessianSpectrum, JsonRecord, NoiseRobustness, RunRecord, Slice, Surface
+from .store import RunStore
 
 DEFAULT_SAMPLES = 1024
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,12 @@ class RunModel:
 def load_run_model(store: RunStore, run_id: str, *, n_samples: int = DEFAULT_SAMPLES, device: str = "auto") -> RunModel:
     """Rebuild the run's model from its spec (no Opacus wrapper) and take the fixed evaluation subset."""
     record = store.get(run_id)
-    spec_data = record.summary.get("model")
-    if spec_data is None:
+    if record.summary is None:
         raise StoreError(f"run {run_id} has no trained model to analyse (status {record.status})")
-    spec = ModelSpec(spec_data["architecture"], tuple(spec_data["input_shape"]), spec_data["n_classes"])
     target = resolve_device(device)
-    model = build_model(spec, seed=0)
+    model = build_model(record.summary.model, seed=0)
     model.load_state_dict(strip_wrapper_prefix(store.load_weights(run_id)))
-    config = record.config
+    config: TrainConfig = record.config
     dataset = load_dataset(config.dataset, target=config.target, size=config.dataset_size, split_seed=config.split_seed)
     count = min(n_samples, dataset.n_train)
     x = torch.tensor(dataset.x_train[:count], device=target)
@@ -67,176 +65,245 @@ def load_run_model(store: RunStore, run_id: str, *, n_samples: int = DEFAULT_SAM
     return RunModel(record, model.to(target).eval(), dataset, x, y)
 
 
-def _key(**settings: Any) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Context:
+    """How an analysis runs (not part of its cache key): device, progress and cancel."""
+
+    device: str
+    on_progress: ProgressFn
+    should_stop: Optional[StopFn]
 
 
-def _cached(
+Compute = Callable[[RunStore, str, Mapping[str, Any], Context], JsonRecord]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisKind:
+    """One kind of analysis: its result type, its settings with their defaults (the cache key), and how to compute it.
+
+    A default of None marks a required setting (the other run of `line`).
+    """
+
+    name: str
+    label: str
+    result: type[JsonRecord]
+    defaults: Mapping[str, Any]
+    compute: Compute
+    help: str
+
+    def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by `given`; unknown names, missing required values and non-positive sizes are errors."""
+        unknown = set(given) - set(self.defaults)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {sorted(unknown)} for the {self.name} analysis: "
+                f"known ones are {sorted(self.defaults)}"
+            )
+        merged = {**self.defaults, **{k: v for k, v in given.items() if v is not None}}
+        for name, value in merged.items():
+            default = self.defaults[name]
+            if value is None:
+                raise ConfigError(f"the {self.name} analysis needs {name!r}")
+            positive = isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0
+            if positive and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"{name} must be > 0 for the {self.name} analysis, got {value!r}")
+        return merged
+
+    def key(self, settings: Mapping[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _hessian(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> HessianSpectrum:
+    if s["backend"] not in BACKENDS:
+        raise ConfigError(f"unknown Hessian backend {s['backend']!r}: choose {' or '.join(BACKENDS)}")
+    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
+    return hessian_spectrum(
+        rm.model,
+        rm.x,
+        rm.y,
+        k=s["k"],
+        trace_probes=s["trace_probes"],
+        backend=s["backend"],
+        seed=s["seed"],
+        on_progress=ctx.on_progress,
+        should_stop=ctx.should_stop,
+    )
+
+
+def _slice(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Slice:
+    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
+    evaluator = LossEvaluator(rm.model, rm.x, rm.y)
+    return slice_1d(evaluator, random_direction(evaluator.weights, seed=s["seed"]), steps=s["steps"], span=s["span"])
+
+
+def _surface(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Surface:
+    return list(_surfaces(store, run_id, s, ctx))[-1]
+
+
+def _surfaces(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Iterator[Surface]:
+    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
+    evaluator = LossEvaluator(rm.model, rm.x, rm.y)
+    d1 = random_direction(evaluator.weights, seed=s["seed"])
+    d2 = random_direction(evaluator.weights, seed=s["seed"] + 1)
+    yield from iter_surface(
+        evaluator, d1, d2, steps=s["steps"], span=s["span"], on_progress=ctx.on_progress, should_stop=ctx.should_stop
+    )
+
+
+def _noise(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> NoiseRobustness:
+    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
+    return noise_robustness(
+        LossEvaluator(rm.model, rm.x, rm.y),
+        scales=s["scales"],
+        draws=s["draws"],
+        seed=s["seed"],
+        should_stop=ctx.should_stop,
+    )
+
+
+def _line(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Slice:
+    other = s["other"]
+    a = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
+    b = load_run_model(store, other, n_samples=s["n_samples"], device=ctx.device)
+    if a.record.config.dataset != b.record.config.dataset:
+        raise StoreError(f"runs {run_id} and {other} were trained on different data sets")
+    evaluator = LossEvaluator(a.model, a.x, a.y)
+    return line_between(evaluator, {n: p.detach() for n, p in b.model.named_parameters()}, steps=s["steps"])
+
+
+ANALYSES: dict[str, AnalysisKind] = {
+    kind.name: kind
+    for kind in (
+        AnalysisKind(
+            name="hessian",
+            label="Hessian spectrum",
+            result=HessianSpectrum,
+            defaults={"k": 5, "trace_probes": 100, "n_samples": DEFAULT_SAMPLES, "backend": "lanczos", "seed": 0},
+            compute=_hessian,
+            help="top-k eigenvalues (Lanczos), trace (Hutchinson) and density (SLQ) of the training loss",
+        ),
+        AnalysisKind(
+            name="slice",
+            label="1D loss slice",
+            result=Slice,
+            defaults={"steps": 41, "span": 1.0, "n_samples": DEFAULT_SAMPLES, "seed": 0},
+            compute=_slice,
+            help="loss and accuracy along one seeded filter-normalised direction",
+        ),
+        AnalysisKind(
+            name="surface",
+            label="2D loss surface",
+            result=Surface,
+            defaults={"steps": 21, "span": 1.0, "n_samples": DEFAULT_SAMPLES, "seed": 0},
+            compute=_surface,
+            help="loss on a grid spanned by two seeded filter-normalised directions",
+        ),
+        AnalysisKind(
+            name="noise",
+            label="Noise robustness",
+            result=NoiseRobustness,
+            defaults={"scales": (0.01, 0.02, 0.05, 0.1, 0.2), "draws": 8, "n_samples": DEFAULT_SAMPLES, "seed": 0},
+            compute=_noise,
+            help="mean ± std loss increase under relative Gaussian weight noise",
+        ),
+        AnalysisKind(
+            name="line",
+            label="Line between two runs",
+            result=Slice,
+            defaults={"other": None, "steps": 31, "n_samples": DEFAULT_SAMPLES},
+            compute=_line,
+            help="loss on the straight line from this run's weights (t=0) to another run's (t=1)",
+        ),
+    )
+}
+
+
+def analysis_kind(name: str) -> AnalysisKind:
+    try:
+        return ANALYSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown analysis {name!r}: choose one of {', '.join(ANALYSES)}") from None
+
+
+def analyze(
     store: RunStore,
     run_id: str,
     kind: str,
-    key: str,
-    recompute: bool,
-    load: Callable[[dict], T],
-    compute: Callable[[], T],
-    cached_only: bool = False,
-) -> Optional[T]:
-    """The stored result if any, else compute and store it (or None with `cached_only`)."""
-    if not recompute:
-        stored = store.get_analysis(run_id, kind, key)
-        if stored is not None:
-            return load(stored)
-    if cached_only:
-        return None
-    result = compute()
-    store.save_analysis(run_id, kind, key, result.to_dict())  # type: ignore[attr-defined]
-    return result
-
-
-def run_hessian(
-    store: RunStore,
-    run_id: str,
     *,
-    k: int = 5,
-    trace_probes: int = 100,
-    n_samples: int = DEFAULT_SAMPLES,
-    backend: str = "lanczos",
-    seed: int = 0,
     recompute: bool = False,
+    cached_only: bool = False,
     device: str = "auto",
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
-    cached_only: bool = False,
-) -> Optional[HessianSpectrum]:
-    """Top-k eigenvalues, trace and density of a stored run's training loss (cached; with
-    `cached_only`, None unless already computed)."""
-    key = _key(k=k, trace_probes=trace_probes, n_samples=n_samples, backend=backend, seed=seed)
+    **settings: Any,
+) -> Optional[JsonRecord]:
+    """The stored result of analysis `kind` with these settings, else compute and store it
+    (with `cached_only`, None unless already stored)."""
+    spec = analysis_kind(kind)
+    resolved = spec.settings(settings)
+    key = spec.key(resolved)
+    if not recompute:
+        stored = store.get_analysis(run_id, kind, key)
+        if stored is not None:
+            return spec.result.from_dict(stored)
+    if cached_only:
+        return None
+    result = spec.compute(store, run_id, resolved, Context(device, on_progress, should_stop))
+    store.save_analysis(run_id, kind, key, result.to_dict())
+    return result
 
-    def compute() -> HessianSpectrum:
-        rm = load_run_model(store, run_id, n_samples=n_samples, device=device)
-        return hessian_spectrum(
-            rm.model,
-            rm.x,
-            rm.y,
-            k=k,
-            trace_probes=trace_probes,
-            backend=backend,
-            seed=seed,
-            on_progress=on_progress,
-            should_stop=should_stop,
-        )
 
-    return _cached(store, run_id, "hessian", key, recompute, HessianSpectrum.from_dict, compute, cached_only)
+def cached_analyses(store: RunStore, run_ids: Iterable[str], kind: str, **settings: Any) -> dict[str, Any]:
+    """Stored results of one analysis for many runs, in one query: {run_id: result} for those that have one."""
+    spec = analysis_kind(kind)
+    stored = store.get_analyses(run_ids, kind, spec.key(spec.settings(settings)))
+    return {run_id: spec.result.from_dict(data) for run_id, data in stored.items()}
+
+
+def run_hessian(store: RunStore, run_id: str, **options: Any) -> Optional[HessianSpectrum]:
+    """Top-k eigenvalues, trace and density of a stored run's training loss (see `analyze`; cached)."""
+    return analyze(store, run_id, "hessian", **options)  # type: ignore[return-value]
+
+
+def run_slice(store: RunStore, run_id: str, **options: Any) -> Optional[Slice]:
+    """Loss and accuracy along the seeded filter-normalised direction (the same for every run of an architecture)."""
+    return analyze(store, run_id, "slice", **options)  # type: ignore[return-value]
+
+
+def run_surface(store: RunStore, run_id: str, **options: Any) -> Optional[Surface]:
+    """The complete 2D surface (see `iter_run_surface` for the coarse grid first)."""
+    return analyze(store, run_id, "surface", **options)  # type: ignore[return-value]
+
+
+def run_noise_robustness(store: RunStore, run_id: str, **options: Any) -> Optional[NoiseRobustness]:
+    """Mean ± std loss increase under relative Gaussian weight noise, per scale (cached)."""
+    return analyze(store, run_id, "noise", **options)  # type: ignore[return-value]
+
+
+def run_line(store: RunStore, run_a: str, run_b: str, **options: Any) -> Optional[Slice]:
+    """Loss along the straight line from run A's weights (t=0) to run B's (t=1), on A's data subset."""
+    return analyze(store, run_a, "line", other=run_b, **options)  # type: ignore[return-value]
 
 
 def iter_run_surface(
     store: RunStore,
     run_id: str,
     *,
-    steps: int = 21,
-    span: float = 1.0,
-    n_samples: int = DEFAULT_SAMPLES,
-    seed: int = 0,
     recompute: bool = False,
     device: str = "auto",
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
-    cached_only: bool = False,
+    **settings: Any,
 ) -> Iterator[Surface]:
-    """The run's 2D loss surface along directions seeded by `seed` and `seed + 1`: coarse, then full (cached)."""
-    key = _key(steps=steps, span=span, n_samples=n_samples, seed=seed)
+    """The run's 2D loss surface: the stored one, or a coarse grid first and then the full one (stored)."""
+    spec = ANALYSES["surface"]
+    resolved = spec.settings(settings)
+    key = spec.key(resolved)
     stored = None if recompute else store.get_analysis(run_id, "surface", key)
     if stored is not None:
         yield Surface.from_dict(stored)
         return
-    if cached_only:
-        return
-    rm = load_run_model(store, run_id, n_samples=n_samples, device=device)
-    evaluator = LossEvaluator(rm.model, rm.x, rm.y)
-    d1 = random_direction(evaluator.weights, seed=seed)
-    d2 = random_direction(evaluator.weights, seed=seed + 1)
-    for surface in iter_surface(
-        evaluator, d1, d2, steps=steps, span=span, on_progress=on_progress, should_stop=should_stop
-    ):
+    for surface in _surfaces(store, run_id, resolved, Context(device, on_progress, should_stop)):
         if surface.complete:
             store.save_analysis(run_id, "surface", key, surface.to_dict())
         yield surface
-
-
-def run_surface(store: RunStore, run_id: str, **settings: Any) -> Optional[Surface]:
-    """The complete 2D surface (see `iter_run_surface`; None with `cached_only=True` when not stored)."""
-    surfaces = list(iter_run_surface(store, run_id, **settings))
-    return surfaces[-1] if surfaces else None
-
-
-def run_slice(
-    store: RunStore,
-    run_id: str,
-    *,
-    steps: int = 41,
-    span: float = 1.0,
-    n_samples: int = DEFAULT_SAMPLES,
-    seed: int = 0,
-    recompute: bool = False,
-    device: str = "auto",
-    cached_only: bool = False,
-) -> Optional[Slice]:
-    """Loss and accuracy along the seeded filter-normalised direction (the same for every run of an architecture)."""
-    key = _key(steps=steps, span=span, n_samples=n_samples, seed=seed)
-
-    def compute() -> Slice:
-        rm = load_run_model(store, run_id, n_samples=n_samples, device=device)
-        evaluator = LossEvaluator(rm.model, rm.x, rm.y)
-        return slice_1d(evaluator, random_direction(evaluator.weights, seed=seed), steps=steps, span=span)
-
-    return _cached(store, run_id, "slice", key, recompute, Slice.from_dict, compute, cached_only)
-
-
-def run_line(
-    store: RunStore,
-    run_a: str,
-    run_b: str,
-    *,
-    steps: int = 31,
-    n_samples: int = DEFAULT_SAMPLES,
-    recompute: bool = False,
-    device: str = "auto",
-    cached_only: bool = False,
-) -> Optional[Slice]:
-    """Loss along the straight line from run A's weights (t=0) to run B's (t=1), on A's data subset."""
-    key = _key(other=run_b, steps=steps, n_samples=n_samples)
-
-    def compute() -> Slice:
-        a = load_run_model(store, run_a, n_samples=n_samples, device=device)
-        b = load_run_model(store, run_b, n_samples=n_samples, device=device)
-        if a.record.config.dataset != b.record.config.dataset:
-            raise StoreError(f"runs {run_a} and {run_b} were trained on different data sets")
-        evaluator = LossEvaluator(a.model, a.x, a.y)
-        return line_between(evaluator, {n: p.detach() for n, p in b.model.named_parameters()}, steps=steps)
-
-    return _cached(store, run_a, "line", key, recompute, Slice.from_dict, compute, cached_only)
-
-
-def run_noise_robustness(
-    store: RunStore,
-    run_id: str,
-    *,
-    scales: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2),
-    draws: int = 8,
-    n_samples: int = DEFAULT_SAMPLES,
-    seed: int = 0,
-    recompute: bool = False,
-    device: str = "auto",
-    should_stop: Optional[StopFn] = None,
-    cached_only: bool = False,
-) -> Optional[NoiseRobustness]:
-    """Mean ± std loss increase under relative Gaussian weight noise, per scale (cached)."""
-    key = _key(scales=list(scales), draws=draws, n_samples=n_samples, seed=seed)
-
-    def compute() -> NoiseRobustness:
-        rm = load_run_model(store, run_id, n_samples=n_samples, device=device)
-        return noise_robustness(
-            LossEvaluator(rm.model, rm.x, rm.y), scales=scales, draws=draws, seed=seed, should_stop=should_stop
-        )
-
-    return _cached(store, run_id, "noise", key, recompute, NoiseRobustness.from_dict, compute, cached_only)

@@ -1,4 +1,4 @@
-"""Command line: `python -m dpsat_core train|sweep|runs|show|analyze|report|export|delete`.
+"""Command line: `dpsat` (or `python -m dpsat_core`) train|sweep|runs|show|analyze|report|export|delete|dashboard.
 
 Errors caused by input print one line to stderr and exit with status 2.
 """
@@ -12,17 +12,20 @@ import sys
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
-from .analysis import DEFAULT_SAMPLES, run_hessian, run_surface
-from .config import ACCOUNTANTS, MODELS, TrainConfig, parse_numbers
+from .analysis import ANALYSES, analyze, cached_analyses
+from .config import ACCOUNTANTS, DEVICES, MODELS, TrainConfig, parse_numbers
+from .data import FILE_TYPES
+from .data.builtin import BUILTIN
 from .errors import ConfigError, DpsatError
 from .export import results_csv, results_json
 from .hessian import BACKENDS
 from .methods import METHODS
 from .progress import Progress, no_progress
 from .report import build_report, cost_phrase, write_report
+from .results import RunRecord
 from .runner import run
-from .store import DEFAULT_STORE, STATUSES, STORE_ENV, RunRecord, RunStore, default_store_path
-from .sweep import SweepSpec, check_sweep, sweep
+from .store import STATUSES, STORE_ENV, RunStore, default_store_path
+from .sweeps import SweepSpec, check_sweep, sweep
 
 
 def _list(name: str, kind: type) -> Callable[[str], tuple]:
@@ -44,8 +47,8 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     p.add_argument(
         "--dataset",
         default=d.dataset,
-        help="built-in name (digits, breast_cancer, mnist1d, synthetic) "
-        "or a path: .csv (with --target), .npz, or a folder of IDX/CIFAR-10 files",
+        help=f"built-in name ({', '.join(BUILTIN)}) or a path: {' or '.join(FILE_TYPES)} "
+        "(a CSV needs --target), or a folder of IDX/CIFAR-10 files",
     )
     p.add_argument("--target", help="label column of a CSV file")
     p.add_argument("--dataset-size", type=int, help="examples to generate for mnist1d/synthetic")
@@ -70,7 +73,9 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
         default=d.max_physical_batch_size,
         help="largest chunk per backward pass (memory only)",
     )
-    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
+    p.add_argument(
+        "--device", default=d.device, help=f"one of {', '.join(DEVICES)} or cuda:N (auto: CUDA when present)"
+    )
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
@@ -109,17 +114,17 @@ def _print_run(record: RunRecord) -> None:
         f"run {record.run_id}  {record.method} on {record.config.dataset}  status={record.status}"
         + (f"  ({record.reason})" if record.reason else "")
     )
-    if s.get("noise_multiplier") is not None:
+    if s is not None and s.noise_multiplier is not None:
         print(
-            f"  privacy: ε={_fmt(s.get('epsilon'), '.3f')} (target {_fmt(s.get('target_epsilon'), 'g')}), "
-            f"δ={s.get('delta'):g}, σ={s['noise_multiplier']:.4f}, q={s['sample_rate']:.4f}, "
-            f"{s['steps']} steps, {s['releases']} releases, {s['accountant']}"
+            f"  privacy: ε spent={_fmt(s.epsilon_spent, '.3f')} (target {_fmt(s.target_epsilon, 'g')}), "
+            f"δ={s.delta:g}, σ={s.noise_multiplier:.4f}, q={s.sample_rate:.4f}, "
+            f"{s.steps} steps, {s.releases} releases, {s.accountant}"
         )
-    print(f"  {'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>8} {'ε':>7} {'seconds':>8}")
+    print(f"  {'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>8} {'ε spent':>7} {'seconds':>8}")
     for e in record.epochs:
         print(
             f"  {e.epoch:>5} {e.train_loss:>10.4f} {e.test_loss:>10.4f} {e.test_accuracy:>8.4f} "
-            f"{_fmt(e.epsilon, '.3f'):>7} {e.seconds:>8.2f}"
+            f"{_fmt(e.epsilon_spent, '.3f'):>7} {e.seconds:>8.2f}"
         )
 
 
@@ -136,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 {
                     "run_id": record.run_id,
                     "reused": outcome.reused,
-                    **record.summary,
+                    **(record.summary.to_dict() if record.summary else {}),
                     "status": record.status,
                     "reason": record.reason,
                 }
@@ -176,16 +181,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_table(records: Sequence[RunRecord]) -> None:
-    print(f"{'run_id':<12} {'status':<9} {'method':<6} {'dataset':<14} {'seed':>4} {'target ε':>8} {'ε':>7} {'acc':>7}")
+    print(
+        f"{'run_id':<12} {'status':<9} {'method':<6} {'dataset':<14} {'seed':>4} {'target ε':>8} "
+        f"{'ε spent':>7} {'acc':>7}"
+    )
     for r in records:
         print(
             f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} "
-            f"{_fmt(r.config.epsilon, 'g'):>8} {_fmt(r.epsilon, '.3f'):>7} {_fmt(r.test_accuracy, '.4f'):>7}"
+            f"{_fmt(r.target_epsilon, 'g'):>8} {_fmt(r.epsilon_spent, '.3f'):>7} {_fmt(r.test_accuracy, '.4f'):>7}"
         )
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    records = RunStore(args.store).list_runs(status=args.status, dataset=args.dataset, method=args.method)
+    store = RunStore(args.store)
+    records = store.list_runs(status=args.status, dataset=args.dataset, method=args.method)
+    # the store in use goes to stderr with --json, so stdout stays one JSON document
+    print(f"store: {store.path} ({len(records)} runs listed)", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps([r.to_dict() for r in records]))
     else:
@@ -202,62 +213,60 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# CLI option -> analysis setting it sets (for every chosen kind that has that setting)
+_ANALYSIS_OPTIONS = {
+    "k": "k",
+    "probes": "trace_probes",
+    "samples": "n_samples",
+    "backend": "backend",
+    "steps": "steps",
+    "span": "span",
+    "draws": "draws",
+    "scales": "scales",
+    "other": "other",
+}
+
+
+def _describe(kind: str, result: Any) -> str:
+    """One line per analysis for the terminal."""
+    if kind == "hessian":
+        return (
+            f"Hessian ({result.backend}, {result.n_samples} training examples): top eigenvalues "
+            + ", ".join(f"{v:.4g}" for v in result.top)
+            + f"; trace {result.trace:.4g} ± {result.trace_stderr:.2g} ({result.trace_probes} probes)"
+        )
+    if kind == "surface":
+        values = [v for row in result.loss for v in row if v is not None]
+        return (
+            f"landscape {len(result.axis)}×{len(result.axis)} (filter-normalised): loss at the weights "
+            f"{result.center_loss:.4f}, min {min(values):.4f}, max {max(values):.4f}"
+        )
+    if kind == "noise":
+        return "noise robustness: " + ", ".join(
+            f"s={s:g}: +{m:.4f}" for s, m in zip(result.scales, result.mean_increase)
+        )
+    values = [v for v in result.loss if v is not None]
+    return f"{ANALYSES[kind].label}: {len(result.axis)} points, loss {min(values):.4f} to {max(values):.4f}"
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
-    both = not (args.hessian or args.landscape)
+    chosen = [*(args.kind or []), *(["hessian"] if args.hessian else []), *(["surface"] if args.landscape else [])]
+    kinds = list(dict.fromkeys(chosen)) or ["hessian", "surface"]
+    given = {setting: getattr(args, option) for option, setting in _ANALYSIS_OPTIONS.items()}
     progress = no_progress if args.json else _stderr_progress
     out: dict[str, Any] = {"run_id": args.run_id}
-    if args.hessian or both:
-        spectrum = run_hessian(
-            store,
-            args.run_id,
-            k=args.k,
-            trace_probes=args.probes,
-            n_samples=args.samples,
-            backend=args.backend,
-            recompute=args.recompute,
-            device=args.device,
-            on_progress=progress,
+    for kind in kinds:
+        settings = {k: v for k, v in given.items() if k in ANALYSES[kind].defaults and v is not None}
+        result = analyze(
+            store, args.run_id, kind, recompute=args.recompute, device=args.device, on_progress=progress, **settings
         )
-        out.update(
-            top_eigenvalues=spectrum.top,
-            trace=spectrum.trace,
-            trace_stderr=spectrum.trace_stderr,
-            trace_probes=spectrum.trace_probes,
-            hessian_backend=spectrum.backend,
-            hessian_seconds=spectrum.seconds,
-            n_samples=spectrum.n_samples,
-        )
-    if args.landscape or both:
-        surface = run_surface(
-            store,
-            args.run_id,
-            steps=args.steps,
-            span=args.span,
-            n_samples=args.samples,
-            recompute=args.recompute,
-            device=args.device,
-            on_progress=progress,
-        )
-        out.update(
-            grid=surface.axis, loss=surface.loss, center_loss=surface.center_loss, landscape_seconds=surface.seconds
-        )
+        out[kind] = result.to_dict()
+        if not args.json:
+            print(file=sys.stderr)
+            print(_describe(kind, result))
     if args.json:
         print(json.dumps(out))
-        return 0
-    print(file=sys.stderr)
-    if "top_eigenvalues" in out:
-        print(
-            f"Hessian ({out['hessian_backend']}, {out['n_samples']} training examples): top eigenvalues "
-            + ", ".join(f"{v:.4g}" for v in out["top_eigenvalues"])
-            + f"; trace {out['trace']:.4g} ± {out['trace_stderr']:.2g} ({out['trace_probes']} probes)"
-        )
-    if "loss" in out:
-        values = [v for row in out["loss"] for v in row if v is not None]
-        print(
-            f"landscape {len(out['grid'])}×{len(out['grid'])} over ±{args.span:g} (filter-normalised): "
-            f"loss at the weights {out['center_loss']:.4f}, min {min(values):.4f}, max {max(values):.4f}"
-        )
     return 0
 
 
@@ -267,7 +276,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"wrote {files.html}" + (f" and {files.pdf}" if files.pdf else f" ({files.note})"))
     for row in report.headline:
         for comparison in row.comparisons:
-            print(f"  ε={row.epsilon:g}: {cost_phrase(comparison)}")
+            print(f"  ε={row.target_epsilon:g}: {cost_phrase(comparison)}")
     print(f"  caveat: {report.caveat}")
     return 0
 
@@ -275,7 +284,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
     records = store.list_runs()
-    spectra = {r.run_id: s for r in records if (s := run_hessian(store, r.run_id, cached_only=True))}
+    spectra = cached_analyses(store, [r.run_id for r in records], "hessian")
     data = results_csv(records, spectra) if args.format == "csv" else results_json(records, spectra)
     sys.stdout.write(data.decode())
     return 0
@@ -287,16 +296,25 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .serve import launch
+
+    os.environ[STORE_ENV] = str(args.store)  # the dashboard's server reads the same store
+    return launch(port=args.port, address=args.address)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m dpsat_core", description="Train and compare DP-SGD, DP-SAM and DP-SAT; runs are stored."
+        prog="dpsat", description="Train and compare DP-SGD, DP-SAM and DP-SAT; runs are stored."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument(
-            "--store", default=default_store_path(), help=f"run store file (default ${STORE_ENV} or {DEFAULT_STORE})"
+            "--store",
+            default=default_store_path(),
+            help=f"run store file (default ${STORE_ENV}, else the per-user data folder: %(default)s)",
         )
         p.set_defaults(handler=handler)
         return p
@@ -334,19 +352,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--json", action="store_true")
 
-    p = command("analyze", cmd_analyze, "Hessian spectrum and/or 2D loss landscape of a stored run (cached)")
+    p = command("analyze", cmd_analyze, "sharpness analyses of a stored run (cached in the store)")
     p.add_argument("run_id")
-    p.add_argument("--hessian", action="store_true", help="top eigenvalues and trace (default: both analyses)")
-    p.add_argument("--landscape", action="store_true", help="2D loss surface (default: both analyses)")
-    p.add_argument("--k", type=int, default=5, help="number of top eigenvalues")
-    p.add_argument("--probes", type=int, default=100, help="Hutchinson probes for the trace")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="training examples in the evaluation subset")
-    p.add_argument("--backend", default="lanczos", choices=BACKENDS, help="pyhessian is the slower cross-check")
-    p.add_argument("--steps", type=int, default=21, help="grid points per axis (odd)")
-    p.add_argument("--span", type=float, default=1.0, help="grid covers [-span, span] on both axes")
-    p.add_argument("--device", default="auto")
+    kinds_help = "; ".join(f"{name}: {kind.help}" for name, kind in ANALYSES.items())
+    p.add_argument(
+        "--kind",
+        action="append",
+        choices=list(ANALYSES),
+        help=f"analysis to run, repeatable (default: hessian and surface). {kinds_help}",
+    )
+    p.add_argument("--hessian", action="store_true", help="shorthand for --kind hessian")
+    p.add_argument("--landscape", action="store_true", help="shorthand for --kind surface")
+
+    def defaults(setting: str) -> str:
+        found = [f"{name} {kind.defaults[setting]}" for name, kind in ANALYSES.items() if setting in kind.defaults]
+        return "default: " + ", ".join(found)
+
+    p.add_argument("--k", type=int, help=f"number of top eigenvalues ({defaults('k')})")
+    p.add_argument("--probes", type=int, help=f"Hutchinson probes for the trace ({defaults('trace_probes')})")
+    p.add_argument("--samples", type=int, help=f"training examples in the evaluation subset ({defaults('n_samples')})")
+    p.add_argument("--backend", choices=BACKENDS, help=f"pyhessian is the slower cross-check ({defaults('backend')})")
+    p.add_argument("--steps", type=int, help=f"grid points per axis, odd ({defaults('steps')})")
+    p.add_argument("--span", type=float, help=f"the grid covers [-span, span] ({defaults('span')})")
+    p.add_argument("--draws", type=int, help=f"noise draws per scale ({defaults('draws')})")
+    p.add_argument("--scales", type=_list("--scales", float), help=f"relative noise sizes ({defaults('scales')})")
+    p.add_argument("--other", help="the other run of the line analysis (t = 1)")
+    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} or cuda:N")
     p.add_argument("--recompute", action="store_true", help="ignore a cached result")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object: run_id and one entry per analysis")
 
     p = command("report", cmd_report, "write the pilot report (report.html and report.pdf) from the store")
     p.add_argument("--out", required=True, help="folder for report.html and report.pdf")
@@ -357,14 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("delete", cmd_delete, "delete one run")
     p.add_argument("run_id")
+
+    p = command("dashboard", cmd_dashboard, "start the Streamlit dashboard with the project's server settings")
+    p.add_argument("--port", type=int, help="port to serve on (default: Streamlit's, 8501)")
+    p.add_argument("--address", default="127.0.0.1", help="address to bind (default: this machine only)")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", module="opacus")
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="opacus")  # its known-harmless warnings (shared/NOTES.md)
+            return args.handler(args)
     except DpsatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -374,3 +412,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def main_entry() -> None:
+    """The `dpsat` console script."""
+    sys.exit(main())

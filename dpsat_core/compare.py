@@ -14,9 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from .hessian import HessianSpectrum
-from .methods import METHODS, method_info
-from .store import RunRecord
+from .methods import METHODS, compared_methods, method_info
+from .results import HessianSpectrum, RunRecord
 
 _VARYING = ("method", "epsilon", "noise_multiplier", "rho", "seed", "device", "max_physical_batch_size")
 
@@ -50,7 +49,7 @@ def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CellStats:
     """One method at one target ε (None for non-private methods), over seeds."""
 
@@ -59,7 +58,7 @@ class CellStats:
     seeds: int
     accuracy_mean: float
     accuracy_std: Optional[float]
-    epsilon_mean: Optional[float]
+    epsilon_spent_mean: Optional[float]
     seconds_per_epoch: float
     lambda_max_mean: Optional[float]
     lambda_max_std: Optional[float]
@@ -79,42 +78,41 @@ def group_runs(
     spectra = spectra or {}
     cells: dict[tuple[str, Optional[float]], list[RunRecord]] = defaultdict(list)
     for r in records:
-        if r.status == "done" and r.test_accuracy is not None:
+        if r.status == "done" and r.summary is not None and r.test_accuracy is not None:
             cells[(r.method, r.config.epsilon)].append(r)
     order = list(METHODS)
     out = []
     for (method, eps), runs in sorted(cells.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1] or 0.0)):
         acc_mean, acc_std = _mean_std([r.test_accuracy for r in runs])
-        eps_mean, _ = _mean_std([r.epsilon for r in runs if r.epsilon is not None])
-        lam = [spectra[r.run_id].top[0] for r in runs if r.run_id in spectra]
-        tr = [spectra[r.run_id].trace for r in runs if r.run_id in spectra]
-        lam_mean, lam_std = _mean_std(lam)
-        tr_mean, tr_std = _mean_std(tr)
+        eps_mean, _ = _mean_std([r.epsilon_spent for r in runs if r.epsilon_spent is not None])
+        lam_mean, lam_std = _mean_std([spectra[r.run_id].lambda_max for r in runs if r.run_id in spectra])
+        tr_mean, tr_std = _mean_std([spectra[r.run_id].trace for r in runs if r.run_id in spectra])
         out.append(
             CellStats(
-                method,
-                eps,
-                len(runs),
-                acc_mean,
-                acc_std,
-                eps_mean,
-                statistics.fmean(r.summary["seconds_per_epoch"] for r in runs),
-                lam_mean,
-                lam_std,
-                tr_mean,
-                tr_std,
-                tuple(r.run_id for r in runs),
+                method=method,
+                target_epsilon=eps,
+                seeds=len(runs),
+                accuracy_mean=acc_mean,
+                accuracy_std=acc_std,
+                epsilon_spent_mean=eps_mean,
+                seconds_per_epoch=statistics.fmean(r.summary.seconds_per_epoch for r in runs),
+                lambda_max_mean=lam_mean,
+                lambda_max_std=lam_std,
+                trace_mean=tr_mean,
+                trace_std=tr_std,
+                run_ids=tuple(r.run_id for r in runs),
             )
         )
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Comparison:
-    """A method against DP-SGD at one ε, with the honest caveat."""
+    """A method against its baseline (from the registry) at one target ε, with the honest caveat."""
 
     method: str
-    epsilon: float
+    baseline: str
+    target_epsilon: float
     accuracy_gain_points: float
     lambda_max_change: Optional[float]  # relative: −0.12 means 12% flatter
     time_ratio: float
@@ -122,10 +120,11 @@ class Comparison:
     text: str
 
 
-def compare_at(
-    stats: Sequence[CellStats], epsilon: float, method: str, *, baseline: str = "dpsgd"
-) -> Optional[Comparison]:
-    """`method` vs `baseline` at target ε, or None when either is missing."""
+def compare_at(stats: Sequence[CellStats], epsilon: float, method: str) -> Optional[Comparison]:
+    """`method` vs its registered baseline at target ε, or None when either is missing (or it has no baseline)."""
+    baseline = method_info(method).baseline
+    if baseline is None:
+        return None
     cells = {(c.method, c.target_epsilon): c for c in stats}
     a, b = cells.get((method, epsilon)), cells.get((baseline, epsilon))
     if a is None or b is None:
@@ -146,7 +145,21 @@ def compare_at(
         True: "within the seed spread: yes",
         False: "within the seed spread: no",
     }[spread]
-    return Comparison(method, epsilon, gain, lam, ratio, spread, ", ".join(parts) + f"; {caveat}")
+    return Comparison(
+        method=method,
+        baseline=baseline,
+        target_epsilon=epsilon,
+        accuracy_gain_points=gain,
+        lambda_max_change=lam,
+        time_ratio=ratio,
+        within_seed_spread=spread,
+        text=", ".join(parts) + f"; {caveat}",
+    )
+
+
+def comparisons_at(stats: Sequence[CellStats], epsilon: float) -> list[Comparison]:
+    """Every private method with a baseline, compared at target ε (registry order; missing cells skipped)."""
+    return [c for m in compared_methods(private=True) if (c := compare_at(stats, epsilon, m.name))]
 
 
 def private_epsilons(stats: Sequence[CellStats]) -> list[float]:

@@ -12,8 +12,10 @@ from typing import Any, Optional
 from .errors import ConfigError
 from .methods import METHODS, method_info
 
+# The choices offered to users: widgets, CLI options and help texts all read these.
 ACCOUNTANTS = ("prv", "rdp")
 MODELS = ("auto", "cnn", "mlp")
+DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" picks one GPU
 DEFAULT_EPSILON = 3.0
 # Settings that change memory use or placement but not the algorithm: left out of the hash.
 _NOT_HASHED = ("device", "max_physical_batch_size")
@@ -78,6 +80,8 @@ class TrainConfig:
             raise ConfigError(f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if not valid_device_name(self.device):
+            raise ConfigError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)} (or cuda:N)")
         if self.dataset_size is not None:
             _positive_int("dataset_size", self.dataset_size, "or leave it unset for the default size")
         if not isinstance(self.seed, int) or not isinstance(self.split_seed, int):
@@ -125,9 +129,26 @@ class TrainConfig:
         return cls(**data)
 
     def config_hash(self) -> str:
-        """A stable hash of the normalised config, without placement settings."""
-        data = {k: v for k, v in self.normalized().to_dict().items() if k not in _NOT_HASHED}
+        """A stable hash of the normalised config, without placement settings.
+
+        Fields at their default are left out, so a field added later (at its
+        default) leaves the hash of every existing run unchanged.
+        """
+        normalized = self.normalized()
+        data = {
+            f.name: getattr(normalized, f.name)
+            for f in dataclasses.fields(normalized)
+            if f.name not in _NOT_HASHED and getattr(normalized, f.name) != f.default
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def valid_device_name(name: object) -> bool:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' (whether CUDA is present is checked when a run is planned)."""
+    if not isinstance(name, str):
+        return False
+    base, _, index = name.partition(":")
+    return name in DEVICES or (base == "cuda" and index.isdigit())
 
 
 def default_delta(n_train: int) -> float:

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from .config import DEVICES, valid_device_name
 from .errors import ConfigError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Return the device for `name`; asking for CUDA on a machine without it is an error."""
+    if not valid_device_name(name):
+        raise ConfigError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)} (or cuda:N)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={name!r} asked for CUDA but none is available: use 'auto' or 'cpu'")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"device must be one of {DEVICE_CHOICES}, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} asked for CUDA but none is available: use 'auto' or 'cpu'")
+    return torch.device(name)

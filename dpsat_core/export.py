@@ -19,8 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 
 from .errors import DpsatError
-from .hessian import HessianSpectrum
-from .store import RunRecord
+from .results import HessianSpectrum, RunRecord
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 MIME = {
@@ -89,7 +88,7 @@ def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
 def results_rows(
     records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None
 ) -> list[dict[str, Any]]:
-    """One row per run: identity, config, ε spent, accuracy, λ_max, trace, seconds."""
+    """One row per run: identity, config (its `epsilon` is the target ε), ε spent, accuracy, λ_max, trace, seconds."""
     spectra = spectra or {}
     rows = []
     for r in records:
@@ -98,15 +97,16 @@ def results_rows(
             {
                 "run_id": r.run_id,
                 "status": r.status,
-                **{f"config.{k}": v for k, v in r.config.to_dict().items()},
-                "epsilon_spent": s.get("epsilon"),
-                "delta": s.get("delta"),
-                "noise_multiplier": s.get("noise_multiplier"),
-                "releases": s.get("releases"),
-                "test_accuracy": s.get("test_accuracy"),
-                "lambda_max": spectrum.top[0] if spectrum else None,
+                **{f"config.{k}": v for k, v in r.config.to_dict().items() if k != "epsilon"},  # as target_epsilon
+                "target_epsilon": r.target_epsilon,
+                "epsilon_spent": r.epsilon_spent,
+                "delta": s and s.delta,
+                "noise_multiplier": s and s.noise_multiplier,
+                "releases": s and s.releases,
+                "test_accuracy": r.test_accuracy,
+                "lambda_max": spectrum.lambda_max if spectrum else None,
                 "trace": spectrum.trace if spectrum else None,
-                "seconds": s.get("seconds"),
+                "seconds": s and s.seconds,
             }
         )
     return rows

@@ -11,11 +11,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .compare import CellStats
-from .hessian import HessianSpectrum
-from .landscape import NoiseRobustness, Slice, Surface
 from .methods import method_info
-from .store import RunRecord
-from .training import EpochMetrics
+from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
 
 TEMPLATE = "plotly_white"
 
@@ -131,7 +128,7 @@ def training_curves(records: Sequence[RunRecord]) -> go.Figure:
 
 
 def epsilon_over_epochs(records: Sequence[RunRecord]) -> go.Figure:
-    return _per_epoch(records, lambda e: e.epsilon, "Privacy spent during training", "ε spent")
+    return _per_epoch(records, lambda e: e.epsilon_spent, "Privacy spent during training", "ε spent")
 
 
 def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:

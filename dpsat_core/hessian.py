@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -24,27 +23,9 @@ from torch.func import functional_call, grad, linearize, vjp
 from .errors import ConfigError
 from .models import plain_copy
 from .progress import Progress, ProgressFn, StopFn, check_stop, no_progress
-from .records import JsonRecord
+from .results import HessianSpectrum
 
 BACKENDS = ("lanczos", "pyhessian")
-# torch 2.13's linearize warns while constant-folding its traced graph; the products are checked in tests.
-warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
-
-
-@dataclass(frozen=True)
-class HessianSpectrum(JsonRecord):
-    """Top eigenvalues (algebraically largest, descending), trace ± stderr, and the eigenvalue density."""
-
-    top: list[float]
-    trace: float
-    trace_stderr: float
-    trace_probes: int
-    density_grid: list[float]
-    density: list[float]
-    n_samples: int
-    n_params: int
-    backend: str
-    seconds: float
 
 
 # linearize keeps about this many times the forward activations alive (measured on the tanh CNNs).
@@ -115,8 +96,11 @@ class HessianOperator:
 
     def _linearized(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         gradient, primals = self._setup(model, x, y)
-        _, product = linearize(gradient, *primals)
-        product(*primals)  # probe: some ops fail only when the traced graph runs
+        with warnings.catch_warnings():
+            # torch 2.13's linearize warns while constant-folding its traced graph; products are checked in tests.
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
+            _, product = linearize(gradient, *primals)
+            product(*primals)  # probe: some ops fail only when the traced graph runs
         return product
 
     def _vjp(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -283,7 +267,16 @@ def hessian_spectrum(
         top, trace, stderr = _pyhessian(model, x, y, k, trace_probes, seed)
         report(total, "done")
         return HessianSpectrum(
-            top, trace, stderr, trace_probes, [], [], len(x), n_params, backend, time.perf_counter() - start
+            top=top,
+            trace=trace,
+            trace_stderr=stderr,
+            trace_probes=trace_probes,
+            density_grid=[],
+            density=[],
+            n_samples=len(x),
+            n_params=n_params,
+            backend=backend,
+            seconds=time.perf_counter() - start,
         )
     op = HessianOperator(model, x, y)
     report(0, f"Lanczos: top {k} eigenvalues")
@@ -300,5 +293,14 @@ def hessian_spectrum(
     grid, density = slq_density(op, steps=density_steps, runs=density_runs, seed=seed, should_stop=should_stop)
     report(total, "done")
     return HessianSpectrum(
-        top, trace, stderr, probes, grid, density, len(x), n_params, backend, time.perf_counter() - start
+        top=top,
+        trace=trace,
+        trace_stderr=stderr,
+        trace_probes=probes,
+        density_grid=grid,
+        density=density,
+        n_samples=len(x),
+        n_params=n_params,
+        backend=backend,
+        seconds=time.perf_counter() - start,
     )

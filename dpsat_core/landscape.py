@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch.func import functional_call, vmap
 from .errors import ConfigError
 from .models import plain_copy
 from .progress import Progress, ProgressFn, StopFn, check_stop, no_progress
-from .records import JsonRecord
+from .results import NoiseRobustness, Slice, Surface
 
 Params = dict[str, torch.Tensor]
 POINTS_PER_BATCH = 16
@@ -97,40 +96,6 @@ class LossEvaluator:
         return losses, accuracies
 
 
-@dataclass(frozen=True)
-class Slice(JsonRecord):
-    """Loss and accuracy along one line: at axis[i] along the direction (or t between two runs)."""
-
-    axis: list[float]
-    loss: list[Optional[float]]
-    accuracy: list[float]
-    center_loss: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Surface(JsonRecord):
-    """loss[j][i] at weights + axis[i]·d₁ + axis[j]·d₂; None where not evaluated yet (coarse pass)."""
-
-    axis: list[float]
-    loss: list[list[Optional[float]]]
-    center_loss: float
-    complete: bool
-    seconds: float
-
-
-@dataclass(frozen=True)
-class NoiseRobustness(JsonRecord):
-    """Loss increase when Gaussian noise of relative size s is added to the weights: mean and std over draws."""
-
-    scales: list[float]
-    mean_increase: list[float]
-    std_increase: list[float]
-    draws: int
-    base_loss: float
-    seconds: float
-
-
 def _axis(steps: int, span: float) -> list[float]:
     if steps < 3 or steps % 2 == 0:
         raise ConfigError(f"steps must be odd and ≥ 3 (so the grid contains the trained weights), got {steps}")
@@ -145,7 +110,13 @@ def slice_1d(evaluator: LossEvaluator, direction: Params, *, steps: int = 41, sp
     axis = _axis(steps, span)
     losses, accuracies = evaluator.along([[a] for a in axis], [direction])
     center = evaluator.at(evaluator.weights)[0]
-    return Slice(axis, [_finite(v) for v in losses], accuracies, center, time.perf_counter() - start)
+    return Slice(
+        axis=axis,
+        loss=[_finite(v) for v in losses],
+        accuracy=accuracies,
+        center_loss=center,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def line_between(evaluator: LossEvaluator, other: Params, *, steps: int = 31, margin: float = 0.25) -> Slice:
@@ -158,7 +129,13 @@ def line_between(evaluator: LossEvaluator, other: Params, *, steps: int = 31, ma
     direction = {n: other[n].to(w.device) - w for n, w in evaluator.weights.items()}
     losses, accuracies = evaluator.along([[t] for t in axis], [direction])
     center = evaluator.at(evaluator.weights)[0]
-    return Slice(axis, [_finite(v) for v in losses], accuracies, center, time.perf_counter() - start)
+    return Slice(
+        axis=axis,
+        loss=[_finite(v) for v in losses],
+        accuracy=accuracies,
+        center_loss=center,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _coarse_indices(steps: int, stride: int) -> list[int]:
@@ -196,7 +173,13 @@ def iter_surface(
                 grid[j][i] = _finite(value)
             done += len(chunk)
             on_progress(Progress("landscape", done, total, "coarse grid" if number == 0 else "full grid"))
-        yield Surface(axis, [row[:] for row in grid], center, number == 1, time.perf_counter() - start)
+        yield Surface(
+            axis=axis,
+            loss=[row[:] for row in grid],
+            center_loss=center,
+            complete=number == 1,
+            seconds=time.perf_counter() - start,
+        )
 
 
 def noise_robustness(
@@ -229,4 +212,11 @@ def noise_robustness(
             increases.append(evaluator.at(noisy)[0] - base)
         means.append(float(np.mean(increases)))
         stds.append(float(np.std(increases, ddof=1)))
-    return NoiseRobustness(list(scales), means, stds, draws, base, time.perf_counter() - start)
+    return NoiseRobustness(
+        scales=list(scales),
+        mean_increase=means,
+        std_increase=stds,
+        draws=draws,
+        base_loss=base,
+        seconds=time.perf_counter() - start,
+    )

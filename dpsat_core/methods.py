@@ -1,176 +1,30 @@
-"""The five training methods: what each releases, and how each takes one step.
+"""The method registry: what each training method is, what it releases, and which method it is compared with.
 
-A step takes `draw`, a function that returns a fresh Poisson-sampled batch, so a
-method decides how many batches it consumes. Adding a method means one class
-and one line in `METHODS`.
+Adding a method means one step class (in `steps`, or anywhere) and one
+`register_method` call or entry below; the verdict, the report, the pages, the
+figures and the CLI loop over `METHODS`. This module imports neither torch nor
+Opacus: the step class is resolved only when a run starts.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import importlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Protocol
-
-import torch
-from torch import nn
+from typing import Any, Callable, Optional, Union
 
 from .errors import ConfigError
-from .gradients import Batch, mean_gradient, private_gradient
 
-# Guards the division by ‖g‖ when the direction is zero (DP-SAT's first step).
-TAU = 1e-12
-
-Draw = Callable[[], Batch]
+StepFactory = Callable[..., Any]  # (model, optimizer, *, rho, chunk_size) -> a step callable
 
 
-class Step(Protocol):
-    def __call__(self, draw: Draw) -> Optional[float]: ...
-
-
-class Perturbation:
-    """One buffer per parameter that moves the weights to w + s·d and back *exactly*.
-
-    The buffer holds the direction d; `applied(s)` turns it in place into w + s·d
-    and swaps storage with the parameters, so restoring is a swap, not a
-    subtraction: no rounding residual and no per-step allocation.
-    """
-
-    def __init__(self, params: list[nn.Parameter]):
-        self.params = params
-        self.buffer = [torch.zeros_like(p) for p in params]
-
-    def load(self, tensors: list[torch.Tensor]) -> None:
-        for b, t in zip(self.buffer, tensors):
-            b.copy_(t)
-
-    def norm(self) -> float:
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.buffer))).item()
-
-    def scale_for(self, rho: float) -> float:
-        """ρ/(‖d‖+τ): the factor that puts w + s·d at distance ρ from w."""
-        return rho / (self.norm() + TAU)
-
-    def _swap(self) -> None:
-        for i, p in enumerate(self.params):
-            p.data, self.buffer[i] = self.buffer[i], p.data
-
-    @contextmanager
-    def applied(self, scale: float) -> Iterator[None]:
-        torch._foreach_mul_(self.buffer, scale)
-        torch._foreach_add_(self.buffer, [p.data for p in self.params])
-        self._swap()
-        try:
-            yield
-        finally:
-            self._swap()
-
-
-def _grads(params: list[nn.Parameter]) -> list[torch.Tensor]:
-    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-
-
-class SgdStep:
-    """Plain SGD (with momentum) on the mean loss of one batch."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, rho: float, chunk_size: int):
-        self.model, self.optimizer, self.chunk_size = model, optimizer, chunk_size
-
-    def __call__(self, draw: Draw) -> Optional[float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = mean_gradient(self.model, draw(), chunk_size=self.chunk_size)
-        if loss is not None:
-            self.optimizer.step()
-        return loss
-
-
-class SamStep:
-    """SAM (Foret et al.): gradient at w + ρ·g/‖g‖ on the same batch, applied at w."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, rho: float, chunk_size: int):
-        self.model, self.optimizer, self.rho, self.chunk_size = model, optimizer, rho, chunk_size
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.perturbation = Perturbation(self.params)
-
-    def __call__(self, draw: Draw) -> Optional[float]:
-        batch = draw()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = mean_gradient(self.model, batch, chunk_size=self.chunk_size)
-        if loss is None:
-            return None
-        self.perturbation.load(_grads(self.params))
-        scale = self.perturbation.scale_for(self.rho)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.perturbation.applied(scale):
-            mean_gradient(self.model, batch, chunk_size=self.chunk_size)
-        self.optimizer.step()
-        return loss
-
-
-class DpSgdStep:
-    """DP-SGD: one private release per step, applied at w."""
-
-    def __init__(self, model: nn.Module, optimizer, *, rho: float, chunk_size: int):
-        self.model, self.optimizer, self.chunk_size = model, optimizer, chunk_size
-
-    def __call__(self, draw: Draw) -> Optional[float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = private_gradient(self.model, self.optimizer, draw(), chunk_size=self.chunk_size)
-        self.optimizer.original_optimizer.step()
-        return loss
-
-
-class DpSamStep:
-    """Naive DP-SAM: privatize the ascent gradient too (two releases, two backward passes).
-
-    The ascent gradient is computed on its own Poisson batch, so the two releases
-    are independent subsampled Gaussian mechanisms and charging 2·T releases at
-    (σ, q) is exact. On one shared batch they would form a single mechanism with
-    noise σ/√2 per step, which 2·T independent releases under-count.
-    """
-
-    def __init__(self, model: nn.Module, optimizer, *, rho: float, chunk_size: int):
-        self.model, self.optimizer, self.rho, self.chunk_size = model, optimizer, rho, chunk_size
-        self.perturbation = Perturbation(optimizer.params)
-
-    def __call__(self, draw: Draw) -> Optional[float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        private_gradient(self.model, self.optimizer, draw(), chunk_size=self.chunk_size)
-        self.perturbation.load(_grads(self.optimizer.params))
-        scale = self.perturbation.scale_for(self.rho)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.perturbation.applied(scale):
-            loss = private_gradient(self.model, self.optimizer, draw(), chunk_size=self.chunk_size)
-        self.optimizer.original_optimizer.step()
-        return loss
-
-
-class DpSatStep:
-    """DP-SAT (Park et al., ICML 2023): perturb along the previous step's private gradient.
-
-    e = ρ·g̃ₜ₋₁/(‖g̃ₜ₋₁‖+τ) reuses a released value (post-processing: no extra ε,
-    one backward pass). g̃ is the clipped, noised, averaged gradient before
-    momentum; g̃₋₁ = 0, so step 0 is a DP-SGD step and ρ = 0 is DP-SGD exactly.
-    The perturbation is applied once per logical batch, however it is chunked.
-    """
-
-    def __init__(self, model: nn.Module, optimizer, *, rho: float, chunk_size: int):
-        self.model, self.optimizer, self.rho, self.chunk_size = model, optimizer, rho, chunk_size
-        self.perturbation = Perturbation(optimizer.params)
-
-    def __call__(self, draw: Draw) -> Optional[float]:
-        batch = draw()
-        scale = self.perturbation.scale_for(self.rho)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.perturbation.applied(scale):
-            loss = private_gradient(self.model, self.optimizer, batch, chunk_size=self.chunk_size)
-        self.optimizer.original_optimizer.step()
-        self.perturbation.load(_grads(self.optimizer.params))
-        return loss
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MethodInfo:
-    """What a method is and what it costs: releases are noisy gradient releases per step."""
+    """What a method is and what it costs per step (noisy releases, backward passes).
+
+    `step` is the step class, or the name of one in `dpsat_core.steps` (resolved
+    lazily). `baseline` names the method this one is judged against (None for a
+    baseline itself).
+    """
 
     name: str
     label: str
@@ -181,74 +35,114 @@ class MethodInfo:
     backward_passes_per_step: int
     extra_epsilon: str
     summary: str
-    make_step: Callable[..., Step]
+    step: Union[str, StepFactory]
+    baseline: Optional[str] = None
+
+    def make_step(self, model: Any, optimizer: Any, *, rho: float, chunk_size: int) -> Any:
+        """Build this method's step for a live model and optimizer."""
+        factory = self.step
+        if isinstance(factory, str):
+            factory = getattr(importlib.import_module(".steps", __package__), factory)
+        return factory(model, optimizer, rho=rho, chunk_size=chunk_size)
 
 
-METHODS: dict[str, MethodInfo] = {
-    m.name: m
-    for m in (
-        MethodInfo(
-            "sgd",
-            "SGD (non-private)",
-            "#7f7f7f",
-            False,
-            False,
-            0,
-            1,
-            "not private",
-            "Non-private reference: the accuracy ceiling.",
-            SgdStep,
-        ),
-        MethodInfo(
-            "sam",
-            "SAM (non-private)",
-            "#bcbd22",
-            False,
-            True,
-            0,
-            2,
-            "not private",
-            "Non-private sharpness-aware reference.",
-            SamStep,
-        ),
-        MethodInfo(
-            "dpsgd",
-            "DP-SGD",
-            "#1f77b4",
-            True,
-            False,
-            1,
-            1,
-            "baseline",
-            "Clip each example's gradient to C, add N(0, σ²C²) to the sum.",
-            DpSgdStep,
-        ),
-        MethodInfo(
-            "dpsam",
-            "DP-SAM",
-            "#ff7f0e",
-            True,
-            True,
-            2,
-            2,
-            "yes: 2 releases per step",
-            "SAM with both gradients privatized: twice the releases and the compute.",
-            DpSamStep,
-        ),
-        MethodInfo(
-            "dpsat",
-            "DP-SAT",
-            "#2ca02c",
-            True,
-            True,
-            1,
-            1,
-            "none (post-processing)",
-            "Perturb along the previous private gradient: SAM-like at DP-SGD cost.",
-            DpSatStep,
-        ),
-    )
-}
+METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(info: MethodInfo) -> MethodInfo:
+    """Add a method to the registry (its baseline must be registered and match its privacy)."""
+    if info.name in METHODS:
+        raise ConfigError(f"method {info.name!r} is already registered")
+    if info.baseline is not None:
+        base = METHODS.get(info.baseline)
+        if base is None or base.private != info.private:
+            raise ConfigError(
+                f"method {info.name!r}: baseline {info.baseline!r} must be a registered "
+                f"{'private' if info.private else 'non-private'} method"
+            )
+    METHODS[info.name] = info
+    return info
+
+
+for _info in (
+    MethodInfo(
+        name="sgd",
+        label="SGD (non-private)",
+        color="#7f7f7f",
+        private=False,
+        uses_rho=False,
+        releases_per_step=0,
+        backward_passes_per_step=1,
+        extra_epsilon="not private",
+        summary="Non-private reference: the accuracy ceiling.",
+        step="SgdStep",
+    ),
+    MethodInfo(
+        name="sam",
+        label="SAM (non-private)",
+        color="#bcbd22",
+        private=False,
+        uses_rho=True,
+        releases_per_step=0,
+        backward_passes_per_step=2,
+        extra_epsilon="not private",
+        summary="Non-private sharpness-aware reference.",
+        step="SamStep",
+        baseline="sgd",
+    ),
+    MethodInfo(
+        name="dpsgd",
+        label="DP-SGD",
+        color="#1f77b4",
+        private=True,
+        uses_rho=False,
+        releases_per_step=1,
+        backward_passes_per_step=1,
+        extra_epsilon="baseline",
+        summary="Clip each example's gradient to C, add N(0, σ²C²) to the sum.",
+        step="DpSgdStep",
+    ),
+    MethodInfo(
+        name="dpsam",
+        label="DP-SAM",
+        color="#ff7f0e",
+        private=True,
+        uses_rho=True,
+        releases_per_step=2,
+        backward_passes_per_step=2,
+        extra_epsilon="yes: 2 releases per step",
+        summary="SAM with both gradients privatized: twice the releases and the compute.",
+        step="DpSamStep",
+        baseline="dpsgd",
+    ),
+    MethodInfo(
+        name="dpsat",
+        label="DP-SAT",
+        color="#2ca02c",
+        private=True,
+        uses_rho=True,
+        releases_per_step=1,
+        backward_passes_per_step=1,
+        extra_epsilon="none (post-processing)",
+        summary="Perturb along the previous private gradient: SAM-like at DP-SGD cost.",
+        step="DpSatStep",
+        baseline="dpsgd",
+    ),
+):
+    register_method(_info)
+
+
+def method_info(name: str) -> MethodInfo:
+    """Look a method up by name, with the list of choices in the error."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}") from None
+
+
+def compared_methods(*, private: Optional[bool] = None) -> list[MethodInfo]:
+    """Methods that have a baseline (what verdicts and reports compare), in registry order."""
+    return [m for m in METHODS.values() if m.baseline is not None and (private is None or m.private == private)]
 
 
 def method_table() -> list[dict[str, object]]:
@@ -260,15 +154,8 @@ def method_table() -> list[dict[str, object]]:
             "extra ε": m.extra_epsilon,
             "noisy releases / step": m.releases_per_step,
             "backward passes / step": m.backward_passes_per_step,
+            "compared with": METHODS[m.baseline].label if m.baseline else "—",
             "what it does": m.summary,
         }
         for m in METHODS.values()
     ]
-
-
-def method_info(name: str) -> MethodInfo:
-    """Look a method up by name, with the list of choices in the error."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}") from None

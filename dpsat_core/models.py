@@ -9,22 +9,13 @@ example clipping forbids.
 from __future__ import annotations
 
 from copy import deepcopy as copy_module
-from dataclasses import dataclass
 
 import torch
-from opacus.validators import ModuleValidator
 from torch import nn
 
+from .config import MODELS
 from .errors import ConfigError
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to build: the architecture name and the data's shape; rebuilding from it is exact."""
-
-    architecture: str  # "cnn" or "mlp"
-    input_shape: tuple[int, ...]
-    n_classes: int
+from .results import ModelSpec
 
 
 class TanhCNN(nn.Module):
@@ -127,10 +118,10 @@ def model_spec(choice: str, *, kind: str, input_shape: tuple[int, ...], n_classe
     """Resolve `auto` (CNN for images, MLP for tables) and check the choice fits the data."""
     architecture = ("cnn" if kind == "image" else "mlp") if choice == "auto" else choice
     if architecture not in ARCHITECTURES:
-        raise ConfigError(f"unknown model {choice!r}: choose auto, cnn or mlp")
+        raise ConfigError(f"unknown model {choice!r}: choose one of {', '.join(MODELS)}")
     if architecture == "cnn" and len(input_shape) != 3:
         raise ConfigError(f"model='cnn' needs image data (C, H, W); this data has shape {input_shape}: use 'mlp'")
-    return ModelSpec(architecture, tuple(input_shape), n_classes)
+    return ModelSpec(architecture=architecture, input_shape=tuple(input_shape), n_classes=n_classes)
 
 
 def build_model(spec: ModelSpec, *, seed: int) -> nn.Module:
@@ -141,6 +132,8 @@ def build_model(spec: ModelSpec, *, seed: int) -> nn.Module:
         model = ARCHITECTURES[spec.architecture](spec.input_shape, spec.n_classes)
     finally:
         torch.random.set_rng_state(generator_state)
+    from opacus.validators import ModuleValidator  # Opacus costs seconds to import: only when building
+
     errors = ModuleValidator.validate(model, strict=False)
     if errors:  # a programming error, not a user one
         raise RuntimeError(f"{spec.architecture} is not valid for Opacus: {errors}")

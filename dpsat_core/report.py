@@ -18,12 +18,21 @@ from typing import Optional
 import plotly.graph_objects as go
 
 from . import figures
-from .analysis import run_hessian
-from .compare import CellStats, Comparison, compare_at, describe_setting, group_runs, private_epsilons, runs_by_setting
+from .analysis import cached_analyses
+from .compare import (
+    CellStats,
+    Comparison,
+    comparisons_at,
+    describe_setting,
+    group_runs,
+    private_epsilons,
+    runs_by_setting,
+)
 from .errors import StoreError
 from .export import ExportError, figure_image, find_chromium
-from .methods import method_info
-from .store import RunRecord, RunStore
+from .methods import METHODS, compared_methods, method_info
+from .results import RunRecord
+from .store import RunStore
 
 STYLE = """
 body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:.5em 0}
@@ -31,22 +40,30 @@ td,th{border:1px solid #ccc;padding:.3em .8em;text-align:center}
 .caveat{background:#fff4e5;padding:.8em;border-left:4px solid #f0a000}
 .figure svg{max-width:100%;height:auto}h2{page-break-before:auto}
 """
-QUESTION = (
-    "Does training towards flat minima (DP-SAT, DP-SAM) give better accuracy than DP-SGD at the same "
-    "privacy budget ε, and what does it cost?"
-)
 
 
-@dataclass(frozen=True)
+def question() -> str:
+    """The report's question, naming the compared methods and their baselines from the registry."""
+    pairs: dict[str, list[str]] = {}
+    for m in compared_methods(private=True):
+        pairs.setdefault(METHODS[m.baseline].label, []).append(m.label)
+    against = "; ".join(f"{', '.join(labels)} against {base}" for base, labels in pairs.items())
+    return (
+        f"Does training towards flat minima ({against}) give better accuracy at the same privacy budget ε, "
+        "and what does it cost?"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class HeadlineRow:
-    """One ε: each private method's accuracy, and the comparisons against DP-SGD."""
+    """One target ε: each private method's accuracy, and each method's comparison with its baseline."""
 
-    epsilon: float
+    target_epsilon: float
     cells: tuple[CellStats, ...]
     comparisons: tuple[Comparison, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Report:
     dataset: str
     setting: str
@@ -70,26 +87,25 @@ def _pick_setting(records: list[RunRecord], dataset: Optional[str]) -> list[RunR
 
 def cost_phrase(comparison: Comparison) -> str:
     """'DP-SAT: +1.2 points over DP-SGD at 1.0× cost and the same ε'."""
-    label = method_info(comparison.method).label
+    info, base = method_info(comparison.method), method_info(comparison.baseline)
     gain, ratio = comparison.accuracy_gain_points, comparison.time_ratio
-    phrase = f"{label}: {gain:+.1f} points over DP-SGD at {ratio:.1f}× cost and the same ε"
-    releases = method_info(comparison.method).releases_per_step
-    return phrase + (f" (paid with more noise: σ covers {releases} releases per step)" if releases > 1 else "")
+    phrase = f"{info.label}: {gain:+.1f} points over {base.label} at {ratio:.1f}× cost and the same ε"
+    if info.releases_per_step > base.releases_per_step:
+        phrase += f" (paid with more noise: σ covers {info.releases_per_step} releases per step)"
+    return phrase
 
 
 def build_report(store: RunStore, *, dataset: Optional[str] = None) -> Report:
     """Numbers for the report from the setting with the most finished runs (of `dataset`, if given)."""
     runs = _pick_setting(store.list_runs(), dataset)
-    spectra = {r.run_id: s for r in runs if (s := run_hessian(store, r.run_id, cached_only=True))}
-    stats = group_runs(runs, spectra)
+    stats = group_runs(runs, cached_analyses(store, [r.run_id for r in runs], "hessian"))
     headline = []
     for eps in private_epsilons(stats):
         cells = tuple(c for c in stats if c.target_epsilon == eps)
-        comparisons = tuple(c for m in ("dpsat", "dpsam") if (c := compare_at(stats, eps, m)))
-        headline.append(HeadlineRow(eps, cells, comparisons))
+        headline.append(HeadlineRow(target_epsilon=eps, cells=cells, comparisons=tuple(comparisons_at(stats, eps))))
     comparisons = [c for row in headline for c in row.comparisons]
     if not comparisons:
-        caveat = "No ε has both DP-SGD and DP-SAT/DP-SAM runs, so there is no comparison yet."
+        caveat = "No ε has both a method and its baseline, so there is no comparison yet."
     elif any(c.within_seed_spread is None for c in comparisons):
         caveat = (
             "Some comparisons rest on a single seed: the seed-to-seed spread is unknown, so differences "
@@ -104,16 +120,16 @@ def build_report(store: RunStore, *, dataset: Optional[str] = None) -> Report:
         caveat = "Every difference shown is larger than the seed-to-seed spread."
     first = runs[0]
     return Report(
-        first.config.dataset,
-        describe_setting(first),
-        len(runs),
-        len({r.config.seed for r in runs}),
-        next((r.summary.get("delta") for r in runs if r.config.private), None),
-        first.config.accountant.upper(),
-        tuple(stats),
-        tuple(headline),
-        caveat,
-        dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        dataset=first.config.dataset,
+        setting=describe_setting(first),
+        runs=len(runs),
+        seeds=len({r.config.seed for r in runs}),
+        delta=next((r.summary.delta for r in runs if r.config.private), None),
+        accountant=first.config.accountant.upper(),
+        stats=tuple(stats),
+        headline=tuple(headline),
+        caveat=caveat,
+        created=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     )
 
 
@@ -136,8 +152,8 @@ def render_html(report: Report, *, static_images: bool) -> str:
     rows = []
     for row in report.headline:
         cells = " ".join(
-            f"<td>{_pct(c.accuracy_mean, c.accuracy_std)}<br><small>ε spent {c.epsilon_mean:.2f}</small></td>"
-            if c.epsilon_mean is not None
+            f"<td>{_pct(c.accuracy_mean, c.accuracy_std)}<br><small>ε spent {c.epsilon_spent_mean:.2f}</small></td>"
+            if c.epsilon_spent_mean is not None
             else f"<td>{_pct(c.accuracy_mean, c.accuracy_std)}</td>"
             for c in row.cells
         )
@@ -149,7 +165,9 @@ def render_html(report: Report, *, static_images: bool) -> str:
             )
             or "–"
         )
-        rows.append(f"<h3>ε = {row.epsilon:g}</h3><table><tr>{heads}</tr><tr>{cells}</tr></table><p>{verdict}</p>")
+        rows.append(
+            f"<h3>ε = {row.target_epsilon:g}</h3><table><tr>{heads}</tr><tr>{cells}</tr></table><p>{verdict}</p>"
+        )
     reference = [c for c in report.stats if c.target_epsilon is None]
     ceiling = "".join(f"<li>{e(c.label)}: {_pct(c.accuracy_mean, c.accuracy_std)} (no privacy)</li>" for c in reference)
     parts = []
@@ -163,14 +181,15 @@ def render_html(report: Report, *, static_images: bool) -> str:
     methods = "".join(
         f"<tr><td>{e(method_info(m).label)}</td><td>{e(method_info(m).extra_epsilon)}</td>"
         f"<td>{method_info(m).backward_passes_per_step}</td></tr>"
-        for m in ("dpsgd", "dpsam", "dpsat")
+        for m in METHODS
+        if method_info(m).private
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Pilot report: {e(report.dataset)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Pilot report: private training on {e(report.dataset)}</h1>
 <p><small>Generated {e(report.created)} by dpsat-lab from {report.runs} stored runs;
 every number below is read from the run store.</small></p>
-<h2>The question</h2><p>{e(QUESTION)}</p>
+<h2>The question</h2><p>{e(question())}</p>
 <h2>Data and settings</h2><p>{e(report.setting)}; δ = {report.delta if report.delta is not None else "–"};
 accountant {e(report.accountant)};
 {report.seeds} seed(s) per cell.</p>

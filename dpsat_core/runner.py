@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import TrainConfig
-from .data import load_dataset
+from .planning import plan_run
 from .progress import ProgressFn, StopFn, no_progress
-from .store import RunRecord, RunStore
-from .training import plan_privacy, train
+from .results import RunRecord
+from .store import RunStore
+from .training import load_config_dataset, train
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,14 @@ def run(
     should_stop: Optional[StopFn] = None,
     reuse: bool = True,
 ) -> RunOutcome:
-    """Validate against the data first (bad input leaves no row), then train, streaming epochs to the store."""
+    """Plan against the data first (bad input leaves no row), then train, streaming epochs to the store."""
     config = config.normalized()
     if reuse:
         existing = store.find_done(config.config_hash())
         if existing is not None:
             return RunOutcome(store.get(existing), reused=True)
-    dataset = load_dataset(config.dataset, target=config.target, size=config.dataset_size, split_seed=config.split_seed)
-    plan_privacy(config, dataset.n_train)  # raises ConfigError before any row is written
+    dataset = load_config_dataset(config)
+    plan = plan_run(config, dataset)  # raises ConfigError before any row is written
     run_id = store.create_run(config)
     try:
         result = train(
@@ -43,10 +44,11 @@ def run(
             on_progress=on_progress,
             should_stop=should_stop,
             dataset=dataset,
+            plan=plan,
             on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
         )
     except BaseException as exc:
         store.fail(run_id, f"{type(exc).__name__}: {exc}")
         raise
-    store.finish(run_id, result)
+    store.finish(run_id, result.summary(), result.state_dict)
     return RunOutcome(store.get(run_id), reused=False)

@@ -14,19 +14,20 @@ import sqlite3
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
 
 from .config import TrainConfig
 from .errors import StoreError
-from .training import EpochMetrics, TrainResult
+from .results import EpochMetrics, RunRecord, RunSummary
 
-DEFAULT_STORE = "dpsat_runs.db"
 STORE_ENV = "DPSAT_STORE"
+APP_NAME = "dpsat-lab"
 STATUSES = ("running", "done", "failed", "cancelled")
+# PRAGMA user_version of a current store; older stores are migrated when opened (`_migrate`).
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -47,58 +48,15 @@ CREATE TABLE IF NOT EXISTS analyses (
 """
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """One stored run: its config, status, summary numbers and per-epoch metrics."""
-
-    run_id: str
-    config: TrainConfig
-    config_hash: str
-    status: str
-    reason: str
-    summary: dict[str, Any]
-    created: float
-    updated: float
-    epochs: list[EpochMetrics] = field(default_factory=list)
-
-    @property
-    def method(self) -> str:
-        return self.config.method
-
-    @property
-    def test_accuracy(self) -> Optional[float]:
-        return self.summary.get("test_accuracy")
-
-    @property
-    def epsilon(self) -> Optional[float]:
-        return self.summary.get("epsilon")
-
-    def to_dict(self, *, with_epochs: bool = False) -> dict[str, Any]:
-        """JSON-ready: identity, status, config and summary (and epochs if asked)."""
-        data = {
-            "run_id": self.run_id,
-            "status": self.status,
-            "reason": self.reason,
-            "method": self.method,
-            "dataset": self.config.dataset,
-            "seed": self.config.seed,
-            "target_epsilon": self.config.epsilon,
-            "epsilon": self.epsilon,
-            "test_accuracy": self.test_accuracy,
-            "config_hash": self.config_hash,
-            "created": self.created,
-            "updated": self.updated,
-            "config": self.config.to_dict(),
-            "summary": self.summary,
-        }
-        if with_epochs:
-            data["epochs"] = [asdict(e) for e in self.epochs]
-        return data
-
-
 def default_store_path() -> str:
-    """`$DPSAT_STORE`, else `dpsat_runs.db` in the working directory (shared by the CLI and the dashboard)."""
-    return os.environ.get(STORE_ENV, DEFAULT_STORE)
+    """`$DPSAT_STORE`, else `runs.db` in the per-user data folder: one store for the CLI and the dashboard,
+    wherever they are started."""
+    configured = os.environ.get(STORE_ENV)
+    if configured:
+        return configured
+    from platformdirs import user_data_path
+
+    return str(user_data_path(APP_NAME, appauthor=False) / "runs.db")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -114,12 +72,24 @@ def _pid_alive(pid: int) -> bool:
 class RunStore:
     """A run store in one SQLite file; created (with its folder) on first use."""
 
-    def __init__(self, path: str | os.PathLike = DEFAULT_STORE):
-        self.path = Path(path).expanduser()
+    def __init__(self, path: Optional[str | os.PathLike] = None):
+        self.path = Path(default_store_path() if path is None else path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            self._migrate(db)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring an older store up to `SCHEMA_VERSION` (summaries and epochs are migrated on read)."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version < 1:  # config hashes now leave out fields at their default: rehash so reuse keeps working
+            for row in db.execute("SELECT run_id, config FROM runs").fetchall():
+                config_hash = TrainConfig.from_dict(json.loads(row["config"])).config_hash()
+                db.execute("UPDATE runs SET config_hash=? WHERE run_id=?", (config_hash, row["run_id"]))
+        if version < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -168,18 +138,25 @@ class RunStore:
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?,?,?)",
-                (run_id, metrics.epoch, json.dumps(asdict(metrics))),
+                (run_id, metrics.epoch, json.dumps(metrics.to_dict())),
             )
             db.execute("UPDATE runs SET updated=? WHERE run_id=?", (time.time(), run_id))
 
-    def finish(self, run_id: str, result: TrainResult) -> None:
+    def finish(self, run_id: str, summary: RunSummary, weights: dict[str, torch.Tensor]) -> None:
         """Store the outcome: status, reason, summary and weights (kept for failed runs too, for diagnosis)."""
         buffer = io.BytesIO()
-        torch.save(result.state_dict, buffer)
+        torch.save(weights, buffer)
         with self._connect() as db:
             db.execute(
                 "UPDATE runs SET status=?, reason=?, summary=?, weights=?, updated=? WHERE run_id=?",
-                (result.status, result.reason, json.dumps(result.summary()), buffer.getvalue(), time.time(), run_id),
+                (
+                    summary.status,
+                    summary.reason,
+                    json.dumps(summary.to_dict()),
+                    buffer.getvalue(),
+                    time.time(),
+                    run_id,
+                ),
             )
 
     def fail(self, run_id: str, reason: str) -> None:
@@ -217,22 +194,23 @@ class RunStore:
             ).fetchone()
         return None if row is None else row["run_id"]
 
-    def _record(self, row: sqlite3.Row, epochs: list[EpochMetrics]) -> RunRecord:
+    def _record(self, row: sqlite3.Row, epochs: Iterable[EpochMetrics]) -> RunRecord:
+        summary = json.loads(row["summary"])
         return RunRecord(
-            row["run_id"],
-            TrainConfig.from_dict(json.loads(row["config"])),
-            row["config_hash"],
-            row["status"],
-            row["reason"],
-            json.loads(row["summary"]),
-            row["created"],
-            row["updated"],
-            epochs,
+            run_id=row["run_id"],
+            config=TrainConfig.from_dict(json.loads(row["config"])),
+            config_hash=row["config_hash"],
+            status=row["status"],
+            reason=row["reason"],
+            summary=RunSummary.from_dict(summary) if summary else None,
+            created=row["created"],
+            updated=row["updated"],
+            epochs=tuple(epochs),
         )
 
     def _epochs(self, db: sqlite3.Connection, run_id: str) -> list[EpochMetrics]:
         rows = db.execute("SELECT metrics FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()
-        return [EpochMetrics(**json.loads(r["metrics"])) for r in rows]
+        return [EpochMetrics.from_dict(json.loads(r["metrics"])) for r in rows]
 
     def get(self, run_id: str) -> RunRecord:
         with self._connect() as db:
@@ -266,7 +244,7 @@ class RunStore:
             if with_epochs and rows:  # one query for all listed runs, not one per run
                 for e in db.execute("SELECT run_id, metrics FROM epochs ORDER BY run_id, epoch"):
                     if e["run_id"] in epochs:
-                        epochs[e["run_id"]].append(EpochMetrics(**json.loads(e["metrics"])))
+                        epochs[e["run_id"]].append(EpochMetrics.from_dict(json.loads(e["metrics"])))
             return [self._record(r, epochs[r["run_id"]]) for r in rows]
 
     def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:
@@ -286,8 +264,17 @@ class RunStore:
             )
 
     def get_analysis(self, run_id: str, kind: str, key: str) -> Optional[dict[str, Any]]:
+        return self.get_analyses([run_id], kind, key).get(run_id)
+
+    def get_analyses(self, run_ids: Iterable[str], kind: str, key: str) -> dict[str, dict[str, Any]]:
+        """The stored results of one analysis (kind and settings key) for many runs, in one query."""
+        ids = list(dict.fromkeys(run_ids))
+        if not ids:
+            return {}
         with self._connect() as db:
-            row = db.execute(
-                "SELECT result FROM analyses WHERE run_id=? AND kind=? AND key=?", (run_id, kind, key)
-            ).fetchone()
-        return None if row is None else json.loads(row["result"])
+            rows = db.execute(
+                "SELECT run_id, result FROM analyses WHERE kind=? AND key=? AND run_id IN"
+                " (SELECT value FROM json_each(?))",
+                (kind, key, json.dumps(ids)),
+            ).fetchall()
+        return {r["run_id"]: json.loads(r["result"]) for r in rows}

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,51 +20,26 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from .accounting import PrivacySpent, calibrate_noise, epsilon_spent
-from .config import TrainConfig, resolve_for_data
+from .accounting import PrivacySpent, epsilon_spent
+from .config import TrainConfig
 from .data import Dataset, load_dataset
-from .devices import resolve_device
 from .gradients import Batch
-from .methods import Step, method_info
-from .models import ModelSpec, build_model, count_parameters, model_spec
+from .methods import method_info
+from .models import build_model, count_parameters
+from .planning import PrivacyPlan, RunPlan, plan_run
 from .progress import Progress, ProgressFn, StopFn, no_progress
-
-# Known harmless on this stack (shared/NOTES.md): Opacus's hooks on a model whose input needs no grad.
-warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+from .results import EpochMetrics, ModelSpec, RunSummary, json_float
+from .steps import Step
 
 TRAIN_LOSS_SUBSET = 4096
 EVAL_BATCH = 2048
+# The run's seed also initialises the model; noise and batch sampling get their own generators,
+# offset by distinct primes so the three random streams never coincide.
+NOISE_SEED_OFFSET = 7919
+SAMPLING_SEED_OFFSET = 104729
 
 
-@dataclass(frozen=True)
-class EpochMetrics:
-    """Metrics at the end of one epoch; `seconds` is cumulative training time (evaluation excluded)."""
-
-    epoch: int
-    train_loss: float
-    test_loss: float
-    test_accuracy: float
-    epsilon: Optional[float]
-    seconds: float
-    steps: int
-    releases: int
-
-
-@dataclass(frozen=True)
-class PrivacyPlan:
-    """The privacy parameters fixed before training: σ, q, δ and the planned releases."""
-
-    noise_multiplier: Optional[float]
-    sample_rate: float
-    delta: Optional[float]
-    steps: int
-    planned_releases: int
-    target_epsilon: Optional[float]
-    accountant: Optional[str]
-    note: str = ""
-
-
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     """A finished (or failed, or cancelled) run: config, plan, metrics and weights."""
 
@@ -86,40 +62,36 @@ class TrainResult:
     def test_accuracy(self) -> Optional[float]:
         return self.epochs[-1].test_accuracy if self.epochs else None
 
-    def summary(self) -> dict:
-        """Flat, JSON-ready numbers for the store, the CLI and reports."""
+    def summary(self) -> RunSummary:
+        """The run's numbers, as the store keeps them."""
         last = self.epochs[-1] if self.epochs else None
         notes = (self.plan.note, self.privacy.note if self.privacy else "")
-        return {
-            "method": self.config.method,
-            "dataset": self.config.dataset,
-            "seed": self.config.seed,
-            "status": self.status,
-            "reason": self.reason,
-            "epsilon": None if self.privacy is None else _json_float(self.privacy.epsilon),
-            "delta": self.plan.delta,
-            "target_epsilon": self.plan.target_epsilon,
-            "noise_multiplier": self.plan.noise_multiplier,
-            "sample_rate": self.plan.sample_rate,
-            "steps": self.steps,
-            "releases": self.releases,
-            "accountant": None if self.privacy is None else self.privacy.accountant,
-            "accounting_note": " ".join(dict.fromkeys(n for n in notes if n)),  # calibration and spending notes
-            "test_accuracy": None if last is None else last.test_accuracy,
-            "test_loss": None if last is None else _json_float(last.test_loss),
-            "train_loss": None if last is None else _json_float(last.train_loss),
-            "seconds": self.seconds,
-            "seconds_per_epoch": self.seconds / max(1, len(self.epochs)),
-            "epochs_done": len(self.epochs),
-            "model": asdict(self.model),
-            "n_params": self.n_params,
-            "device": self.device,
-            "n_train": self.n_train,
-        }
-
-
-def _json_float(value: float) -> Optional[float]:
-    return value if math.isfinite(value) else None
+        return RunSummary(
+            method=self.config.method,
+            dataset=self.config.dataset,
+            seed=self.config.seed,
+            status=self.status,
+            reason=self.reason,
+            epsilon_spent=None if self.privacy is None else json_float(self.privacy.epsilon),
+            delta=self.plan.delta,
+            target_epsilon=self.plan.target_epsilon,
+            noise_multiplier=self.plan.noise_multiplier,
+            sample_rate=self.plan.sample_rate,
+            steps=self.steps,
+            releases=self.releases,
+            accountant=None if self.privacy is None else self.privacy.accountant,
+            accounting_note=" ".join(dict.fromkeys(n for n in notes if n)),  # calibration and spending notes
+            test_accuracy=None if last is None else last.test_accuracy,
+            test_loss=None if last is None else json_float(last.test_loss),
+            train_loss=None if last is None else json_float(last.train_loss),
+            seconds=self.seconds,
+            seconds_per_epoch=self.seconds / max(1, len(self.epochs)),
+            epochs_done=len(self.epochs),
+            model=self.model,
+            n_params=self.n_params,
+            device=self.device,
+            n_train=self.n_train,
+        )
 
 
 class PoissonSampler:
@@ -133,7 +105,7 @@ class PoissonSampler:
         return torch.nonzero(torch.rand(self.n, generator=self.generator) < self.sample_rate).flatten()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Trainer:
     """The live state of one run; `step()` takes one optimisation step of the configured method."""
 
@@ -160,55 +132,29 @@ class Trainer:
         self.releases += 1
 
 
-def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
-    """Fix σ (calibrated for all planned releases when a target ε is given), q, δ and steps."""
-    delta = resolve_for_data(config, n_train)
-    sample_rate = config.batch_size / n_train
-    steps = config.epochs * max(1, round(n_train / config.batch_size))
-    info = method_info(config.method)
-    releases = steps * info.releases_per_step
-    if not info.private:
-        return PrivacyPlan(None, sample_rate, None, steps, 0, None, None)
-    if config.noise_multiplier is not None:
-        return PrivacyPlan(config.noise_multiplier, sample_rate, delta, steps, releases, None, config.accountant)
-    calibration = calibrate_noise(
-        target_epsilon=config.epsilon,
-        delta=delta,
-        sample_rate=sample_rate,
-        releases=releases,
-        accountant=config.accountant,
-    )
-    return PrivacyPlan(
-        calibration.noise_multiplier,
-        sample_rate,
-        delta,
-        steps,
-        releases,
-        config.epsilon,
-        calibration.accountant,
-        calibration.note,
-    )
+def load_config_dataset(config: TrainConfig) -> Dataset:
+    """The data set a config names, split by its `split_seed`."""
+    return load_dataset(config.dataset, target=config.target, size=config.dataset_size, split_seed=config.split_seed)
 
 
-def prepare(config: TrainConfig, dataset: Optional[Dataset] = None) -> Trainer:
-    """Build model, optimizer and method step for `config` (loading its data set unless given)."""
-    dataset = dataset or load_dataset(
-        config.dataset, target=config.target, size=config.dataset_size, split_seed=config.split_seed
-    )
-    device = resolve_device(config.device)
-    plan = plan_privacy(config, dataset.n_train)
-    spec = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
+def prepare(config: TrainConfig, dataset: Optional[Dataset] = None, plan: Optional[RunPlan] = None) -> Trainer:
+    """Build model, optimizer and method step for `config` (loading its data set and planning it unless given)."""
+    dataset = dataset or load_config_dataset(config)
+    run_plan = plan or plan_run(config, dataset)
+    privacy = run_plan.privacy
+    device = torch.device(run_plan.device)
+    spec = run_plan.model
     model = build_model(spec, seed=config.seed).to(device)
     info = method_info(config.method)
     base = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     if info.private:
         trained: nn.Module = GradSampleModule(model, loss_reduction="mean")
-        noise = torch.Generator(device=device).manual_seed(config.seed + 7919)
+        noise = torch.Generator(device=device).manual_seed(config.seed + NOISE_SEED_OFFSET)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
             optimizer = DPOptimizer(
                 base,
-                noise_multiplier=plan.noise_multiplier,
+                noise_multiplier=privacy.noise_multiplier,
                 max_grad_norm=config.clip_norm,
                 expected_batch_size=config.batch_size,
                 loss_reduction="mean",
@@ -221,11 +167,11 @@ def prepare(config: TrainConfig, dataset: Optional[Dataset] = None) -> Trainer:
         config=config,
         dataset=dataset,
         device=device,
-        plan=plan,
+        plan=privacy,
         spec=spec,
         model=model,
         step_fn=step_fn,
-        sampler=PoissonSampler(dataset.n_train, plan.sample_rate, seed=config.seed + 104729),
+        sampler=PoissonSampler(dataset.n_train, privacy.sample_rate, seed=config.seed + SAMPLING_SEED_OFFSET),
         x_train=torch.tensor(dataset.x_train, device=device),
         y_train=torch.tensor(dataset.y_train, device=device),
     )
@@ -261,6 +207,14 @@ def _privacy_now(trainer: Trainer) -> Optional[PrivacySpent]:
     )
 
 
+@contextmanager
+def _quiet_hooks() -> Iterator[None]:
+    """Silence the one harmless warning of Opacus's hooks on inputs that need no grad (shared/NOTES.md)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        yield
+
+
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -272,9 +226,22 @@ def train(
     should_stop: Optional[StopFn] = None,
     on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
     dataset: Optional[Dataset] = None,
+    plan: Optional[RunPlan] = None,
 ) -> TrainResult:
     """Train `config` to the end, or until it diverges (status failed) or `should_stop()` (cancelled)."""
-    trainer = prepare(config, dataset)
+    with _quiet_hooks():
+        trainer = prepare(config, dataset, plan)
+        return _train(trainer, on_progress=on_progress, should_stop=should_stop, on_epoch=on_epoch)
+
+
+def _train(
+    trainer: Trainer,
+    *,
+    on_progress: ProgressFn,
+    should_stop: Optional[StopFn],
+    on_epoch: Optional[Callable[[EpochMetrics], None]],
+) -> TrainResult:
+    config = trainer.config
     x_test = torch.tensor(trainer.dataset.x_test, device=trainer.device)
     y_test = torch.tensor(trainer.dataset.y_test, device=trainer.device)
     subset = slice(0, min(TRAIN_LOSS_SUBSET, trainer.dataset.n_train))
@@ -316,14 +283,14 @@ def train(
             break
         privacy = _privacy_now(trainer)
         metrics = EpochMetrics(
-            epoch,
-            train_loss,
-            test_loss,
-            test_accuracy,
-            None if privacy is None else privacy.epsilon,
-            seconds,
-            step,
-            trainer.releases,
+            epoch=epoch,
+            train_loss=train_loss,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            epsilon_spent=None if privacy is None else privacy.epsilon,
+            seconds=seconds,
+            steps=step,
+            releases=trainer.releases,
         )
         epochs.append(metrics)
         if on_epoch is not None:
@@ -334,7 +301,7 @@ def train(
                 step,
                 trainer.plan.steps,
                 f"epoch {epoch}/{config.epochs} done",
-                {"epoch": epoch, "test_accuracy": test_accuracy, "epsilon": metrics.epsilon},
+                {"epoch": epoch, "test_accuracy": test_accuracy, "epsilon_spent": metrics.epsilon_spent},
             )
         )
     return TrainResult(

@@ -9,7 +9,7 @@ import streamlit as st
 from dashboard.state import current_dataset, uploads_dir
 from dashboard.widgets import show_error
 from dpsat_core import BUILTIN_DATASETS, DpsatError, load_dataset
-from dpsat_core.data import DEFAULT_SIZES
+from dpsat_core.data import DEFAULT_SIZES, FILE_TYPES
 
 MAX_UPLOAD_MB = 50
 
@@ -24,7 +24,7 @@ if kind == "Built-in":
 else:
     upload = st.file_uploader(
         f"CSV (with a header row) or NPZ with arrays x and y, ≤ {MAX_UPLOAD_MB} MB",
-        type=["csv", "npz"],
+        type=[t.lstrip(".") for t in FILE_TYPES],
         max_upload_size=MAX_UPLOAD_MB,
         key="data-upload",
     )

@@ -5,7 +5,7 @@ import streamlit as st
 from dashboard.actions import start_analyses, start_line
 from dashboard.state import get_store
 from dashboard.widgets import chart, comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
-from dpsat_core import figures, run_line, run_slice, run_surface
+from dpsat_core import cached_analyses, figures, run_line
 from dpsat_core.compare import best_epsilon, group_runs
 
 st.title("Loss landscape")
@@ -17,9 +17,12 @@ chosen = run_multiselect(runs, key="land-runs", default=one_run_per_method(runs,
 labels = {r.run_id: figures.run_label(r) for r in runs}
 
 
-slices = {labels[r.run_id]: (r.method, s) for r in chosen if (s := run_slice(store, r.run_id, cached_only=True))}
-surfaces = {labels[r.run_id]: s for r in chosen if (s := run_surface(store, r.run_id, cached_only=True))}
-missing = [r.run_id for r in chosen if labels[r.run_id] not in slices or labels[r.run_id] not in surfaces]
+chosen_ids = [r.run_id for r in chosen]
+stored_slices = cached_analyses(store, chosen_ids, "slice")
+stored_surfaces = cached_analyses(store, chosen_ids, "surface")
+slices = {labels[r.run_id]: (r.method, stored_slices[r.run_id]) for r in chosen if r.run_id in stored_slices}
+surfaces = {labels[r.run_id]: stored_surfaces[r.run_id] for r in chosen if r.run_id in stored_surfaces}
+missing = [r for r in chosen_ids if r not in stored_slices or r not in stored_surfaces]
 if missing and st.button(f"Compute slices and surfaces for {len(missing)} runs", key="land-go"):
     start_analyses(missing, ["slice", "surface"])
 if slices:

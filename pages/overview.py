@@ -7,27 +7,33 @@ import streamlit as st
 from dashboard.actions import report_file, start_analyses, start_default_comparison
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel, methods_table, one_run_per_method, setting_picker
-from dpsat_core import figures, run_hessian, run_slice
-from dpsat_core.compare import best_epsilon, compare_at, group_runs, private_epsilons
+from dpsat_core import cached_analyses, figures, method_info
+from dpsat_core.compare import best_epsilon, comparisons_at, group_runs, private_epsilons
 from dpsat_core.export import find_chromium
+from dpsat_core.sweeps import default_comparison
 
 st.title("Do flat minima help under differential privacy?")
 store = get_store()
 runs = setting_picker(store.list_runs(status="done"), key="overview")
 if not runs:
     st.markdown(
-        "Train small models with **DP-SGD**, **DP-SAM** and **DP-SAT** at several privacy budgets ε and compare "
-        "accuracy, sharpness (Hessian eigenvalues, loss landscapes) and cost. DP-SAT perturbs the weights along "
-        "the *previous* private gradient, so it is sharpness-aware at no extra privacy cost."
+        "Train small models with differentially private methods at several privacy budgets ε and compare "
+        "accuracy, sharpness (Hessian eigenvalues, loss landscapes) and cost, each method against its baseline:"
     )
     methods_table()
-    st.caption("Default comparison: digits, SGD + DP-SGD + DP-SAM + DP-SAT, ε = 1, 3, 8, seeds 0 and 1, 5 epochs.")
+    spec = default_comparison()
+    st.caption(
+        f"Default comparison: {spec.base.dataset}, {', '.join(method_info(m).label for m in spec.methods)}, "
+        f"ε = {', '.join(f'{e:g}' for e in spec.epsilons)}, seeds {', '.join(map(str, spec.seeds))}, "
+        f"{spec.base.epochs} epochs."
+    )
     if st.button("Run the default comparison", type="primary", key="overview-default"):
         start_default_comparison()
     job_panel()
     st.stop()
 
-spectra = {r.run_id: s for r in runs if (s := run_hessian(store, r.run_id, cached_only=True))}
+run_ids = [r.run_id for r in runs]
+spectra = cached_analyses(store, run_ids, "hessian")
 stats = group_runs(runs, spectra)
 epsilons = private_epsilons(stats)
 epsilon = (
@@ -41,28 +47,22 @@ chart(figures.accuracy_vs_epsilon(stats), key="overview-acc", where=acc)
 with sharp:
     if spectra:
         chart(figures.hessian_vs_epsilon(stats), key="overview-hessian")
-    missing = [r.run_id for r in runs if r.run_id not in spectra]
+    missing = [r for r in run_ids if r not in spectra]
     if missing and st.button(f"Compute Hessian for {len(missing)} runs", key="overview-hessian-go"):
         start_analyses(missing, ["hessian"])
 with slices_col:
     chosen = one_run_per_method(runs, epsilon)
-    slices = {
-        figures.run_label(r): (r.method, s) for r in chosen if (s := run_slice(store, r.run_id, cached_only=True))
-    }
+    stored = cached_analyses(store, [r.run_id for r in chosen], "slice")
+    slices = {figures.run_label(r): (r.method, stored[r.run_id]) for r in chosen if r.run_id in stored}
     if slices:
-        chart(
-            figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon:g}"),
-            key="overview-slices",
-        )
-    missing_slices = [r.run_id for r in chosen if figures.run_label(r) not in slices]
+        chart(figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon:g}"), key="overview-slices")
+    missing_slices = [r.run_id for r in chosen if r.run_id not in stored]
     if missing_slices and st.button(f"Compute 1D slices for {len(missing_slices)} runs", key="overview-slices-go"):
         start_analyses(missing_slices, ["slice"])
 
 if epsilon is not None:
-    for method in ("dpsat", "dpsam"):
-        comparison = compare_at(stats, epsilon, method)
-        if comparison:
-            st.markdown(f"- {comparison.text}")
+    for comparison in comparisons_at(stats, epsilon):
+        st.markdown(f"- {comparison.text}")
 st.markdown("**Pilot report** for managers: the question, the settings, a headline per ε, the figures and the caveats.")
 report_html, report_pdf, _ = st.columns([1, 1, 4])
 dataset = runs[0].config.dataset

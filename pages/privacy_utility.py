@@ -21,7 +21,7 @@ st.dataframe(
                 "seeds": c.seeds,
                 "accuracy %": round(100 * c.accuracy_mean, 2),
                 "± std": None if c.accuracy_std is None else round(100 * c.accuracy_std, 2),
-                "ε spent": None if c.epsilon_mean is None else round(c.epsilon_mean, 3),
+                "ε spent": None if c.epsilon_spent_mean is None else round(c.epsilon_spent_mean, 3),
                 "s / epoch": round(c.seconds_per_epoch, 3),
             }
             for c in stats

@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel
-from dpsat_core import figures, run_hessian
+from dpsat_core import cached_analyses, figures
 from dpsat_core.export import results_csv, results_json
 from dpsat_core.store import STATUSES
 
@@ -34,8 +34,8 @@ table = pd.DataFrame(
             "method": r.method,
             "dataset": r.config.dataset,
             "seed": r.config.seed,
-            "target ε": r.config.epsilon,
-            "ε spent": r.epsilon,
+            "target ε": r.target_epsilon,
+            "ε spent": r.epsilon_spent,
             "accuracy": r.test_accuracy,
             "epochs": r.config.epochs,
             "reason": r.reason,
@@ -44,7 +44,7 @@ table = pd.DataFrame(
     ]
 )
 st.dataframe(table, hide_index=True, key="runs-table")
-spectra = {r.run_id: sp for r in shown if (sp := run_hessian(store, r.run_id, cached_only=True))}
+spectra = cached_analyses(store, [r.run_id for r in shown], "hessian")
 down_csv, down_json, _ = st.columns([1, 1, 4])
 download(down_csv, "Results CSV", partial(results_csv, shown, spectra), "dpsat_results.csv", key="runs-csv")
 download(down_json, "Results JSON", partial(results_json, shown, spectra), "dpsat_results.json", key="runs-json")
@@ -64,6 +64,6 @@ if selected:
     record = store.get(selected[0])
     st.subheader(f"Run {record.run_id}: {figures.run_label(record)}")
     chart(figures.training_curves([record]), key="runs-curve")
-    st.dataframe(pd.DataFrame([vars(e) for e in record.epochs]), hide_index=True)
+    st.dataframe(pd.DataFrame([e.to_dict() for e in record.epochs]), hide_index=True)
     st.json(record.to_dict(), expanded=False)
 job_panel()

@@ -5,14 +5,15 @@ import streamlit as st
 from dashboard.actions import start_analyses
 from dashboard.state import get_store
 from dashboard.widgets import chart, comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
-from dpsat_core import figures, run_hessian, run_noise_robustness
+from dpsat_core import cached_analyses, figures
 from dpsat_core.compare import best_epsilon, group_runs
 
 st.title("Sharpness")
 store = get_store()
 runs = comparable_runs_or_stop(store.list_runs(status="done"), key="sharp")
-spectra = {r.run_id: s for r in runs if (s := run_hessian(store, r.run_id, cached_only=True))}
-noise = {r.run_id: n for r in runs if (n := run_noise_robustness(store, r.run_id, cached_only=True))}
+run_ids = [r.run_id for r in runs]
+spectra = cached_analyses(store, run_ids, "hessian")
+noise = cached_analyses(store, run_ids, "noise")
 missing = [r.run_id for r in runs if r.run_id not in spectra or r.run_id not in noise]
 if missing:
     st.caption(f"{len(missing)} of {len(runs)} runs have no sharpness analysis yet.")

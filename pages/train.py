@@ -6,7 +6,7 @@ from dashboard.actions import start_sweep
 from dashboard.state import current_dataset
 from dashboard.widgets import job_panel, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
-from dpsat_core.config import ACCOUNTANTS, parse_numbers
+from dpsat_core.config import ACCOUNTANTS, DEVICES, parse_numbers
 
 st.title("Train & sweep")
 dataset = current_dataset()
@@ -31,7 +31,7 @@ with st.expander("Advanced settings"):
     batch = b.number_input("Expected batch size", 1, 100_000, defaults.batch_size, key="train-batch")
     momentum = c.number_input("Momentum", 0.0, 0.99, defaults.momentum, key="train-momentum")
     accountant = c.selectbox("Accountant", ACCOUNTANTS, key="train-accountant")
-    device = c.selectbox("Device", ["auto", "cpu", "cuda"], key="train-device")
+    device = c.selectbox("Device", DEVICES, key="train-device")
 
 if st.button("Start training", type="primary", key="train-start"):
     try:

@@ -1,15 +1,16 @@
-"""Shared fixtures: a temporary run store and small, fast configs."""
+"""Shared fixtures: a temporary run store and small, fast configs; no test touches the per-user store."""
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 
 from dpsat_core import RunStore, TrainConfig
 
-warnings.filterwarnings("ignore", module="opacus")
-warnings.filterwarnings("ignore", message="Full backward hook is firing")
+
+@pytest.fixture(autouse=True)
+def private_default_store(tmp_path, monkeypatch):
+    """Point the default store ($DPSAT_STORE) into the test's folder, so nothing writes to the user's data."""
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "default-runs.db"))
 
 
 @pytest.fixture

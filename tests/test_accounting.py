@@ -51,13 +51,13 @@ def test_reported_epsilon_is_the_accountants_for_sigma_q_releases(method, per_st
     cfg = TrainConfig(**{**quick.to_dict(), "method": method, "accountant": accountant, "epochs": 2})
     result = train(cfg)
     summary = result.summary()
-    assert summary["releases"] == per_step * summary["steps"] == per_step * result.plan.steps
+    assert summary.releases == per_step * summary.steps == per_step * result.plan.steps
     reference = (PRVAccountant if accountant == "prv" else RDPAccountant)()
-    reference.history = [(summary["noise_multiplier"], summary["sample_rate"], summary["releases"])]
-    assert summary["epsilon"] == pytest.approx(reference.get_epsilon(delta=summary["delta"]), rel=1e-9)
-    assert summary["target_epsilon"] - 0.05 <= summary["epsilon"] <= summary["target_epsilon"]
-    epsilons = [e.epsilon for e in result.epochs]
-    assert epsilons == sorted(epsilons) and epsilons[-1] == pytest.approx(summary["epsilon"])
+    reference.history = [(summary.noise_multiplier, summary.sample_rate, summary.releases)]
+    assert summary.epsilon_spent == pytest.approx(reference.get_epsilon(delta=summary.delta), rel=1e-9)
+    assert summary.target_epsilon - 0.05 <= summary.epsilon_spent <= summary.target_epsilon
+    epsilons = [e.epsilon_spent for e in result.epochs]
+    assert epsilons == sorted(epsilons) and epsilons[-1] == pytest.approx(summary.epsilon_spent)
 
 
 def test_dpsat_spends_what_dpsgd_spends_and_dpsam_needs_more_noise(quick):

@@ -7,8 +7,9 @@ import torch
 from opacus import GradSampleModule
 
 import dpsat_core.analysis as analysis
-from dpsat_core import TrainConfig, build_model, run
+from dpsat_core import ModelSpec, TrainConfig, build_model, run
 from dpsat_core.cli import main
+from dpsat_core.errors import ConfigError
 from dpsat_core.hessian import hessian_spectrum
 from dpsat_core.models import plain_copy, strip_wrapper_prefix
 
@@ -34,8 +35,9 @@ def test_a_run_trained_with_opacus_is_analysed_and_the_result_cached(store, run_
 
 
 def test_wrapped_models_and_their_state_dicts_are_stripped_for_analysis():
-    spec_model = build_model(analysis.ModelSpec("cnn", (1, 8, 8), 10), seed=0)
-    wrapped = GradSampleModule(build_model(analysis.ModelSpec("cnn", (1, 8, 8), 10), seed=1))
+    spec = ModelSpec(architecture="cnn", input_shape=(1, 8, 8), n_classes=10)
+    spec_model = build_model(spec, seed=0)
+    wrapped = GradSampleModule(build_model(spec, seed=1))
     state = wrapped.state_dict()
     assert all(k.startswith("_module.") for k in state)
     spec_model.load_state_dict(strip_wrapper_prefix(state))
@@ -63,10 +65,38 @@ def test_cli_analyze_json_contract(store, run_id, capsys):
     small = ("--store", str(store.path), "--k", "3", "--probes", "8", "--samples", "128")
     code = main(["analyze", run_id, "--json", *small, "--steps", "7"])
     out = json.loads(capsys.readouterr().out)
-    assert code == 0
-    assert out["top_eigenvalues"] == sorted(out["top_eigenvalues"], reverse=True) and len(out["top_eigenvalues"]) == 3
-    assert out["trace_stderr"] > 0 and isinstance(out["trace"], float)
-    assert len(out["grid"]) == 7 and len(out["loss"]) == 7 and all(len(row) == 7 for row in out["loss"])
-    assert out["loss"][3][3] == pytest.approx(out["center_loss"])
+    assert code == 0 and set(out) == {"run_id", "hessian", "surface"}
+    hessian, surface = out["hessian"], out["surface"]
+    assert hessian["top"] == sorted(hessian["top"], reverse=True) and len(hessian["top"]) == 3
+    assert hessian["trace_stderr"] > 0 and isinstance(hessian["trace"], float)
+    assert len(surface["axis"]) == 7 and len(surface["loss"]) == 7 and all(len(row) == 7 for row in surface["loss"])
+    assert surface["loss"][3][3] == pytest.approx(surface["center_loss"])
     code = main(["analyze", run_id, "--hessian", "--json", *small])
-    assert "loss" not in json.loads(capsys.readouterr().out)
+    assert set(json.loads(capsys.readouterr().out)) == {"run_id", "hessian"}
+
+
+def test_the_cli_runs_every_kind_of_analysis_in_the_registry(store, run_id, capsys):
+    other = run(TrainConfig(dataset="breast_cancer", method="dpsat", epochs=1, batch_size=64), store).record.run_id
+    kinds = [arg for kind in analysis.ANALYSES for arg in ("--kind", kind)]
+    small = ("--k", "2", "--probes", "4", "--samples", "64", "--steps", "5", "--draws", "2", "--other", other)
+    code = main(["analyze", run_id, *kinds, *small, "--json", "--store", str(store.path)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and set(out) == {"run_id", *analysis.ANALYSES}
+    for kind, spec in analysis.ANALYSES.items():  # each result is its registry type, and now cached
+        result = spec.result.from_dict(out[kind])
+        settings = {"k": 2, "trace_probes": 4, "n_samples": 64, "steps": 5, "draws": 2, "other": other}
+        known = {k: v for k, v in settings.items() if k in spec.defaults}
+        assert analysis.analyze(store, run_id, kind, cached_only=True, **known) == result
+    cached = analysis.cached_analyses(store, [run_id, other, "no-such-run"], "slice", steps=5, n_samples=64)
+    assert set(cached) == {run_id}
+
+
+def test_analysis_settings_are_checked_by_the_registry(store, run_id):
+    with pytest.raises(ConfigError, match="unknown setting"):
+        analysis.analyze(store, run_id, "slice", probes=3)
+    with pytest.raises(ConfigError, match="n_samples must be > 0"):
+        analysis.analyze(store, run_id, "hessian", n_samples=0)
+    with pytest.raises(ConfigError, match="needs 'other'"):
+        analysis.analyze(store, run_id, "line")
+    with pytest.raises(ConfigError, match="unknown analysis"):
+        analysis.analyze(store, run_id, "curvature")

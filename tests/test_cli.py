@@ -4,13 +4,13 @@ import sys
 
 import pytest
 
-from dpsat_core.cli import main
+from dpsat_core.cli import build_parser, main
 
 TRAIN_KEYS = {
     "run_id",
     "method",
     "dataset",
-    "epsilon",
+    "epsilon_spent",
     "delta",
     "target_epsilon",
     "noise_multiplier",
@@ -51,11 +51,13 @@ def test_train_json_then_runs_and_show(tmp_path, capsys):
     assert code == 0
     row = json.loads(out)
     assert TRAIN_KEYS <= set(row) and row["method"] == "dpsam" and row["releases"] == 2 * row["steps"]
-    assert row["epsilon"] <= row["target_epsilon"] == 3.0
-    code, out, _ = cli(capsys, "runs", "--json", "--store", db)
+    assert row["epsilon_spent"] <= row["target_epsilon"] == 3.0 and "epsilon" not in row
+    code, out, err = cli(capsys, "runs", "--json", "--store", db)
     runs = json.loads(out)
+    assert f"store: {db}" in err
     assert code == 0 and [r["run_id"] for r in runs] == [row["run_id"]]
-    assert {"run_id", "status", "method", "epsilon", "test_accuracy"} <= set(runs[0]) and runs[0]["status"] == "done"
+    assert {"run_id", "status", "method", "target_epsilon", "epsilon_spent", "test_accuracy"} <= set(runs[0])
+    assert runs[0]["status"] == "done" and "epsilon" not in runs[0]
     code, out, _ = cli(capsys, "show", row["run_id"], "--json", "--store", db)
     shown = json.loads(out)
     assert len(shown["epochs"]) == 1 and shown["epochs"][0]["releases"] == row["releases"]
@@ -86,7 +88,7 @@ def test_sweep_then_human_readable_listing(tmp_path, capsys):
     )
     assert code == 0 and len(json.loads(out)["trained"]) == 2
     code, out, _ = cli(capsys, "runs", "--store", db)
-    assert "dpsat" in out and "dpsgd" in out and "run_id" in out
+    assert "dpsat" in out and "dpsgd" in out and "run_id" in out and f"store: {db}" in out
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,9 @@ def test_csv_with_text_in_a_numeric_column_via_the_cli(tmp_path, capsys):
 
 
 def test_every_command_has_help(capsys):
-    for command in ("train", "sweep", "runs", "show", "delete"):
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"train", "sweep", "runs", "show", "analyze", "report", "export", "delete", "dashboard"} <= set(commands)
+    for command in commands:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0

@@ -1,18 +1,7 @@
 import pytest
 
-from dpsat_core import HessianSpectrum, TrainConfig
 from dpsat_core.compare import best_epsilon, compare_at, group_runs, setting_key
-from dpsat_core.store import RunRecord
-
-
-def record(method, eps, seed, acc, seconds=1.0, status="done", epochs=5, run_id=None):
-    config = TrainConfig(method=method, epsilon=eps, seed=seed, epochs=epochs).normalized()
-    summary = {"test_accuracy": acc, "epsilon": eps, "seconds_per_epoch": seconds}
-    return RunRecord(run_id or f"{method}{eps}{seed}", config, config.config_hash(), status, "", summary, 0.0, 0.0)
-
-
-def spectrum(lam):
-    return HessianSpectrum([lam], 10 * lam, 0.1, 10, [], [], 100, 10, "lanczos", 0.1)
+from tests.factories import record, spectrum
 
 
 def test_cells_are_mean_and_std_over_seeds_and_skip_unfinished_runs():

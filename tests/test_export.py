@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from dpsat_core import RunStore, SweepSpec, TrainConfig, figures, run_hessian, sweep
+from dpsat_core import RunStore, SweepSpec, TrainConfig, cached_analyses, figures, run_hessian, sweep
 from dpsat_core.cli import main
 from dpsat_core.compare import compare_at, group_runs
 from dpsat_core.export import ExportError, figure_bytes, results_csv, results_json
@@ -16,7 +16,8 @@ from dpsat_core.report import build_report, cost_phrase, write_report
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> RunStore:
+def swept(tmp_path_factory) -> RunStore:
+    """A store with a small sweep of every method (trained once for the module), Hessians at ε = 2."""
     store = RunStore(tmp_path_factory.mktemp("export") / "runs.db")
     spec = SweepSpec(
         base=TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64),
@@ -32,8 +33,8 @@ def store(tmp_path_factory) -> RunStore:
 
 
 @pytest.fixture
-def figure(store):
-    return figures.accuracy_vs_epsilon(group_runs(store.list_runs()))
+def figure(swept):
+    return figures.accuracy_vs_epsilon(group_runs(swept.list_runs()))
 
 
 def test_images_are_what_they_claim(figure):
@@ -50,32 +51,31 @@ def test_html_is_self_contained_with_the_data(figure):
     assert "DP-SAT" in page and "Test accuracy vs privacy budget" in page
 
 
-def test_results_have_one_row_per_run_with_the_stores_numbers(store):
-    records = store.list_runs()
-    spectra = {
-        r.run_id: s for r in records if (s := run_hessian(store, r.run_id, trace_probes=10, k=2, cached_only=True))
-    }
+def test_results_have_one_row_per_run_with_the_stores_numbers(swept):
+    records = swept.list_runs()
+    spectra = cached_analyses(swept, [r.run_id for r in records], "hessian", trace_probes=10, k=2)
     rows = list(csv.DictReader(io.StringIO(results_csv(records, spectra).decode())))
     assert len(rows) == len(records) == 2 + 3 * 2 * 2
     by_id = {r["run_id"]: r for r in json.loads(results_json(records, spectra))}
     for record in records:
         row = by_id[record.run_id]
-        assert row["test_accuracy"] == record.test_accuracy and row["epsilon_spent"] == record.epsilon
-        assert row["config.method"] == record.method and row["seconds"] == record.summary["seconds"]
+        assert row["test_accuracy"] == record.test_accuracy and row["epsilon_spent"] == record.epsilon_spent
+        assert row["target_epsilon"] == record.target_epsilon and "config.epsilon" not in row
+        assert row["config.method"] == record.method and row["seconds"] == record.summary.seconds
         assert (row["lambda_max"] is not None) == (record.run_id in spectra)
     assert {"lambda_max", "trace", "epsilon_spent", "test_accuracy", "seconds"} <= set(rows[0])
 
 
-def test_the_reports_headline_numbers_are_the_stores(store, tmp_path):
-    report = build_report(store)
-    stats = group_runs(store.list_runs())
-    assert [row.epsilon for row in report.headline] == [2.0, 6.0]
+def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
+    report = build_report(swept)
+    stats = group_runs(swept.list_runs())
+    assert [row.target_epsilon for row in report.headline] == [2.0, 6.0]
     for row in report.headline:
-        expected = compare_at(stats, row.epsilon, "dpsat")
+        expected = compare_at(stats, row.target_epsilon, "dpsat")
         got = next(c for c in row.comparisons if c.method == "dpsat")
         assert got.accuracy_gain_points == pytest.approx(expected.accuracy_gain_points)
         assert {c.method: c.accuracy_mean for c in row.cells} == {
-            c.method: c.accuracy_mean for c in stats if c.target_epsilon == row.epsilon
+            c.method: c.accuracy_mean for c in stats if c.target_epsilon == row.target_epsilon
         }
     files = write_report(report, tmp_path)
     page = files.html.read_text()
@@ -86,23 +86,23 @@ def test_the_reports_headline_numbers_are_the_stores(store, tmp_path):
     assert files.pdf.read_bytes().startswith(b"%PDF")
 
 
-def test_without_chromium_images_explain_the_fix_and_html_csv_still_work(store, figure, tmp_path, monkeypatch):
+def test_without_chromium_images_explain_the_fix_and_html_csv_still_work(swept, figure, tmp_path, monkeypatch):
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))
     with pytest.raises(ExportError, match="apt-get install chromium"):
         figure_bytes(figure, "png")
     assert b"Plotly.newPlot" in figure_bytes(figure, "html")
-    assert results_csv(store.list_runs())
-    files = write_report(build_report(store), tmp_path / "report")
+    assert results_csv(swept.list_runs())
+    files = write_report(build_report(swept), tmp_path / "report")
     assert files.pdf is None and "install Chromium" in files.note
     assert "Plotly.newPlot" in files.html.read_text()
 
 
-def test_cli_report_and_export(store, tmp_path, capsys):
-    assert main(["report", "--store", str(store.path), "--out", str(tmp_path)]) == 0
+def test_cli_report_and_export(swept, tmp_path, capsys):
+    assert main(["report", "--store", str(swept.path), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "report.html").exists() and (tmp_path / "report.pdf").exists()
     assert "ε=2: DP-SAT:" in out and "points over DP-SGD" in out
-    assert main(["export", "--format", "json", "--store", str(store.path)]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == len(store.list_runs())
-    assert main(["report", "--store", str(store.path), "--out", str(tmp_path), "--dataset", "digits"]) == 2
+    assert main(["export", "--format", "json", "--store", str(swept.path)]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == len(swept.list_runs())
+    assert main(["report", "--store", str(swept.path), "--out", str(tmp_path), "--dataset", "digits"]) == 2
     assert "no finished runs for data set 'digits'" in capsys.readouterr().err

@@ -2,7 +2,7 @@ import plotly.graph_objects as go
 
 from dpsat_core import METHODS, Slice, Surface, figures
 from dpsat_core.compare import group_runs
-from tests.test_compare import record, spectrum
+from tests.factories import record, spectrum
 
 
 def test_figures_use_the_method_table_colours_and_names():
@@ -22,11 +22,15 @@ def test_figures_use_the_method_table_colours_and_names():
     assert len(figures.hessian_vs_epsilon(group_runs(runs, spectra)).data) == 4  # λ_max and trace per method
 
 
+def surface(loss, center):
+    return Surface(axis=[-1.0, 0.0, 1.0], loss=loss, center_loss=center, complete=True, seconds=0.1)
+
+
 def test_surfaces_share_one_colour_scale():
-    a = Surface([-1.0, 0.0, 1.0], [[3.0, 2.0, 3.0], [2.0, 1.0, 2.0], [3.0, 2.0, 3.0]], 1.0, True, 0.1)
-    b = Surface([-1.0, 0.0, 1.0], [[9.0, 2.0, 3.0], [2.0, 0.5, 2.0], [3.0, 2.0, None]], 0.5, True, 0.1)
+    a = surface([[3.0, 2.0, 3.0], [2.0, 1.0, 2.0], [3.0, 2.0, 3.0]], 1.0)
+    b = surface([[9.0, 2.0, 3.0], [2.0, 0.5, 2.0], [3.0, 2.0, None]], 0.5)
     fig = figures.surfaces_side_by_side({"A": a, "B": b})
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.5, 9.0)
     assert all(t.coloraxis == "coloraxis" for t in fig.data)
-    line = figures.slices_overlay({"x": ("dpsat", Slice([-1.0, 0.0, 1.0], [2.0, 1.0, 2.0], [0.5, 0.9, 0.5], 1.0, 0.1))})
+    line = figures.slices_overlay({"x": ("dpsat", Slice(axis=[-1.0, 0.0, 1.0], loss=[2.0, 1.0, 2.0], accuracy=[0.5, 0.9, 0.5], center_loss=1.0, seconds=0.1))})
     assert isinstance(line, go.Figure) and line.data[0].line.color == METHODS["dpsat"].color

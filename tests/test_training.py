@@ -55,5 +55,5 @@ def test_bad_settings_against_the_data_are_clear_errors():
 def test_non_private_runs_report_no_privacy():
     result = train(TrainConfig(dataset="breast_cancer", method="sam", epochs=1))
     s = result.summary()
-    assert s["epsilon"] is None and s["releases"] == 0 and s["noise_multiplier"] is None
+    assert s.epsilon_spent is None and s.releases == 0 and s.noise_multiplier is None
     assert result.test_accuracy > 0.85

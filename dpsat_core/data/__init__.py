@@ -11,7 +11,10 @@ from .builtin import BUILTIN, DEFAULT_SIZES
 from .dataset import Dataset
 from .files import load_csv, load_folder, load_npz
 
-__all__ = ["BUILTIN", "DEFAULT_SIZES", "Dataset", "load_dataset"]
+__all__ = ["BUILTIN", "DEFAULT_SIZES", "FILE_TYPES", "Dataset", "load_dataset"]
+
+# File types a user can point to (besides a folder of IDX or CIFAR-10 files).
+FILE_TYPES = (".csv", ".npz")
 
 
 @functools.lru_cache(maxsize=8)
@@ -27,7 +30,8 @@ def _load_cached(source: str, target: Optional[str], size: Optional[int], split_
     if suffix == ".npz":
         return load_npz(path, split_seed=split_seed)
     raise DataError(
-        f"{path.name}: unsupported file type {suffix or '(none)'}: use .csv, .npz, or a folder of IDX/CIFAR files"
+        f"{path.name}: unsupported file type {suffix or '(none)'}: use {', '.join(FILE_TYPES)}, "
+        "or a folder of IDX/CIFAR files"
     )
 
 
@@ -44,7 +48,7 @@ def load_dataset(
         if not path.exists():
             raise DataError(
                 f"unknown dataset {source!r}: use a built-in one ({', '.join(BUILTIN)}) "
-                "or a path to a .csv, .npz or data folder"
+                f"or a path to a {' or '.join(FILE_TYPES)} file or a data folder"
             )
         stat = path.stat()
         return _load_cached(str(path), target, None, split_seed, (stat.st_mtime_ns, stat.st_size))

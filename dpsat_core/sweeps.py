@@ -14,14 +14,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .config import TrainConfig, resolve_for_data
-from .data import load_dataset
+from .config import TrainConfig
 from .errors import ConfigError
-from .methods import method_info
-from .models import model_spec
+from .methods import METHODS, method_info
+from .planning import plan_run
 from .progress import Progress, ProgressFn, StopFn, no_progress
 from .runner import run
 from .store import RunStore
+from .training import load_config_dataset
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,14 +57,25 @@ class SweepSpec:
         return out
 
 
+def default_comparison(dataset: str = "digits") -> SweepSpec:
+    """The one-click comparison: every private method plus the non-private baselines, ε = 1, 3, 8,
+    two seeds, 5 epochs (small enough for a CPU in about a minute per dozen runs)."""
+    methods = tuple(m.name for m in METHODS.values() if m.private or m.baseline is None)
+    return SweepSpec(
+        base=TrainConfig(dataset=dataset, epochs=5), methods=methods, epsilons=(1.0, 3.0, 8.0), seeds=(0, 1)
+    )
+
+
 def check_sweep(spec: SweepSpec) -> None:
-    """Check the grid against its data before any training (δ < 1/n, batch ≤ n, model fits), so a page
-    or the CLI can refuse it with one message instead of failing cell by cell."""
-    base = spec.base
-    dataset = load_dataset(base.dataset, target=base.target, size=base.dataset_size, split_seed=base.split_seed)
-    model_spec(base.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
+    """Plan every cell against its data before any training (the same checks as `run`: δ < 1/n, batch ≤ n,
+    model fits, device present, ε reachable), so a page or the CLI can refuse the grid with one message
+    instead of failing cell by cell. Calibrations are cached, so the cells then reuse them."""
+    dataset = load_config_dataset(spec.base)
     for cell in spec.cells():
-        resolve_for_data(cell, dataset.n_train)
+        try:
+            plan_run(cell, dataset)
+        except ConfigError as exc:
+            raise ConfigError(f"{cell_label(cell)}: {exc}") from None
 
 
 @dataclass
@@ -88,25 +99,54 @@ class SweepResult:
         return f"{len(self.errors)} of the cells failed: " + "; ".join(self.errors[:3])
 
 
-def _cell_worker(config: dict, store_path: str, threads: int, reports, stop) -> tuple[str, str, str]:
+def cell_label(cell: TrainConfig) -> str:
+    """'dpsat ε=3 seed=0' (σ or no privacy when the cell has no target ε)."""
+    if cell.epsilon is not None:
+        privacy = f" ε={cell.epsilon:g}"
+    elif cell.noise_multiplier is not None:
+        privacy = f" σ={cell.noise_multiplier:g}"
+    else:
+        privacy = ""
+    return f"{cell.method}{privacy} seed={cell.seed}"
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What happened to one cell: its run id ('' when no run was written), status and error reason."""
+
+    run_id: str
+    status: str  # a run status, or "error" when the cell raised before or while training
+    error: str
+
+
+def run_cell(
+    cell: TrainConfig, store: RunStore, *, on_progress: ProgressFn, should_stop: Optional[StopFn]
+) -> CellOutcome:
+    """Train one cell (in this process or a worker): the same outcome, reasons and messages either way."""
+    label = cell_label(cell)
+    try:
+        record = run(cell, store, on_progress=on_progress, should_stop=should_stop).record
+    except Exception as exc:  # reported, and the other cells keep going
+        return CellOutcome("", "error", f"{label}: {exc}")
+    error = f"{label}: {record.reason}" if record.status == "failed" else ""
+    return CellOutcome(record.run_id, record.status, error)
+
+
+def _cell_worker(config: dict, store_path: str, threads: int, reports, stop) -> CellOutcome:
     """Train one cell in a worker process; progress goes to the parent through `reports`."""
     import torch
 
     torch.set_num_threads(threads)
-    config_obj = TrainConfig.from_dict(config)
-    key = config_obj.config_hash()
+    cell = TrainConfig.from_dict(config)
+    key = cell.config_hash()
 
     def forward(p: Progress) -> None:
         try:
-            reports.put_nowait((key, p.done, p.total, p.message, dict(p.metrics)))
+            reports.put_nowait((key, p.stage, p.done, p.total, p.message, dict(p.metrics)))
         except Exception:  # a full or closed queue must never stop training
             pass
 
-    try:
-        outcome = run(config_obj, RunStore(store_path), on_progress=forward, should_stop=stop.is_set)
-    except Exception as exc:  # reported to the parent, which keeps the other cells going
-        return "", "error", f"{config_obj.method} ε={config_obj.epsilon} seed={config_obj.seed}: {exc}"
-    return outcome.record.run_id, outcome.record.status, ""
+    return run_cell(cell, RunStore(store_path), on_progress=forward, should_stop=stop.is_set)
 
 
 def sweep(
@@ -132,16 +172,26 @@ def sweep(
     return result
 
 
-def _record(result: SweepResult, run_id: str, status: str, error: str) -> None:
-    if status == "done":
-        result.trained.append(run_id)
-    elif status == "cancelled":
+def _record(result: SweepResult, outcome: CellOutcome) -> None:
+    if outcome.status == "done":
+        result.trained.append(outcome.run_id)
+    elif outcome.status == "cancelled":
         result.cancelled = True
     else:
-        if run_id:
-            result.failed.append(run_id)
-        if error:
-            result.errors.append(error)
+        if outcome.run_id:
+            result.failed.append(outcome.run_id)
+        result.errors.append(outcome.error)
+
+
+def _cell_progress(on_progress: ProgressFn, index: int, total: int, label: str) -> ProgressFn:
+    """Report a cell's own progress as sweep progress: 'label: message', with the cell's fraction."""
+
+    def report(p: Progress) -> None:
+        on_progress(
+            Progress("sweep", index, total, f"{label}: {p.message}", {**p.metrics, "cell_fraction": p.fraction})
+        )
+
+    return report
 
 
 def _sweep_inline(
@@ -155,18 +205,9 @@ def _sweep_inline(
         if should_stop is not None and should_stop():
             result.cancelled = True
             return
-        label = f"{cell.method} ε={cell.epsilon} seed={cell.seed}"
-
-        def inner(p: Progress, i=i, label=label) -> None:
-            on_progress(
-                Progress("sweep", i, len(todo), f"{label}: {p.message}", {**p.metrics, "cell_fraction": p.fraction})
-            )
-
-        try:
-            outcome = run(cell, store, on_progress=inner, should_stop=should_stop)
-            _record(result, outcome.record.run_id, outcome.record.status, outcome.record.reason)
-        except Exception as exc:
-            _record(result, "", "error", f"{label}: {exc}")
+        label = cell_label(cell)
+        progress = _cell_progress(on_progress, i, len(todo), label)
+        _record(result, run_cell(cell, store, on_progress=progress, should_stop=should_stop))
         on_progress(Progress("sweep", i + 1, len(todo), f"{label} finished"))
 
 
@@ -187,6 +228,7 @@ def _sweep_pool(
                 pool.submit(_cell_worker, cell.to_dict(), str(store.path), threads, reports, stop): cell
                 for cell in todo
             }
+            labels = {cell.config_hash(): cell_label(cell) for cell in todo}
             finished = 0
             while pending:
                 done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -196,21 +238,17 @@ def _sweep_pool(
                         future.cancel()
                 while True:
                     try:
-                        _, step, steps, message, metrics = reports.get_nowait()
+                        key, *report = reports.get_nowait()
                     except queue.Empty:
                         break
-                    on_progress(
-                        Progress(
-                            "sweep", finished, len(todo), message, {**metrics, "cell_fraction": step / max(1, steps)}
-                        )
-                    )
+                    _cell_progress(on_progress, finished, len(todo), labels[key])(Progress(*report))
                 for future in done:
-                    pending.pop(future)
-                    finished += 1
+                    cell = pending.pop(future)
                     if future.cancelled():
                         result.cancelled = True
                         continue
-                    _record(result, *future.result())
-                    on_progress(Progress("sweep", finished, len(todo), f"{finished}/{len(todo)} cells finished"))
+                    _record(result, future.result())
+                    finished += 1
+                    on_progress(Progress("sweep", finished, len(todo), f"{cell_label(cell)} finished"))
     if should_stop is not None and should_stop():
         result.cancelled = True

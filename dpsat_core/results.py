@@ -1,0 +1,223 @@
+"""Typed results and their JSON form: what a run and its analyses produce, as the store keeps them.
+
+Types cross every boundary (training → store → compare, figures, export, report,
+CLI); JSON appears only at the edge (`to_dict`/`from_dict`). Old stored
+summaries are migrated on read (`RunSummary.from_dict`). Nothing here imports
+torch or Opacus, so reading a store stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+from .config import TrainConfig
+
+R = TypeVar("R", bound="JsonRecord")
+
+
+class JsonRecord:
+    """Mixin for frozen dataclasses of plain fields: `to_dict()` and `from_dict()`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        return cls(**data)
+
+
+def json_float(value: Optional[float]) -> Optional[float]:
+    """A float JSON can hold: NaN and ±inf become None."""
+    return value if value is None or math.isfinite(value) else None
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(JsonRecord):
+    """What to build: the architecture name and the data's shape; rebuilding from it is exact."""
+
+    architecture: str  # "cnn" or "mlp"
+    input_shape: tuple[int, ...]
+    n_classes: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(
+            architecture=data["architecture"], input_shape=tuple(data["input_shape"]), n_classes=data["n_classes"]
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochMetrics(JsonRecord):
+    """Metrics at the end of one epoch; `seconds` is cumulative training time (evaluation excluded)."""
+
+    epoch: int
+    train_loss: float
+    test_loss: float
+    test_accuracy: float
+    epsilon_spent: Optional[float]  # None for non-private methods
+    seconds: float
+    steps: int
+    releases: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EpochMetrics":
+        data = dict(data)
+        if "epsilon" in data:  # stores written before the rename
+            data["epsilon_spent"] = data.pop("epsilon")
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSummary(JsonRecord):
+    """The numbers a finished (or failed, or cancelled) run leaves: privacy spent, accuracy, cost, model."""
+
+    method: str
+    dataset: str
+    seed: int
+    status: str
+    reason: str
+    epsilon_spent: Optional[float]  # None for non-private runs (and σ = 0, where ε is infinite)
+    delta: Optional[float]
+    target_epsilon: Optional[float]  # None for non-private runs and runs trained with σ
+    noise_multiplier: Optional[float]
+    sample_rate: float
+    steps: int
+    releases: int
+    accountant: Optional[str]
+    accounting_note: str
+    test_accuracy: Optional[float]
+    test_loss: Optional[float]
+    train_loss: Optional[float]
+    seconds: float
+    seconds_per_epoch: float
+    epochs_done: int
+    model: ModelSpec
+    n_params: int
+    device: str
+    n_train: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunSummary":
+        data = dict(data)
+        if "epsilon" in data:  # stores written before the rename
+            data["epsilon_spent"] = data.pop("epsilon")
+        data["model"] = ModelSpec.from_dict(data["model"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """One stored run: its config, status, summary (None until it finishes) and per-epoch metrics."""
+
+    run_id: str
+    config: TrainConfig
+    config_hash: str
+    status: str
+    reason: str
+    summary: Optional[RunSummary]
+    created: float
+    updated: float
+    epochs: tuple[EpochMetrics, ...] = ()
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def target_epsilon(self) -> Optional[float]:
+        """The ε the config asked for (None for non-private runs and runs trained with σ)."""
+        return self.config.epsilon
+
+    @property
+    def epsilon_spent(self) -> Optional[float]:
+        """The ε the accountant charged for the releases made."""
+        return None if self.summary is None else self.summary.epsilon_spent
+
+    @property
+    def test_accuracy(self) -> Optional[float]:
+        return None if self.summary is None else self.summary.test_accuracy
+
+    def to_dict(self, *, with_epochs: bool = False) -> dict[str, Any]:
+        """JSON-ready: identity, status, config and summary (and epochs if asked)."""
+        data = {
+            "run_id": self.run_id,
+            "status": self.status,
+            "reason": self.reason,
+            "method": self.method,
+            "dataset": self.config.dataset,
+            "seed": self.config.seed,
+            "target_epsilon": self.target_epsilon,
+            "epsilon_spent": self.epsilon_spent,
+            "test_accuracy": self.test_accuracy,
+            "config_hash": self.config_hash,
+            "created": self.created,
+            "updated": self.updated,
+            "config": self.config.to_dict(),
+            "summary": None if self.summary is None else self.summary.to_dict(),
+        }
+        if with_epochs:
+            data["epochs"] = [e.to_dict() for e in self.epochs]
+        return data
+
+
+# --- analyses ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class HessianSpectrum(JsonRecord):
+    """Top eigenvalues (algebraically largest, descending), trace ± stderr, and the eigenvalue density."""
+
+    top: list[float]
+    trace: float
+    trace_stderr: float
+    trace_probes: int
+    density_grid: list[float]
+    density: list[float]
+    n_samples: int
+    n_params: int
+    backend: str
+    seconds: float
+
+    @property
+    def lambda_max(self) -> float:
+        return self.top[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Slice(JsonRecord):
+    """Loss and accuracy along one line: at axis[i] along the direction (or t between two runs)."""
+
+    axis: list[float]
+    loss: list[Optional[float]]
+    accuracy: list[float]
+    center_loss: float
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Surface(JsonRecord):
+    """loss[j][i] at weights + axis[i]·d₁ + axis[j]·d₂; None where not evaluated yet (coarse pass)."""
+
+    axis: list[float]
+    loss: list[list[Optional[float]]]
+    center_loss: float
+    complete: bool
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseRobustness(JsonRecord):
+    """Loss increase when Gaussian noise of relative size s is added to the weights: mean and std over draws."""
+
+    scales: list[float]
+    mean_increase: list[float]
+    std_increase: list[float]
+    draws: int
+    base_loss: float
+    seconds: float

@@ -1,0 +1,68 @@
+"""Hand-made records and results for tests that need no training (not a test module: nothing to collect)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from dpsat_core import HessianSpectrum, ModelSpec, RunRecord, RunSummary, TrainConfig
+
+
+def summary(config: TrainConfig, *, accuracy: float, epsilon_spent: Optional[float], seconds_per_epoch: float) -> RunSummary:
+    """A plausible finished summary for `config` with the numbers a test cares about."""
+    return RunSummary(
+        method=config.method,
+        dataset=config.dataset,
+        seed=config.seed,
+        status="done",
+        reason="",
+        epsilon_spent=epsilon_spent,
+        delta=1e-4 if config.private else None,
+        target_epsilon=config.epsilon,
+        noise_multiplier=1.0 if config.private else None,
+        sample_rate=0.1,
+        steps=10 * config.epochs,
+        releases=10 * config.epochs if config.private else 0,
+        accountant=config.accountant if config.private else None,
+        accounting_note="",
+        test_accuracy=accuracy,
+        test_loss=0.5,
+        train_loss=0.4,
+        seconds=seconds_per_epoch * config.epochs,
+        seconds_per_epoch=seconds_per_epoch,
+        epochs_done=config.epochs,
+        model=ModelSpec(architecture="cnn", input_shape=(1, 8, 8), n_classes=10),
+        n_params=1000,
+        device="cpu",
+        n_train=1437,
+    )
+
+
+def record(method, eps, seed, acc, seconds=1.0, status="done", epochs=5, run_id=None) -> RunRecord:
+    """A stored-looking run of `method` at target ε `eps` (None: non-private) with accuracy `acc`."""
+    config = TrainConfig(method=method, epsilon=eps, seed=seed, epochs=epochs).normalized()
+    return RunRecord(
+        run_id=run_id or f"{method}{eps}{seed}",
+        config=config,
+        config_hash=config.config_hash(),
+        status=status,
+        reason="",
+        summary=summary(config, accuracy=acc, epsilon_spent=eps, seconds_per_epoch=seconds),
+        created=0.0,
+        updated=0.0,
+    )
+
+
+def spectrum(lam: float) -> HessianSpectrum:
+    """A spectrum with λ_max = `lam` and trace 10·`lam`."""
+    return HessianSpectrum(
+        top=[lam],
+        trace=10 * lam,
+        trace_stderr=0.1,
+        trace_probes=10,
+        density_grid=[],
+        density=[],
+        n_samples=100,
+        n_params=10,
+        backend="lanczos",
+        seconds=0.1,
+    )
