@@ -132,7 +132,7 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp / "out"
     build = "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
     done = subprocess.run([sys.executable, "-c", build, str(out)], cwd=src, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, "wheel build failed (setuptools from requirements-dev.txt?):\n" + done.stderr[-3000:]
     with zipfile.ZipFile(out / done.stdout.strip().splitlines()[-1]) as whl:
         yield whl
 
