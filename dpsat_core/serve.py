@@ -14,7 +14,7 @@ from .errors import DpsatError
 # working directory), so the app behaves the same when started from anywhere.
 SERVER_OPTIONS: dict[str, Any] = {
     "server.headless": True,
-    "browser.gatherUsageStats": False,
+    "browser.gatherUsageStats": False,  # else the page fetches data.streamlit.io: 3 console errors offline
     "server.maxUploadSize": 50,
     "theme.base": "light",
 }
