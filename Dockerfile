@@ -4,5 +4,6 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
 COPY . .
+RUN pip install --no-cache-dir --no-deps .
 EXPOSE 8501
-CMD ["streamlit", "run", "dashboard/app.py", "--server.headless=true", "--server.address=0.0.0.0"]
+CMD ["dpsat", "dashboard", "--address", "0.0.0.0"]

@@ -1,15 +1,11 @@
-"""Streamlit entry point: `streamlit run dashboard/app.py` (from any working directory)."""
+"""Streamlit entry point: `dpsat dashboard`, or `streamlit run dashboard/app.py` once the project is installed."""
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # streamlit puts dashboard/ on the path, not the project root
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-PAGES = ROOT / "pages"
+# pages/ sits beside dashboard/ both in the repository and in site-packages.
+PAGES = Path(__file__).resolve().parents[1] / "pages"
 st.set_page_config(page_title="dpsat-lab", layout="wide")
 page = st.navigation(
     [

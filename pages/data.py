@@ -10,8 +10,9 @@ from dashboard.state import current_dataset, uploads_dir
 from dashboard.widgets import show_error
 from dpsat_core import BUILTIN_DATASETS, DpsatError, load_dataset
 from dpsat_core.data import DEFAULT_SIZES, FILE_TYPES
+from dpsat_core.serve import SERVER_OPTIONS
 
-MAX_UPLOAD_MB = 50
+MAX_UPLOAD_MB = SERVER_OPTIONS["server.maxUploadSize"]
 
 st.title("Data")
 st.caption(f"Selected for training: **{current_dataset()['source']}**")

@@ -1,0 +1,68 @@
+"""Launch the dashboard as a Streamlit subprocess, so the library never imports the UI."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import DpsatError
+
+# Passed on every launch (and mirrored in .streamlit/config.toml, which Streamlit reads only from the
+# working directory), so the app behaves the same when started from anywhere.
+SERVER_OPTIONS: dict[str, Any] = {
+    "server.headless": True,
+    "browser.gatherUsageStats": False,  # else the page fetches data.streamlit.io: 3 console errors offline
+    "server.maxUploadSize": 50,
+    "theme.base": "light",
+}
+
+
+class DashboardNotFound(DpsatError):
+    """The `dashboard` package (shipped with dpsat-lab) cannot be found on this Python's path."""
+
+
+def app_path() -> Path:
+    """Path of the dashboard's `app.py`, located without importing the dashboard (or Streamlit)."""
+    spec = importlib.util.find_spec("dashboard")
+    if spec is None or spec.origin is None:
+        raise DashboardNotFound(
+            "the dpsat-lab dashboard is not installed for this Python "
+            f"({sys.executable}); run `pip install -e .` in the repository, or `pip install dpsat-lab`"
+        )
+    app = Path(spec.origin).parent / "app.py"
+    if not app.is_file():
+        raise DashboardNotFound(f"found the dashboard package at {app.parent}, but no app.py in it; reinstall dpsat-lab")
+    return app
+
+
+def _flag(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def streamlit_command(*, port: Optional[int] = None, address: str = "127.0.0.1") -> list[str]:
+    """The `python -m streamlit run …/app.py --key=value …` command line for SERVER_OPTIONS, address and port."""
+    command = [sys.executable, "-m", "streamlit", "run", str(app_path())]
+    command += [f"--{key}={_flag(value)}" for key, value in SERVER_OPTIONS.items()]
+    command.append(f"--server.address={address}")
+    if port is not None:
+        command.append(f"--server.port={port}")
+    return command
+
+
+def launch(*, port: Optional[int] = None, address: str = "127.0.0.1") -> int:
+    """Run the dashboard until it stops; return Streamlit's exit code (130 after Ctrl-C)."""
+    command = streamlit_command(port=port, address=address)
+    with subprocess.Popen(command) as process:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            # The terminal sent SIGINT to Streamlit too; let it shut down before returning.
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            return 130

@@ -1,0 +1,158 @@
+"""dpsat_core.serve and the packaging it relies on: options, command line, a real start, Ctrl-C, the wheel."""
+
+import email
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from dpsat_core import serve
+from dpsat_core.errors import DpsatError
+from dpsat_core.serve import SERVER_OPTIONS, app_path, streamlit_command
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_DIRS = ("dpsat_core", "dashboard", "pages")
+# Left out of the copy that the wheel is built from: VCS data, build outputs, local stores and uploads.
+IGNORED = shutil.ignore_patterns(
+    ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.db*", "out", "dpsat_uploads", ".dpsat"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flatten(table: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_config_toml_matches_server_options():
+    with open(ROOT / ".streamlit" / "config.toml", "rb") as f:
+        assert flatten(tomllib.load(f)) == SERVER_OPTIONS
+
+
+def test_streamlit_command_passes_every_option_and_an_existing_app():
+    command = streamlit_command(port=8765, address="0.0.0.0")
+    assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
+    app = Path(command[4])
+    assert app == app_path() and app.name == "app.py" and app.is_file()
+    assert (app.parent.parent / "pages" / "overview.py").is_file()  # app.py finds pages/ beside dashboard/
+    flags = command[5:]
+    assert "--server.headless=true" in flags
+    assert "--browser.gatherUsageStats=false" in flags
+    for key, value in SERVER_OPTIONS.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        assert f"--{key}={text}" in flags
+    assert "--server.address=0.0.0.0" in flags and "--server.port=8765" in flags
+    assert not any(f.startswith("--server.port") for f in streamlit_command())
+
+
+def test_app_path_explains_a_missing_dashboard(monkeypatch):
+    monkeypatch.setattr(serve.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DpsatError, match="pip install"):
+        app_path()
+
+
+def test_dashboard_serves_health_from_another_directory(tmp_path):
+    port = free_port()
+    env = {**os.environ, "DPSAT_STORE": str(tmp_path / "r.db")}
+    proc = subprocess.Popen(
+        streamlit_command(port=port),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        health = None
+        while health != b"ok" and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                health = urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read()
+            except OSError:
+                time.sleep(0.2)  # poll interval, not a wait for readiness
+        assert health == b"ok", f"streamlit did not serve (exit {proc.poll()})"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert b"Traceback" not in err, err.decode()[-2000:]
+
+
+def test_launch_returns_the_exit_code_and_130_after_ctrl_c(tmp_path, monkeypatch):
+    monkeypatch.setattr(serve, "streamlit_command", lambda **_: [sys.executable, "-c", "raise SystemExit(3)"])
+    assert serve.launch() == 3
+
+    # Ctrl-C in a terminal signals the whole process group: launch() and the Streamlit child alike.
+    script = (
+        "import sys; from dpsat_core import serve\n"
+        "child = 'import signal; print(\"ready\", flush=True); signal.pause()'\n"
+        "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
+        "raise SystemExit(serve.launch())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,  # imports this checkout's dpsat_core, installed or not
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # CI shells may start us with it ignored
+    )
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """A wheel built (with the installed setuptools, offline) from a copy of the checkout, bench/ and tests/ included."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=IGNORED)
+    out = tmp / "out"
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", build, str(out)], cwd=src, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, "wheel build failed (setuptools from requirements-dev.txt?):\n" + done.stderr[-3000:]
+    with zipfile.ZipFile(out / done.stdout.strip().splitlines()[-1]) as whl:
+        yield whl
+
+
+def test_wheel_ships_exactly_the_library_dashboard_and_pages(wheel):
+    shipped = {n for n in wheel.namelist() if ".dist-info/" not in n}
+    expected = {p.relative_to(ROOT).as_posix() for d in SHIPPED_DIRS for p in (ROOT / d).rglob("*.py")}
+    assert shipped == expected
+    assert {"dashboard/app.py", "pages/overview.py", "dpsat_core/serve.py", "dpsat_core/data/__init__.py"} <= shipped
+
+
+def test_wheel_declares_requirements_txt_and_the_console_script(wheel):
+    info = {n.split("/")[-1]: n for n in wheel.namelist() if ".dist-info/" in n}
+    metadata = email.message_from_bytes(wheel.read(info["METADATA"]))
+    pins = [
+        line.strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert metadata.get_all("Requires-Dist") == pins
+    assert "platformdirs==4.14.8" in pins
+    scripts = wheel.read(info["entry_points.txt"]).decode()
+    assert "dpsat = dpsat_core.cli:main_entry" in scripts.splitlines()
