@@ -4,6 +4,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard.state import get_store
+
 # pages/ sits beside dashboard/ both in the repository and in site-packages.
 PAGES = Path(__file__).resolve().parents[1] / "pages"
 st.set_page_config(page_title="dpsat-lab", layout="wide")
@@ -18,4 +20,5 @@ page = st.navigation(
         st.Page(PAGES / "runs.py", title="Runs"),
     ]
 )
+st.sidebar.caption(f"Run store: `{get_store().path}` (`DPSAT_STORE` or `dpsat dashboard --store` changes it)")
 page.run()

@@ -25,7 +25,7 @@ def _store(path: str) -> RunStore:
 
 
 def get_store() -> RunStore:
-    """The run store of this server (`$DPSAT_STORE` or ./dpsat_runs.db)."""
+    """The run store of this server: `$DPSAT_STORE`, else the per-user one the CLI uses too."""
     return _store(default_store_path())
 
 

@@ -16,12 +16,17 @@ from dataclasses import dataclass
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from .config import ACCOUNTANTS
 from .errors import ConfigError
 
 PRV_FALLBACK_NOTE = "PRV accountant failed at this budget; ε computed with RDP (looser, still valid)"
+# What Opacus 1.6's PRV code raises where its discretisation breaks down at large ε (Opacus #604):
+# RuntimeError("Cannot compute epsilon"), RuntimeError("Discrete mean differs significantly from
+# continuous mean."), and a bare RuntimeError from its domain search. Anything else is a bug and surfaces.
+PRV_FAILURES = (RuntimeError,)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PrivacySpent:
     """ε for (σ, q, releases, δ), and which accountant produced it."""
 
@@ -48,23 +53,23 @@ def epsilon_spent(
     *, noise_multiplier: float, sample_rate: float, releases: int, delta: float, accountant: str = "prv"
 ) -> PrivacySpent:
     """ε after `releases` subsampled Gaussian releases; inf when σ = 0, 0 before any release."""
-    if accountant not in ("prv", "rdp"):
-        raise ConfigError(f"unknown accountant {accountant!r}: choose prv or rdp")
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
     common = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, releases=releases)
     if releases == 0:
-        return PrivacySpent(0.0, delta, accountant=accountant, **common)
+        return PrivacySpent(epsilon=0.0, delta=delta, accountant=accountant, **common)
     if noise_multiplier == 0:
-        return PrivacySpent(math.inf, delta, accountant=accountant, **common)
+        return PrivacySpent(epsilon=math.inf, delta=delta, accountant=accountant, **common)
     if accountant == "prv":
         try:
             eps = _epsilon_with("prv", delta=delta, **common)
             if math.isfinite(eps):
-                return PrivacySpent(eps, delta, accountant="prv", **common)
-        except Exception:  # PRV's domain computation fails for large ε (Opacus #604)
+                return PrivacySpent(epsilon=eps, delta=delta, accountant="prv", **common)
+        except PRV_FAILURES:
             pass
         eps = _epsilon_with("rdp", delta=delta, **common)
-        return PrivacySpent(eps, delta, accountant="rdp", note=PRV_FALLBACK_NOTE, **common)
-    return PrivacySpent(_epsilon_with("rdp", delta=delta, **common), delta, accountant="rdp", **common)
+        return PrivacySpent(epsilon=eps, delta=delta, accountant="rdp", note=PRV_FALLBACK_NOTE, **common)
+    return PrivacySpent(epsilon=_epsilon_with("rdp", delta=delta, **common), delta=delta, accountant="rdp", **common)
 
 
 @dataclass(frozen=True)
@@ -106,9 +111,8 @@ def calibrate_noise(
                 f"epsilon={target_epsilon:g} is too small to reach with {releases} releases at "
                 f"sample rate {sample_rate:.3g}: raise epsilon or train fewer epochs"
             ) from None
-        if accountant != "prv":
-            raise
-    except Exception:
+        raise
+    except PRV_FAILURES:
         if accountant != "prv":
             raise
     return Calibration(solve("rdp"), "rdp", PRV_FALLBACK_NOTE)

@@ -38,7 +38,7 @@ from .store import RunStore
 DEFAULT_SAMPLES = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunModel:
     """A stored run rebuilt for analysis: a fresh plain module with its weights, and the evaluation subset."""
 
@@ -62,7 +62,7 @@ def load_run_model(store: RunStore, run_id: str, *, n_samples: int = DEFAULT_SAM
     count = min(n_samples, dataset.n_train)
     x = torch.tensor(dataset.x_train[:count], device=target)
     y = torch.tensor(dataset.y_train[:count], device=target)
-    return RunModel(record, model.to(target).eval(), dataset, x, y)
+    return RunModel(record=record, model=model.to(target).eval(), dataset=dataset, x=x, y=y)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--clip", type=float, default=d.clip_norm, help="per-example clipping norm C")
-    p.add_argument("--rho", type=float, default=d.rho, help="SAM/DP-SAM/DP-SAT perturbation radius ρ")
+    rho_methods = "/".join(m.label.split(" ")[0] for m in METHODS.values() if m.uses_rho)
+    p.add_argument("--rho", type=float, default=d.rho, help=f"{rho_methods} perturbation radius ρ")
     p.add_argument("--accountant", default=d.accountant, choices=ACCOUNTANTS)
     p.add_argument("--model", default=d.model, choices=MODELS)
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/test split")
@@ -305,7 +306,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dpsat", description="Train and compare DP-SGD, DP-SAM and DP-SAT; runs are stored."
+        prog="dpsat",
+        description=f"Train and compare {', '.join(m.label for m in METHODS.values() if m.private)}; runs are stored.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -326,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sweep", cmd_sweep, "train methods × ε values × seeds; cells already done are reused")
     _add_training_options(p, with_method=False)
-    p.add_argument("--methods", type=_names, default=("dpsgd", "dpsam", "dpsat"), help="comma-separated")
+    private = tuple(name for name, m in METHODS.items() if m.private)
+    p.add_argument("--methods", type=_names, default=private, help=f"comma-separated (default: {','.join(private)})")
     p.add_argument(
         "--epsilons",
         type=_list("--epsilons", float),

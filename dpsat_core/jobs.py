@@ -21,7 +21,7 @@ JobFn = Callable[[ProgressFn, StopFn], Any]
 FINISHED = ("done", "failed", "cancelled")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class JobView:
     """An immutable snapshot of a job for drawing."""
 
@@ -58,16 +58,16 @@ class _Job:
 
     def view(self) -> JobView:
         return JobView(
-            self.job_id,
-            self.kind,
-            self.label,
-            self.status,
-            self.fraction,
-            self.message,
-            dict(self.metrics),
-            self.error,
-            self.created,
-            self.finished,
+            job_id=self.job_id,
+            kind=self.kind,
+            label=self.label,
+            status=self.status,
+            fraction=self.fraction,
+            message=self.message,
+            metrics=dict(self.metrics),
+            error=self.error,
+            created=self.created,
+            finished=self.finished,
         )
 
 
@@ -119,9 +119,9 @@ class JobManager:
             job.stop.set()
 
     def jobs(self) -> list[JobView]:
-        """All jobs, newest first."""
+        """All jobs, newest first (by submission order: clock stamps can tie)."""
         with self._lock:
-            return sorted((j.view() for j in self._jobs.values()), key=lambda v: v.created, reverse=True)
+            return [j.view() for j in reversed(self._jobs.values())]
 
     def get(self, job_id: str) -> JobView:
         with self._lock:

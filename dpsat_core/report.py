@@ -81,7 +81,7 @@ def _pick_setting(records: list[RunRecord], dataset: Optional[str]) -> list[RunR
     done = [r for r in records if r.status == "done" and (dataset is None or r.config.dataset == dataset)]
     if not done:
         where = f" for data set {dataset!r}" if dataset else ""
-        raise StoreError(f"no finished runs{where} in the store: train some first (python -m dpsat_core sweep …)")
+        raise StoreError(f"no finished runs{where} in the store: train some first (dpsat sweep …)")
     return runs_by_setting(done)[0]
 
 

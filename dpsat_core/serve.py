@@ -34,7 +34,9 @@ def app_path() -> Path:
         )
     app = Path(spec.origin).parent / "app.py"
     if not app.is_file():
-        raise DashboardNotFound(f"found the dashboard package at {app.parent}, but no app.py in it; reinstall dpsat-lab")
+        raise DashboardNotFound(
+            f"found the dashboard package at {app.parent}, but no app.py in it; reinstall dpsat-lab"
+        )
     return app
 
 

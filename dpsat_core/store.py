@@ -26,8 +26,6 @@ from .results import EpochMetrics, RunRecord, RunSummary
 STORE_ENV = "DPSAT_STORE"
 APP_NAME = "dpsat-lab"
 STATUSES = ("running", "done", "failed", "cancelled")
-# PRAGMA user_version of a current store; older stores are migrated when opened (`_migrate`).
-SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -78,18 +76,6 @@ class RunStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            self._migrate(db)
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        """Bring an older store up to `SCHEMA_VERSION` (summaries and epochs are migrated on read)."""
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version < 1:  # config hashes now leave out fields at their default: rehash so reuse keeps working
-            for row in db.execute("SELECT run_id, config FROM runs").fetchall():
-                config_hash = TrainConfig.from_dict(json.loads(row["config"])).config_hash()
-                db.execute("UPDATE runs SET config_hash=? WHERE run_id=?", (config_hash, row["run_id"]))
-        if version < SCHEMA_VERSION:
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -110,7 +110,7 @@ def cell_label(cell: TrainConfig) -> str:
     return f"{cell.method}{privacy} seed={cell.seed}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CellOutcome:
     """What happened to one cell: its run id ('' when no run was written), status and error reason."""
 
@@ -127,18 +127,17 @@ def run_cell(
     try:
         record = run(cell, store, on_progress=on_progress, should_stop=should_stop).record
     except Exception as exc:  # reported, and the other cells keep going
-        return CellOutcome("", "error", f"{label}: {exc}")
+        return CellOutcome(run_id="", status="error", error=f"{label}: {exc}")
     error = f"{label}: {record.reason}" if record.status == "failed" else ""
-    return CellOutcome(record.run_id, record.status, error)
+    return CellOutcome(run_id=record.run_id, status=record.status, error=error)
 
 
-def _cell_worker(config: dict, store_path: str, threads: int, reports, stop) -> CellOutcome:
-    """Train one cell in a worker process; progress goes to the parent through `reports`."""
+def _cell_worker(config: dict, key: int, store_path: str, threads: int, reports, stop) -> CellOutcome:
+    """Train one cell in a worker process; progress goes to the parent through `reports`, tagged with `key`."""
     import torch
 
     torch.set_num_threads(threads)
     cell = TrainConfig.from_dict(config)
-    key = cell.config_hash()
 
     def forward(p: Progress) -> None:
         try:
@@ -225,10 +224,9 @@ def _sweep_pool(
         reports, stop = manager.Queue(), manager.Event()
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             pending: dict[Future, TrainConfig] = {
-                pool.submit(_cell_worker, cell.to_dict(), str(store.path), threads, reports, stop): cell
-                for cell in todo
+                pool.submit(_cell_worker, cell.to_dict(), key, str(store.path), threads, reports, stop): cell
+                for key, cell in enumerate(todo)
             }
-            labels = {cell.config_hash(): cell_label(cell) for cell in todo}
             finished = 0
             while pending:
                 done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -241,7 +239,7 @@ def _sweep_pool(
                         key, *report = reports.get_nowait()
                     except queue.Empty:
                         break
-                    _cell_progress(on_progress, finished, len(todo), labels[key])(Progress(*report))
+                    _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
                 for future in done:
                     cell = pending.pop(future)
                     if future.cancelled():

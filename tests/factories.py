@@ -7,7 +7,9 @@ from typing import Optional
 from dpsat_core import HessianSpectrum, ModelSpec, RunRecord, RunSummary, TrainConfig
 
 
-def summary(config: TrainConfig, *, accuracy: float, epsilon_spent: Optional[float], seconds_per_epoch: float) -> RunSummary:
+def summary(
+    config: TrainConfig, *, accuracy: float, epsilon_spent: Optional[float], seconds_per_epoch: float
+) -> RunSummary:
     """A plausible finished summary for `config` with the numbers a test cares about."""
     return RunSummary(
         method=config.method,

@@ -86,18 +86,39 @@ def test_calibration_lands_within_0_05_under_the_target(target, accountant):
     assert target - 0.05 <= spent.epsilon <= target
 
 
-def test_prv_failure_falls_back_to_rdp_with_a_note(monkeypatch):
+def test_prv_failure_falls_back_to_rdp_with_a_note_and_other_errors_surface(monkeypatch):
     real = accounting._epsilon_with
+    raised = {"prv": RuntimeError("Discrete mean differs significantly from continuous mean.")}
 
     def failing_prv(mechanism, **kwargs):
         if mechanism == "prv":
-            raise ValueError("simulated PRV domain failure")
+            raise raised["prv"]
         return real(mechanism, **kwargs)
 
     monkeypatch.setattr(accounting, "_epsilon_with", failing_prv)
     spent = epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
     assert spent.accountant == "rdp" and "RDP" in spent.note
     assert spent.epsilon == pytest.approx(real("rdp", noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5))
+    raised["prv"] = TypeError("a bug, not a PRV limitation")
+    with pytest.raises(TypeError, match="a bug"):
+        epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
+
+
+def test_calibration_falls_back_only_on_prv_failures(monkeypatch):
+    real = accounting.get_noise_multiplier
+    raised = {"prv": RuntimeError("Cannot compute epsilon")}
+
+    def failing_prv(**kwargs):
+        if kwargs["accountant"] == "prv":
+            raise raised["prv"]
+        return real(**kwargs)
+
+    monkeypatch.setattr(accounting, "get_noise_multiplier", failing_prv)
+    calibration = calibrate_noise(target_epsilon=3.1, delta=1e-5, sample_rate=0.05, releases=123, accountant="prv")
+    assert calibration.accountant == "rdp" and "RDP" in calibration.note
+    raised["prv"] = ValueError("Can only compose evenly sized discrete PRVs")
+    with pytest.raises(ValueError, match="evenly sized"):
+        calibrate_noise(target_epsilon=3.2, delta=1e-5, sample_rate=0.05, releases=123, accountant="prv")
 
 
 def test_edge_cases_of_epsilon_spent():

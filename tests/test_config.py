@@ -1,8 +1,10 @@
 import dataclasses
+import hashlib
+import json
 
 import pytest
 
-from dpsat_core import ConfigError, TrainConfig, default_delta
+from dpsat_core import ConfigError, TrainConfig, config, default_delta
 from dpsat_core.config import resolve_for_data
 
 
@@ -21,6 +23,8 @@ from dpsat_core.config import resolve_for_data
         ("delta", 1.5, "delta must be < 1"),
         ("noise_multiplier", -1.0, "noise_multiplier"),
         ("method", "adam", "unknown method 'adam'"),
+        ("device", "tpu9", "unknown device 'tpu9'"),
+        ("device", "cuda:x", "unknown device"),
         ("accountant", "moments", "unknown accountant 'moments'"),
         ("model", "resnet", "unknown model 'resnet'"),
     ],
@@ -54,6 +58,32 @@ def test_hash_ignores_what_a_method_ignores_and_placement():
     assert a.config_hash() == b.config_hash()
     assert TrainConfig(method="dpsat", rho=0.1).config_hash() != TrainConfig(method="dpsat", rho=0.2).config_hash()
     assert TrainConfig(method="dpsgd", epsilon=1).config_hash() != TrainConfig(method="dpsgd", epsilon=2).config_hash()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LaterConfig(TrainConfig):
+    """TrainConfig as it might look after a field is added in a later release."""
+
+    label_smoothing: float = 0.0
+
+
+def test_a_field_added_later_at_its_default_keeps_existing_hashes(monkeypatch):
+    with pytest.raises(RuntimeError, match="must be listed in config.ADDED_LATER"):
+        LaterConfig().config_hash()  # a new field's place in the hash must be decided
+    monkeypatch.setitem(config.ADDED_LATER, "label_smoothing", 0.0)
+    for fields in ({}, {"method": "dpsat", "rho": 0.1, "epsilon": 2.0}, {"method": "sgd", "lr": 0.5}):
+        old = TrainConfig(**fields)
+        assert LaterConfig(**fields).config_hash() == old.config_hash()
+        assert LaterConfig(**fields, label_smoothing=0.1).config_hash() != old.config_hash()
+
+
+def test_every_config_field_has_a_place_in_the_hash():
+    placed = set(config._HASHED_SINCE_V1) | set(config.ADDED_LATER) | set(config._NOT_HASHED)
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == placed
+    # the first version's hash, recomputed by hand: stored runs keep being found
+    cfg = TrainConfig(method="dpsat", epsilon=2.0)
+    first = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "max_physical_batch_size")}
+    assert cfg.config_hash() == hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_round_trip_through_a_dict_and_unknown_fields_are_refused():

@@ -56,6 +56,7 @@ def test_every_page_renders_on_an_empty_store(name, tmp_path, monkeypatch):
     at = open_page(name)
     assert not at.exception, at.exception
     assert at.title, "every page has a title"
+    assert str(tmp_path / "empty.db") in at.sidebar.caption[0].value  # the store in use is shown
 
 
 @pytest.mark.parametrize("name", PAGES)

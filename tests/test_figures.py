@@ -32,5 +32,14 @@ def test_surfaces_share_one_colour_scale():
     fig = figures.surfaces_side_by_side({"A": a, "B": b})
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.5, 9.0)
     assert all(t.coloraxis == "coloraxis" for t in fig.data)
-    line = figures.slices_overlay({"x": ("dpsat", Slice(axis=[-1.0, 0.0, 1.0], loss=[2.0, 1.0, 2.0], accuracy=[0.5, 0.9, 0.5], center_loss=1.0, seconds=0.1))})
+    line = figures.slices_overlay(
+        {
+            "x": (
+                "dpsat",
+                Slice(
+                    axis=[-1.0, 0.0, 1.0], loss=[2.0, 1.0, 2.0], accuracy=[0.5, 0.9, 0.5], center_loss=1.0, seconds=0.1
+                ),
+            )
+        }
+    )
     assert isinstance(line, go.Figure) and line.data[0].line.color == METHODS["dpsat"].color

@@ -2,7 +2,17 @@
 
 import pytest
 
-from dpsat_core import METHODS, ConfigError, MethodInfo, RunStore, SweepSpec, TrainConfig, figures, register_method, sweep
+from dpsat_core import (
+    METHODS,
+    ConfigError,
+    MethodInfo,
+    RunStore,
+    SweepSpec,
+    TrainConfig,
+    figures,
+    register_method,
+    sweep,
+)
 from dpsat_core.compare import comparisons_at, group_runs
 from dpsat_core.methods import compared_methods, method_table
 from dpsat_core.report import build_report, render_html

@@ -125,7 +125,7 @@ def test_launch_returns_the_exit_code_and_130_after_ctrl_c(tmp_path, monkeypatch
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    """A wheel built (with the installed setuptools, offline) from a copy of the checkout, bench/ and tests/ included."""
+    """A wheel built offline with the installed setuptools from a copy of the checkout (bench/ and tests/ included)."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=IGNORED)

@@ -90,3 +90,29 @@ def test_a_listing_with_epochs_attaches_each_runs_own_epochs(store, quick):
     assert [len(listed[i]) for i in ids] == [1, 2]
     assert all(listed[i] == store.get(i).epochs for i in ids)
     assert all(r.epochs == () for r in store.list_runs())
+
+
+def test_the_default_store_is_per_user_unless_dpsat_store_says_otherwise(tmp_path, monkeypatch):
+    from dpsat_core.store import default_store_path
+
+    monkeypatch.delenv("DPSAT_STORE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_store_path() == str(tmp_path / "data" / "dpsat-lab" / "runs.db")
+    assert RunStore().path == tmp_path / "data" / "dpsat-lab" / "runs.db"
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "mine.db"))
+    assert RunStore().path == tmp_path / "mine.db"
+
+
+def test_the_dpsat_command_works_from_any_directory_on_the_per_user_store(tmp_path):
+    import shutil
+
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    env.pop("DPSAT_STORE")
+    command = shutil.which("dpsat")
+    assert command, "the dpsat command is installed by `pip install -e .` (requirements-dev.txt does it)"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    proc = subprocess.run([command, "runs"], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"store: {tmp_path / 'data' / 'dpsat-lab' / 'runs.db'} (0 runs listed)" in proc.stdout
+    assert not any(cwd.iterdir())  # nothing written where it was started

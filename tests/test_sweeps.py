@@ -1,6 +1,6 @@
 import pytest
 
-from dpsat_core import ConfigError, SweepSpec, TrainConfig, sweep
+from dpsat_core import ConfigError, RunStore, SweepSpec, TrainConfig, sweep
 
 BASE = TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64)
 
@@ -32,6 +32,22 @@ def test_a_process_pool_sweep_writes_to_the_same_store(store):
     result = sweep(spec, store, workers=2)
     assert len(result.trained) == 4 and not result.errors
     assert len(store.list_runs(status="done")) == 4
+
+
+def test_in_process_and_pool_sweeps_give_the_same_reasons_and_messages(tmp_path):
+    diverging = SweepSpec(
+        base=TrainConfig(**{**BASE.to_dict(), "lr": 1e38}), methods=("sgd", "dpsgd"), epsilons=(3.0,), seeds=(0,)
+    )
+    outcomes = {}
+    for workers in (1, 2):
+        reports = []
+        result = sweep(diverging, RunStore(tmp_path / f"{workers}.db"), workers=workers, on_progress=reports.append)
+        outcomes[workers] = (sorted(result.errors), {r.message for r in reports}, len(result.failed))
+    assert outcomes[1] == outcomes[2]
+    errors, messages, failed = outcomes[1]
+    assert failed == 2 and errors[0].startswith("dpsgd ε=3 seed=0: training diverged") and "lower lr" in errors[0]
+    assert {"dpsgd ε=3 seed=0 finished", "sgd seed=0 finished"} <= messages
+    assert any(m.startswith("dpsgd ε=3 seed=0: epoch 1/1") for m in messages)
 
 
 def test_cancelling_a_sweep_keeps_what_finished(store):
