@@ -108,13 +108,17 @@ def slice_1d(evaluator: LossEvaluator, direction: Params, *, steps: int = 41, sp
     """Loss and accuracy at weights + α·d for α in [−span, span]."""
     start = time.perf_counter()
     axis = _axis(steps, span)
+    return _along_line(evaluator, direction, axis, start)
+
+
+def _along_line(evaluator: LossEvaluator, direction: Params, axis: list[float], start: float) -> Slice:
+    """The slice at weights + a·direction for each a in `axis` (`start`: when the work began)."""
     losses, accuracies = evaluator.along([[a] for a in axis], [direction])
-    center = evaluator.at(evaluator.weights)[0]
     return Slice(
         axis=axis,
         loss=[_finite(v) for v in losses],
         accuracy=accuracies,
-        center_loss=center,
+        center_loss=evaluator.at(evaluator.weights)[0],
         seconds=time.perf_counter() - start,
     )
 
@@ -127,15 +131,7 @@ def line_between(evaluator: LossEvaluator, other: Params, *, steps: int = 31, ma
     start = time.perf_counter()
     axis = np.union1d(np.linspace(-margin, 1 + margin, steps), [0.0, 1.0]).tolist()
     direction = {n: other[n].to(w.device) - w for n, w in evaluator.weights.items()}
-    losses, accuracies = evaluator.along([[t] for t in axis], [direction])
-    center = evaluator.at(evaluator.weights)[0]
-    return Slice(
-        axis=axis,
-        loss=[_finite(v) for v in losses],
-        accuracy=accuracies,
-        center_loss=center,
-        seconds=time.perf_counter() - start,
-    )
+    return _along_line(evaluator, direction, axis, start)
 
 
 def _coarse_indices(steps: int, stride: int) -> list[int]:

@@ -6,17 +6,11 @@ the figure as PNG. Chromium is found on PATH or through BROWSER_PATH (the README
 installs Debian's); without one the test is skipped and says why.
 """
 
-import os
-import socket
-import subprocess
-import time
-import urllib.request
-
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from dpsat_core.export import find_chromium
-from dpsat_core.serve import streamlit_command
+from tests.servers import running_dashboard
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
@@ -24,37 +18,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    env = {**os.environ, "DPSAT_STORE": str(tmp_path / "runs.db")}
-    proc = subprocess.Popen(
-        streamlit_command(port=port),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"streamlit did not start: {proc.stderr.read().decode()[-2000:]}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with running_dashboard(tmp_path) as url:
+        yield url
 
 
 def test_a_tiny_comparison_in_a_real_browser(server, tmp_path):

@@ -4,10 +4,8 @@ import email
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.request
 import zipfile
@@ -18,6 +16,7 @@ import pytest
 from dpsat_core import serve
 from dpsat_core.errors import DpsatError
 from dpsat_core.serve import SERVER_OPTIONS, app_path, streamlit_command
+from tests.servers import running_dashboard
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_DIRS = ("dpsat_core", "dashboard", "pages")
@@ -25,12 +24,6 @@ SHIPPED_DIRS = ("dpsat_core", "dashboard", "pages")
 IGNORED = shutil.ignore_patterns(
     ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.db*", "out", "dpsat_uploads", ".dpsat"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def flatten(table: dict, prefix: str = "") -> dict:
@@ -71,28 +64,8 @@ def test_app_path_explains_a_missing_dashboard(monkeypatch):
 
 
 def test_dashboard_serves_health_from_another_directory(tmp_path):
-    port = free_port()
-    env = {**os.environ, "DPSAT_STORE": str(tmp_path / "r.db")}
-    proc = subprocess.Popen(
-        streamlit_command(port=port),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        health = None
-        while health != b"ok" and proc.poll() is None and time.monotonic() < deadline:
-            try:
-                health = urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read()
-            except OSError:
-                time.sleep(0.2)  # poll interval, not a wait for readiness
-        assert health == b"ok", f"streamlit did not serve (exit {proc.poll()})"
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert b"Traceback" not in err, err.decode()[-2000:]
+    with running_dashboard(tmp_path) as url:
+        assert urllib.request.urlopen(f"{url}/_stcore/health", timeout=5).read() == b"ok"
 
 
 def test_launch_returns_the_exit_code_and_130_after_ctrl_c(tmp_path, monkeypatch):
