@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from dpsat_core import RunRecord, method_table
-from dpsat_core.compare import describe_setting, runs_by_setting
+from dpsat_core import RunRecord, method_info, method_table
+from dpsat_core.compare import CellStats, Comparison, conclusion, describe_setting, runs_by_setting
 from dpsat_core.errors import DpsatError
 from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
@@ -46,6 +46,48 @@ def show_error(exc: Exception) -> None:
 
 def methods_table() -> None:
     st.dataframe(pd.DataFrame(method_table()), hide_index=True)
+
+
+def _rounded(value: Optional[float], digits: int) -> Optional[float]:
+    return None if value is None else round(value, digits)
+
+
+def cell_table(stats: Sequence[CellStats]) -> None:
+    """One row per cell: method (with ρ), privacy level, seeds, accuracy mean ± std, ε spent, wall time."""
+    rows = [
+        {
+            "method": c.name,
+            "privacy": c.privacy,
+            "seeds": c.seeds,
+            "accuracy %": round(100 * c.accuracy_mean, 2),
+            "± std": _rounded(c.accuracy_std and 100 * c.accuracy_std, 2),
+            "ε spent": _rounded(c.epsilon_spent_mean, 3),
+            "wall s / epoch": round(c.wall_seconds_per_epoch, 3),
+        }
+        for c in stats
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+def comparison_table(compared: Sequence[Comparison]) -> None:
+    """One row per compared cell: paired gain in points with its 95% interval, pairs, and the reading."""
+    if not compared:
+        st.caption("No method has runs at the same privacy level as its baseline yet.")
+        return
+    rows = [
+        {
+            "method": f"{method_info(c.method).label} vs {method_info(c.baseline).label}",
+            "privacy": c.privacy,
+            "ρ": c.rho,
+            "gain (points)": round(c.gain_points, 2),
+            "95% CI": "–" if c.ci_points[0] is None else f"{c.ci_points[0]:+.2f} to {c.ci_points[1]:+.2f}",
+            "seed pairs": c.accuracy.n_pairs,
+            "backward passes ×": c.backward_passes_ratio,
+            "reading": conclusion(c),
+        }
+        for c in compared
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
 @st.fragment(run_every="1s")

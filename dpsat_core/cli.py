@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from .analysis import ANALYSES, analyze, cached_analyses
+from .compare import Comparison, comparisons, describe_setting, group_runs, pick_setting, setting_key, verdict
 from .config import ACCOUNTANTS, DEVICES, MODELS, TrainConfig, parse_numbers
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
@@ -21,7 +22,7 @@ from .export import results_csv, results_json
 from .hessian import BACKENDS
 from .methods import METHODS
 from .progress import Progress, no_progress
-from .report import build_report, cost_phrase, write_report
+from .report import build_report, write_report
 from .results import RunRecord
 from .runner import run
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
@@ -272,13 +273,52 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    report = build_report(RunStore(args.store), dataset=args.dataset)
+    report = build_report(RunStore(args.store), dataset=args.dataset, setting=args.setting)
     files = write_report(report, args.out)
     print(f"wrote {files.html}" + (f" and {files.pdf}" if files.pdf else f" ({files.note})"))
     for row in report.headline:
         for comparison in row.comparisons:
-            print(f"  ε={row.target_epsilon:g}: {cost_phrase(comparison)}")
+            print(f"  {verdict(comparison)}")
     print(f"  caveat: {report.caveat}")
+    return 0
+
+
+def _comparison_json(c: Comparison) -> dict[str, Any]:
+    """One compared cell as `dpsat compare --json` prints it (keys documented in the README)."""
+    low, high = c.ci_points
+    return {
+        "method": c.method,
+        "baseline": c.baseline,
+        "target_epsilon": c.target_epsilon,
+        "noise_multiplier": c.noise_multiplier,
+        "epsilon_spent": c.epsilon_spent,
+        "rho": c.rho,
+        "n_pairs": c.accuracy.n_pairs,
+        "gain_points": c.gain_points,
+        "ci_low": low,
+        "ci_high": high,
+        "cost_ratio": None,
+        "cost_ratio_spread": None,
+        "backward_passes_ratio": c.backward_passes_ratio,
+        "releases_ratio": c.releases_ratio,
+        "lambda_max_ratio": c.lambda_max_ratio,
+        "sharpness_ratio": None,
+        "verdict": verdict(c),
+    }
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    store = RunStore(args.store)
+    runs = pick_setting(store.list_runs(), dataset=args.dataset, setting=args.setting)
+    compared = comparisons(group_runs(runs, cached_analyses(store, [r.run_id for r in runs], "hessian")))
+    if args.json:
+        print(json.dumps([_comparison_json(c) for c in compared]))
+        return 0
+    print(f"setting {setting_key(runs[0])}: {describe_setting(runs[0])} ({len(runs)} runs)")
+    for c in compared:
+        print(f"  {verdict(c)}")
+    if not compared:
+        print("  no method has both its own runs and its baseline's at one privacy level yet")
     return 0
 
 
@@ -384,8 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recompute", action="store_true", help="ignore a cached result")
     p.add_argument("--json", action="store_true", help="print one JSON object: run_id and one entry per analysis")
 
+    p = command("compare", cmd_compare, "each method against its baseline, paired by seed, with 95% intervals")
+    p.add_argument("--dataset", help="data set to compare on (default: the setting with the most runs)")
+    p.add_argument("--setting", help="setting key (or its prefix), as `dpsat compare` prints it")
+    p.add_argument("--json", action="store_true", help="print one JSON list: one object per compared cell")
+
     p = command("report", cmd_report, "write the pilot report (report.html and report.pdf) from the store")
     p.add_argument("--out", required=True, help="folder for report.html and report.pdf")
+    p.add_argument("--setting", help="setting key (or its prefix), as `dpsat compare` prints it")
     p.add_argument("--dataset", help="data set to report on (default: the setting with the most runs)")
 
     p = command("export", cmd_export, "print one row per run (config, ε spent, accuracy, λ_max, trace, seconds)")

@@ -1,7 +1,11 @@
-"""Group stored runs into comparable cells (method × target ε over seeds) and say what they show.
+"""Group stored runs into comparable cells and compare each method with its baseline, paired by seed.
 
 Runs are comparable when everything but method, ε, σ, ρ and seed is equal: the
-"setting". Pages, the CLI and reports use these numbers, never re-derive them.
+"setting". A cell is one method at one privacy level (target ε, or σ for runs
+trained with σ) and one ρ, over seeds; duplicate runs of one config count once.
+At the same seed a method and its baseline see the same batches and noise draws,
+so the gain is the mean *paired* difference with a Student-t interval. Pages, the
+CLI and reports use these numbers, never re-derive them.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
+from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
 from .results import HessianSpectrum, RunRecord
 
 _VARYING = ("method", "epsilon", "noise_multiplier", "rho", "seed", "device", "max_physical_batch_size")
+CONFIDENCE = 0.95
 
 
 def setting_key(record: RunRecord) -> str:
@@ -26,12 +32,21 @@ def setting_key(record: RunRecord) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def runs_by_setting(records: Sequence[RunRecord]) -> list[list[RunRecord]]:
-    """Finished runs grouped by `setting_key`, the largest group first."""
-    groups: dict[str, list[RunRecord]] = defaultdict(list)
+def latest_per_config(records: Sequence[RunRecord]) -> list[RunRecord]:
+    """Finished runs with duplicates of one config (same hash) reduced to the newest, oldest first."""
+    newest: dict[str, RunRecord] = {}
     for r in records:
-        if r.status == "done":
-            groups[setting_key(r)].append(r)
+        if r.status == "done" and r.summary is not None:
+            if r.config_hash not in newest or r.created > newest[r.config_hash].created:
+                newest[r.config_hash] = r
+    return sorted(newest.values(), key=lambda r: r.created)
+
+
+def runs_by_setting(records: Sequence[RunRecord]) -> list[list[RunRecord]]:
+    """Finished runs (one per config) grouped by `setting_key`, the largest group first."""
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in latest_per_config(records):
+        groups[setting_key(r)].append(r)
     return sorted(groups.values(), key=len, reverse=True)
 
 
@@ -49,117 +64,271 @@ def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def privacy_label(target_epsilon: Optional[float], noise_multiplier: Optional[float]) -> str:
+    """'ε=3' for a target ε, 'σ=1.2' for a run trained with σ, 'non-private' otherwise."""
+    if target_epsilon is not None:
+        return f"ε={target_epsilon:g}"
+    if noise_multiplier is not None:
+        return f"σ={noise_multiplier:g}"
+    return "non-private"
+
+
 @dataclass(frozen=True, kw_only=True)
 class CellStats:
-    """One method at one target ε (None for non-private methods), over seeds."""
+    """One method at one privacy level (target ε, or σ) and one ρ, over seeds (one run per seed)."""
 
     method: str
     target_epsilon: Optional[float]
+    noise_multiplier: Optional[float]  # set only for runs trained with σ instead of a target ε
+    rho: float
     seeds: int
     accuracy_mean: float
     accuracy_std: Optional[float]
     epsilon_spent_mean: Optional[float]
-    seconds_per_epoch: float
+    wall_seconds_per_epoch: float  # wall time of the runs themselves: never a cost ratio
     lambda_max_mean: Optional[float]
     lambda_max_std: Optional[float]
     trace_mean: Optional[float]
     trace_std: Optional[float]
     run_ids: tuple[str, ...]
+    accuracy_by_seed: Mapping[int, float] = field(default_factory=dict)
+    lambda_max_by_seed: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return method_info(self.method).label
 
+    @property
+    def name(self) -> str:
+        """The method's label, with ρ for the methods that use it: 'DP-SAT ρ=0.05'."""
+        return self.label + (f" ρ={self.rho:g}" if method_info(self.method).uses_rho else "")
+
+    @property
+    def private(self) -> bool:
+        return method_info(self.method).private
+
+    @property
+    def privacy(self) -> str:
+        return privacy_label(self.target_epsilon, self.noise_multiplier)
+
+    @property
+    def epsilon_axis(self) -> Optional[float]:
+        """Where the cell sits on an ε axis: its target ε, else (σ runs) the ε it spent."""
+        return self.target_epsilon if self.target_epsilon is not None else self.epsilon_spent_mean
+
+
+def _cell_key(r: RunRecord) -> tuple[str, Optional[float], Optional[float], float]:
+    sigma = r.config.noise_multiplier if r.config.private and r.config.epsilon is None else None
+    return (r.method, r.config.epsilon, sigma, r.config.rho)
+
 
 def group_runs(
     records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None
 ) -> list[CellStats]:
-    """Finished runs grouped by (method, target ε), in method order then ε; spectra by run id when known."""
+    """Finished runs (duplicates of a config counted once) grouped into cells, in method order, then
+    target ε, then σ, then ρ; spectra by run id when known."""
     spectra = spectra or {}
-    cells: dict[tuple[str, Optional[float]], list[RunRecord]] = defaultdict(list)
-    for r in records:
-        if r.status == "done" and r.summary is not None and r.test_accuracy is not None:
-            cells[(r.method, r.config.epsilon)].append(r)
+    cells: dict[tuple, dict[int, RunRecord]] = defaultdict(dict)
+    for r in latest_per_config(records):
+        if r.test_accuracy is not None:
+            cells[_cell_key(r)][r.config.seed] = r
     order = list(METHODS)
+
+    def sort_key(key: tuple) -> tuple:
+        method, eps, sigma, rho = key
+        return (order.index(method), eps is None, eps or 0.0, sigma or 0.0, rho)
+
     out = []
-    for (method, eps), runs in sorted(cells.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1] or 0.0)):
+    for key in sorted(cells, key=sort_key):
+        method, eps, sigma, rho = key
+        by_seed = dict(sorted(cells[key].items()))
+        runs = list(by_seed.values())
         acc_mean, acc_std = _mean_std([r.test_accuracy for r in runs])
         eps_mean, _ = _mean_std([r.epsilon_spent for r in runs if r.epsilon_spent is not None])
-        lam_mean, lam_std = _mean_std([spectra[r.run_id].lambda_max for r in runs if r.run_id in spectra])
+        lam_by_seed = {s: spectra[r.run_id].lambda_max for s, r in by_seed.items() if r.run_id in spectra}
+        lam_mean, lam_std = _mean_std(list(lam_by_seed.values()))
         tr_mean, tr_std = _mean_std([spectra[r.run_id].trace for r in runs if r.run_id in spectra])
         out.append(
             CellStats(
                 method=method,
                 target_epsilon=eps,
+                noise_multiplier=sigma,
+                rho=rho,
                 seeds=len(runs),
                 accuracy_mean=acc_mean,
                 accuracy_std=acc_std,
                 epsilon_spent_mean=eps_mean,
-                seconds_per_epoch=statistics.fmean(r.summary.seconds_per_epoch for r in runs),
+                wall_seconds_per_epoch=statistics.fmean(r.summary.seconds_per_epoch for r in runs),
                 lambda_max_mean=lam_mean,
                 lambda_max_std=lam_std,
                 trace_mean=tr_mean,
                 trace_std=tr_std,
                 run_ids=tuple(r.run_id for r in runs),
+                accuracy_by_seed={s: r.test_accuracy for s, r in by_seed.items()},
+                lambda_max_by_seed=lam_by_seed,
             )
         )
     return out
 
 
 @dataclass(frozen=True, kw_only=True)
+class PairedDifference:
+    """Mean of paired differences with its Student-t interval (None with fewer than two pairs)."""
+
+    n_pairs: int
+    mean: float
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+
+    @property
+    def detectable(self) -> Optional[bool]:
+        """True when the interval excludes 0, False when it contains it, None without an interval."""
+        if self.ci_low is None or self.ci_high is None:
+            return None
+        return self.ci_low > 0 or self.ci_high < 0
+
+
+def paired_difference(differences: Sequence[float], *, confidence: float = CONFIDENCE) -> PairedDifference:
+    """Mean ± t_{(1+c)/2, n−1}·s/√n of paired differences (one per seed)."""
+    n = len(differences)
+    if n == 0:
+        raise ValueError("no pairs to compare")
+    mean = statistics.fmean(differences)
+    if n < 2:
+        return PairedDifference(n_pairs=n, mean=mean, ci_low=None, ci_high=None)
+    from scipy.stats import t  # scipy.stats costs 0.3 s to import: only when comparing
+
+    half = float(t.ppf((1 + confidence) / 2, n - 1)) * statistics.stdev(differences) / math.sqrt(n)
+    return PairedDifference(n_pairs=n, mean=mean, ci_low=mean - half, ci_high=mean + half)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Comparison:
-    """A method against its baseline (from the registry) at one target ε, with the honest caveat."""
+    """A method cell against its baseline's cell at the same privacy level, paired by seed."""
 
     method: str
     baseline: str
-    target_epsilon: float
-    accuracy_gain_points: float
-    lambda_max_change: Optional[float]  # relative: −0.12 means 12% flatter
-    time_ratio: float
-    within_seed_spread: Optional[bool]  # None when there is only one seed
-    text: str
+    target_epsilon: Optional[float]
+    noise_multiplier: Optional[float]
+    rho: float
+    epsilon_spent: Optional[float]
+    accuracy: PairedDifference  # in accuracy fractions (0.01 = one point)
+    lambda_max_ratio: Optional[float]  # mean over paired seeds of λ_max(method)/λ_max(baseline)
+    backward_passes_ratio: float
+    releases_ratio: float
+
+    @property
+    def gain_points(self) -> float:
+        return 100 * self.accuracy.mean
+
+    @property
+    def ci_points(self) -> tuple[Optional[float], Optional[float]]:
+        low, high = self.accuracy.ci_low, self.accuracy.ci_high
+        return (None if low is None else 100 * low, None if high is None else 100 * high)
+
+    @property
+    def privacy(self) -> str:
+        return privacy_label(self.target_epsilon, self.noise_multiplier)
 
 
-def compare_at(stats: Sequence[CellStats], epsilon: float, method: str) -> Optional[Comparison]:
-    """`method` vs its registered baseline at target ε, or None when either is missing (or it has no baseline)."""
-    baseline = method_info(method).baseline
-    if baseline is None:
+def _baseline_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[CellStats]:
+    base = method_info(cell.method).baseline
+    if base is None:
         return None
-    cells = {(c.method, c.target_epsilon): c for c in stats}
-    a, b = cells.get((method, epsilon)), cells.get((baseline, epsilon))
-    if a is None or b is None:
+    rho = cell.rho if method_info(base).uses_rho else 0.0
+    for c in stats:
+        same_level = (c.target_epsilon, c.noise_multiplier) == (cell.target_epsilon, cell.noise_multiplier)
+        if c.method == base and same_level and c.rho == rho:
+            return c
+    return None
+
+
+def compare_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Comparison]:
+    """`cell` against its baseline's cell (same ε or σ), paired by seed; None without a baseline or shared seed."""
+    base = _baseline_cell(stats, cell)
+    if base is None:
         return None
-    gain = 100 * (a.accuracy_mean - b.accuracy_mean)
-    lam = None
-    if a.lambda_max_mean is not None and b.lambda_max_mean:
-        lam = a.lambda_max_mean / b.lambda_max_mean - 1
-    ratio = a.seconds_per_epoch / b.seconds_per_epoch if b.seconds_per_epoch else math.nan
-    spread = None
-    if a.accuracy_std is not None and b.accuracy_std is not None:
-        spread = abs(gain) <= 100 * math.hypot(a.accuracy_std, b.accuracy_std)
-    parts = [f"At ε={epsilon:g}, {a.label}: {gain:+.1f} points over {b.label}"]
-    parts.append(f"λ_max {100 * lam:+.1f}%" if lam is not None else "λ_max not computed")
-    parts.append(f"{ratio:.1f}× time")
-    caveat = {
-        None: "one seed only: the spread is unknown",
-        True: "within the seed spread: yes",
-        False: "within the seed spread: no",
-    }[spread]
+    seeds = sorted(set(cell.accuracy_by_seed) & set(base.accuracy_by_seed))
+    if not seeds:
+        return None
+    accuracy = paired_difference([cell.accuracy_by_seed[s] - base.accuracy_by_seed[s] for s in seeds])
+    lam_seeds = [s for s in seeds if s in cell.lambda_max_by_seed and s in base.lambda_max_by_seed]
+    lam = (
+        statistics.fmean(cell.lambda_max_by_seed[s] / base.lambda_max_by_seed[s] for s in lam_seeds)
+        if lam_seeds
+        else None
+    )
+    info, base_info = method_info(cell.method), method_info(base.method)
     return Comparison(
-        method=method,
-        baseline=baseline,
-        target_epsilon=epsilon,
-        accuracy_gain_points=gain,
-        lambda_max_change=lam,
-        time_ratio=ratio,
-        within_seed_spread=spread,
-        text=", ".join(parts) + f"; {caveat}",
+        method=cell.method,
+        baseline=base.method,
+        target_epsilon=cell.target_epsilon,
+        noise_multiplier=cell.noise_multiplier,
+        rho=cell.rho,
+        epsilon_spent=cell.epsilon_spent_mean,
+        accuracy=accuracy,
+        lambda_max_ratio=lam,
+        backward_passes_ratio=info.backward_passes_per_step / base_info.backward_passes_per_step,
+        releases_ratio=(info.releases_per_step / base_info.releases_per_step) if base_info.private else 0.0,
     )
 
 
+def comparisons(stats: Sequence[CellStats], *, private: Optional[bool] = True) -> list[Comparison]:
+    """Every cell of a method that has a baseline, against it (registry order, then ε, σ, ρ)."""
+    names = {m.name for m in compared_methods(private=private)}
+    return [c for cell in stats if cell.method in names and (c := compare_cell(stats, cell))]
+
+
 def comparisons_at(stats: Sequence[CellStats], epsilon: float) -> list[Comparison]:
-    """Every private method with a baseline, compared at target ε (registry order; missing cells skipped)."""
-    return [c for m in compared_methods(private=True) if (c := compare_at(stats, epsilon, m.name))]
+    """The private comparisons at one target ε."""
+    return [c for c in comparisons(stats) if c.target_epsilon == epsilon]
+
+
+def conclusion(c: Comparison) -> str:
+    """The plain-words reading of a paired accuracy difference."""
+    detectable = c.accuracy.detectable
+    if detectable is None:
+        return "one seed pair only: no interval, train more seeds before deciding"
+    if not detectable:
+        return "no measurable accuracy difference at this size"
+    return "measurably more accurate" if c.accuracy.mean > 0 else "measurably less accurate"
+
+
+def verdict(c: Comparison) -> str:
+    """'At ε=3, DP-SAT vs DP-SGD: +0.4 points (95% CI −1.2 to +2.0, 3 seed pairs), 1× backward passes,
+    same ε; λ_max ×0.91. No measurable accuracy difference at this size.'"""
+    info, base = method_info(c.method), method_info(c.baseline)
+    low, high = c.ci_points
+    pairs = f"{c.accuracy.n_pairs} seed pair{'s' if c.accuracy.n_pairs != 1 else ''}"
+    interval = f"95% CI {low:+.1f} to {high:+.1f}, {pairs}" if low is not None else f"{pairs}, no interval"
+    rho = f" (ρ={c.rho:g})" if info.uses_rho else ""
+    privacy = (
+        f"same ε, paid with more noise ({info.releases_per_step} releases per step)"
+        if c.releases_ratio > 1
+        else "same ε"
+    )
+    parts = [
+        f"At {c.privacy}, {info.label}{rho} vs {base.label}: {c.gain_points:+.1f} points ({interval})",
+        f"{c.backward_passes_ratio:g}× backward passes per step",
+        privacy,
+    ]
+    if c.lambda_max_ratio is not None:
+        parts.append(f"λ_max ×{c.lambda_max_ratio:.2f}")
+    return ", ".join(parts) + f". {conclusion(c).capitalize()}."
+
+
+def pick_setting(
+    records: Sequence[RunRecord], *, dataset: Optional[str] = None, setting: Optional[str] = None
+) -> list[RunRecord]:
+    """The finished runs of one setting: `setting` (a key or its prefix), else the one with the most runs
+    (of `dataset`, if given); a `StoreError` says what is missing."""
+    groups = runs_by_setting([r for r in records if dataset is None or r.config.dataset == dataset])
+    if setting is not None:
+        groups = [g for g in groups if setting_key(g[0]).startswith(setting)]
+    if not groups:
+        where = (f" for data set {dataset!r}" if dataset else "") + (f" in setting {setting!r}" if setting else "")
+        raise StoreError(f"no finished runs{where} in the store: train some first (dpsat sweep …)")
+    return groups[0]
 
 
 def private_epsilons(stats: Sequence[CellStats]) -> list[float]:

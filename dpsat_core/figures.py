@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .compare import CellStats
+from .compare import CellStats, privacy_label
 from .methods import method_info
 from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
 
@@ -35,72 +35,105 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
 
 
 def run_label(record: RunRecord) -> str:
-    """The label every figure uses for one run: method, target ε, seed."""
-    eps = f" ε={record.config.epsilon:g}" if record.config.epsilon is not None else ""
-    return f"{method_info(record.method).label}{eps} s{record.config.seed}"
+    """The label every figure uses for one run: method, privacy level (target ε or σ), seed."""
+    config = record.config
+    privacy = f" {privacy_label(config.epsilon, config.noise_multiplier)}" if config.private else ""
+    return f"{method_info(record.method).label}{privacy} s{config.seed}"
+
+
+def _style(method: str) -> dict:
+    """Colour, dash and marker of a method, so methods whose lines coincide stay visible."""
+    info = method_info(method)
+    return dict(line_color=info.color, line_dash=info.dash, marker_symbol=info.marker, marker_size=9)
+
+
+def _series(stats: Sequence[CellStats]) -> dict[str, list[CellStats]]:
+    """Private cells as lines along the ε axis: one per method, ρ, and kind (target ε, or σ runs at ε spent)."""
+    groups: dict[tuple, list[CellStats]] = {}
+    for c in stats:
+        if c.private and c.epsilon_axis is not None:
+            groups.setdefault((c.method, c.rho, c.noise_multiplier is not None), []).append(c)
+    rhos = {m: {k[1] for k in groups if k[0] == m} for m, _, _ in groups}
+    named = {}
+    for (method, rho, by_sigma), cells in groups.items():
+        name = method_info(method).label + (f" ρ={rho:g}" if len(rhos[method]) > 1 else "")
+        named[name + (" (σ runs, at ε spent)" if by_sigma else "")] = sorted(cells, key=lambda c: c.epsilon_axis)
+    return named
+
+
+def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
+    """A log ε axis with ticks at the values actually swept."""
+    ticks = sorted({c.epsilon_axis for c in stats if c.private and c.epsilon_axis is not None})
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:.3g}" for t in ticks], title_text="ε", **where)
 
 
 def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
-    """Test accuracy vs target ε per private method (mean ± std over seeds); non-private ones as lines."""
+    """Test accuracy vs ε per private method (mean ± std over seeds); non-private references as lines."""
     fig = go.Figure()
-    for method in dict.fromkeys(c.method for c in stats):
-        cells = [c for c in stats if c.method == method]
-        if cells[0].target_epsilon is None:
+    for c in stats:
+        if not c.private:
             fig.add_hline(
-                y=100 * cells[0].accuracy_mean,
+                y=100 * c.accuracy_mean,
                 line_dash="dash",
-                line_color=_color(method),
-                annotation_text=method_info(method).label,
+                line_color=_color(c.method),
+                annotation_text=c.label,
                 annotation_position="bottom right",
             )
-            continue
+    for name, cells in _series(stats).items():
         fig.add_trace(
             go.Scatter(
-                x=[c.target_epsilon for c in cells],
+                x=[c.epsilon_axis for c in cells],
                 y=[100 * c.accuracy_mean for c in cells],
-                name=cells[0].label,
+                name=name,
                 mode="lines+markers",
-                line_color=_color(method),
                 error_y=dict(type="data", array=[100 * (c.accuracy_std or 0) for c in cells], visible=True),
-                customdata=[[c.seeds] for c in cells],
-                hovertemplate="ε=%{x}<br>%{y:.1f}%<br>%{customdata[0]} seeds",
+                customdata=[[c.seeds, c.privacy] for c in cells],
+                hovertemplate="%{customdata[1]}<br>%{y:.1f}%<br>%{customdata[0]} seeds",
+                **_style(cells[0].method),
             )
         )
-    fig.update_xaxes(type="log")
-    return _layout(fig, "Test accuracy vs privacy budget", "target ε (log scale)", "test accuracy (%)")
+    _epsilon_axis(fig, stats)
+    return _layout(fig, "Test accuracy vs privacy budget", "ε (target, log scale)", "test accuracy (%)")
 
 
 def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     """Top Hessian eigenvalue and trace vs ε per method (mean ± std over the seeds analysed)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("λ_max", "trace"))
-    for method in dict.fromkeys(c.method for c in stats):
-        cells = [c for c in stats if c.method == method and c.lambda_max_mean is not None]
-        if not cells or cells[0].target_epsilon is None:
-            continue
-        x = [c.target_epsilon for c in cells]
+    for name, cells in _series([c for c in stats if c.lambda_max_mean is not None]).items():
+        x = [c.epsilon_axis for c in cells]
         for col, mean, std in ((1, "lambda_max_mean", "lambda_max_std"), (2, "trace_mean", "trace_std")):
             fig.add_trace(
                 go.Scatter(
                     x=x,
                     y=[getattr(c, mean) for c in cells],
-                    name=cells[0].label,
+                    name=name,
                     mode="lines+markers",
-                    line_color=_color(method),
                     showlegend=col == 1,
                     error_y=dict(type="data", array=[getattr(c, std) or 0 for c in cells]),
+                    **_style(cells[0].method),
                 ),
                 row=1,
                 col=col,
             )
-    fig.update_xaxes(type="log", title_text="target ε")
-    return _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "target ε", "")
+    _epsilon_axis(fig, stats)
+    return _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "ε", "")
 
 
 def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D loss slices") -> go.Figure:
     """1D loss slices of several runs along the same seeded direction; label → (method, slice)."""
     fig = go.Figure()
     for label, (method, s) in slices.items():
-        fig.add_trace(go.Scatter(x=s.axis, y=s.loss, name=label, mode="lines", line_color=_color(method)))
+        style = _style(method)
+        fig.add_trace(
+            go.Scatter(
+                x=s.axis,
+                y=s.loss,
+                name=label,
+                mode="lines",
+                line_color=style["line_color"],
+                line_dash=style["line_dash"],
+            )
+        )
     return _layout(fig, title, "step along the filter-normalised direction", "training loss")
 
 
@@ -117,7 +150,7 @@ def _per_epoch(
                     y=[value(e) for e in r.epochs],
                     name=run_label(r),
                     mode="lines+markers",
-                    line_color=_color(r.method),
+                    **_style(r.method),
                 )
             )
     return _layout(fig, title, "epoch", y_title)
@@ -132,19 +165,22 @@ def epsilon_over_epochs(records: Sequence[RunRecord]) -> go.Figure:
 
 
 def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
-    """Seconds of training per epoch, per method and ε."""
+    """Wall time per training epoch, per method and privacy level: what the runs took, not a cost ratio
+    (runs may have overlapped on a busy machine)."""
     fig = go.Figure()
     for method in dict.fromkeys(c.method for c in stats):
         cells = [c for c in stats if c.method == method]
         fig.add_trace(
             go.Bar(
-                x=[f"ε={c.target_epsilon:g}" if c.target_epsilon else "non-private" for c in cells],
-                y=[c.seconds_per_epoch for c in cells],
+                x=[c.privacy for c in cells],
+                y=[c.wall_seconds_per_epoch for c in cells],
                 name=cells[0].label,
                 marker_color=_color(method),
             )
         )
-    return _layout(fig, "Cost: training seconds per epoch", "", "seconds per epoch", barmode="group")
+    return _layout(
+        fig, "Wall time per epoch (not a cost ratio: runs may overlap)", "", "wall seconds per epoch", barmode="group"
+    )
 
 
 def top_eigenvalues(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:

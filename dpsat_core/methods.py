@@ -37,6 +37,8 @@ class MethodInfo:
     summary: str
     step: Union[str, StepFactory]
     baseline: Optional[str] = None
+    marker: str = "circle"  # plotly marker and dash: methods whose lines coincide stay visible
+    dash: str = "solid"
 
     def make_step(self, model: Any, optimizer: Any, *, rho: float, chunk_size: int) -> Any:
         """Build this method's step for a live model and optimizer."""
@@ -76,6 +78,7 @@ for _info in (
         extra_epsilon="not private",
         summary="Non-private reference: the accuracy ceiling.",
         step="SgdStep",
+        dash="dash",
     ),
     MethodInfo(
         name="sam",
@@ -89,6 +92,8 @@ for _info in (
         summary="Non-private sharpness-aware reference.",
         step="SamStep",
         baseline="sgd",
+        marker="triangle-up",
+        dash="dashdot",
     ),
     MethodInfo(
         name="dpsgd",
@@ -114,6 +119,8 @@ for _info in (
         summary="SAM with both gradients privatized: twice the releases and the compute.",
         step="DpSamStep",
         baseline="dpsgd",
+        marker="square",
+        dash="dash",
     ),
     MethodInfo(
         name="dpsat",
@@ -127,6 +134,8 @@ for _info in (
         summary="Perturb along the previous private gradient: SAM-like at DP-SGD cost.",
         step="DpSatStep",
         baseline="dpsgd",
+        marker="diamond-open",
+        dash="dot",
     ),
 ):
     register_method(_info)

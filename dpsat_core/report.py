@@ -19,19 +19,9 @@ import plotly.graph_objects as go
 
 from . import figures
 from .analysis import cached_analyses
-from .compare import (
-    CellStats,
-    Comparison,
-    comparisons_at,
-    describe_setting,
-    group_runs,
-    private_epsilons,
-    runs_by_setting,
-)
-from .errors import StoreError
+from .compare import CellStats, Comparison, comparisons, describe_setting, group_runs, pick_setting, verdict
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
-from .results import RunRecord
 from .store import RunStore
 
 STYLE = """
@@ -56,9 +46,9 @@ def question() -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class HeadlineRow:
-    """One target ε: each private method's accuracy, and each method's comparison with its baseline."""
+    """One privacy level (a target ε, or a σ): each private cell's accuracy, and each paired comparison."""
 
-    target_epsilon: float
+    privacy: str
     cells: tuple[CellStats, ...]
     comparisons: tuple[Comparison, ...]
 
@@ -77,59 +67,50 @@ class Report:
     created: str
 
 
-def _pick_setting(records: list[RunRecord], dataset: Optional[str]) -> list[RunRecord]:
-    done = [r for r in records if r.status == "done" and (dataset is None or r.config.dataset == dataset)]
-    if not done:
-        where = f" for data set {dataset!r}" if dataset else ""
-        raise StoreError(f"no finished runs{where} in the store: train some first (dpsat sweep …)")
-    return runs_by_setting(done)[0]
-
-
-def cost_phrase(comparison: Comparison) -> str:
-    """'DP-SAT: +1.2 points over DP-SGD at 1.0× cost and the same ε'."""
-    info, base = method_info(comparison.method), method_info(comparison.baseline)
-    gain, ratio = comparison.accuracy_gain_points, comparison.time_ratio
-    phrase = f"{info.label}: {gain:+.1f} points over {base.label} at {ratio:.1f}× cost and the same ε"
-    if info.releases_per_step > base.releases_per_step:
-        phrase += f" (paid with more noise: σ covers {info.releases_per_step} releases per step)"
-    return phrase
-
-
-def build_report(store: RunStore, *, dataset: Optional[str] = None) -> Report:
-    """Numbers for the report from the setting with the most finished runs (of `dataset`, if given)."""
-    runs = _pick_setting(store.list_runs(), dataset)
+def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Optional[str] = None) -> Report:
+    """Numbers for the report from one setting (see `compare.pick_setting`)."""
+    runs = pick_setting(store.list_runs(), dataset=dataset, setting=setting)
     stats = group_runs(runs, cached_analyses(store, [r.run_id for r in runs], "hessian"))
-    headline = []
-    for eps in private_epsilons(stats):
-        cells = tuple(c for c in stats if c.target_epsilon == eps)
-        headline.append(HeadlineRow(target_epsilon=eps, cells=cells, comparisons=tuple(comparisons_at(stats, eps))))
-    comparisons = [c for row in headline for c in row.comparisons]
-    if not comparisons:
-        caveat = "No ε has both a method and its baseline, so there is no comparison yet."
-    elif any(c.within_seed_spread is None for c in comparisons):
-        caveat = (
-            "Some comparisons rest on a single seed: the seed-to-seed spread is unknown, so differences "
-            "of a point or two may be noise. Train more seeds before deciding."
+    compared = comparisons(stats)
+    headline = [
+        HeadlineRow(
+            privacy=level,
+            cells=tuple(c for c in stats if c.private and c.privacy == level),
+            comparisons=tuple(c for c in compared if c.privacy == level),
         )
-    elif any(c.within_seed_spread for c in comparisons):
-        caveat = (
-            "Some differences are within the seed-to-seed spread (|difference| ≤ the combined standard "
-            "deviation): at those budgets the methods cannot be told apart with these runs."
-        )
-    else:
-        caveat = "Every difference shown is larger than the seed-to-seed spread."
-    first = runs[0]
+        for level in dict.fromkeys(c.privacy for c in stats if c.private)
+    ]
     return Report(
-        dataset=first.config.dataset,
-        setting=describe_setting(first),
+        dataset=runs[0].config.dataset,
+        setting=describe_setting(runs[0]),
         runs=len(runs),
         seeds=len({r.config.seed for r in runs}),
         delta=next((r.summary.delta for r in runs if r.config.private), None),
-        accountant=first.config.accountant.upper(),
+        accountant=runs[0].config.accountant.upper(),
         stats=tuple(stats),
         headline=tuple(headline),
-        caveat=caveat,
+        caveat=caveat(compared),
         created=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    )
+
+
+def caveat(compared: list[Comparison]) -> str:
+    """What the paired intervals allow one to conclude, in one or two sentences."""
+    if not compared:
+        return "No privacy level has both a method and its baseline, so there is no comparison yet."
+    if any(c.accuracy.detectable is None for c in compared):
+        return (
+            "Some comparisons rest on a single seed pair: there is no interval, so differences of a point or "
+            "two may be noise. Train more seeds before deciding."
+        )
+    if not any(c.accuracy.detectable for c in compared):
+        return (
+            "Every 95% interval of the paired accuracy difference contains zero: with these runs the methods "
+            "cannot be told apart at any budget shown."
+        )
+    return (
+        "Differences called measurable have 95% intervals (paired by seed) that exclude zero; the others "
+        "cannot be told apart with these runs."
     )
 
 
@@ -157,18 +138,10 @@ def render_html(report: Report, *, static_images: bool) -> str:
             else f"<td>{_pct(c.accuracy_mean, c.accuracy_std)}</td>"
             for c in row.cells
         )
-        heads = " ".join(f"<th>{e(c.label)}</th>" for c in row.cells)
-        verdict = (
-            "<br>".join(
-                e(cost_phrase(c)) + (" <em>(within the seed spread)</em>" if c.within_seed_spread else "")
-                for c in row.comparisons
-            )
-            or "–"
-        )
-        rows.append(
-            f"<h3>ε = {row.target_epsilon:g}</h3><table><tr>{heads}</tr><tr>{cells}</tr></table><p>{verdict}</p>"
-        )
-    reference = [c for c in report.stats if c.target_epsilon is None]
+        heads = " ".join(f"<th>{e(c.name)}</th>" for c in row.cells)
+        verdicts = "<br>".join(e(verdict(c)) for c in row.comparisons) or "–"
+        rows.append(f"<h3>{e(row.privacy)}</h3><table><tr>{heads}</tr><tr>{cells}</tr></table><p>{verdicts}</p>")
+    reference = [c for c in report.stats if not c.private]
     ceiling = "".join(f"<li>{e(c.label)}: {_pct(c.accuracy_mean, c.accuracy_std)} (no privacy)</li>" for c in reference)
     parts = []
     for title, fig in report_figures(report).items():

@@ -8,7 +8,7 @@ from dashboard.actions import report_file, start_analyses, start_default_compari
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel, methods_table, one_run_per_method, setting_picker
 from dpsat_core import cached_analyses, figures, method_info
-from dpsat_core.compare import best_epsilon, comparisons_at, group_runs, private_epsilons
+from dpsat_core.compare import best_epsilon, comparisons_at, group_runs, private_epsilons, verdict
 from dpsat_core.export import find_chromium
 from dpsat_core.sweeps import default_comparison
 
@@ -62,7 +62,7 @@ with slices_col:
 
 if epsilon is not None:
     for comparison in comparisons_at(stats, epsilon):
-        st.markdown(f"- {comparison.text}")
+        st.markdown(f"- {verdict(comparison)}")
 st.markdown("**Pilot report** for managers: the question, the settings, a headline per ε, the figures and the caveats.")
 report_html, report_pdf, _ = st.columns([1, 1, 4])
 dataset = runs[0].config.dataset

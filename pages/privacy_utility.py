@@ -1,34 +1,19 @@
-"""Privacy–utility: accuracy vs ε (mean ± std over seeds), training curves, ε over epochs, cost."""
+"""Privacy–utility: accuracy vs ε (mean ± std over seeds), paired gains with intervals, curves, ε over epochs."""
 
-import pandas as pd
 import streamlit as st
 
 from dashboard.state import get_store
-from dashboard.widgets import chart, comparable_runs_or_stop, job_panel
+from dashboard.widgets import cell_table, chart, comparable_runs_or_stop, comparison_table, job_panel
 from dpsat_core import figures
-from dpsat_core.compare import group_runs
+from dpsat_core.compare import comparisons, group_runs
 
 st.title("Privacy–utility")
 runs = comparable_runs_or_stop(get_store().list_runs(status="done", with_epochs=True), key="pu")
 stats = group_runs(runs)
 chart(figures.accuracy_vs_epsilon(stats), key="pu-accuracy")
-st.dataframe(
-    pd.DataFrame(
-        [
-            {
-                "method": c.label,
-                "target ε": c.target_epsilon,
-                "seeds": c.seeds,
-                "accuracy %": round(100 * c.accuracy_mean, 2),
-                "± std": None if c.accuracy_std is None else round(100 * c.accuracy_std, 2),
-                "ε spent": None if c.epsilon_spent_mean is None else round(c.epsilon_spent_mean, 3),
-                "s / epoch": round(c.seconds_per_epoch, 3),
-            }
-            for c in stats
-        ]
-    ),
-    hide_index=True,
-)
+cell_table(stats)
+st.markdown("**Each method against its baseline**, paired by seed (same batches and noise draws), 95% interval:")
+comparison_table(comparisons(stats))
 left, right = st.columns(2)
 chart(figures.training_curves(runs), key="pu-curves", where=left)
 chart(figures.epsilon_over_epochs(runs), key="pu-epsilon", where=right)

@@ -39,18 +39,35 @@ def summary(
     )
 
 
-def record(method, eps, seed, acc, seconds=1.0, status="done", epochs=5, run_id=None) -> RunRecord:
-    """A stored-looking run of `method` at target ε `eps` (None: non-private) with accuracy `acc`."""
-    config = TrainConfig(method=method, epsilon=eps, seed=seed, epochs=epochs).normalized()
+def record(
+    method,
+    eps,
+    seed,
+    acc,
+    seconds=1.0,
+    status="done",
+    epochs=5,
+    run_id=None,
+    *,
+    sigma=None,
+    rho=None,
+    spent=None,
+    created=0.0,
+) -> RunRecord:
+    """A stored-looking run of `method` at target ε `eps` (or σ `sigma`; neither: non-private) with accuracy `acc`."""
+    extra = {"rho": rho} if rho is not None else {}
+    config = TrainConfig(method=method, epsilon=eps, noise_multiplier=sigma, seed=seed, epochs=epochs, **extra)
+    config = config.normalized()
+    spent = spent if spent is not None else eps
     return RunRecord(
-        run_id=run_id or f"{method}{eps}{seed}",
+        run_id=run_id or f"{method}{eps}{sigma}{rho}{seed}{created}",
         config=config,
         config_hash=config.config_hash(),
         status=status,
         reason="",
-        summary=summary(config, accuracy=acc, epsilon_spent=eps, seconds_per_epoch=seconds),
-        created=0.0,
-        updated=0.0,
+        summary=summary(config, accuracy=acc, epsilon_spent=spent, seconds_per_epoch=seconds),
+        created=created,
+        updated=created,
     )
 
 

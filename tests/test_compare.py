@@ -1,6 +1,18 @@
-import pytest
+"""Cells and paired comparisons: checked against scipy on hand-made records."""
 
-from dpsat_core.compare import best_epsilon, compare_at, group_runs, setting_key
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from dpsat_core.compare import (
+    best_epsilon,
+    comparisons,
+    comparisons_at,
+    group_runs,
+    paired_difference,
+    setting_key,
+    verdict,
+)
 from tests.factories import record, spectrum
 
 
@@ -16,28 +28,80 @@ def test_cells_are_mean_and_std_over_seeds_and_skip_unfinished_runs():
     assert cells[1].accuracy_mean == pytest.approx(0.82) and cells[1].accuracy_std == pytest.approx(0.0282843, rel=1e-4)
 
 
-def test_the_verdict_gives_gain_flatness_cost_and_the_honest_caveat():
+def test_the_paired_interval_is_scipys():
+    differences = [0.012, -0.004, 0.020, 0.007, 0.001]
+    got = paired_difference(differences)
+    reference = scipy_stats.ttest_1samp(differences, 0.0).confidence_interval(0.95)
+    assert got.n_pairs == 5 and got.mean == pytest.approx(np.mean(differences))
+    assert (got.ci_low, got.ci_high) == pytest.approx((reference.low, reference.high))
+    assert got.detectable is False  # the interval contains 0
+    assert paired_difference([0.02, 0.03, 0.025]).detectable is True
+    single = paired_difference([0.05])
+    assert single.ci_low is None and single.detectable is None
+
+
+def test_the_gain_is_paired_by_seed_not_pooled():
+    # seed effects dominate the spread (±8 points), but DP-SAT is better by about 1 point at every seed
+    base = [0.70, 0.80, 0.90, 0.75]
+    lift = [0.010, 0.012, 0.009, 0.009]
+    runs = [record("dpsgd", 2.0, s, a) for s, a in enumerate(base)]
+    runs += [record("dpsat", 2.0, s, a + d) for s, (a, d) in enumerate(zip(base, lift))]
+    runs.append(record("dpsat", 2.0, 9, 0.2))  # a seed DP-SGD lacks: not paired
+    (c,) = comparisons(group_runs(runs))
+    assert c.method == "dpsat" and c.baseline == "dpsgd" and c.accuracy.n_pairs == 4
+    assert c.gain_points == pytest.approx(1.0) and c.accuracy.detectable is True
+    reference = scipy_stats.ttest_rel([a + d for a, d in zip(base, lift)], base).confidence_interval(0.95)
+    assert (c.accuracy.ci_low, c.accuracy.ci_high) == pytest.approx((reference.low, reference.high))
+    pooled = scipy_stats.ttest_ind([a + d for a, d in zip(base, lift)], base)
+    assert pooled.pvalue > 0.5  # an unpaired comparison would see nothing
+    assert verdict(c).startswith("At ε=2, DP-SAT (ρ=0.05) vs DP-SGD: +1.0 points (95% CI ")
+    assert verdict(c).endswith("Measurably more accurate.")
+
+
+def test_duplicate_runs_of_one_config_count_once_the_newest():
     runs = [
-        record("dpsgd", 2.0, 0, 0.80),
-        record("dpsgd", 2.0, 1, 0.82),
-        record("dpsat", 2.0, 0, 0.85, seconds=1.1),
-        record("dpsat", 2.0, 1, 0.87, seconds=1.1),
+        record("dpsgd", 2.0, 0, 0.80, created=1.0),
+        record("dpsgd", 2.0, 0, 0.60, created=2.0),  # the same config trained again: replaces, not a second seed
+        record("dpsat", 2.0, 0, 0.61, created=3.0),
     ]
-    spectra = {"dpsgd2.00": spectrum(10.0), "dpsat2.00": spectrum(8.0)}
-    result = compare_at(group_runs(runs, spectra), 2.0, "dpsat")
-    assert result.accuracy_gain_points == pytest.approx(5.0) and result.lambda_max_change == pytest.approx(-0.2)
-    assert result.within_seed_spread is False
-    assert result.text == "At ε=2, DP-SAT: +5.0 points over DP-SGD, λ_max -20.0%, 1.1× time; within the seed spread: no"
-    close = [
-        record("dpsgd", 2.0, 0, 0.80),
-        record("dpsgd", 2.0, 1, 0.84),
-        record("dpsat", 2.0, 0, 0.81),
-        record("dpsat", 2.0, 1, 0.83),
+    (dpsgd,) = [c for c in group_runs(runs) if c.method == "dpsgd"]
+    assert dpsgd.seeds == 1 and dpsgd.accuracy_mean == pytest.approx(0.60) and dpsgd.accuracy_std is None
+    (c,) = comparisons(group_runs(runs))
+    assert c.accuracy.n_pairs == 1 and c.gain_points == pytest.approx(1.0) and "no interval" in verdict(c)
+
+
+def test_sigma_runs_are_private_cells_at_their_sigma_with_their_epsilon_spent():
+    runs = [
+        record("dpsgd", None, 0, 0.7, sigma=1.5, spent=2.4),
+        record("dpsat", None, 0, 0.72, sigma=1.5, spent=2.4),
+        record("dpsgd", 2.0, 0, 0.75),
     ]
-    assert compare_at(group_runs(close), 2.0, "dpsat").within_seed_spread is True
-    single = compare_at(group_runs([record("dpsgd", 2.0, 0, 0.8), record("dpsat", 2.0, 0, 0.9)]), 2.0, "dpsat")
-    assert single.within_seed_spread is None and "one seed only" in single.text
-    assert compare_at(group_runs(runs), 4.0, "dpsat") is None
+    cells = group_runs(runs)
+    sigma_cells = [c for c in cells if c.noise_multiplier is not None]
+    assert [(c.method, c.privacy, c.epsilon_axis) for c in sigma_cells] == [
+        ("dpsgd", "σ=1.5", 2.4),
+        ("dpsat", "σ=1.5", 2.4),
+    ]
+    assert all(c.private for c in sigma_cells)
+    (c,) = comparisons(cells)
+    assert c.privacy == "σ=1.5" and c.epsilon_spent == 2.4 and verdict(c).startswith("At σ=1.5, DP-SAT")
+
+
+def test_cells_that_differ_in_rho_stay_apart_and_share_the_baseline():
+    runs = [record("dpsgd", 2.0, s, 0.80 + s / 100) for s in range(2)]
+    runs += [record("dpsat", 2.0, s, 0.81 + s / 100, rho=0.05) for s in range(2)]
+    runs += [record("dpsat", 2.0, s, 0.70 + s / 100, rho=0.5) for s in range(2)]
+    cells = group_runs(runs)
+    assert [(c.name, c.seeds) for c in cells] == [("DP-SGD", 2), ("DP-SAT ρ=0.05", 2), ("DP-SAT ρ=0.5", 2)]
+    gains = {c.rho: round(c.gain_points, 6) for c in comparisons_at(cells, 2.0)}
+    assert gains == {0.05: 1.0, 0.5: -10.0}
+
+
+def test_lambda_max_ratio_is_paired_by_seed():
+    runs = [record("dpsgd", 2.0, 0, 0.80, run_id="a"), record("dpsat", 2.0, 0, 0.85, run_id="b")]
+    (c,) = comparisons(group_runs(runs, {"a": spectrum(10.0), "b": spectrum(8.0)}))
+    assert c.lambda_max_ratio == pytest.approx(0.8) and "λ_max ×0.80" in verdict(c)
+    assert c.backward_passes_ratio == 1 and c.releases_ratio == 1
 
 
 def test_settings_separate_incomparable_runs_and_the_default_epsilon_is_the_best_covered():

@@ -72,9 +72,14 @@ def test_every_page_renders_with_runs(name, populated, monkeypatch):
 def test_overview_shows_the_verdict(populated, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(populated))
     at = open_page("overview")
-    verdicts = [m.value for m in at.markdown if "over DP-SGD" in m.value]
-    assert verdicts and verdicts[0].startswith("- At ε=3, DP-SAT:") and "points over DP-SGD" in verdicts[0]
-    assert "λ_max" in verdicts[0] and "not computed" not in verdicts[0] and "within the seed spread" in verdicts[0]
+    verdicts = [m.value for m in at.markdown if "vs DP-SGD" in m.value]
+    assert verdicts and verdicts[0].startswith("- At ε=3, DP-SAT (ρ=0.05) vs DP-SGD:")
+    assert (
+        "95% CI" in verdicts[0]
+        and "2 seed pairs" in verdicts[0]
+        and "λ_max ×" in verdicts[0]
+        and "same ε" in verdicts[0]
+    )
 
 
 def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monkeypatch):

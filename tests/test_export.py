@@ -10,9 +10,9 @@ import pytest
 
 from dpsat_core import RunStore, SweepSpec, TrainConfig, cached_analyses, figures, run_hessian, sweep
 from dpsat_core.cli import main
-from dpsat_core.compare import compare_at, group_runs
+from dpsat_core.compare import comparisons_at, group_runs, verdict
 from dpsat_core.export import ExportError, figure_bytes, results_csv, results_json
-from dpsat_core.report import build_report, cost_phrase, write_report
+from dpsat_core.report import build_report, write_report
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +69,19 @@ def test_results_have_one_row_per_run_with_the_stores_numbers(swept):
 def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
     report = build_report(swept)
     stats = group_runs(swept.list_runs())
-    assert [row.target_epsilon for row in report.headline] == [2.0, 6.0]
-    for row in report.headline:
-        expected = compare_at(stats, row.target_epsilon, "dpsat")
+    assert [row.privacy for row in report.headline] == ["ε=2", "ε=6"]
+    for row, epsilon in zip(report.headline, (2.0, 6.0)):
+        expected = next(c for c in comparisons_at(stats, epsilon) if c.method == "dpsat")
         got = next(c for c in row.comparisons if c.method == "dpsat")
-        assert got.accuracy_gain_points == pytest.approx(expected.accuracy_gain_points)
+        assert got.accuracy == expected.accuracy and got.accuracy.n_pairs == 2
         assert {c.method: c.accuracy_mean for c in row.cells} == {
-            c.method: c.accuracy_mean for c in stats if c.target_epsilon == row.target_epsilon
+            c.method: c.accuracy_mean for c in stats if c.target_epsilon == epsilon
         }
     files = write_report(report, tmp_path)
     page = files.html.read_text()
     dpsat_2 = next(c for c in report.stats if c.method == "dpsat" and c.target_epsilon == 2.0)
     assert f"{100 * dpsat_2.accuracy_mean:.1f}% ± {100 * dpsat_2.accuracy_std:.1f}" in page
-    assert html.escape(cost_phrase(report.headline[0].comparisons[0])) in page
+    assert html.escape(verdict(report.headline[0].comparisons[0])) in page
     assert "<svg" in page and report.caveat in page
     assert files.pdf.read_bytes().startswith(b"%PDF")
 
@@ -101,7 +101,21 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     assert main(["report", "--store", str(swept.path), "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "report.html").exists() and (tmp_path / "report.pdf").exists()
-    assert "ε=2: DP-SAT:" in out and "points over DP-SGD" in out
+    assert "At ε=2, DP-SAT (ρ=0.05) vs DP-SGD:" in out and "seed pairs" in out
+    assert main(["compare", "--json", "--store", str(swept.path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    keys = {"method", "baseline", "target_epsilon", "epsilon_spent", "rho", "n_pairs", "gain_points", "ci_low"}
+    keys |= {"ci_high", "cost_ratio", "cost_ratio_spread", "backward_passes_ratio", "sharpness_ratio", "verdict"}
+    assert all(keys <= set(row) for row in rows)
+    assert [(r["method"], r["target_epsilon"]) for r in rows] == [
+        ("dpsam", 2.0),
+        ("dpsam", 6.0),
+        ("dpsat", 2.0),
+        ("dpsat", 6.0),
+    ]
+    dpsam = rows[0]
+    assert dpsam["baseline"] == "dpsgd" and dpsam["n_pairs"] == 2 and dpsam["backward_passes_ratio"] == 2
+    assert dpsam["ci_low"] <= dpsam["gain_points"] <= dpsam["ci_high"]
     assert main(["export", "--format", "json", "--store", str(swept.path)]) == 0
     assert len(json.loads(capsys.readouterr().out)) == len(swept.list_runs())
     assert main(["report", "--store", str(swept.path), "--out", str(tmp_path), "--dataset", "digits"]) == 2

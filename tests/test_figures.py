@@ -20,6 +20,17 @@ def test_figures_use_the_method_table_colours_and_names():
     assert fig.layout.shapes[0].line.color == METHODS["sgd"].color  # the non-private ceiling as a line
     spectra = {r.run_id: spectrum(5.0) for r in runs}
     assert len(figures.hessian_vs_epsilon(group_runs(runs, spectra)).data) == 4  # λ_max and trace per method
+    assert list(fig.layout.xaxis.tickvals) == [1.0, 4.0]  # ticks at the swept values, not log decades
+
+
+def test_methods_that_coincide_stay_visible_and_sigma_runs_are_drawn_as_private():
+    runs = [record(m, 2.0, 0, 0.8) for m in ("dpsgd", "dpsat")]  # identical accuracy: the lines coincide
+    runs += [record("dpsgd", None, 0, 0.7, sigma=2.0, spent=1.3)]
+    traces = {t.name: t for t in figures.accuracy_vs_epsilon(group_runs(runs)).data}
+    a, b = traces["DP-SGD"], traces["DP-SAT"]
+    assert (a.line.dash, a.marker.symbol) != (b.line.dash, b.marker.symbol)
+    sigma = traces["DP-SGD (σ runs, at ε spent)"]
+    assert list(sigma.x) == [1.3] and list(sigma.y) == [70.0]
 
 
 def surface(loss, center):

@@ -13,7 +13,7 @@ from dpsat_core import (
     register_method,
     sweep,
 )
-from dpsat_core.compare import comparisons_at, group_runs
+from dpsat_core.compare import comparisons_at, group_runs, verdict
 from dpsat_core.methods import compared_methods, method_table
 from dpsat_core.report import build_report, render_html
 from dpsat_core.steps import DpSgdStep
@@ -76,10 +76,10 @@ def test_a_registered_toy_method_reaches_the_verdict_the_report_and_the_figures(
     stats = group_runs(store.list_runs())
     verdicts = comparisons_at(stats, 3.0)
     assert [(c.method, c.baseline) for c in verdicts] == [("toy", "dpsgd")]
-    assert verdicts[0].text.startswith("At ε=3, Toy-DP:") and "over DP-SGD" in verdicts[0].text
+    assert verdict(verdicts[0]).startswith("At ε=3, Toy-DP vs DP-SGD:")
     report = build_report(store)
     assert [c.method for c in report.headline[0].comparisons] == ["toy"]
     page = render_html(report, static_images=False)
-    assert "Toy-DP: " in page and "Toy-DP against DP-SGD" in page
+    assert "At ε=3, Toy-DP vs DP-SGD" in page and "Toy-DP against DP-SGD" in page
     trace = next(t for t in figures.accuracy_vs_epsilon(stats).data if t.name == "Toy-DP")
     assert trace.line.color == TOY.color
