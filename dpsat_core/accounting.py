@@ -20,10 +20,17 @@ from .config import ACCOUNTANTS
 from .errors import ConfigError
 
 PRV_FALLBACK_NOTE = "PRV accountant failed at this budget; ε computed with RDP (looser, still valid)"
-# What Opacus 1.6's PRV code raises where its discretisation breaks down at large ε (Opacus #604):
+# What Opacus 1.6's PRV code raises where its discretisation breaks down (large ε, Opacus #604; tiny δ):
 # RuntimeError("Cannot compute epsilon"), RuntimeError("Discrete mean differs significantly from
-# continuous mean."), and a bare RuntimeError from its domain search. Anything else is a bug and surfaces.
-PRV_FAILURES = (RuntimeError,)
+# continuous mean."), a bare RuntimeError from its domain search, and ValueError("Floating point errors
+# will dominate for such small values of delta…"). Anything else is a bug and surfaces.
+PRV_FAILURES = (RuntimeError, ValueError)
+PRV_VALUE_ERRORS = ("Floating point errors will dominate",)
+
+
+def _is_prv_failure(exc: Exception) -> bool:
+    """True for the PRV limitations above (ValueErrors only with their known message)."""
+    return isinstance(exc, RuntimeError) or any(text in str(exc) for text in PRV_VALUE_ERRORS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +72,9 @@ def epsilon_spent(
             eps = _epsilon_with("prv", delta=delta, **common)
             if math.isfinite(eps):
                 return PrivacySpent(epsilon=eps, delta=delta, accountant="prv", **common)
-        except PRV_FAILURES:
-            pass
+        except PRV_FAILURES as exc:
+            if not _is_prv_failure(exc):
+                raise
         eps = _epsilon_with("rdp", delta=delta, **common)
         return PrivacySpent(epsilon=eps, delta=delta, accountant="rdp", note=PRV_FALLBACK_NOTE, **common)
     return PrivacySpent(epsilon=_epsilon_with("rdp", delta=delta, **common), delta=delta, accountant="rdp", **common)
@@ -111,8 +119,9 @@ def calibrate_noise(
                 f"epsilon={target_epsilon:g} is too small to reach with {releases} releases at "
                 f"sample rate {sample_rate:.3g}: raise epsilon or train fewer epochs"
             ) from None
-        raise
-    except PRV_FAILURES:
+        if accountant != "prv" or not _is_prv_failure(exc):
+            raise
+    except RuntimeError:
         if accountant != "prv":
             raise
     return Calibration(solve("rdp"), "rdp", PRV_FALLBACK_NOTE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -23,7 +24,7 @@ from .hessian import BACKENDS
 from .methods import METHODS
 from .progress import Progress, no_progress
 from .report import build_report, write_report
-from .results import RunRecord
+from .results import RunRecord, strict_json
 from .runner import run
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
 from .sweeps import SweepSpec, check_sweep, sweep
@@ -107,7 +108,15 @@ def _stderr_progress(p: Progress) -> None:
 
 
 def _fmt(value: Optional[float], spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """A number for a table: '-' when missing, '∞' for an infinite ε (a run without noise)."""
+    if value is None:
+        return "-"
+    return "∞" if value == math.inf else format(value, spec)
+
+
+def _print_json(data: Any) -> None:
+    """One strict JSON document on stdout (an infinite ε is written "inf", never the invalid Infinity)."""
+    print(json.dumps(strict_json(data), allow_nan=False))
 
 
 def _print_run(record: RunRecord) -> None:
@@ -138,16 +147,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.json:
         print(file=sys.stderr)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "run_id": record.run_id,
-                    "reused": outcome.reused,
-                    **(record.summary.to_dict() if record.summary else {}),
-                    "status": record.status,
-                    "reason": record.reason,
-                }
-            )
+        _print_json(
+            {
+                "run_id": record.run_id,
+                "reused": outcome.reused,
+                **(record.summary.to_dict() if record.summary else {}),
+                "status": record.status,
+                "reason": record.reason,
+            }
         )
     else:
         if outcome.reused:
@@ -162,16 +169,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
     result = sweep(spec, store, workers=args.workers, on_progress=no_progress if args.json else _stderr_progress)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "reused": result.reused,
-                    "trained": result.trained,
-                    "failed": result.failed,
-                    "errors": result.errors,
-                    "cancelled": result.cancelled,
-                }
-            )
+        _print_json(
+            {
+                "reused": result.reused,
+                "trained": result.trained,
+                "failed": result.failed,
+                "errors": result.errors,
+                "cancelled": result.cancelled,
+            }
         )
     else:
         print(file=sys.stderr)
@@ -200,7 +205,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     # the store in use goes to stderr with --json, so stdout stays one JSON document
     print(f"store: {store.path} ({len(records)} runs listed)", file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print(json.dumps([r.to_dict() for r in records]))
+        _print_json([r.to_dict() for r in records])
     else:
         _print_table(records)
     return 0
@@ -209,7 +214,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     record = RunStore(args.store).get(args.run_id)
     if args.json:
-        print(json.dumps(record.to_dict(with_epochs=True)))
+        _print_json(record.to_dict(with_epochs=True))
     else:
         _print_run(record)
     return 0
@@ -268,7 +273,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(file=sys.stderr)
             print(_describe(kind, result))
     if args.json:
-        print(json.dumps(out))
+        _print_json(out)
     return 0
 
 
@@ -312,7 +317,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     runs = pick_setting(store.list_runs(), dataset=args.dataset, setting=args.setting)
     compared = comparisons(group_runs(runs, cached_analyses(store, [r.run_id for r in runs], "hessian")))
     if args.json:
-        print(json.dumps([_comparison_json(c) for c in compared]))
+        _print_json([_comparison_json(c) for c in compared])
         return 0
     print(f"setting {setting_key(runs[0])}: {describe_setting(runs[0])} ({len(runs)} runs)")
     for c in compared:

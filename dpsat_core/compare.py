@@ -113,8 +113,11 @@ class CellStats:
 
     @property
     def epsilon_axis(self) -> Optional[float]:
-        """Where the cell sits on an ε axis: its target ε, else (σ runs) the ε it spent."""
-        return self.target_epsilon if self.target_epsilon is not None else self.epsilon_spent_mean
+        """Where the cell sits on an ε axis: its target ε, else (σ runs) the ε it spent (None when infinite)."""
+        if self.target_epsilon is not None:
+            return self.target_epsilon
+        spent = self.epsilon_spent_mean
+        return spent if spent is not None and math.isfinite(spent) else None
 
 
 def _cell_key(r: RunRecord) -> tuple[str, Optional[float], Optional[float], float]:

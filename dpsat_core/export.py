@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 
 from .errors import DpsatError
-from .results import HessianSpectrum, RunRecord
+from .results import HessianSpectrum, RunRecord, strict_json
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 MIME = {
@@ -123,4 +123,4 @@ def results_csv(records: Sequence[RunRecord], spectra: Optional[Mapping[str, Hes
 
 
 def results_json(records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None) -> bytes:
-    return json.dumps(results_rows(records, spectra), indent=1).encode()
+    return json.dumps(strict_json(results_rows(records, spectra)), indent=1, allow_nan=False).encode()

@@ -55,6 +55,11 @@ def register_method(info: MethodInfo) -> MethodInfo:
     """Add a method to the registry (its baseline must be registered and match its privacy)."""
     if info.name in METHODS:
         raise ConfigError(f"method {info.name!r} is already registered")
+    if (info.releases_per_step >= 1) != info.private:
+        raise ConfigError(
+            f"method {info.name!r}: a private method makes ≥ 1 noisy release per step and a non-private one none, "
+            f"got private={info.private}, releases_per_step={info.releases_per_step}"
+        )
     if info.baseline is not None:
         base = METHODS.get(info.baseline)
         if base is None or base.private != info.private:

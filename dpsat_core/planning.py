@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .accounting import calibrate_noise
+from .accounting import calibrate_noise, epsilon_spent
 from .config import TrainConfig, resolve_for_data
 from .data import Dataset
 from .devices import resolve_device
@@ -29,6 +29,7 @@ class PrivacyPlan:
     steps: int
     planned_releases: int
     target_epsilon: Optional[float]
+    planned_epsilon: Optional[float]  # ε after all planned releases (≤ the target; for σ runs, what σ gives)
     accountant: Optional[str]
     note: str = ""
 
@@ -51,16 +52,31 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
     common = dict(sample_rate=sample_rate, steps=steps)
     if not info.private:
         return PrivacyPlan(
-            noise_multiplier=None, delta=None, planned_releases=0, target_epsilon=None, accountant=None, **common
+            noise_multiplier=None,
+            delta=None,
+            planned_releases=0,
+            target_epsilon=None,
+            planned_epsilon=None,
+            accountant=None,
+            **common,
         )
     releases = steps * info.releases_per_step
-    if config.noise_multiplier is not None:
+    if config.noise_multiplier is not None:  # account the whole run now: an accountant failure stops it here
+        planned = epsilon_spent(
+            noise_multiplier=config.noise_multiplier,
+            sample_rate=sample_rate,
+            releases=releases,
+            delta=delta,
+            accountant=config.accountant,
+        )
         return PrivacyPlan(
             noise_multiplier=config.noise_multiplier,
             delta=delta,
             planned_releases=releases,
             target_epsilon=None,
-            accountant=config.accountant,
+            planned_epsilon=planned.epsilon,
+            accountant=planned.accountant,
+            note=planned.note,
             **common,
         )
     calibration = calibrate_noise(
@@ -75,6 +91,7 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
         delta=delta,
         planned_releases=releases,
         target_epsilon=config.epsilon,
+        planned_epsilon=config.epsilon,
         accountant=calibration.accountant,
         note=calibration.note,
         **common,

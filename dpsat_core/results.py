@@ -30,8 +30,20 @@ class JsonRecord:
 
 
 def json_float(value: Optional[float]) -> Optional[float]:
-    """A float JSON can hold: NaN and ±inf become None."""
+    """A float JSON can hold: NaN and ±inf become None (for losses, where they mean "diverged")."""
     return value if value is None or math.isfinite(value) else None
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float spelled out for strict JSON: ∞ → "inf" (an ε of a run
+    without noise is infinite, not missing), −∞ → "-inf", NaN → None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -82,7 +94,7 @@ class RunSummary(JsonRecord):
     seed: int
     status: str
     reason: str
-    epsilon_spent: Optional[float]  # None for non-private runs (and σ = 0, where ε is infinite)
+    epsilon_spent: Optional[float]  # None for non-private runs; inf for σ = 0 (no privacy at all)
     delta: Optional[float]
     target_epsilon: Optional[float]  # None for non-private runs and runs trained with σ
     noise_multiplier: Optional[float]
@@ -101,6 +113,7 @@ class RunSummary(JsonRecord):
     n_params: int
     device: str
     n_train: int
+    data_fingerprint: Optional[str] = None  # digest of a file data set's bytes (None for built-ins, old runs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSummary":

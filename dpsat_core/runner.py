@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import TrainConfig
+from .data import data_fingerprint
 from .planning import plan_run
 from .progress import ProgressFn, StopFn, no_progress
 from .results import RunRecord
@@ -21,6 +22,16 @@ class RunOutcome:
     reused: bool
 
 
+def reusable_run(store: RunStore, config: TrainConfig) -> Optional[RunRecord]:
+    """The newest finished run of this config, if its data set is still the same bytes (files can change)."""
+    run_id = store.find_done(config.normalized().config_hash())
+    if run_id is None:
+        return None
+    record = store.get(run_id)
+    same_data = record.summary is not None and record.summary.data_fingerprint == data_fingerprint(config.dataset)
+    return record if same_data else None
+
+
 def run(
     config: TrainConfig,
     store: RunStore,
@@ -32,9 +43,9 @@ def run(
     """Plan against the data first (bad input leaves no row), then train, streaming epochs to the store."""
     config = config.normalized()
     if reuse:
-        existing = store.find_done(config.config_hash())
+        existing = reusable_run(store, config)
         if existing is not None:
-            return RunOutcome(store.get(existing), reused=True)
+            return RunOutcome(existing, reused=True)
     dataset = load_config_dataset(config)
     plan = plan_run(config, dataset)  # raises ConfigError before any row is written
     run_id = store.create_run(config)

@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .methods import METHODS, method_info
 from .planning import plan_run
 from .progress import Progress, ProgressFn, StopFn, no_progress
-from .runner import run
+from .runner import reusable_run, run
 from .store import RunStore
 from .training import load_config_dataset
 
@@ -160,8 +160,8 @@ def sweep(
     result = SweepResult()
     todo = []
     for cell in spec.cells():
-        done = store.find_done(cell.config_hash())
-        (result.reused.append(done) if done else todo.append(cell))
+        done = reusable_run(store, cell)
+        (result.reused.append(done.run_id) if done else todo.append(cell))
     total = len(todo)
     on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
     if workers <= 1:

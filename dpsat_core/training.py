@@ -22,7 +22,7 @@ from torch import nn
 
 from .accounting import PrivacySpent, epsilon_spent
 from .config import TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, data_fingerprint, load_dataset
 from .gradients import Batch
 from .methods import method_info
 from .models import build_model, count_parameters
@@ -56,6 +56,7 @@ class TrainResult:
     n_params: int
     device: str
     n_train: int
+    data_fingerprint: Optional[str]
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     @property
@@ -72,7 +73,7 @@ class TrainResult:
             seed=self.config.seed,
             status=self.status,
             reason=self.reason,
-            epsilon_spent=None if self.privacy is None else json_float(self.privacy.epsilon),
+            epsilon_spent=None if self.privacy is None else self.privacy.epsilon,
             delta=self.plan.delta,
             target_epsilon=self.plan.target_epsilon,
             noise_multiplier=self.plan.noise_multiplier,
@@ -91,6 +92,7 @@ class TrainResult:
             n_params=self.n_params,
             device=self.device,
             n_train=self.n_train,
+            data_fingerprint=self.data_fingerprint,
         )
 
 
@@ -304,6 +306,13 @@ def _train(
                 {"epoch": epoch, "test_accuracy": test_accuracy, "epsilon_spent": metrics.epsilon_spent},
             )
         )
+    per_step = method_info(config.method).releases_per_step
+    if status == "done" and trainer.releases != step * per_step:  # σ was calibrated for the declared count
+        status = "failed"
+        reason = (
+            f"method {config.method!r} made {trainer.releases} noisy releases in {step} steps but its registry "
+            f"entry declares {per_step} per step, so σ was calibrated for the wrong count: fix releases_per_step"
+        )
     return TrainResult(
         config=config,
         status=status,
@@ -319,5 +328,6 @@ def _train(
         n_params=count_parameters(trainer.model),
         device=str(trainer.device),
         n_train=trainer.dataset.n_train,
+        data_fingerprint=data_fingerprint(config.dataset),
         state_dict=_weights(trainer.model),
     )

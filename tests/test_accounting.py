@@ -99,6 +99,8 @@ def test_prv_failure_falls_back_to_rdp_with_a_note_and_other_errors_surface(monk
     spent = epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
     assert spent.accountant == "rdp" and "RDP" in spent.note
     assert spent.epsilon == pytest.approx(real("rdp", noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5))
+    raised["prv"] = ValueError("Floating point errors will dominate for such small values of delta.")
+    assert epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5).accountant == "rdp"
     raised["prv"] = TypeError("a bug, not a PRV limitation")
     with pytest.raises(TypeError, match="a bug"):
         epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
@@ -116,6 +118,8 @@ def test_calibration_falls_back_only_on_prv_failures(monkeypatch):
     monkeypatch.setattr(accounting, "get_noise_multiplier", failing_prv)
     calibration = calibrate_noise(target_epsilon=3.1, delta=1e-5, sample_rate=0.05, releases=123, accountant="prv")
     assert calibration.accountant == "rdp" and "RDP" in calibration.note
+    raised["prv"] = ValueError("Floating point errors will dominate for such small values of delta.")
+    assert calibrate_noise(target_epsilon=3.3, delta=1e-5, sample_rate=0.05, releases=123).accountant == "rdp"
     raised["prv"] = ValueError("Can only compose evenly sized discrete PRVs")
     with pytest.raises(ValueError, match="evenly sized"):
         calibrate_noise(target_epsilon=3.2, delta=1e-5, sample_rate=0.05, releases=123, accountant="prv")
@@ -134,3 +138,9 @@ def test_an_unreachable_budget_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="too small"):
         calibrate_noise(target_epsilon=1e-9, delta=1e-5, sample_rate=1.0, releases=10_000, accountant="rdp")
+
+
+def test_a_tiny_delta_that_breaks_prv_falls_back_to_rdp_instead_of_crashing():
+    # Opacus's PRV raises "Floating point errors will dominate…" here (found by review: δ = 1e-14)
+    spent = epsilon_spent(noise_multiplier=1.0, sample_rate=0.089, releases=44, delta=1e-14, accountant="prv")
+    assert spent.accountant == "rdp" and "RDP" in spent.note and math.isfinite(spent.epsilon)

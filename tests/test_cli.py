@@ -127,3 +127,15 @@ def test_every_command_has_help(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "--store" in capsys.readouterr().out
+
+
+def test_a_run_without_noise_shows_an_infinite_epsilon_not_a_blank(tmp_path, capsys):
+    db = str(tmp_path / "r.db")
+    args = ("--dataset", "breast_cancer", "--method", "dpsgd", "--sigma", "0", "--epochs", "1", "--store", db)
+    code, out, _ = cli(capsys, "train", *args, "--json")
+    row = json.loads(out)  # strict JSON: no bare Infinity
+    assert code == 0 and row["epsilon_spent"] == "inf" and row["noise_multiplier"] == 0.0
+    code, out, _ = cli(capsys, "show", row["run_id"], "--store", db)
+    assert "ε spent=∞" in out
+    code, out, _ = cli(capsys, "show", row["run_id"], "--json", "--store", db)
+    assert json.loads(out)["epochs"][0]["epsilon_spent"] == "inf"

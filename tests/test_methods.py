@@ -12,6 +12,7 @@ from dpsat_core import (
     figures,
     register_method,
     sweep,
+    train,
 )
 from dpsat_core.compare import comparisons_at, group_runs, verdict
 from dpsat_core.methods import compared_methods, method_table
@@ -59,6 +60,20 @@ def test_registering_checks_the_name_and_the_baseline():
     with pytest.raises(ConfigError, match="must be a registered private method"):
         register_method(MethodInfo(**{**TOY.__dict__, "name": "toy2", "baseline": "sgd"}))
     assert "toy2" not in METHODS
+
+
+def test_declared_releases_must_match_privacy_and_what_the_step_does(tmp_path):
+    with pytest.raises(ConfigError, match="a private method makes ≥ 1 noisy release"):
+        register_method(MethodInfo(**{**TOY.__dict__, "name": "toy0", "releases_per_step": 0}))
+    # DP-SAM's step (2 releases) registered as if it made 1: σ would be calibrated for half the releases
+    liar = MethodInfo(**{**METHODS["dpsam"].__dict__, "name": "liar", "label": "Liar", "releases_per_step": 1})
+    register_method(liar)
+    try:
+        result = train(TrainConfig(dataset="breast_cancer", method="liar", epochs=1, batch_size=64))
+    finally:
+        METHODS.pop("liar")
+    assert result.status == "failed" and "declares 1 per step" in result.reason
+    assert result.releases == 2 * result.steps
 
 
 def test_a_registered_toy_method_reaches_the_verdict_the_report_and_the_figures(toy, tmp_path):

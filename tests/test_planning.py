@@ -19,6 +19,17 @@ def test_the_plan_fixes_privacy_model_and_device():
     assert plan.privacy.noise_multiplier > 0 and plan.privacy.delta < 1 / 455
 
 
+def test_a_sigma_run_is_accounted_in_full_before_it_starts():
+    from dpsat_core import epsilon_spent
+
+    plan = plan_run(TrainConfig(method="dpsgd", noise_multiplier=1.3, **TABLE), load_dataset("breast_cancer"))
+    privacy = plan.privacy
+    expected = epsilon_spent(
+        noise_multiplier=1.3, sample_rate=privacy.sample_rate, releases=privacy.planned_releases, delta=privacy.delta
+    )
+    assert privacy.target_epsilon is None and privacy.planned_epsilon == pytest.approx(expected.epsilon)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

@@ -116,3 +116,16 @@ def test_the_dpsat_command_works_from_any_directory_on_the_per_user_store(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert f"store: {tmp_path / 'data' / 'dpsat-lab' / 'runs.db'} (0 runs listed)" in proc.stdout
     assert not any(cwd.iterdir())  # nothing written where it was started
+
+
+def test_a_run_on_a_file_is_not_reused_once_the_file_changes(store, tmp_path):
+    path = tmp_path / "t.csv"
+    rows = lambda n: "a,b,y\n" + "".join(f"{i % 7},{(i * 3) % 11},{i % 2}\n" for i in range(n))  # noqa: E731
+    path.write_text(rows(60))
+    config = TrainConfig(dataset=str(path), target="y", method="sgd", epochs=1, batch_size=16)
+    first = run(config, store)
+    assert run(config, store).reused  # same bytes: reused
+    path.write_text(rows(120))
+    second = run(config, store)
+    assert not second.reused and second.record.summary.n_train > first.record.summary.n_train
+    assert first.record.summary.data_fingerprint != second.record.summary.data_fingerprint

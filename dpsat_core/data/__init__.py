@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +12,7 @@ from .builtin import BUILTIN, DEFAULT_SIZES
 from .dataset import Dataset
 from .files import load_csv, load_folder, load_npz
 
-__all__ = ["BUILTIN", "DEFAULT_SIZES", "FILE_TYPES", "Dataset", "load_dataset"]
+__all__ = ["BUILTIN", "DEFAULT_SIZES", "FILE_TYPES", "Dataset", "data_fingerprint", "load_dataset"]
 
 # File types a user can point to (besides a folder of IDX or CIFAR-10 files).
 FILE_TYPES = (".csv", ".npz")
@@ -53,3 +54,31 @@ def load_dataset(
         stat = path.stat()
         return _load_cached(str(path), target, None, split_seed, (stat.st_mtime_ns, stat.st_size))
     return _load_cached(source, None, size, split_seed, ())
+
+
+def data_fingerprint(source: str) -> Optional[str]:
+    """A digest of the bytes behind a file or folder data set (None for built-ins, which are fixed by name,
+    size and split seed): a stored run is reused only while its data is unchanged."""
+    if source in BUILTIN:
+        return None
+    path = Path(source).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stamps = tuple((str(p.relative_to(path) if path.is_dir() else p.name), *_stamp(p)) for p in files)
+    return _digest(tuple(files), stamps)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(files: tuple[Path, ...], stamps: tuple) -> str:
+    """SHA-256 of the files' names and contents (cached while their sizes and times stay the same)."""
+    digest = hashlib.sha256()
+    for path, (name, *_) in zip(files, stamps):
+        digest.update(name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
