@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from .methods import METHODS, compared_methods, method_info
-from .results import HessianSpectrum, RunRecord
+from .results import AdaptiveSharpness, HessianSpectrum, RunRecord
 
 _VARYING = ("method", "epsilon", "noise_multiplier", "rho", "seed", "device", "max_physical_batch_size")
 
@@ -64,6 +64,8 @@ class CellStats:
     lambda_max_std: Optional[float]
     trace_mean: Optional[float]
     trace_std: Optional[float]
+    adaptive_mean: Optional[float]  # adaptive (scale-invariant) λ_max
+    adaptive_std: Optional[float]
     run_ids: tuple[str, ...]
 
     @property
@@ -72,10 +74,13 @@ class CellStats:
 
 
 def group_runs(
-    records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None
+    records: Sequence[RunRecord],
+    spectra: Optional[Mapping[str, HessianSpectrum]] = None,
+    adaptive: Optional[Mapping[str, AdaptiveSharpness]] = None,
 ) -> list[CellStats]:
-    """Finished runs grouped by (method, target ε), in method order then ε; spectra by run id when known."""
-    spectra = spectra or {}
+    """Finished runs grouped by (method, target ε), in method order then ε; spectra and adaptive sharpness
+    by run id when known."""
+    spectra, adaptive = spectra or {}, adaptive or {}
     cells: dict[tuple[str, Optional[float]], list[RunRecord]] = defaultdict(list)
     for r in records:
         if r.status == "done" and r.summary is not None and r.test_accuracy is not None:
@@ -87,6 +92,7 @@ def group_runs(
         eps_mean, _ = _mean_std([r.epsilon_spent for r in runs if r.epsilon_spent is not None])
         lam_mean, lam_std = _mean_std([spectra[r.run_id].lambda_max for r in runs if r.run_id in spectra])
         tr_mean, tr_std = _mean_std([spectra[r.run_id].trace for r in runs if r.run_id in spectra])
+        ad_mean, ad_std = _mean_std([adaptive[r.run_id].lambda_max for r in runs if r.run_id in adaptive])
         out.append(
             CellStats(
                 method=method,
@@ -100,6 +106,8 @@ def group_runs(
                 lambda_max_std=lam_std,
                 trace_mean=tr_mean,
                 trace_std=tr_std,
+                adaptive_mean=ad_mean,
+                adaptive_std=ad_std,
                 run_ids=tuple(r.run_id for r in runs),
             )
         )
