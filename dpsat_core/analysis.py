@@ -1,7 +1,7 @@
 """Sharpness analyses of stored runs, cached in the store so a page shows them again without recomputing.
 
-`ANALYSES` is the one registry of analysis kinds (hessian, slice, surface,
-noise, line) with their default settings; the CLI, the pages and the report
+`ANALYSES` is the one registry of analysis kinds (hessian, adaptive, slice,
+surface, noise, line) with their default settings; the CLI, the pages and the report
 use it. Every run is analysed on the same fixed subset of its training set (the
 first `n_samples` of the seeded split) and, for landscapes, along the same
 seeded random directions, so runs of one architecture are comparable.
@@ -21,7 +21,7 @@ from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .devices import resolve_device
 from .errors import ConfigError, StoreError
-from .hessian import BACKENDS, hessian_spectrum
+from .hessian import BACKENDS, adaptive_sharpness, hessian_spectrum
 from .landscape import (
     LossEvaluator,
     iter_surface,
@@ -32,7 +32,7 @@ from .landscape import (
 )
 from .models import build_model, strip_wrapper_prefix
 from .progress import ProgressFn, StopFn, no_progress
-from .results import HessianSpectrum, JsonRecord, NoiseRobustness, RunRecord, Slice, Surface
+from .results import AdaptiveSharpness, HessianSpectrum, JsonRecord, NoiseRobustness, RunRecord, Slice, Surface
 from .store import RunStore
 
 DEFAULT_SAMPLES = 1024
@@ -130,6 +130,13 @@ def _hessian(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -
     )
 
 
+def _adaptive(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> AdaptiveSharpness:
+    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
+    return adaptive_sharpness(
+        rm.model, rm.x, rm.y, seed=s["seed"], on_progress=ctx.on_progress, should_stop=ctx.should_stop
+    )
+
+
 def _slice(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Slice:
     rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
     evaluator = LossEvaluator(rm.model, rm.x, rm.y)
@@ -181,6 +188,14 @@ ANALYSES: dict[str, AnalysisKind] = {
             defaults={"k": 5, "trace_probes": 100, "n_samples": DEFAULT_SAMPLES, "backend": "lanczos", "seed": 0},
             compute=_hessian,
             help="top-k eigenvalues (Lanczos), trace (Hutchinson) and density (SLQ) of the training loss",
+        ),
+        AnalysisKind(
+            name="adaptive",
+            label="Adaptive sharpness (scale-invariant λ_max)",
+            result=AdaptiveSharpness,
+            defaults={"n_samples": DEFAULT_SAMPLES, "seed": 0},
+            compute=_adaptive,
+            help="top eigenvalue of diag(|w|)·H·diag(|w|): λ_max in units of each weight's size (Kwon et al. 2021)",
         ),
         AnalysisKind(
             name="slice",
@@ -263,6 +278,11 @@ def cached_analyses(store: RunStore, run_ids: Iterable[str], kind: str, **settin
 def run_hessian(store: RunStore, run_id: str, **options: Any) -> Optional[HessianSpectrum]:
     """Top-k eigenvalues, trace and density of a stored run's training loss (see `analyze`; cached)."""
     return analyze(store, run_id, "hessian", **options)  # type: ignore[return-value]
+
+
+def run_adaptive_sharpness(store: RunStore, run_id: str, **options: Any) -> Optional[AdaptiveSharpness]:
+    """Adaptive (scale-invariant) λ_max of a stored run's training loss (see `analyze`; cached)."""
+    return analyze(store, run_id, "adaptive", **options)  # type: ignore[return-value]
 
 
 def run_slice(store: RunStore, run_id: str, **options: Any) -> Optional[Slice]:

@@ -242,6 +242,11 @@ def _describe(kind: str, result: Any) -> str:
             + ", ".join(f"{v:.4g}" for v in result.top)
             + f"; trace {result.trace:.4g} ± {result.trace_stderr:.2g} ({result.trace_probes} probes)"
         )
+    if kind == "adaptive":
+        return (
+            f"adaptive sharpness ({result.n_samples} training examples): λ_max of diag(|w|)·H·diag(|w|) "
+            f"{result.lambda_max:.4g}"
+        )
     if kind == "surface":
         values = [v for row in result.loss for v in row if v is not None]
         return (

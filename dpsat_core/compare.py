@@ -20,7 +20,7 @@ from typing import Mapping, Optional, Sequence
 
 from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
-from .results import HessianSpectrum, RunRecord
+from .results import AdaptiveSharpness, HessianSpectrum, RunRecord
 
 _VARYING = ("method", "epsilon", "noise_multiplier", "rho", "seed", "device", "max_physical_batch_size")
 CONFIDENCE = 0.95
@@ -90,9 +90,12 @@ class CellStats:
     lambda_max_std: Optional[float]
     trace_mean: Optional[float]
     trace_std: Optional[float]
+    adaptive_mean: Optional[float]  # adaptive (scale-invariant) λ_max
+    adaptive_std: Optional[float]
     run_ids: tuple[str, ...]
     accuracy_by_seed: Mapping[int, float] = field(default_factory=dict)
     lambda_max_by_seed: Mapping[int, float] = field(default_factory=dict)
+    adaptive_by_seed: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -126,11 +129,13 @@ def _cell_key(r: RunRecord) -> tuple[str, Optional[float], Optional[float], floa
 
 
 def group_runs(
-    records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None
+    records: Sequence[RunRecord],
+    spectra: Optional[Mapping[str, HessianSpectrum]] = None,
+    adaptive: Optional[Mapping[str, AdaptiveSharpness]] = None,
 ) -> list[CellStats]:
     """Finished runs (duplicates of a config counted once) grouped into cells, in method order, then
-    target ε, then σ, then ρ; spectra by run id when known."""
-    spectra = spectra or {}
+    target ε, then σ, then ρ; Hessian spectra and adaptive sharpness by run id when known."""
+    spectra, adaptive = spectra or {}, adaptive or {}
     cells: dict[tuple, dict[int, RunRecord]] = defaultdict(dict)
     for r in latest_per_config(records):
         if r.test_accuracy is not None:
@@ -151,6 +156,8 @@ def group_runs(
         lam_by_seed = {s: spectra[r.run_id].lambda_max for s, r in by_seed.items() if r.run_id in spectra}
         lam_mean, lam_std = _mean_std(list(lam_by_seed.values()))
         tr_mean, tr_std = _mean_std([spectra[r.run_id].trace for r in runs if r.run_id in spectra])
+        ad_by_seed = {s: adaptive[r.run_id].lambda_max for s, r in by_seed.items() if r.run_id in adaptive}
+        ad_mean, ad_std = _mean_std(list(ad_by_seed.values()))
         out.append(
             CellStats(
                 method=method,
@@ -166,9 +173,12 @@ def group_runs(
                 lambda_max_std=lam_std,
                 trace_mean=tr_mean,
                 trace_std=tr_std,
+                adaptive_mean=ad_mean,
+                adaptive_std=ad_std,
                 run_ids=tuple(r.run_id for r in runs),
                 accuracy_by_seed={s: r.test_accuracy for s, r in by_seed.items()},
                 lambda_max_by_seed=lam_by_seed,
+                adaptive_by_seed=ad_by_seed,
             )
         )
     return out
@@ -217,6 +227,7 @@ class Comparison:
     epsilon_spent: Optional[float]
     accuracy: PairedDifference  # in accuracy fractions (0.01 = one point)
     lambda_max_ratio: Optional[float]  # mean over paired seeds of λ_max(method)/λ_max(baseline)
+    sharpness_ratio: Optional[float]  # the same for adaptive (scale-invariant) λ_max
     backward_passes_ratio: float
     releases_ratio: float
 
@@ -246,6 +257,12 @@ def _baseline_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Cell
     return None
 
 
+def _paired_ratio(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequence[int]) -> Optional[float]:
+    """Mean over the seeds both have of a[seed]/b[seed] (None when no seed has both)."""
+    both = [s for s in seeds if s in a and s in b and b[s]]
+    return statistics.fmean(a[s] / b[s] for s in both) if both else None
+
+
 def compare_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Comparison]:
     """`cell` against its baseline's cell (same ε or σ), paired by seed; None without a baseline or shared seed."""
     base = _baseline_cell(stats, cell)
@@ -255,12 +272,8 @@ def compare_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Compar
     if not seeds:
         return None
     accuracy = paired_difference([cell.accuracy_by_seed[s] - base.accuracy_by_seed[s] for s in seeds])
-    lam_seeds = [s for s in seeds if s in cell.lambda_max_by_seed and s in base.lambda_max_by_seed]
-    lam = (
-        statistics.fmean(cell.lambda_max_by_seed[s] / base.lambda_max_by_seed[s] for s in lam_seeds)
-        if lam_seeds
-        else None
-    )
+    lam = _paired_ratio(cell.lambda_max_by_seed, base.lambda_max_by_seed, seeds)
+    sharpness = _paired_ratio(cell.adaptive_by_seed, base.adaptive_by_seed, seeds)
     info, base_info = method_info(cell.method), method_info(base.method)
     return Comparison(
         method=cell.method,
@@ -271,6 +284,7 @@ def compare_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Compar
         epsilon_spent=cell.epsilon_spent_mean,
         accuracy=accuracy,
         lambda_max_ratio=lam,
+        sharpness_ratio=sharpness,
         backward_passes_ratio=info.backward_passes_per_step / base_info.backward_passes_per_step,
         releases_ratio=(info.releases_per_step / base_info.releases_per_step) if base_info.private else 0.0,
     )
@@ -315,6 +329,8 @@ def verdict(c: Comparison) -> str:
         f"{c.backward_passes_ratio:g}× backward passes per step",
         privacy,
     ]
+    if c.sharpness_ratio is not None:
+        parts.append(f"adaptive sharpness ×{c.sharpness_ratio:.2f}")
     if c.lambda_max_ratio is not None:
         parts.append(f"λ_max ×{c.lambda_max_ratio:.2f}")
     return ", ".join(parts) + f". {conclusion(c).capitalize()}."

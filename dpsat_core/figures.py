@@ -119,6 +119,29 @@ def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     return _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "ε", "")
 
 
+def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
+    """Adaptive (scale-invariant) λ_max vs ε per private method (mean ± std over the seeds analysed)."""
+    fig = go.Figure()
+    for method in dict.fromkeys(c.method for c in stats):
+        cells = [c for c in stats if c.method == method and c.adaptive_mean is not None]
+        if not cells or cells[0].target_epsilon is None:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[c.target_epsilon for c in cells],
+                y=[c.adaptive_mean for c in cells],
+                name=cells[0].label,
+                mode="lines+markers",
+                line_color=_color(method),
+                error_y=dict(type="data", array=[c.adaptive_std or 0 for c in cells]),
+            )
+        )
+    fig.update_xaxes(type="log")
+    return _layout(
+        fig, "Adaptive sharpness vs privacy budget (lower = flatter)", "target ε (log scale)", "adaptive λ_max"
+    )
+
+
 def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D loss slices") -> go.Figure:
     """1D loss slices of several runs along the same seeded direction; label → (method, slice)."""
     fig = go.Figure()
@@ -259,6 +282,7 @@ def line_between_runs(line: Slice, label_a: str, label_b: str) -> go.Figure:
 
 __all__ = [
     "accuracy_vs_epsilon",
+    "adaptive_vs_epsilon",
     "cost_per_epoch",
     "eigenvalue_density",
     "epsilon_over_epochs",

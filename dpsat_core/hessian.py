@@ -1,4 +1,5 @@
-"""Hessian of the training loss: top eigenvalues (Lanczos), trace (Hutchinson), density (SLQ).
+"""Hessian of the training loss: top eigenvalues (Lanczos), trace (Hutchinson), density (SLQ),
+and the scale-invariant adaptive λ_max.
 
 Hessian-vector products come from `torch.func`: the gradient is linearised once
 and the linearisation reused for every product. Nothing here mutates the
@@ -23,7 +24,7 @@ from torch.func import functional_call, grad, linearize, vjp
 from .errors import ConfigError
 from .models import plain_copy
 from .progress import Progress, ProgressFn, StopFn, check_stop, no_progress
-from .results import HessianSpectrum
+from .results import AdaptiveSharpness, HessianSpectrum
 
 BACKENDS = ("lanczos", "pyhessian")
 
@@ -54,14 +55,33 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-class HessianOperator:
+class FlatOperator:
+    """A symmetric linear map on flat parameter vectors (torch in, torch out), with `size`, `device` and `dtype`."""
+
+    size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def as_scipy(self) -> LinearOperator:
+        def matvec(v: np.ndarray) -> np.ndarray:
+            vector = torch.as_tensor(np.ravel(v), dtype=self.dtype, device=self.device)
+            return self(vector).double().cpu().numpy()
+
+        return LinearOperator((self.size, self.size), matvec=matvec, dtype=np.float64)
+
+
+class HessianOperator(FlatOperator):
     """v ↦ H v for the mean cross-entropy of `model` on (x, y), on flat vectors.
 
     `linearize` traces the gradient's linearisation once: each product then
     costs less than a gradient, but it holds ≈20× the activations. `vjp` keeps
     a vjp of the gradient (≈1.5–2× a gradient per product, far less memory).
     `auto` takes linearize when that memory fits `LINEARIZE_BUDGET_BYTES`, and
-    falls back to vjp if linearize cannot trace the model. `mode` says which ran.
+    falls back to vjp if linearize cannot trace the model. `mode` says which ran;
+    `weights` is the flat point w where H is taken, in the products' order.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mode: str = "auto"):
@@ -86,6 +106,7 @@ class HessianOperator:
         self.shapes = [p.shape for p in primals]
         self.sizes = [p.numel() for p in primals]
         self.size = sum(self.sizes)
+        self.weights = torch.cat([p.reshape(-1) for p in primals])
         self.device, self.dtype = primals[0].device, primals[0].dtype
         self.products = 0
 
@@ -115,15 +136,21 @@ class HessianOperator:
         self.products += 1
         return torch.cat([t.reshape(-1) for t in self._product(*self.split(flat))])
 
-    def as_scipy(self) -> LinearOperator:
-        def matvec(v: np.ndarray) -> np.ndarray:
-            vector = torch.as_tensor(np.ravel(v), dtype=self.dtype, device=self.device)
-            return self(vector).double().cpu().numpy()
 
-        return LinearOperator((self.size, self.size), matvec=matvec, dtype=np.float64)
+class ScaledOperator(FlatOperator):
+    """v ↦ s ⊙ H(s ⊙ v): the Hessian in coordinates measured in units of s (s = |w| for adaptive sharpness)."""
+
+    def __init__(self, op: HessianOperator, scale: torch.Tensor):
+        if scale.shape != (op.size,):
+            raise ConfigError(f"scale must have one entry per parameter ({op.size}), got shape {tuple(scale.shape)}")
+        self.op, self.scale = op, scale.to(op.device, op.dtype)
+        self.size, self.device, self.dtype = op.size, op.device, op.dtype
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.op(self.scale * flat)
 
 
-def top_eigenvalues(op: HessianOperator, k: int, *, tol: float = 1e-3, seed: int = 0) -> list[float]:
+def top_eigenvalues(op: FlatOperator, k: int, *, tol: float = 1e-3, seed: int = 0) -> list[float]:
     """The k algebraically largest eigenvalues, descending (implicitly restarted Lanczos).
 
     `tol` bounds the Ritz residuals; eigenvalue errors are about its square
@@ -145,7 +172,7 @@ def top_eigenvalues(op: HessianOperator, k: int, *, tol: float = 1e-3, seed: int
 
 
 def hutchinson_trace(
-    op: HessianOperator,
+    op: FlatOperator,
     probes: int,
     *,
     seed: int = 0,
@@ -172,7 +199,7 @@ def hutchinson_trace(
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(probes)), probes
 
 
-def lanczos_tridiagonal(op: HessianOperator, steps: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+def lanczos_tridiagonal(op: FlatOperator, steps: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Ritz values and weights (first eigenvector components squared) from `steps` Lanczos steps,
     with full re-orthogonalisation."""
     steps = min(steps, op.size)
@@ -197,7 +224,7 @@ def lanczos_tridiagonal(op: HessianOperator, steps: int, generator: torch.Genera
 
 
 def slq_density(
-    op: HessianOperator,
+    op: FlatOperator,
     *,
     steps: int = 40,
     runs: int = 2,
@@ -304,3 +331,26 @@ def hessian_spectrum(
         backend=backend,
         seconds=time.perf_counter() - start,
     )
+
+
+def adaptive_sharpness(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    seed: int = 0,
+    on_progress: ProgressFn = no_progress,
+    should_stop: Optional[StopFn] = None,
+) -> AdaptiveSharpness:
+    """Adaptive λ_max: top eigenvalue of T·H·T, T = diag(|w|) (Kwon et al. 2021, ρ → 0); `model` is not modified.
+
+    A rescaling w → a⊙w that leaves the loss unchanged (weights before a normalisation)
+    maps H to A⁻¹HA⁻¹ and T to AT, so T·H·T, unlike H, does not move.
+    """
+    start = time.perf_counter()
+    on_progress(Progress("adaptive", 0, 1, "Lanczos: adaptive λ_max"))
+    op = HessianOperator(model, x, y)
+    check_stop(should_stop)
+    top = top_eigenvalues(ScaledOperator(op, op.weights.abs()), 1, seed=seed)
+    on_progress(Progress("adaptive", 1, 1, "done"))
+    return AdaptiveSharpness(lambda_max=top[0], n_samples=len(x), n_params=op.size, seconds=time.perf_counter() - start)

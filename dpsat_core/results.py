@@ -203,6 +203,16 @@ class HessianSpectrum(JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdaptiveSharpness(JsonRecord):
+    """Adaptive λ_max: the top eigenvalue of diag(|w|)·H·diag(|w|), unchanged by rescalings the loss ignores."""
+
+    lambda_max: float
+    n_samples: int
+    n_params: int
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class Slice(JsonRecord):
     """Loss and accuracy along one line: at axis[i] along the direction (or t between two runs)."""
 

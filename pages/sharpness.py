@@ -1,4 +1,4 @@
-"""Sharpness: Hessian top-k and trace per method and ε, the eigenvalue density, noise robustness."""
+"""Sharpness: Hessian top-k and trace per method and ε, adaptive λ_max, the eigenvalue density, noise robustness."""
 
 import streamlit as st
 
@@ -13,15 +13,22 @@ store = get_store()
 runs = comparable_runs_or_stop(store.list_runs(status="done"), key="sharp")
 run_ids = [r.run_id for r in runs]
 spectra = cached_analyses(store, run_ids, "hessian")
+adaptive = cached_analyses(store, run_ids, "adaptive")
 noise = cached_analyses(store, run_ids, "noise")
-missing = [r.run_id for r in runs if r.run_id not in spectra or r.run_id not in noise]
+missing = [r.run_id for r in runs if not all(r.run_id in done for done in (spectra, adaptive, noise))]
 if missing:
     st.caption(f"{len(missing)} of {len(runs)} runs have no sharpness analysis yet.")
-    if st.button(f"Compute Hessian and noise robustness for {len(missing)} runs", key="sharp-go"):
-        start_analyses(missing, ["hessian", "noise"])
-stats = group_runs(runs, spectra)
+    if st.button(f"Compute Hessian, adaptive sharpness and noise robustness for {len(missing)} runs", key="sharp-go"):
+        start_analyses(missing, ["hessian", "adaptive", "noise"])
+stats = group_runs(runs, spectra, adaptive)
 if spectra:
     chart(figures.hessian_vs_epsilon(stats), key="sharp-vs-eps")
+if adaptive:
+    chart(figures.adaptive_vs_epsilon(stats), key="sharp-adaptive")
+    st.caption(
+        "Adaptive λ_max is λ_max measured in units of each weight's own size (Kwon et al. 2021): "
+        "rescaling a layer that a normalisation undoes no longer changes it."
+    )
 middle = best_epsilon(stats)
 analysed = [r for r in runs if r.run_id in spectra]
 chosen = run_multiselect(analysed, key="sharp-runs", default=one_run_per_method(analysed, middle))

@@ -34,6 +34,20 @@ def test_a_run_trained_with_opacus_is_analysed_and_the_result_cached(store, run_
         analysis.run_hessian(store, run_id, k=3, trace_probes=10, n_samples=200, recompute=True)
 
 
+def test_adaptive_sharpness_is_computed_once_and_then_read_from_the_store(store, run_id, monkeypatch):
+    first = analysis.run_adaptive_sharpness(store, run_id, n_samples=128)
+    assert first.lambda_max > 0 and first.n_samples == 128
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("recomputed instead of using the stored result")
+
+    monkeypatch.setattr(analysis, "adaptive_sharpness", must_not_run)
+    assert analysis.analyze(store, run_id, "adaptive", n_samples=128) == first
+    assert analysis.cached_analyses(store, [run_id], "adaptive", n_samples=128) == {run_id: first}
+    with pytest.raises(AssertionError, match="recomputed"):
+        analysis.analyze(store, run_id, "adaptive", n_samples=128, recompute=True)
+
+
 def test_wrapped_models_and_their_state_dicts_are_stripped_for_analysis():
     spec = ModelSpec(architecture="cnn", input_shape=(1, 8, 8), n_classes=10)
     spec_model = build_model(spec, seed=0)

@@ -1,5 +1,6 @@
 """Every page renders on an empty store and on one with runs; jobs started from pages end in stored results."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.state import get_jobs
 from dpsat_core import RunStore, SweepSpec, TrainConfig, sweep
-from dpsat_core.analysis import run_hessian, run_noise_robustness, run_slice, run_surface
+from dpsat_core.analysis import run_adaptive_sharpness, run_hessian, run_noise_robustness, run_slice, run_surface
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
@@ -26,6 +27,7 @@ def populated(tmp_path_factory) -> Path:
     sweep(spec, store)
     for run_id in (r.run_id for r in store.list_runs() if r.config.private and r.config.seed == 0):
         run_hessian(store, run_id, trace_probes=100)
+        run_adaptive_sharpness(store, run_id)
         run_noise_robustness(store, run_id)
         run_slice(store, run_id)
         run_surface(store, run_id)
@@ -80,6 +82,15 @@ def test_overview_shows_the_verdict(populated, monkeypatch):
         and "λ_max ×" in verdicts[0]
         and "same ε" in verdicts[0]
     )
+
+
+def test_sharpness_shows_adaptive_sharpness_beside_lambda_max(populated, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    at = open_page("sharpness")
+    assert not at.exception, at.exception
+    assert any("Kwon et al. 2021" in c.value for c in at.caption)
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+    assert any(t.startswith("Adaptive sharpness vs privacy budget") for t in titles), titles
 
 
 def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monkeypatch):

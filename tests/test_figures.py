@@ -1,6 +1,6 @@
 import plotly.graph_objects as go
 
-from dpsat_core import METHODS, Slice, Surface, figures
+from dpsat_core import METHODS, AdaptiveSharpness, Slice, Surface, figures
 from dpsat_core.compare import group_runs
 from tests.factories import record, spectrum
 
@@ -20,6 +20,9 @@ def test_figures_use_the_method_table_colours_and_names():
     assert fig.layout.shapes[0].line.color == METHODS["sgd"].color  # the non-private ceiling as a line
     spectra = {r.run_id: spectrum(5.0) for r in runs}
     assert len(figures.hessian_vs_epsilon(group_runs(runs, spectra)).data) == 4  # λ_max and trace per method
+    adaptive = {r.run_id: AdaptiveSharpness(lambda_max=0.5, n_samples=64, n_params=10, seconds=0.1) for r in runs}
+    lines = {t.name: t for t in figures.adaptive_vs_epsilon(group_runs(runs, spectra, adaptive)).data}
+    assert set(lines) == {"DP-SGD", "DP-SAT"} and list(lines["DP-SAT"].y) == [0.5, 0.5]
     assert list(fig.layout.xaxis.tickvals) == [1.0, 4.0]  # ticks at the swept values, not log decades
 
 

@@ -8,9 +8,15 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import dpsat_core.hessian as hessian_module
-from dpsat_core import TrainConfig, build_model, train
+from dpsat_core import ModelSpec, TrainConfig, build_model, train
 from dpsat_core.data import load_dataset
-from dpsat_core.hessian import HessianOperator, hessian_spectrum, hutchinson_trace, top_eigenvalues
+from dpsat_core.hessian import (
+    HessianOperator,
+    adaptive_sharpness,
+    hessian_spectrum,
+    hutchinson_trace,
+    top_eigenvalues,
+)
 
 
 def tiny_mlp():
@@ -31,7 +37,8 @@ def tiny_cnn():
     return model, torch.randn(30, 1, 4, 4), torch.randint(0, 3, (30,))
 
 
-def exact_eigenvalues(model, x, y):
+def exact_hessian(model, x, y):
+    """The Hessian as a dense matrix (float64) and the flat weights, in `model.parameters()` order."""
     names = [n for n, _ in model.named_parameters()]
     shapes, sizes = [p.shape for p in model.parameters()], [p.numel() for p in model.parameters()]
 
@@ -40,7 +47,11 @@ def exact_eigenvalues(model, x, y):
         return F.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
 
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    matrix = torch.autograd.functional.hessian(loss, flat).double()
+    return torch.autograd.functional.hessian(loss, flat).double(), flat.double()
+
+
+def exact_eigenvalues(model, x, y):
+    matrix, _ = exact_hessian(model, x, y)
     return torch.linalg.eigvalsh(matrix).flip(0).numpy(), torch.trace(matrix).item()
 
 
@@ -117,6 +128,7 @@ def test_the_callers_model_and_global_rng_are_left_alone():
     torch.manual_seed(5)
     for backend in ("lanczos", "pyhessian"):
         hessian_spectrum(model, x, y, k=2, trace_probes=5, backend=backend)
+    adaptive_sharpness(model, x, y)
     assert torch.rand(1) == expected
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -132,6 +144,33 @@ def test_pyhessian_backend_agrees_with_lanczos_within_one_percent():
     slow = hessian_spectrum(model, x, y, k=3, trace_probes=100, seed=0, backend="pyhessian")
     np.testing.assert_allclose(slow.top, fast.top, rtol=0.01)
     assert abs(slow.trace - fast.trace) < 4 * np.hypot(slow.trace_stderr, fast.trace_stderr)
+
+
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn])
+def test_adaptive_sharpness_is_the_top_eigenvalue_of_the_exactly_scaled_hessian(make):
+    model, x, y = make()
+    matrix, weights = exact_hessian(model, x, y)
+    scale = weights.abs()
+    exact = torch.linalg.eigvalsh(scale[:, None] * matrix * scale[None, :])[-1].item()
+    result = adaptive_sharpness(model, x, y)
+    assert result.lambda_max == pytest.approx(exact, rel=1e-3)
+    assert result.n_params == len(weights) and result.n_samples == len(x)
+
+
+def test_adaptive_sharpness_survives_rescaling_the_weights_a_group_norm_undoes():
+    """Conv weight and bias × 0.25 before GroupNorm: same loss, λ_max moves, adaptive λ_max does not."""
+    model = build_model(ModelSpec(architecture="cnn", input_shape=(1, 8, 8), n_classes=10), seed=0)
+    data = load_dataset("digits")
+    x, y = torch.tensor(data.x_train[:256]), torch.tensor(data.y_train[:256])
+    rescaled = build_model(ModelSpec(architecture="cnn", input_shape=(1, 8, 8), n_classes=10), seed=0)
+    with torch.no_grad():
+        rescaled.features[0].weight.mul_(0.25)
+        rescaled.features[0].bias.mul_(0.25)
+        assert F.cross_entropy(rescaled(x), y).item() == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-4)
+    plain = [top_eigenvalues(HessianOperator(m, x, y, mode="vjp"), 1)[0] for m in (model, rescaled)]
+    adaptive = [adaptive_sharpness(m, x, y).lambda_max for m in (model, rescaled)]
+    assert abs(plain[1] / plain[0] - 1) > 0.1
+    assert adaptive[1] == pytest.approx(adaptive[0], rel=0.01)
 
 
 def test_bad_settings_are_refused():
