@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from dpsat_core import DpsatError, SweepResult, SweepSpec, analyze, run_line, sweep
+from dpsat_core import DpsatError, RunStore, SweepResult, SweepSpec, analyze, run_line, sweep
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
 from dpsat_core.report import build_report, write_report
@@ -14,8 +14,11 @@ from dpsat_core.sweeps import check_sweep, default_comparison
 
 from .state import get_jobs, get_store
 
+# What the Overview's panels draw, computed right after the one-click comparison so no further click is needed.
+OVERVIEW_ANALYSES = ("slice", "adaptive")
 
-def start_sweep(spec: SweepSpec) -> str:
+
+def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
     """Check the grid against its data now (errors reach the page), then train it in the background."""
     check_sweep(spec)
     store = get_store()
@@ -25,14 +28,17 @@ def start_sweep(spec: SweepSpec) -> str:
         result = sweep(spec, store, on_progress=progress, should_stop=stop)
         if result.problems():  # finished cells are stored; say what failed
             raise DpsatError(result.problems())
+        if then_analyse and not result.cancelled:
+            _analyse(store, [(r, kind) for kind in then_analyse for r in result.run_ids], progress, stop)
         return result
 
     return get_jobs().submit("sweep", label, job)
 
 
 def start_default_comparison(dataset: str = "digits") -> str:
-    """The one-click comparison (`dpsat_core.sweeps.default_comparison`) in the background."""
-    return start_sweep(default_comparison(dataset))
+    """The one-click comparison (`dpsat_core.sweeps.default_comparison`) in the background, then the
+    analyses the Overview draws."""
+    return start_sweep(default_comparison(dataset), then_analyse=OVERVIEW_ANALYSES)
 
 
 def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
@@ -40,16 +46,19 @@ def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
     already stored ones are not recomputed."""
     store = get_store()
     work = [(run_id, kind) for run_id in run_ids for kind in kinds]
-
-    def job(progress: ProgressFn, stop: StopFn) -> None:
-        for i, (run_id, kind) in enumerate(work):
-            check_stop(stop)
-            progress(Progress("analysis", i, len(work), f"{ANALYSES[kind].label} of run {run_id}"))
-            analyze(store, run_id, kind, should_stop=stop)
-        progress(Progress("analysis", len(work), len(work), "analyses stored"))
-
     labels = ", ".join(ANALYSES[kind].label for kind in kinds)
-    return get_jobs().submit("analysis", f"{labels} for {len(run_ids)} runs", job)
+    return get_jobs().submit(
+        "analysis", f"{labels} for {len(run_ids)} runs", lambda progress, stop: _analyse(store, work, progress, stop)
+    )
+
+
+def _analyse(store: RunStore, work: Sequence[tuple[str, str]], progress: ProgressFn, stop: StopFn) -> None:
+    """Compute each (run id, analysis kind) not stored yet, reporting 'k of n'."""
+    for i, (run_id, kind) in enumerate(work):
+        check_stop(stop)
+        progress(Progress("analysis", i, len(work), f"{ANALYSES[kind].label} of run {run_id} ({i + 1} of {len(work)})"))
+        analyze(store, run_id, kind, should_stop=stop)
+    progress(Progress("analysis", len(work), len(work), "analyses stored"))
 
 
 def start_line(run_a: str, run_b: str) -> str:

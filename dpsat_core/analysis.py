@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .compare import CellStats, group_runs
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .devices import resolve_device
@@ -327,3 +328,9 @@ def iter_run_surface(
         if surface.complete:
             store.save_analysis(run_id, "surface", key, surface.to_dict())
         yield surface
+
+
+def analysed_cells(store: RunStore, runs: Sequence[RunRecord]) -> list[CellStats]:
+    """`compare.group_runs` of `runs` with every stored sharpness analysis they have (Hessian, adaptive)."""
+    ids = [r.run_id for r in runs]
+    return group_runs(runs, cached_analyses(store, ids, "hessian"), cached_analyses(store, ids, "adaptive"))

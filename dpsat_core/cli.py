@@ -13,8 +13,8 @@ import sys
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
-from .analysis import ANALYSES, analyze, cached_analyses
-from .compare import Comparison, comparisons, describe_setting, group_runs, pick_setting, setting_key, verdict
+from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
+from .compare import Comparison, comparisons, describe_setting, pick_setting, setting_key, verdict
 from .config import ACCOUNTANTS, DEVICES, MODELS, TrainConfig, parse_numbers
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
@@ -312,7 +312,7 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "backward_passes_ratio": c.backward_passes_ratio,
         "releases_ratio": c.releases_ratio,
         "lambda_max_ratio": c.lambda_max_ratio,
-        "sharpness_ratio": None,
+        "sharpness_ratio": c.sharpness_ratio,
         "verdict": verdict(c),
     }
 
@@ -320,7 +320,7 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
 def cmd_compare(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
     runs = pick_setting(store.list_runs(), dataset=args.dataset, setting=args.setting)
-    compared = comparisons(group_runs(runs, cached_analyses(store, [r.run_id for r in runs], "hessian")))
+    compared = comparisons(analysed_cells(store, runs))
     if args.json:
         _print_json([_comparison_json(c) for c in compared])
         return 0

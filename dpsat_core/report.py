@@ -18,8 +18,8 @@ from typing import Optional
 import plotly.graph_objects as go
 
 from . import figures
-from .analysis import cached_analyses
-from .compare import CellStats, Comparison, comparisons, describe_setting, group_runs, pick_setting, verdict
+from .analysis import analysed_cells
+from .compare import CellStats, Comparison, comparisons, describe_setting, pick_setting, verdict
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
 from .store import RunStore
@@ -70,7 +70,7 @@ class Report:
 def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Optional[str] = None) -> Report:
     """Numbers for the report from one setting (see `compare.pick_setting`)."""
     runs = pick_setting(store.list_runs(), dataset=dataset, setting=setting)
-    stats = group_runs(runs, cached_analyses(store, [r.run_id for r in runs], "hessian"))
+    stats = analysed_cells(store, runs)
     compared = comparisons(stats)
     headline = [
         HeadlineRow(

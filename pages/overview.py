@@ -7,8 +7,8 @@ import streamlit as st
 from dashboard.actions import report_file, start_analyses, start_default_comparison
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel, methods_table, one_run_per_method, setting_picker
-from dpsat_core import cached_analyses, figures, method_info
-from dpsat_core.compare import best_epsilon, comparisons_at, group_runs, private_epsilons, verdict
+from dpsat_core import analysed_cells, cached_analyses, figures, method_info
+from dpsat_core.compare import best_epsilon, comparisons_at, private_epsilons, verdict
 from dpsat_core.export import find_chromium
 from dpsat_core.sweeps import default_comparison
 
@@ -32,9 +32,7 @@ if not runs:
     job_panel()
     st.stop()
 
-run_ids = [r.run_id for r in runs]
-spectra = cached_analyses(store, run_ids, "hessian")
-stats = group_runs(runs, spectra)
+stats = analysed_cells(store, runs)
 epsilons = private_epsilons(stats)
 epsilon = (
     st.select_slider("ε for the slices and the verdict", epsilons, value=best_epsilon(stats), key="overview-eps")
@@ -44,12 +42,13 @@ epsilon = (
 
 acc, sharp, slices_col = st.columns(3)
 chart(figures.accuracy_vs_epsilon(stats), key="overview-acc", where=acc)
-with sharp:
-    if spectra:
-        chart(figures.hessian_vs_epsilon(stats), key="overview-hessian")
-    missing = [r for r in run_ids if r not in spectra]
-    if missing and st.button(f"Compute Hessian for {len(missing)} runs", key="overview-hessian-go"):
-        start_analyses(missing, ["hessian"])
+with sharp:  # the scale-invariant measure: λ_max alone can move with a layer's scale (see Sharpness)
+    if any(c.adaptive_mean is not None for c in stats):
+        chart(figures.adaptive_vs_epsilon(stats), key="overview-adaptive")
+    analysed = cached_analyses(store, [r.run_id for r in runs], "adaptive")
+    missing = [r.run_id for r in runs if r.run_id not in analysed]
+    if missing and st.button(f"Compute adaptive sharpness for {len(missing)} runs", key="overview-adaptive-go"):
+        start_analyses(missing, ["adaptive"])
 with slices_col:
     chosen = one_run_per_method(runs, epsilon)
     stored = cached_analyses(store, [r.run_id for r in chosen], "slice")
