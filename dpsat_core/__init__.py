@@ -24,6 +24,7 @@ _EXPORTS = {
     "ANALYSES": "analysis",
     "AnalysisKind": "analysis",
     "RunModel": "analysis",
+    "analysed_cells": "analysis",
     "analyze": "analysis",
     "cached_analyses": "analysis",
     "iter_run_surface": "analysis",

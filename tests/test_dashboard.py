@@ -104,6 +104,24 @@ def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monk
     assert get_jobs().wait(jobs[0].job_id, timeout=120).status == "cancelled"
 
 
+def test_after_the_one_click_comparison_all_three_overview_panels_are_filled(tmp_path, monkeypatch):
+    import dashboard.actions as actions
+
+    small = SweepSpec(
+        base=TrainConfig(dataset="digits", epochs=1), methods=("sgd", "dpsgd", "dpsat"), epsilons=(3.0,), seeds=(0,)
+    )
+    monkeypatch.setattr(actions, "default_comparison", lambda dataset="digits": small)  # the real one takes minutes
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("overview")
+    at.button(key="overview-default").click().run()
+    (job,) = get_jobs().jobs()
+    assert get_jobs().wait(job.job_id, timeout=600).status == "done"
+    at.run()
+    keys = [c.proto.id for c in at.get("plotly_chart")]
+    assert not at.exception and len(keys) == 3, keys  # accuracy, adaptive sharpness, slices: no further click
+    assert not [b for b in at.button if b.key in ("overview-adaptive-go", "overview-slices-go")]
+
+
 def test_a_small_job_from_the_train_page_ends_in_stored_results(tmp_path, monkeypatch):
     db = tmp_path / "runs.db"
     monkeypatch.setenv("DPSAT_STORE", str(db))
