@@ -3,8 +3,8 @@
     python bench/step_cost.py [--rounds 300] [--batch-size 256] [--threads 1] [--device auto] [--json]
 
 Uses the library's probe (`dpsat_core.probe.probe_step_cost`): one fixed batch of
-exactly `batch_size` examples, one step of every method per round in an order
-rotated each round, each ratio taken within a round; the median over rounds is
+exactly `batch_size` examples, one step of every method per round in a fresh
+(seeded) order, each ratio taken within a round; the median over rounds is
 reported with the interquartile range of the per-round ratios. Ratios come from
 this one run.
 """

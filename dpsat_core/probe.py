@@ -3,7 +3,7 @@
 Wall time of separate runs is not a cost ratio: runs overlap, the machine's load
 comes and goes, and a step after a long one runs slower. The probe builds every
 method on the setting's model and batch size, feeds each the same fixed batch,
-runs one step of every method per round in an order rotated each round, and
+runs one step of every method per round in a freshly shuffled order, and
 divides each step by its reference's step *in the same round*; the ratio is the
 median over rounds, its spread the interquartile range. `step_cost` keeps the
 probe in the store, keyed by setting and device.
@@ -17,6 +17,7 @@ read 0.75). On CUDA it times wall clock between synchronisations.
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 import time
 from contextlib import contextmanager
@@ -141,10 +142,13 @@ def probe_step_cost(
                 trainer.step_fn(draw)
             on_progress(Progress("probe", i + 1, total, "warming up"))
         times: dict[str, list[float]] = {name: [] for name in names}
+        order, shuffler = list(names), random.Random(seed)
         for r in range(rounds):
             check_stop(should_stop)
-            shift = r % len(names)  # rotated: every method follows every other equally often
-            for name in names[shift:] + names[:shift]:
+            # A fresh order each round: a rotation would keep each method's predecessor fixed, and a step
+            # after a long one runs slower (shared/NOTES.md).
+            shuffler.shuffle(order)
+            for name in order:
                 sync()
                 t0 = clock()
                 trainers[name].step_fn(draw)
