@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from .config import DEVICES, valid_device_name
@@ -17,3 +19,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} asked for CUDA but none is available: use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    """The device with its hardware name and, on CPU, torch's thread count: what a measured cost depends on."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    threads = torch.get_num_threads()
+    return f"{device.type} ({_cpu_name()}, {threads} thread{'s' if threads != 1 else ''})"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

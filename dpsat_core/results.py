@@ -244,3 +244,66 @@ class NoiseRobustness(JsonRecord):
     draws: int
     base_loss: float
     seconds: float
+
+
+# --- cost --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodCost(JsonRecord):
+    """One method's measured step cost, its ratio to its reference (same rounds), and its analytic count.
+
+    `reference` is the registry's baseline, or the non-private reference for a private method without one
+    (DP-SGD against SGD) when both were probed; None when there is nothing to divide by.
+    """
+
+    method: str
+    reference: Optional[str]
+    seconds_per_step: float  # median over rounds
+    ratio: Optional[float]  # median over rounds of (this step / the reference's step in the same round)
+    ratio_low: Optional[float]  # 25th percentile of the per-round ratios
+    ratio_high: Optional[float]  # 75th percentile
+    backward_passes_per_step: int
+    releases_per_step: int
+    backward_passes_ratio: Optional[float]  # analytic: backward passes / the reference's
+
+
+@dataclass(frozen=True, kw_only=True)
+class CostProbe(JsonRecord):
+    """Step cost of methods measured side by side on one setting and device (see `dpsat_core.probe`)."""
+
+    setting: str  # `compare.setting_key` of the setting's runs
+    device: str  # e.g. "cpu (AMD EPYC, 2 threads)" or "cuda:0 (NVIDIA H100 80GB HBM3)"
+    threads: int  # torch.get_num_threads() while probing
+    clock: str  # "thread CPU time" (one-thread CPU probe) or "wall clock"
+    batch_size: int
+    rounds: int
+    warmup: int
+    spread: str  # what ratio_low/ratio_high are
+    costs: tuple[MethodCost, ...]
+    seconds: float  # wall time of the whole probe, set-up included
+    created: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CostProbe":
+        return cls(**{**data, "costs": tuple(MethodCost.from_dict(c) for c in data["costs"])})
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(c.method for c in self.costs)
+
+    def cost(self, method: str) -> MethodCost:
+        """The record of one probed method (KeyError naming the probed ones otherwise)."""
+        for c in self.costs:
+            if c.method == method:
+                return c
+        raise KeyError(f"method {method!r} was not probed (probed: {', '.join(self.methods)})")
+
+    @property
+    def seconds_per_step(self) -> dict[str, float]:
+        return {c.method: c.seconds_per_step for c in self.costs}
+
+    @property
+    def ratio(self) -> dict[str, float]:
+        """Method → median ratio to its reference, for the methods that have one."""
+        return {c.method: c.ratio for c in self.costs if c.ratio is not None}

@@ -1,4 +1,5 @@
-"""The run store: one SQLite file (WAL) holding configs, status, per-epoch metrics, weights and analyses.
+"""The run store: one SQLite file (WAL) holding configs, status, per-epoch metrics, weights, analyses and
+step-cost probes.
 
 Each operation opens its own short connection, so threads (the dashboard's job
 manager) and processes (sweep workers) can share one file safely.
@@ -21,7 +22,7 @@ import torch
 
 from .config import TrainConfig
 from .errors import StoreError
-from .results import EpochMetrics, RunRecord, RunSummary
+from .results import CostProbe, EpochMetrics, RunRecord, RunSummary
 
 STORE_ENV = "DPSAT_STORE"
 APP_NAME = "dpsat-lab"
@@ -42,6 +43,10 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS analyses (
     run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE, kind TEXT NOT NULL, key TEXT NOT NULL,
     result TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (run_id, kind, key)
+);
+CREATE TABLE IF NOT EXISTS probes (
+    setting TEXT NOT NULL, device TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (setting, device)
 );
 """
 
@@ -264,3 +269,18 @@ class RunStore:
                 (kind, key, json.dumps(ids)),
             ).fetchall()
         return {r["run_id"]: json.loads(r["result"]) for r in rows}
+
+    # --- step-cost probes (one per setting and device) -----------------------------------------------
+    def save_probe(self, probe: CostProbe) -> None:
+        """Keep `probe` as the step cost of its setting on its device (replacing an older one)."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO probes (setting, device, result, created) VALUES (?,?,?,?)",
+                (probe.setting, probe.device, json.dumps(probe.to_dict()), probe.created),
+            )
+
+    def find_probe(self, setting: str, device: str) -> Optional[CostProbe]:
+        """The stored step-cost probe of this setting on this device, if any."""
+        with self._connect() as db:
+            row = db.execute("SELECT result FROM probes WHERE setting=? AND device=?", (setting, device)).fetchone()
+        return None if row is None else CostProbe.from_dict(json.loads(row["result"]))
