@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from dpsat_core import DpsatError, RunStore, SweepResult, SweepSpec, analyze, run_line, sweep
+from dpsat_core import DpsatError, RunStore, SweepResult, SweepSpec, TrainConfig, analyze, run_line, step_cost, sweep
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
 from dpsat_core.report import build_report, write_report
@@ -30,6 +30,7 @@ def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
             raise DpsatError(result.problems())
         if then_analyse and not result.cancelled:
             _analyse(store, [(r, kind) for kind in then_analyse for r in result.run_ids], progress, stop)
+            step_cost(store, spec.base, spec.methods, on_progress=progress, should_stop=stop)
         return result
 
     return get_jobs().submit("sweep", label, job)
@@ -39,6 +40,16 @@ def start_default_comparison(dataset: str = "digits") -> str:
     """The one-click comparison (`dpsat_core.sweeps.default_comparison`) in the background, then the
     analyses the Overview draws."""
     return start_sweep(default_comparison(dataset), then_analyse=OVERVIEW_ANALYSES)
+
+
+def start_probe(config: TrainConfig, methods: Sequence[str]) -> str:
+    """Measure the step cost of `methods` (and their baselines) side by side on `config`'s setting."""
+    store = get_store()
+    return get_jobs().submit(
+        "probe",
+        f"step cost of {', '.join(methods)}",
+        lambda progress, stop: step_cost(store, config, methods, on_progress=progress, should_stop=stop),
+    )
 
 
 def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:

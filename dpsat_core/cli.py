@@ -22,6 +22,7 @@ from .errors import ConfigError, DpsatError
 from .export import results_csv, results_json
 from .hessian import BACKENDS
 from .methods import METHODS
+from .probe import step_cost
 from .progress import Progress, no_progress
 from .report import build_report, write_report
 from .results import RunRecord, strict_json
@@ -307,8 +308,8 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "gain_points": c.gain_points,
         "ci_low": low,
         "ci_high": high,
-        "cost_ratio": None,
-        "cost_ratio_spread": None,
+        "cost_ratio": None if c.cost is None else c.cost.ratio,
+        "cost_ratio_spread": None if c.cost is None else [c.cost.ratio_low, c.cost.ratio_high],
         "backward_passes_ratio": c.backward_passes_ratio,
         "releases_ratio": c.releases_ratio,
         "lambda_max_ratio": c.lambda_max_ratio,
@@ -320,7 +321,13 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
 def cmd_compare(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
     runs = pick_setting(store.list_runs(), dataset=args.dataset, setting=args.setting)
-    compared = comparisons(analysed_cells(store, runs))
+    stats = analysed_cells(store, runs)
+    methods = [c.method for c in stats if c.private]
+    progress = no_progress if args.json else _stderr_progress
+    cost = step_cost(store, runs[0].config, methods, cached_only=args.no_probe, on_progress=progress)
+    if not args.json:
+        print(file=sys.stderr)
+    compared = comparisons(stats, cost=cost)
     if args.json:
         _print_json([_comparison_json(c) for c in compared])
         return 0
@@ -438,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="data set to compare on (default: the setting with the most runs)")
     p.add_argument("--setting", help="setting key (or its prefix), as `dpsat compare` prints it")
     p.add_argument("--json", action="store_true", help="print one JSON list: one object per compared cell")
+    p.add_argument(
+        "--no-probe", action="store_true", help="use a stored step-cost probe only; never measure (about 30 s)"
+    )
 
     p = command("report", cmd_report, "write the pilot report (report.html and report.pdf) from the store")
     p.add_argument("--out", required=True, help="folder for report.html and report.pdf")

@@ -18,17 +18,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
+from .config import TrainConfig
 from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
-from .results import AdaptiveSharpness, HessianSpectrum, RunRecord
+from .results import AdaptiveSharpness, CostProbe, HessianSpectrum, MethodCost, RunRecord
 
 _VARYING = ("method", "epsilon", "noise_multiplier", "rho", "seed", "device", "max_physical_batch_size")
 CONFIDENCE = 0.95
 
 
-def setting_key(record: RunRecord) -> str:
+def setting_key(run: RunRecord | TrainConfig) -> str:
     """Hash of the settings shared by comparable runs (data, model, epochs, batch, lr, C, δ, accountant)."""
-    data = {k: v for k, v in record.config.to_dict().items() if k not in _VARYING}
+    config = run.config if isinstance(run, RunRecord) else run.normalized()
+    data = {k: v for k, v in config.to_dict().items() if k not in _VARYING}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -226,6 +228,7 @@ class Comparison:
     rho: float
     epsilon_spent: Optional[float]
     accuracy: PairedDifference  # in accuracy fractions (0.01 = one point)
+    cost: Optional[MethodCost]  # measured step cost against the baseline (a probe of this setting), if any
     lambda_max_ratio: Optional[float]  # mean over paired seeds of λ_max(method)/λ_max(baseline)
     sharpness_ratio: Optional[float]  # the same for adaptive (scale-invariant) λ_max
     backward_passes_ratio: float
@@ -263,8 +266,11 @@ def _paired_ratio(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequenc
     return statistics.fmean(a[s] / b[s] for s in both) if both else None
 
 
-def compare_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Comparison]:
-    """`cell` against its baseline's cell (same ε or σ), paired by seed; None without a baseline or shared seed."""
+def compare_cell(
+    stats: Sequence[CellStats], cell: CellStats, *, cost: Optional[CostProbe] = None
+) -> Optional[Comparison]:
+    """`cell` against its baseline's cell (same ε or σ), paired by seed; None without a baseline or shared seed.
+    `cost`: the setting's step-cost probe, whose ratio becomes the comparison's compute figure."""
     base = _baseline_cell(stats, cell)
     if base is None:
         return None
@@ -283,6 +289,7 @@ def compare_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Compar
         rho=cell.rho,
         epsilon_spent=cell.epsilon_spent_mean,
         accuracy=accuracy,
+        cost=_measured(cost, cell.method, base.method),
         lambda_max_ratio=lam,
         sharpness_ratio=sharpness,
         backward_passes_ratio=info.backward_passes_per_step / base_info.backward_passes_per_step,
@@ -290,15 +297,24 @@ def compare_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Compar
     )
 
 
-def comparisons(stats: Sequence[CellStats], *, private: Optional[bool] = True) -> list[Comparison]:
+def _measured(probe: Optional[CostProbe], method: str, baseline: str) -> Optional[MethodCost]:
+    if probe is None or method not in probe.methods:
+        return None
+    cost = probe.cost(method)
+    return cost if cost.reference == baseline and cost.ratio is not None else None
+
+
+def comparisons(
+    stats: Sequence[CellStats], *, private: Optional[bool] = True, cost: Optional[CostProbe] = None
+) -> list[Comparison]:
     """Every cell of a method that has a baseline, against it (registry order, then ε, σ, ρ)."""
     names = {m.name for m in compared_methods(private=private)}
-    return [c for cell in stats if cell.method in names and (c := compare_cell(stats, cell))]
+    return [c for cell in stats if cell.method in names and (c := compare_cell(stats, cell, cost=cost))]
 
 
-def comparisons_at(stats: Sequence[CellStats], epsilon: float) -> list[Comparison]:
+def comparisons_at(stats: Sequence[CellStats], epsilon: float, *, cost: Optional[CostProbe] = None) -> list[Comparison]:
     """The private comparisons at one target ε."""
-    return [c for c in comparisons(stats) if c.target_epsilon == epsilon]
+    return [c for c in comparisons(stats, cost=cost) if c.target_epsilon == epsilon]
 
 
 def conclusion(c: Comparison) -> str:
@@ -324,11 +340,12 @@ def verdict(c: Comparison) -> str:
         if c.releases_ratio > 1
         else "same ε"
     )
-    parts = [
-        f"At {c.privacy}, {info.label}{rho} vs {base.label}: {c.gain_points:+.1f} points ({interval})",
-        f"{c.backward_passes_ratio:g}× backward passes per step",
-        privacy,
-    ]
+    if c.cost is not None:
+        compute = f"{c.cost.ratio:.2f}× compute per step (measured; IQR {c.cost.ratio_low:.2f}–{c.cost.ratio_high:.2f})"
+    else:
+        compute = f"{c.backward_passes_ratio:g}× backward passes per step (compute not measured)"
+    parts = [f"At {c.privacy}, {info.label}{rho} vs {base.label}: {c.gain_points:+.1f} points ({interval})", compute]
+    parts.append(privacy)
     if c.sharpness_ratio is not None:
         parts.append(f"adaptive sharpness ×{c.sharpness_ratio:.2f}")
     if c.lambda_max_ratio is not None:

@@ -30,9 +30,8 @@ from .config import TrainConfig
 from .devices import describe_device, resolve_device
 from .methods import METHODS, method_info
 from .progress import Progress, ProgressFn, StopFn, check_stop, no_progress
-from .results import CostProbe, MethodCost, RunRecord
+from .results import CostProbe, MethodCost
 from .store import RunStore
-from .training import _quiet_hooks, load_config_dataset, prepare
 
 DEFAULT_ROUNDS = 100
 DEFAULT_WARMUP = 5
@@ -44,11 +43,7 @@ PROBE_NOISE_MULTIPLIER = 1.0
 
 def probe_setting(config: TrainConfig) -> str:
     """The `compare.setting_key` that stored runs of `config`'s setting carry: the probe's store key."""
-    config = config.normalized()
-    record = RunRecord(
-        run_id="", config=config, config_hash="", status="", reason="", summary=None, created=0.0, updated=0.0
-    )
-    return setting_key(record)
+    return setting_key(config)
 
 
 def with_references(methods: Sequence[str]) -> list[str]:
@@ -108,8 +103,10 @@ def probe_step_cost(
     names = with_references(methods)
     if not names:
         raise ValueError("probe at least one method")
+    from .training import load_config_dataset, prepare, quiet_hooks  # Opacus: only when measuring
+
     start = time.perf_counter()
-    with _torch_threads(threads) as used_threads, _quiet_hooks():
+    with _torch_threads(threads) as used_threads, quiet_hooks():
         dataset = load_config_dataset(config)
         trainers = {}
         for name in names:
@@ -210,8 +207,10 @@ def step_cost(
     warmup: int = DEFAULT_WARMUP,
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
-) -> CostProbe:
-    """The stored probe of this setting and device if it covers `methods`, else a new one (then stored).
+    cached_only: bool = False,
+) -> Optional[CostProbe]:
+    """The stored probe of this setting and device if it covers `methods`, else a new one (then stored;
+    with `cached_only`, None instead of measuring).
 
     `device` None means the config's. A re-probe also covers the methods the stored probe had, so the
     row never loses a method.
@@ -223,6 +222,8 @@ def step_cost(
     stored = store.find_probe(probe_setting(config), label)
     if stored is not None and not recompute and set(wanted) <= set(stored.methods):
         return stored
+    if cached_only:
+        return None
     if stored is not None:
         wanted = with_references([*wanted, *stored.methods])
     probe = probe_step_cost(

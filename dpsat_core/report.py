@@ -22,6 +22,7 @@ from .analysis import analysed_cells
 from .compare import CellStats, Comparison, comparisons, describe_setting, pick_setting, verdict
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
+from .probe import step_cost
 from .store import RunStore
 
 STYLE = """
@@ -71,7 +72,8 @@ def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Opt
     """Numbers for the report from one setting (see `compare.pick_setting`)."""
     runs = pick_setting(store.list_runs(), dataset=dataset, setting=setting)
     stats = analysed_cells(store, runs)
-    compared = comparisons(stats)
+    cost = step_cost(store, runs[0].config, [c.method for c in stats if c.private], cached_only=True)
+    compared = comparisons(stats, cost=cost)
     headline = [
         HeadlineRow(
             privacy=level,

@@ -210,7 +210,7 @@ def _privacy_now(trainer: Trainer) -> Optional[PrivacySpent]:
 
 
 @contextmanager
-def _quiet_hooks() -> Iterator[None]:
+def quiet_hooks() -> Iterator[None]:
     """Silence the one harmless warning of Opacus's hooks on inputs that need no grad (shared/NOTES.md)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
@@ -231,7 +231,7 @@ def train(
     plan: Optional[RunPlan] = None,
 ) -> TrainResult:
     """Train `config` to the end, or until it diverges (status failed) or `should_stop()` (cancelled)."""
-    with _quiet_hooks():
+    with quiet_hooks():
         trainer = prepare(config, dataset, plan)
         return _train(trainer, on_progress=on_progress, should_stop=should_stop, on_epoch=on_epoch)
 

@@ -4,10 +4,10 @@ from functools import partial
 
 import streamlit as st
 
-from dashboard.actions import report_file, start_analyses, start_default_comparison
+from dashboard.actions import report_file, start_analyses, start_default_comparison, start_probe
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel, methods_table, one_run_per_method, setting_picker
-from dpsat_core import analysed_cells, cached_analyses, figures, method_info
+from dpsat_core import analysed_cells, cached_analyses, figures, method_info, step_cost
 from dpsat_core.compare import best_epsilon, comparisons_at, private_epsilons, verdict
 from dpsat_core.export import find_chromium
 from dpsat_core.sweeps import default_comparison
@@ -59,9 +59,13 @@ with slices_col:
     if missing_slices and st.button(f"Compute 1D slices for {len(missing_slices)} runs", key="overview-slices-go"):
         start_analyses(missing_slices, ["slice"])
 
+private = [c.method for c in stats if c.private]
+cost = step_cost(store, runs[0].config, private, cached_only=True)
 if epsilon is not None:
-    for comparison in comparisons_at(stats, epsilon):
+    for comparison in comparisons_at(stats, epsilon, cost=cost):
         st.markdown(f"- {verdict(comparison)}")
+if cost is None and private and st.button("Measure the step cost side by side (about a minute)", key="overview-probe"):
+    start_probe(runs[0].config, private)
 st.markdown("**Pilot report** for managers: the question, the settings, a headline per ε, the figures and the caveats.")
 report_html, report_pdf, _ = st.columns([1, 1, 4])
 dataset = runs[0].config.dataset

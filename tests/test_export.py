@@ -116,6 +116,10 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     dpsam = rows[0]
     assert dpsam["baseline"] == "dpsgd" and dpsam["n_pairs"] == 2 and dpsam["backward_passes_ratio"] == 2
     assert dpsam["ci_low"] <= dpsam["gain_points"] <= dpsam["ci_high"]
+    low, high = dpsam["cost_ratio_spread"]  # measured by the probe on first use, then stored
+    assert low <= dpsam["cost_ratio"] <= high and "compute per step (measured" in dpsam["verdict"]
+    assert main(["compare", "--no-probe", "--store", str(swept.path)]) == 0
+    assert "compute per step (measured" in capsys.readouterr().out  # the stored probe is reused
     assert main(["export", "--format", "json", "--store", str(swept.path)]) == 0
     assert len(json.loads(capsys.readouterr().out)) == len(swept.list_runs())
     assert main(["report", "--store", str(swept.path), "--out", str(tmp_path), "--dataset", "digits"]) == 2
