@@ -80,10 +80,10 @@ def start_line(run_a: str, run_b: str) -> str:
     )
 
 
-def report_file(fmt: str, dataset: str) -> bytes:
-    """The pilot report for `dataset` as HTML or PDF bytes (built on click, from the store)."""
+def report_file(fmt: str, setting: str) -> bytes:
+    """The pilot report for one setting as HTML or PDF bytes (built on click, from the store)."""
     with tempfile.TemporaryDirectory() as folder:
-        files = write_report(build_report(get_store(), dataset=dataset), folder)
+        files = write_report(build_report(get_store(), setting=setting), folder)
         if fmt == "pdf":
             if files.pdf is None:
                 raise DpsatError(f"the PDF could not be made ({files.note}); the HTML report works")

@@ -112,7 +112,8 @@ def job_panel() -> None:
             extra.append(f"ε spent {job.metrics['epsilon_spent']:.2f}")
         if job.metrics.get("test_accuracy") is not None:
             extra.append(f"accuracy {100 * job.metrics['test_accuracy']:.1f}%")
-        text = f"{job.label} · {job.status} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
+        run = f" · {job.metrics['run']}" if job.active and "run" in job.metrics else ""
+        text = f"{job.label} · {job.status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
         cols = st.columns([6, 1])
         cols[0].progress(job.fraction, text=text)
         if job.active and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):

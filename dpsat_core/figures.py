@@ -157,7 +157,7 @@ def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D 
                 line_dash=style["line_dash"],
             )
         )
-    return _layout(fig, title, "step along the filter-normalised direction", "training loss")
+    return _layout(fig, title, "α along a filter-normalised direction", "training loss")
 
 
 def _per_epoch(

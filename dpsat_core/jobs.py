@@ -94,6 +94,8 @@ class JobManager:
 
         def report(p: Progress) -> None:
             job.fraction, job.message = p.fraction, p.message
+            if p.metrics.get("cell") != job.metrics.get("cell"):  # a new run of a sweep: its own numbers only
+                job.metrics = {}
             job.metrics.update({k: v for k, v in p.metrics.items() if v is not None})
 
         try:
@@ -102,6 +104,7 @@ class JobManager:
             job.status = "cancelled" if cancelled else "done"
             job.fraction = job.fraction if cancelled else 1.0
             job.message = "cancelled; finished results are kept" if cancelled else "finished"
+            job.metrics = {}  # the last run's numbers are not the job's
         except Cancelled:
             job.status, job.message = "cancelled", "cancelled; finished results are kept"
         except DpsatError as exc:

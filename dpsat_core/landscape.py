@@ -101,7 +101,7 @@ def _axis(steps: int, span: float) -> list[float]:
         raise ConfigError(f"steps must be odd and ≥ 3 (so the grid contains the trained weights), got {steps}")
     if not (math.isfinite(span) and span > 0):
         raise ConfigError(f"span must be > 0, got {span}")
-    return np.linspace(-span, span, steps).tolist()
+    return [round(a, 12) for a in np.linspace(-span, span, steps).tolist()]  # -0.65, not -0.6499999999999999
 
 
 def slice_1d(evaluator: LossEvaluator, direction: Params, *, steps: int = 41, span: float = 1.0) -> Slice:

@@ -7,6 +7,7 @@ from typing import Optional
 
 from .config import TrainConfig
 from .data import data_fingerprint
+from .devices import resolve_device
 from .planning import plan_run
 from .progress import ProgressFn, StopFn, no_progress
 from .results import RunRecord
@@ -42,6 +43,7 @@ def run(
 ) -> RunOutcome:
     """Plan against the data first (bad input leaves no row), then train, streaming epochs to the store."""
     config = config.normalized()
+    resolve_device(config.device)  # CUDA asked for but absent is an error even when a finished run exists
     if reuse:
         existing = reusable_run(store, config)
         if existing is not None:

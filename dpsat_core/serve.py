@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +19,7 @@ SERVER_OPTIONS: dict[str, Any] = {
     "browser.gatherUsageStats": False,  # else the page fetches data.streamlit.io: 3 console errors offline
     "server.maxUploadSize": 50,
     "theme.base": "light",
+    "client.toolbarMode": "minimal",  # no "Deploy" button: this app is not deployed to Streamlit's cloud
 }
 
 
@@ -54,12 +57,21 @@ def streamlit_command(*, port: Optional[int] = None, address: str = "127.0.0.1")
     return command
 
 
+def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """`kill PID` of the launcher stops the server too (no orphan); a server still busy finishing a
+    background job after `grace` seconds is killed."""
+    process.terminate()
+    threading.Timer(grace, lambda: process.poll() is None and process.kill()).start()
+
+
 def launch(*, port: Optional[int] = None, address: str = "127.0.0.1") -> int:
-    """Run the dashboard until it stops; return Streamlit's exit code (130 after Ctrl-C)."""
+    """Run the dashboard until it stops; return Streamlit's exit code (130 after Ctrl-C, 143 after `kill`)."""
     command = streamlit_command(port=port, address=address)
     with subprocess.Popen(command) as process:
+        previous = signal.signal(signal.SIGTERM, lambda *_: _stop(process))
         try:
-            return process.wait()
+            code = process.wait()
+            return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
         except KeyboardInterrupt:
             # The terminal sent SIGINT to Streamlit too; let it shut down before returning.
             try:
@@ -68,3 +80,5 @@ def launch(*, port: Optional[int] = None, address: str = "127.0.0.1") -> int:
                 process.kill()
                 process.wait()
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)

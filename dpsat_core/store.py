@@ -207,7 +207,7 @@ class RunStore:
         with self._connect() as db:
             row = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if row is None:
-                raise StoreError(f"no run {run_id!r} in {self.path}: list them with `python -m dpsat_core runs`")
+                raise StoreError(f"no run {run_id!r} in {self.path}: list them with `dpsat runs --store {self.path}`")
             return self._record(row, self._epochs(db, run_id))
 
     def list_runs(

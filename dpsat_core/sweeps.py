@@ -186,9 +186,8 @@ def _cell_progress(on_progress: ProgressFn, index: int, total: int, label: str) 
     """Report a cell's own progress as sweep progress: 'label: message', with the cell's fraction."""
 
     def report(p: Progress) -> None:
-        on_progress(
-            Progress("sweep", index, total, f"{label}: {p.message}", {**p.metrics, "cell_fraction": p.fraction})
-        )
+        metrics = {**p.metrics, "cell_fraction": p.fraction, "cell": label, "run": f"run {index + 1} of {total}"}
+        on_progress(Progress("sweep", index, total, f"{label}: {p.message}", metrics))
 
     return report
 

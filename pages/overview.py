@@ -8,7 +8,7 @@ from dashboard.actions import report_file, start_analyses, start_default_compari
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel, methods_table, one_run_per_method, setting_picker
 from dpsat_core import analysed_cells, cached_analyses, figures, method_info, step_cost
-from dpsat_core.compare import best_epsilon, comparisons_at, private_epsilons, verdict
+from dpsat_core.compare import best_epsilon, comparisons_at, private_epsilons, setting_key, verdict
 from dpsat_core.export import find_chromium
 from dpsat_core.sweeps import default_comparison
 
@@ -40,7 +40,15 @@ epsilon = (
     else None
 )
 
-acc, sharp, slices_col = st.columns(3)
+private = [c.method for c in stats if c.private]
+cost = step_cost(store, runs[0].config, private, cached_only=True)
+if epsilon is not None:
+    for comparison in comparisons_at(stats, epsilon, cost=cost):
+        st.markdown(f"- {verdict(comparison)}")
+if cost is None and private and st.button("Measure the step cost side by side (about a minute)", key="overview-probe"):
+    start_probe(runs[0].config, private)
+
+acc, sharp = st.columns(2)
 chart(figures.accuracy_vs_epsilon(stats), key="overview-acc", where=acc)
 with sharp:  # the scale-invariant measure: λ_max alone can move with a layer's scale (see Sharpness)
     if any(c.adaptive_mean is not None for c in stats):
@@ -49,6 +57,7 @@ with sharp:  # the scale-invariant measure: λ_max alone can move with a layer's
     missing = [r.run_id for r in runs if r.run_id not in analysed]
     if missing and st.button(f"Compute adaptive sharpness for {len(missing)} runs", key="overview-adaptive-go"):
         start_analyses(missing, ["adaptive"])
+slices_col, report_col = st.columns(2)
 with slices_col:
     chosen = one_run_per_method(runs, epsilon)
     stored = cached_analyses(store, [r.run_id for r in chosen], "slice")
@@ -58,24 +67,12 @@ with slices_col:
     missing_slices = [r.run_id for r in chosen if r.run_id not in stored]
     if missing_slices and st.button(f"Compute 1D slices for {len(missing_slices)} runs", key="overview-slices-go"):
         start_analyses(missing_slices, ["slice"])
-
-private = [c.method for c in stats if c.private]
-cost = step_cost(store, runs[0].config, private, cached_only=True)
-if epsilon is not None:
-    for comparison in comparisons_at(stats, epsilon, cost=cost):
-        st.markdown(f"- {verdict(comparison)}")
-if cost is None and private and st.button("Measure the step cost side by side (about a minute)", key="overview-probe"):
-    start_probe(runs[0].config, private)
-st.markdown("**Pilot report** for managers: the question, the settings, a headline per ε, the figures and the caveats.")
-report_html, report_pdf, _ = st.columns([1, 1, 4])
-dataset = runs[0].config.dataset
-download(
-    report_html, "Report (HTML)", partial(report_file, "html", dataset), "pilot_report.html", key="overview-report-html"
-)
-if find_chromium():
-    download(
-        report_pdf, "Report (PDF)", partial(report_file, "pdf", dataset), "pilot_report.pdf", key="overview-report-pdf"
-    )
-else:
-    report_pdf.caption("PDF needs Chromium (apt-get install chromium)")
+with report_col:
+    st.markdown("**Pilot report** for managers: the question, the settings, the verdicts, the figures, the caveats.")
+    setting = setting_key(runs[0])
+    for fmt in ("html", "pdf") if find_chromium() else ("html",):
+        build = partial(report_file, fmt, setting)
+        download(st, f"Report ({fmt.upper()})", build, f"pilot_report.{fmt}", key=f"overview-report-{fmt}")
+    if not find_chromium():
+        st.caption("PDF needs Chromium (apt-get install chromium)")
 job_panel()

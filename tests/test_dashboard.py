@@ -135,7 +135,7 @@ def test_a_small_job_from_the_train_page_ends_in_stored_results(tmp_path, monkey
     job = get_jobs().jobs()[0]
     view = get_jobs().wait(job.job_id, timeout=300)
     assert view.status == "done"
-    assert 0 < view.metrics["epsilon_spent"] <= 3.0 and 0 <= view.metrics["test_accuracy"] <= 1  # shown on the bar
+    assert view.metrics == {}  # a finished sweep shows no run's numbers as if they were the job's
     runs = RunStore(db).list_runs(status="done")
     assert sorted(r.method for r in runs) == ["dpsat", "dpsgd"] and all(r.config.epochs == 1 for r in runs)
     at.run()  # the panel now shows the finished job

@@ -1,3 +1,4 @@
+import threading
 import time
 
 from dpsat_core import ConfigError, Progress
@@ -22,7 +23,7 @@ def test_jobs_report_progress_and_end_done_failed_or_cancelled():
 
     ids = [jobs.submit("x", "good", good), jobs.submit("x", "bad", bad), jobs.submit("x", "slow", slow)]
     done, failed = jobs.wait(ids[0]), jobs.wait(ids[1])
-    assert done.status == "done" and done.fraction == 1.0 and done.metrics == {"epsilon": 1.5, "test_accuracy": 0.7}
+    assert done.status == "done" and done.fraction == 1.0 and done.metrics == {}  # the job's, not its last run's
     assert jobs.result(ids[0]) == 42
     assert failed.status == "failed" and failed.error == "epsilon must be > 0"
     jobs.cancel(ids[2])
@@ -30,4 +31,23 @@ def test_jobs_report_progress_and_end_done_failed_or_cancelled():
     assert [j.label for j in jobs.jobs()] == ["slow", "bad", "good"]
     jobs.clear_finished()
     assert jobs.jobs() == []
+    jobs.shutdown()
+
+
+def test_a_running_sweep_shows_only_the_current_runs_numbers():
+    jobs = JobManager(max_workers=1)
+    step, seen = threading.Event(), []
+
+    def sweep_like(progress, stop):
+        progress(
+            Progress("sweep", 0, 2, "a: epoch 1/1 done", {"cell": "a", "epsilon_spent": 0.9, "test_accuracy": 0.8})
+        )
+        seen.append(jobs.jobs()[0].metrics)
+        progress(Progress("sweep", 1, 2, "b: epoch 1/5", {"cell": "b", "loss": 2.0}))
+        seen.append(jobs.jobs()[0].metrics)
+        step.set()
+
+    job = jobs.submit("sweep", "two runs", sweep_like)
+    assert step.wait(30) and jobs.wait(job).status == "done"
+    assert seen[0]["epsilon_spent"] == 0.9 and seen[1] == {"cell": "b", "loss": 2.0}  # nothing left from run a
     jobs.shutdown()

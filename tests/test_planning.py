@@ -63,3 +63,11 @@ def test_a_sweep_with_an_unreachable_epsilon_is_refused_before_any_cell(store):
     with pytest.raises(ConfigError, match=r"dpsgd ε=1e-09 seed=0: epsilon=1e-09 is too small"):
         check_sweep(spec)
     assert store.list_runs() == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_even_when_a_finished_run_could_be_reused(store):
+    config = TrainConfig(method="sgd", **TABLE)
+    run(config, store)
+    with pytest.raises(ConfigError, match="asked for CUDA but none is available"):
+        run(TrainConfig(method="sgd", device="cuda", **TABLE), store)

@@ -96,6 +96,27 @@ def test_launch_returns_the_exit_code_and_130_after_ctrl_c(tmp_path, monkeypatch
         proc.stdout.close()
 
 
+def test_terminating_the_launcher_stops_the_server_too(tmp_path):
+    # `kill PID` reaches the launcher only (not its group): it must pass the signal on, leaving no orphan
+    script = (
+        "import sys; from dpsat_core import serve\n"
+        "child = 'import os, signal; print(os.getpid(), flush=True); signal.pause()'\n"
+        "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
+        "raise SystemExit(serve.launch())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        child = int(proc.stdout.readline())
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM  # as a shell reports a process killed by TERM
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     """A wheel built offline with the installed setuptools from a copy of the checkout (bench/ and tests/ included)."""
