@@ -28,6 +28,8 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
         xaxis_title=x,
         yaxis_title=y,
         legend_title_text="",
+        # below the plot, so a narrow column keeps its plot area
+        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
         margin=dict(l=60, r=20, t=60, b=50),
         **extra,
     )
