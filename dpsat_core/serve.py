@@ -61,7 +61,9 @@ def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
     """`kill PID` of the launcher stops the server too (no orphan); a server still busy finishing a
     background job after `grace` seconds is killed."""
     process.terminate()
-    threading.Timer(grace, lambda: process.poll() is None and process.kill()).start()
+    timer = threading.Timer(grace, lambda: process.poll() is None and process.kill())
+    timer.daemon = True  # never keeps the launcher alive once the server has gone
+    timer.start()
 
 
 def launch(*, port: Optional[int] = None, address: str = "127.0.0.1") -> int:
