@@ -21,7 +21,7 @@ from .data.builtin import BUILTIN
 from .errors import ConfigError, DpsatError
 from .export import results_csv, results_json
 from .hessian import BACKENDS
-from .methods import METHODS
+from .methods import METHODS, rho_methods
 from .probe import step_cost
 from .progress import Progress, no_progress
 from .report import build_report, write_report
@@ -66,8 +66,7 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--clip", type=float, default=d.clip_norm, help="per-example clipping norm C")
-    rho_methods = "/".join(m.label.split(" ")[0] for m in METHODS.values() if m.uses_rho)
-    p.add_argument("--rho", type=float, default=d.rho, help=f"{rho_methods} perturbation radius ρ")
+    p.add_argument("--rho", type=float, default=d.rho, help=f"perturbation radius ρ of {rho_methods()}")
     p.add_argument("--accountant", default=d.accountant, choices=ACCOUNTANTS)
     p.add_argument("--model", default=d.model, choices=MODELS)
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/test split")
@@ -165,7 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    spec = SweepSpec(base=_config(args), methods=args.methods, epsilons=args.epsilons, seeds=args.seeds)
+    spec = SweepSpec(
+        base=_config(args), methods=args.methods, epsilons=args.epsilons, seeds=args.seeds, rhos=args.rhos or ()
+    )
     check_sweep(spec)
     store = RunStore(args.store)
     result = sweep(spec, store, workers=args.workers, on_progress=no_progress if args.json else _stderr_progress)
@@ -394,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated target ε values",
     )
     p.add_argument("--seeds", type=_list("--seeds", int), default=(0,), help="comma-separated")
+    p.add_argument(
+        "--rhos",
+        type=_list("--rhos", float),
+        help=f"comma-separated ρ values for {rho_methods()}, one cell each (default: --rho)",
+    )
     p.add_argument(
         "--workers",
         type=int,

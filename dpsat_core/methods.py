@@ -159,6 +159,11 @@ def compared_methods(*, private: Optional[bool] = None) -> list[MethodInfo]:
     return [m for m in METHODS.values() if m.baseline is not None and (private is None or m.private == private)]
 
 
+def rho_methods() -> str:
+    """'SAM, DP-SAM, DP-SAT': the methods ρ applies to, for help texts and labels."""
+    return ", ".join(m.label.split(" (")[0] for m in METHODS.values() if m.uses_rho)
+
+
 def method_table() -> list[dict[str, object]]:
     """The methods side by side (extra ε, releases and backward passes per step), for pages and reports."""
     return [

@@ -26,12 +26,14 @@ from .training import load_config_dataset
 
 @dataclass(frozen=True, kw_only=True)
 class SweepSpec:
-    """A grid over methods, target ε values and seeds around one base config."""
+    """A grid over methods, target ε values, seeds and (for the methods that use it) ρ around one base config;
+    no `rhos` means the base config's ρ."""
 
     base: TrainConfig
     methods: tuple[str, ...]
     epsilons: tuple[float, ...]
     seeds: tuple[int, ...]
+    rhos: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in self.methods:
@@ -40,20 +42,23 @@ class SweepSpec:
             raise ConfigError("a sweep needs at least one method and one seed")
         if any(method_info(m).private for m in self.methods) and not self.epsilons:
             raise ConfigError("private methods in a sweep need at least one epsilon")
+        for rho in self.rhos:  # each is checked as the config would check it
+            dataclasses.replace(self.base, rho=rho)
 
     def cells(self) -> list[TrainConfig]:
         """One normalised config per distinct cell, in a stable order."""
         out, seen = [], set()
         for method in self.methods:
-            private = method_info(method).private
-            for epsilon in self.epsilons if private else (None,):
-                for seed in self.seeds:
-                    cell = dataclasses.replace(
-                        self.base, method=method, seed=seed, epsilon=epsilon, noise_multiplier=None
-                    ).normalized()
-                    if cell.config_hash() not in seen:
-                        seen.add(cell.config_hash())
-                        out.append(cell)
+            info = method_info(method)
+            for rho in (self.rhos or (self.base.rho,)) if info.uses_rho else (self.base.rho,):
+                for epsilon in self.epsilons if info.private else (None,):
+                    for seed in self.seeds:
+                        cell = dataclasses.replace(
+                            self.base, method=method, seed=seed, epsilon=epsilon, noise_multiplier=None, rho=rho
+                        ).normalized()
+                        if cell.config_hash() not in seen:
+                            seen.add(cell.config_hash())
+                            out.append(cell)
         return out
 
 

@@ -7,6 +7,7 @@ from dashboard.state import current_dataset
 from dashboard.widgets import job_panel, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
 from dpsat_core.config import ACCOUNTANTS, DEVICES, parse_numbers
+from dpsat_core.methods import rho_methods
 
 st.title("Train & sweep")
 dataset = current_dataset()
@@ -26,8 +27,7 @@ epochs = st.number_input("Epochs", 1, 500, defaults.epochs, key="train-epochs")
 with st.expander("Advanced settings"):
     a, b, c = st.columns(3)
     clip = a.number_input("Clipping norm C", 0.001, 100.0, defaults.clip_norm, key="train-clip")
-    rho_methods = ", ".join(m.label.split(" ")[0] for m in METHODS.values() if m.uses_rho)
-    rho = a.number_input(f"ρ ({rho_methods})", 0.0, 10.0, defaults.rho, format="%.3f", key="train-rho")
+    rhos = a.text_input(f"ρ values ({rho_methods()}; one cell each)", f"{defaults.rho:g}", key="train-rhos")
     lr = b.number_input("Learning rate", 0.0001, 100.0, defaults.lr, format="%.4f", key="train-lr")
     batch = b.number_input("Expected batch size", 1, 100_000, defaults.batch_size, key="train-batch")
     momentum = c.number_input("Momentum", 0.0, 0.99, defaults.momentum, key="train-momentum")
@@ -42,7 +42,6 @@ if st.button("Start training", type="primary", key="train-start"):
             dataset_size=dataset["size"],
             epochs=int(epochs),
             clip_norm=clip,
-            rho=rho,
             lr=lr,
             batch_size=int(batch),
             momentum=momentum,
@@ -54,6 +53,7 @@ if st.button("Start training", type="primary", key="train-start"):
             methods=tuple(methods),
             epsilons=parse_numbers(epsilons, name="ε values"),
             seeds=parse_numbers(seeds, name="seeds", kind=int),
+            rhos=parse_numbers(rhos, name="ρ values"),
         )
         start_sweep(spec)
         st.success(f"Started {len(spec.cells())} runs. Progress is below; results appear on the other pages.")

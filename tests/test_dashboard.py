@@ -154,6 +154,10 @@ def test_bad_settings_are_explained_on_the_train_page(tmp_path, monkeypatch):
     at.text_input(key="train-epsilons").input("0")
     at.button(key="train-start").click().run()
     assert "epsilon must be a finite number > 0" in at.error[0].value
+    at.text_input(key="train-epsilons").input("3")
+    at.text_input(key="train-rhos").input("0.05, wide")
+    at.button(key="train-start").click().run()
+    assert "ρ values must be comma-separated numbers; 'wide'" in at.error[0].value
     assert get_jobs().jobs() == []
 
 

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from dpsat_core import ConfigError, RunStore, SweepSpec, TrainConfig, sweep
@@ -63,3 +65,30 @@ def test_a_sweep_needs_methods_seeds_and_epsilons():
         SweepSpec(base=BASE, methods=("dpadam",), epsilons=(1.0,), seeds=(0,))
     with pytest.raises(ConfigError, match="need at least one epsilon"):
         SweepSpec(base=BASE, methods=("dpsgd",), epsilons=(), seeds=(0,))
+
+
+def test_rho_values_make_cells_for_the_methods_that_use_rho_only():
+    spec = SweepSpec(base=BASE, methods=("dpsgd", "dpsat", "dpsam"), epsilons=(2.0,), seeds=(0, 1), rhos=(0.01, 0.1))
+    cells = spec.cells()
+    assert sorted({(c.method, c.rho) for c in cells}) == [
+        ("dpsam", 0.01),
+        ("dpsam", 0.1),
+        ("dpsat", 0.01),
+        ("dpsat", 0.1),
+        ("dpsgd", 0.0),
+    ]
+    assert len(cells) == 2 * (1 + 2 + 2) and len({c.config_hash() for c in cells}) == len(cells)
+    with pytest.raises(ConfigError, match="rho must be"):
+        SweepSpec(base=BASE, methods=("dpsat",), epsilons=(2.0,), seeds=(0,), rhos=(-1.0,))
+
+
+def test_the_cli_sweeps_rho_and_compare_keeps_each_rho_apart(store, capsys):
+    from dpsat_core.cli import main
+
+    args = ["sweep", "--dataset", "breast_cancer", "--methods", "dpsgd,dpsat", "--epsilons", "3", "--seeds", "0,1"]
+    args += ["--rhos", "0.02,0.2", "--epochs", "1", "--batch-size", "64", "--workers", "1", "--store", str(store.path)]
+    assert main([*args, "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["trained"]) == 2 * 3
+    assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted((r["method"], r["rho"], r["n_pairs"]) for r in rows) == [("dpsat", 0.02, 2), ("dpsat", 0.2, 2)]
