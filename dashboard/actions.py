@@ -22,7 +22,8 @@ def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
     """Check the grid against its data now (errors reach the page), then train it in the background."""
     check_sweep(spec)
     store = get_store()
-    label = f"{len(spec.cells())} runs on {Path(spec.base.dataset).name}: {', '.join(spec.methods)}"
+    count = len(spec.cells())
+    label = f"{count} run{'s' if count != 1 else ''} on {Path(spec.base.dataset).name}: {', '.join(spec.methods)}"
 
     def job(progress: ProgressFn, stop: StopFn) -> SweepResult:
         result = sweep(spec, store, on_progress=progress, should_stop=stop)
@@ -59,7 +60,9 @@ def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
     work = [(run_id, kind) for run_id in run_ids for kind in kinds]
     labels = ", ".join(ANALYSES[kind].label for kind in kinds)
     return get_jobs().submit(
-        "analysis", f"{labels} for {len(run_ids)} runs", lambda progress, stop: _analyse(store, work, progress, stop)
+        "analysis",
+        f"{labels} for {len(run_ids)} run{'s' if len(run_ids) != 1 else ''}",
+        lambda progress, stop: _analyse(store, work, progress, stop),
     )
 
 

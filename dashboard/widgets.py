@@ -159,6 +159,17 @@ def run_multiselect(
     return [by_label[c] for c in chosen]
 
 
+def baseline_pair(records: Sequence[RunRecord], epsilon: Optional[float]) -> tuple[int, int]:
+    """Indices in `records` of a baseline run and its compared method's run at the same ε and seed
+    (e.g. DP-SGD → DP-SAT at seed 0): the natural default for the line between two runs."""
+    for i, a in sorted(enumerate(records), key=lambda ir: ir[1].config.seed):
+        for j, b in enumerate(records):
+            same = (b.target_epsilon, b.config.seed) == (a.target_epsilon, a.config.seed)
+            if method_info(b.method).baseline == a.method and same and a.target_epsilon in (epsilon, None):
+                return i, j
+    return 0, min(1, len(records) - 1)
+
+
 def one_run_per_method(records: Sequence[RunRecord], epsilon: Optional[float]) -> list[RunRecord]:
     """The lowest-seed run of each method at ε (non-private methods at any ε)."""
     picked: dict[str, RunRecord] = {}

@@ -30,6 +30,7 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
         legend_title_text="",
         # below the plot, so a narrow column keeps its plot area
         legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
+        showlegend=True,  # also with a single trace: the name says which run or method it is
         margin=dict(l=60, r=20, t=60, b=50),
         **extra,
     )
@@ -224,7 +225,7 @@ def eigenvalue_density(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go
             fig.add_trace(
                 go.Scatter(x=s.density_grid, y=s.density, name=label, mode="lines", line_color=_color(method))
             )
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", exponentformat="power", dtick=2)  # 10⁻⁶, 10⁻⁴ …, not mixed SI prefixes
     return _layout(fig, "Hessian eigenvalue density (SLQ)", "eigenvalue", "density (log scale)")
 
 

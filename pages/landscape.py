@@ -4,7 +4,14 @@ import streamlit as st
 
 from dashboard.actions import start_analyses, start_line
 from dashboard.state import get_store
-from dashboard.widgets import chart, comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
+from dashboard.widgets import (
+    baseline_pair,
+    chart,
+    comparable_runs_or_stop,
+    job_panel,
+    one_run_per_method,
+    run_multiselect,
+)
 from dpsat_core import cached_analyses, figures, run_line
 from dpsat_core.compare import best_epsilon, group_runs
 
@@ -35,9 +42,10 @@ if surfaces:
 
 st.subheader("The straight line between two runs")
 ids = [r.run_id for r in runs]
+first, second = baseline_pair(runs, middle)
 a, b = st.columns(2)
-run_a = a.selectbox("From (t = 0)", ids, format_func=labels.get, key="land-line-a")
-run_b = b.selectbox("To (t = 1)", ids, index=min(1, len(ids) - 1), format_func=labels.get, key="land-line-b")
+run_a = a.selectbox("From (t = 0)", ids, index=first, format_func=labels.get, key="land-line-a")
+run_b = b.selectbox("To (t = 1)", ids, index=second, format_func=labels.get, key="land-line-b")
 line = run_line(store, run_a, run_b, cached_only=True) if run_a != run_b else None
 if line:
     chart(figures.line_between_runs(line, labels[run_a], labels[run_b]), key="land-line")

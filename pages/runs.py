@@ -29,16 +29,15 @@ shown = [
 table = pd.DataFrame(
     [
         {
-            "run_id": r.run_id,
+            "run": figures.run_label(r),
             "status": r.status,
-            "method": r.method,
             "dataset": r.config.dataset,
-            "seed": r.config.seed,
             "target ε": r.target_epsilon,
             "ε spent": r.epsilon_spent,
-            "accuracy": r.test_accuracy,
+            "accuracy %": None if r.test_accuracy is None else round(100 * r.test_accuracy, 2),
             "epochs": r.config.epochs,
             "reason": r.reason,
+            "run_id": r.run_id,
         }
         for r in shown
     ]

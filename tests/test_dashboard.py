@@ -257,3 +257,12 @@ def test_a_diverging_run_fails_its_job_with_the_reason_and_keeps_earlier_runs(po
     assert len(RunStore(db).list_runs(status="done")) == before
     at = open_page("train")
     assert any("diverged" in e.value for e in at.error)  # the job panel shows it
+
+
+def test_the_line_between_runs_defaults_to_a_baseline_and_its_method_at_one_seed(populated, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    at = open_page("landscape")
+    store = RunStore(populated)
+    a, b = (store.get(at.selectbox(key=k).value) for k in ("land-line-a", "land-line-b"))
+    assert (a.method, b.method) == ("dpsgd", "dpsat")
+    assert (a.config.seed, a.target_epsilon) == (b.config.seed, b.target_epsilon)
