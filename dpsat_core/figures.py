@@ -119,29 +119,28 @@ def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
                 col=col,
             )
     _epsilon_axis(fig, stats)
-    return _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "ε", "")
+    fig.update_yaxes(title_text="λ_max", row=1, col=1)
+    fig.update_yaxes(title_text="trace", row=1, col=2)
+    return _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "λ_max")
 
 
 def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     """Adaptive (scale-invariant) λ_max vs ε per private method (mean ± std over the seeds analysed)."""
     fig = go.Figure()
-    for method in dict.fromkeys(c.method for c in stats):
-        cells = [c for c in stats if c.method == method and c.adaptive_mean is not None]
-        if not cells or cells[0].target_epsilon is None:
-            continue
+    for name, cells in _series([c for c in stats if c.adaptive_mean is not None]).items():
         fig.add_trace(
             go.Scatter(
-                x=[c.target_epsilon for c in cells],
+                x=[c.epsilon_axis for c in cells],
                 y=[c.adaptive_mean for c in cells],
-                name=cells[0].label,
+                name=name,
                 mode="lines+markers",
-                line_color=_color(method),
                 error_y=dict(type="data", array=[c.adaptive_std or 0 for c in cells]),
+                **_style(cells[0].method),
             )
         )
-    fig.update_xaxes(type="log")
+    _epsilon_axis(fig, stats)
     return _layout(
-        fig, "Adaptive sharpness vs privacy budget (lower = flatter)", "target ε (log scale)", "adaptive λ_max"
+        fig, "Adaptive sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "adaptive λ_max"
     )
 
 
@@ -205,7 +204,11 @@ def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
             )
         )
     return _layout(
-        fig, "Wall time per epoch (not a cost ratio: runs may overlap)", "", "wall seconds per epoch", barmode="group"
+        fig,
+        "Wall time per epoch (not a cost ratio: runs may overlap)",
+        "privacy level",
+        "wall seconds per epoch",
+        barmode="group",
     )
 
 
@@ -215,7 +218,7 @@ def top_eigenvalues(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Fi
         fig.add_trace(
             go.Bar(x=[f"λ{i + 1}" for i in range(len(s.top))], y=s.top, name=label, marker_color=_color(method))
         )
-    return _layout(fig, "Top Hessian eigenvalues", "", "eigenvalue", barmode="group")
+    return _layout(fig, "Top Hessian eigenvalues", "rank", "eigenvalue", barmode="group")
 
 
 def eigenvalue_density(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 
 from . import figures
 from .analysis import analysed_cells
-from .compare import CellStats, Comparison, comparisons, describe_setting, pick_setting, verdict
+from .compare import CellStats, Comparison, comparisons, conclusion, describe_setting, pick_setting, verdict
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
 from .probe import step_cost
@@ -29,8 +29,19 @@ STYLE = """
 body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:.3em .8em;text-align:center}
 .caveat{background:#fff4e5;padding:.8em;border-left:4px solid #f0a000}
-.figure svg{max-width:100%;height:auto}h2{page-break-before:auto}
+.bottom-line{font-size:1.05em}.bottom-line td:last-child{text-align:left}
+.figure svg{max-width:100%;height:auto}
+h2,h3{break-after:avoid;page-break-after:avoid}
+section,table,.figure{break-inside:avoid;page-break-inside:avoid}
+.first-page{break-after:page;page-break-after:always}
 """
+# One sentence per sharpness measure, for readers who have not met them.
+MEASURES = (
+    "λ_max is the largest curvature of the training loss at the trained weights (lower means flatter); "
+    "the trace is the sum of all curvatures. Adaptive sharpness is λ_max measured in units of each weight's "
+    "own size (Kwon et al. 2021), so rescaling a layer that a normalisation undoes does not change it: "
+    "it is the fairer flatness comparison."
+)
 
 
 def question() -> str:
@@ -118,10 +129,31 @@ def caveat(compared: list[Comparison]) -> str:
 
 def report_figures(report: Report) -> dict[str, go.Figure]:
     out = {"Accuracy vs ε": figures.accuracy_vs_epsilon(report.stats)}
+    if any(c.adaptive_mean is not None for c in report.stats):
+        out["Adaptive sharpness vs ε"] = figures.adaptive_vs_epsilon(report.stats)
     if any(c.lambda_max_mean is not None for c in report.stats):
         out["Sharpness vs ε"] = figures.hessian_vs_epsilon(report.stats)
-    out["Cost"] = figures.cost_per_epoch(report.stats)
+    out["Wall time of the runs"] = figures.cost_per_epoch(report.stats)
     return out
+
+
+def bottom_line_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
+    """Per compared method and budget, the manager's numbers in plain words: (what, accuracy, compute,
+    privacy, conclusion). No clipping norms, accountants or noise multipliers."""
+    rows = []
+    for row in report.headline:
+        for c in row.comparisons:
+            info, base = method_info(c.method), method_info(c.baseline)
+            low, high = c.ci_points
+            accuracy = f"{c.gain_points:+.1f} points" + (
+                f" (95% interval {low:+.1f} to {high:+.1f})" if low is not None else " (one seed pair: no interval)"
+            )
+            compute = (
+                f"{c.cost.ratio:.2f}× (measured)" if c.cost is not None else f"{c.backward_passes_ratio:g}× (counted)"
+            )
+            privacy = "same budget" + (", more noise per step" if c.releases_ratio > 1 else "")
+            rows.append((f"{info.label} vs {base.label}, {c.privacy}", accuracy, compute, privacy, conclusion(c)))
+    return rows
 
 
 def _pct(value: Optional[float], std: Optional[float] = None) -> str:
@@ -142,7 +174,10 @@ def render_html(report: Report, *, static_images: bool) -> str:
         )
         heads = " ".join(f"<th>{e(c.name)}</th>" for c in row.cells)
         verdicts = "<br>".join(e(verdict(c)) for c in row.comparisons) or "–"
-        rows.append(f"<h3>{e(row.privacy)}</h3><table><tr>{heads}</tr><tr>{cells}</tr></table><p>{verdicts}</p>")
+        rows.append(
+            f"<section><h3>{e(row.privacy)}</h3><table><tr>{heads}</tr><tr>{cells}</tr></table>"
+            f"<p>{verdicts}</p></section>"
+        )
     reference = [c for c in report.stats if not c.private]
     ceiling = "".join(f"<li>{e(c.label)}: {_pct(c.accuracy_mean, c.accuracy_std)} (no privacy)</li>" for c in reference)
     parts = []
@@ -152,7 +187,11 @@ def render_html(report: Report, *, static_images: bool) -> str:
             if static_images
             else fig.to_html(full_html=False, include_plotlyjs="inline")
         )
-        parts.append(f"<h2>{e(title)}</h2><div class='figure'>{body}</div>")
+        parts.append(f"<section><h2>{e(title)}</h2><div class='figure'>{body}</div></section>")
+    bottom = (
+        "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in bottom_line_rows(report))
+        or "<tr><td colspan='5'>no comparison yet</td></tr>"
+    )
     methods = "".join(
         f"<tr><td>{e(method_info(m).label)}</td><td>{e(method_info(m).extra_epsilon)}</td>"
         f"<td>{method_info(m).backward_passes_per_step}</td></tr>"
@@ -161,17 +200,27 @@ def render_html(report: Report, *, static_images: bool) -> str:
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Pilot report: {e(report.dataset)}</title>
 <style>{STYLE}</style></head><body>
+<div class="first-page">
 <h1>Pilot report: private training on {e(report.dataset)}</h1>
 <p><small>Generated {e(report.created)} by dpsat-lab from {report.runs} stored runs;
 every number below is read from the run store.</small></p>
+<h2>Bottom line</h2>
+<p class="bottom-line"><strong>{e(report.caveat)}</strong></p>
+<table class="bottom-line"><tr><th>comparison</th><th>accuracy gain</th><th>compute per step</th>
+<th>privacy cost</th><th>conclusion</th></tr>{bottom}</table>
+<p><small>Accuracy gain: the mean of the per-seed differences (both methods see the same data and noise at a
+seed), with its 95% interval. Compute: measured side by side on this setting, or counted from the
+algorithm when not measured. Privacy cost: every method is held to the same budget ε.</small></p>
 <h2>The question</h2><p>{e(question())}</p>
+</div>
 <h2>Data and settings</h2><p>{e(report.setting)}; δ = {report.delta if report.delta is not None else "–"};
 accountant {e(report.accountant)};
 {report.seeds} seed(s) per cell.</p>
 <table><tr><th>method</th><th>extra privacy cost</th><th>backward passes per step</th></tr>{methods}</table>
-<h2>Headline</h2>{"".join(rows) or "<p>No private runs.</p>"}
+<h2>The evidence, per privacy budget</h2>{"".join(rows) or "<p>No private runs.</p>"}
 {f"<p>Non-private reference:</p><ul>{ceiling}</ul>" if ceiling else ""}
 <p class="caveat"><strong>Caveat.</strong> {e(report.caveat)}</p>
+<p>{e(MEASURES)}</p>
 {"".join(parts)}
 </body></html>"""
 

@@ -12,7 +12,7 @@ from dpsat_core import RunStore, SweepSpec, TrainConfig, cached_analyses, figure
 from dpsat_core.cli import main
 from dpsat_core.compare import comparisons_at, group_runs, verdict
 from dpsat_core.export import ExportError, figure_bytes, results_csv, results_json
-from dpsat_core.report import build_report, write_report
+from dpsat_core.report import bottom_line_rows, build_report, report_figures, write_report
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,21 @@ def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
     assert html.escape(verdict(report.headline[0].comparisons[0])) in page
     assert "<svg" in page and report.caveat in page
     assert files.pdf.read_bytes().startswith(b"%PDF")
+    # page 1 is the bottom line: the manager's numbers per comparison, before the question and the evidence
+    assert page.index("Bottom line") < page.index("The question") < page.index("The evidence")
+    first_page = page[: page.index("The question")]
+    rows = bottom_line_rows(report)
+    assert len(rows) == sum(len(r.comparisons) for r in report.headline) == 4
+    for what, accuracy, _compute, privacy, reading in rows:
+        assert html.escape(accuracy) in first_page and html.escape(reading) in first_page
+    assert not any(jargon in first_page for jargon in ("σ", "PRV", "clip"))  # no unexplained jargon up front
+    assert "break-after:avoid" in page and "λ_max is the largest curvature" in page
+
+
+def test_every_report_figure_labels_its_axes(swept):
+    for title, fig in report_figures(build_report(swept)).items():
+        axes = [k for k in fig.layout.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]
+        assert axes and all(fig.layout[k].title.text for k in axes), title
 
 
 def test_without_chromium_images_explain_the_fix_and_html_csv_still_work(swept, figure, tmp_path, monkeypatch):
