@@ -317,6 +317,14 @@ def comparisons_at(stats: Sequence[CellStats], epsilon: float, *, cost: Optional
     return [c for c in comparisons(stats, cost=cost) if c.target_epsilon == epsilon]
 
 
+def rho_levels(compared: Sequence[Comparison]) -> list[str]:
+    """Privacy levels at which some method was compared at more than one ρ (where a ρ view says something)."""
+    seen: dict[tuple[str, str], set[float]] = defaultdict(set)
+    for c in compared:
+        seen[(c.privacy, c.method)].add(c.rho)
+    return list(dict.fromkeys(level for (level, _), rhos in seen.items() if len(rhos) > 1))
+
+
 def conclusion(c: Comparison) -> str:
     """The plain-words reading of a paired accuracy difference."""
     detectable = c.accuracy.detectable

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .compare import CellStats, privacy_label
+from .compare import CellStats, Comparison, privacy_label
 from .methods import method_info
 from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
 
@@ -142,6 +142,48 @@ def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     return _layout(
         fig, "Adaptive sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "adaptive λ_max"
     )
+
+
+def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> go.Figure:
+    """At one privacy level: each method's paired accuracy gain over its baseline (95% interval) and its
+    adaptive sharpness, against ρ. `comparisons` and `stats` should be of that level."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy gain over the baseline", "adaptive sharpness"))
+    fig.add_hline(y=0, line_dash="dot", line_color="#888", row=1, col=1)
+    for method in dict.fromkeys(c.method for c in comparisons):
+        mine = sorted((c for c in comparisons if c.method == method), key=lambda c: c.rho)
+        low = [c.gain_points - (c.ci_points[0] if c.ci_points[0] is not None else c.gain_points) for c in mine]
+        high = [(c.ci_points[1] if c.ci_points[1] is not None else c.gain_points) - c.gain_points for c in mine]
+        style = _style(method)
+        fig.add_trace(
+            go.Scatter(
+                x=[c.rho for c in mine],
+                y=[c.gain_points for c in mine],
+                name=method_info(method).label,
+                mode="lines+markers",
+                error_y=dict(type="data", symmetric=False, array=high, arrayminus=low),
+                **style,
+            ),
+            row=1,
+            col=1,
+        )
+        cells = sorted((c for c in stats if c.method == method and c.adaptive_mean is not None), key=lambda c: c.rho)
+        if cells:
+            fig.add_trace(
+                go.Scatter(
+                    x=[c.rho for c in cells],
+                    y=[c.adaptive_mean for c in cells],
+                    name=method_info(method).label,
+                    mode="lines+markers",
+                    showlegend=False,
+                    **style,
+                ),
+                row=1,
+                col=2,
+            )
+    fig.update_xaxes(title_text="ρ")
+    fig.update_yaxes(title_text="points (paired, 95% interval)", row=1, col=1)
+    fig.update_yaxes(title_text="adaptive λ_max", row=1, col=2)
+    return _layout(fig, "ρ, the methods' own knob", "ρ", "points (paired, 95% interval)")
 
 
 def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D loss slices") -> go.Figure:

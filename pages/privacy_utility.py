@@ -4,16 +4,23 @@ import streamlit as st
 
 from dashboard.state import get_store
 from dashboard.widgets import cell_table, chart, comparable_runs_or_stop, comparison_table, job_panel
-from dpsat_core import figures
-from dpsat_core.compare import comparisons, group_runs
+from dpsat_core import analysed_cells, figures
+from dpsat_core.compare import comparisons, rho_levels
 
 st.title("Privacy–utility")
-runs = comparable_runs_or_stop(get_store().list_runs(status="done", with_epochs=True), key="pu")
-stats = group_runs(runs)
+store = get_store()
+runs = comparable_runs_or_stop(store.list_runs(status="done", with_epochs=True), key="pu")
+stats = analysed_cells(store, runs)
+compared = comparisons(stats)
 chart(figures.accuracy_vs_epsilon(stats), key="pu-accuracy")
 cell_table(stats)
 st.markdown("**Each method against its baseline**, paired by seed (same batches and noise draws), 95% interval:")
-comparison_table(comparisons(stats))
+comparison_table(compared)
+levels = rho_levels(compared)
+if levels:
+    level = st.selectbox("ρ view at", levels, key="pu-rho-level")
+    at_level = ([c for c in stats if c.privacy == level], [c for c in compared if c.privacy == level])
+    chart(figures.rho_view(*at_level), key="pu-rho")
 left, right = st.columns(2)
 chart(figures.training_curves(runs), key="pu-curves", where=left)
 chart(figures.epsilon_over_epochs(runs), key="pu-epsilon", where=right)

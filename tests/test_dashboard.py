@@ -266,3 +266,19 @@ def test_the_line_between_runs_defaults_to_a_baseline_and_its_method_at_one_seed
     a, b = (store.get(at.selectbox(key=k).value) for k in ("land-line-a", "land-line-b"))
     assert (a.method, b.method) == ("dpsgd", "dpsat")
     assert (a.config.seed, a.target_epsilon) == (b.config.seed, b.target_epsilon)
+
+
+def test_a_rho_sweep_gets_a_rho_view_on_the_privacy_utility_page(tmp_path, monkeypatch):
+    db = tmp_path / "runs.db"
+    spec = SweepSpec(
+        base=TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64),
+        methods=("dpsgd", "dpsat"),
+        epsilons=(3.0,),
+        seeds=(0, 1),
+        rhos=(0.02, 0.2),
+    )
+    sweep(spec, RunStore(db))
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    at = open_page("privacy_utility")
+    assert not at.exception and at.selectbox(key="pu-rho-level").value == "ε=3"
+    assert len(at.get("plotly_chart")) == 5  # accuracy, curves, ε spent, wall time, and the ρ view
