@@ -317,13 +317,13 @@ def iter_run_surface(
     **settings: Any,
 ) -> Iterator[Surface]:
     """The run's 2D loss surface: the stored one, or a coarse grid first and then the full one (stored)."""
+    stored = None if recompute else analyze(store, run_id, "surface", cached_only=True, **settings)
+    if stored is not None:
+        yield stored
+        return
     spec = ANALYSES["surface"]
     resolved = spec.settings(settings)
     key = spec.key(resolved)
-    stored = None if recompute else store.get_analysis(run_id, "surface", key)
-    if stored is not None:
-        yield Surface.from_dict(stored)
-        return
     for surface in _surfaces(store, run_id, resolved, Context(device, on_progress, should_stop)):
         if surface.complete:
             store.save_analysis(run_id, "surface", key, surface.to_dict())

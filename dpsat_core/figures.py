@@ -70,6 +70,27 @@ def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
     fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:.3g}" for t in ticks], title_text="ε", **where)
 
 
+def _add_series(
+    fig: go.Figure, stats: Sequence[CellStats], mean: str, std: str, *, scale: float = 1.0, **subplot
+) -> None:
+    """One line per `_series` of the cells that have `mean`: mean ± std (× `scale`) along the ε axis."""
+    for name, cells in _series([c for c in stats if getattr(c, mean) is not None]).items():
+        fig.add_trace(
+            go.Scatter(
+                x=[c.epsilon_axis for c in cells],
+                y=[scale * getattr(c, mean) for c in cells],
+                name=name,
+                mode="lines+markers",
+                showlegend=subplot.get("col", 1) == 1,
+                error_y=dict(type="data", array=[scale * (getattr(c, std) or 0) for c in cells], visible=True),
+                customdata=[[c.seeds, c.privacy] for c in cells],
+                hovertemplate="%{customdata[1]}<br>%{y:.3g}<br>%{customdata[0]} seeds",
+                **_style(cells[0].method),
+            ),
+            **subplot,
+        )
+
+
 def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     """Test accuracy vs ε per private method (mean ± std over seeds); non-private references as lines."""
     fig = go.Figure()
@@ -82,19 +103,7 @@ def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
                 annotation_text=c.label,
                 annotation_position="bottom right",
             )
-    for name, cells in _series(stats).items():
-        fig.add_trace(
-            go.Scatter(
-                x=[c.epsilon_axis for c in cells],
-                y=[100 * c.accuracy_mean for c in cells],
-                name=name,
-                mode="lines+markers",
-                error_y=dict(type="data", array=[100 * (c.accuracy_std or 0) for c in cells], visible=True),
-                customdata=[[c.seeds, c.privacy] for c in cells],
-                hovertemplate="%{customdata[1]}<br>%{y:.1f}%<br>%{customdata[0]} seeds",
-                **_style(cells[0].method),
-            )
-        )
+    _add_series(fig, stats, "accuracy_mean", "accuracy_std", scale=100)
     _epsilon_axis(fig, stats)
     return _layout(fig, "Test accuracy vs privacy budget", "ε (target, log scale)", "test accuracy (%)")
 
@@ -102,22 +111,8 @@ def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
 def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     """Top Hessian eigenvalue and trace vs ε per method (mean ± std over the seeds analysed)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("λ_max", "trace"))
-    for name, cells in _series([c for c in stats if c.lambda_max_mean is not None]).items():
-        x = [c.epsilon_axis for c in cells]
-        for col, mean, std in ((1, "lambda_max_mean", "lambda_max_std"), (2, "trace_mean", "trace_std")):
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=[getattr(c, mean) for c in cells],
-                    name=name,
-                    mode="lines+markers",
-                    showlegend=col == 1,
-                    error_y=dict(type="data", array=[getattr(c, std) or 0 for c in cells]),
-                    **_style(cells[0].method),
-                ),
-                row=1,
-                col=col,
-            )
+    _add_series(fig, stats, "lambda_max_mean", "lambda_max_std", row=1, col=1)
+    _add_series(fig, stats, "trace_mean", "trace_std", row=1, col=2)
     _epsilon_axis(fig, stats)
     fig.update_yaxes(title_text="λ_max", row=1, col=1)
     fig.update_yaxes(title_text="trace", row=1, col=2)
@@ -127,17 +122,7 @@ def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
 def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     """Adaptive (scale-invariant) λ_max vs ε per private method (mean ± std over the seeds analysed)."""
     fig = go.Figure()
-    for name, cells in _series([c for c in stats if c.adaptive_mean is not None]).items():
-        fig.add_trace(
-            go.Scatter(
-                x=[c.epsilon_axis for c in cells],
-                y=[c.adaptive_mean for c in cells],
-                name=name,
-                mode="lines+markers",
-                error_y=dict(type="data", array=[c.adaptive_std or 0 for c in cells]),
-                **_style(cells[0].method),
-            )
-        )
+    _add_series(fig, stats, "adaptive_mean", "adaptive_std")
     _epsilon_axis(fig, stats)
     return _layout(
         fig, "Adaptive sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "adaptive λ_max"
@@ -151,8 +136,9 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
     fig.add_hline(y=0, line_dash="dot", line_color="#888", row=1, col=1)
     for method in dict.fromkeys(c.method for c in comparisons):
         mine = sorted((c for c in comparisons if c.method == method), key=lambda c: c.rho)
-        low = [c.gain_points - (c.ci_points[0] if c.ci_points[0] is not None else c.gain_points) for c in mine]
-        high = [(c.ci_points[1] if c.ci_points[1] is not None else c.gain_points) - c.gain_points for c in mine]
+        # error bars to the interval's ends; none with a single seed pair (no interval)
+        low = [0.0 if c.ci_points[0] is None else c.gain_points - c.ci_points[0] for c in mine]
+        high = [0.0 if c.ci_points[1] is None else c.ci_points[1] - c.gain_points for c in mine]
         style = _style(method)
         fig.add_trace(
             go.Scatter(
