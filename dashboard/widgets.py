@@ -53,14 +53,16 @@ def _rounded(value: Optional[float], digits: int) -> Optional[float]:
 
 
 def cell_table(stats: Sequence[CellStats]) -> None:
-    """One row per cell: method (with ρ), privacy level, seeds, accuracy mean ± std, ε spent, wall time."""
+    """One row per cell: method (with ρ), privacy level, seeds, test accuracy mean ± std, validation
+    accuracy (what ρ, lr or C are chosen by), ε spent, wall time."""
     rows = [
         {
             "method": c.name,
             "privacy": c.privacy,
             "seeds": c.seeds,
-            "accuracy %": round(100 * c.accuracy_mean, 2),
+            "test accuracy %": round(100 * c.accuracy_mean, 2),
             "± std": _rounded(c.accuracy_std and 100 * c.accuracy_std, 2),
+            "validation %": _rounded(c.validation_mean and 100 * c.validation_mean, 2),
             "ε spent": _rounded(c.epsilon_spent_mean, 3),
             "wall s / epoch": round(c.wall_seconds_per_epoch, 3),
         }

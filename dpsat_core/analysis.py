@@ -19,7 +19,7 @@ from torch import nn
 
 from .compare import CellStats, group_runs
 from .config import TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, load_config_dataset
 from .devices import resolve_device
 from .errors import ConfigError, StoreError
 from .hessian import BACKENDS, adaptive_sharpness, hessian_spectrum
@@ -59,7 +59,7 @@ def load_run_model(store: RunStore, run_id: str, *, n_samples: int = DEFAULT_SAM
     model = build_model(record.summary.model, seed=0)
     model.load_state_dict(strip_wrapper_prefix(store.load_weights(run_id)))
     config: TrainConfig = record.config
-    dataset = load_dataset(config.dataset, target=config.target, size=config.dataset_size, split_seed=config.split_seed)
+    dataset = load_config_dataset(config)
     count = min(n_samples, dataset.n_train)
     x = torch.tensor(dataset.x_train[:count], device=target)
     y = torch.tensor(dataset.y_train[:count], device=target)

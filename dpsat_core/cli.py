@@ -69,7 +69,13 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     p.add_argument("--rho", type=float, default=d.rho, help=f"perturbation radius ρ of {rho_methods()}")
     p.add_argument("--accountant", default=d.accountant, choices=ACCOUNTANTS)
     p.add_argument("--model", default=d.model, choices=MODELS)
-    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/test split")
+    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/validation/test split")
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=d.validation_fraction,
+        help="share of the training rows held out to choose ρ, lr or C on (0: none); verdicts use test accuracy",
+    )
     p.add_argument(
         "--physical-batch-size",
         type=int,
@@ -96,6 +102,7 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         accountant=args.accountant,
         model=args.model,
         split_seed=args.split_seed,
+        validation_fraction=args.validation_fraction,
         max_physical_batch_size=args.physical_batch_size,
         device=args.device,
     )
@@ -131,11 +138,14 @@ def _print_run(record: RunRecord) -> None:
             f"δ={s.delta:g}, σ={s.noise_multiplier:.4f}, q={s.sample_rate:.4f}, "
             f"{s.steps} steps, {s.releases} releases, {s.accountant}"
         )
-    print(f"  {'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>8} {'ε spent':>7} {'seconds':>8}")
+    print(
+        f"  {'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>8} {'val acc':>7} {'ε spent':>7} "
+        f"{'seconds':>8}"
+    )
     for e in record.epochs:
         print(
             f"  {e.epoch:>5} {e.train_loss:>10.4f} {e.test_loss:>10.4f} {e.test_accuracy:>8.4f} "
-            f"{_fmt(e.epsilon_spent, '.3f'):>7} {e.seconds:>8.2f}"
+            f"{_fmt(e.validation_accuracy, '.4f'):>7} {_fmt(e.epsilon_spent, '.3f'):>7} {e.seconds:>8.2f}"
         )
 
 
@@ -315,6 +325,7 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "releases_ratio": c.releases_ratio,
         "lambda_max_ratio": c.lambda_max_ratio,
         "sharpness_ratio": c.sharpness_ratio,
+        "chosen_by_validation": c.chosen_by_validation,
         "verdict": verdict(c),
     }
 

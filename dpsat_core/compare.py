@@ -10,6 +10,7 @@ CLI and reports use these numbers, never re-derive them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from .config import TrainConfig
+from .config import ADDED_LATER, TrainConfig
 from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
 from .results import AdaptiveSharpness, CostProbe, HessianSpectrum, MethodCost, RunRecord
@@ -30,7 +31,11 @@ CONFIDENCE = 0.95
 def setting_key(run: RunRecord | TrainConfig) -> str:
     """Hash of the settings shared by comparable runs (data, model, epochs, batch, lr, C, δ, accountant)."""
     config = run.config if isinstance(run, RunRecord) else run.normalized()
-    data = {k: v for k, v in config.to_dict().items() if k not in _VARYING}
+    data = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in _VARYING and not (k in ADDED_LATER and v == ADDED_LATER[k])  # keys stay as they were
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -98,6 +103,12 @@ class CellStats:
     accuracy_by_seed: Mapping[int, float] = field(default_factory=dict)
     lambda_max_by_seed: Mapping[int, float] = field(default_factory=dict)
     adaptive_by_seed: Mapping[int, float] = field(default_factory=dict)
+    validation_by_seed: Mapping[int, float] = field(default_factory=dict)  # seeds whose run had a validation split
+
+    @property
+    def validation_mean(self) -> Optional[float]:
+        """Mean validation accuracy: what ρ, lr or C are chosen by (never the test accuracy)."""
+        return statistics.fmean(self.validation_by_seed.values()) if self.validation_by_seed else None
 
     @property
     def label(self) -> str:
@@ -181,9 +192,19 @@ def group_runs(
                 accuracy_by_seed={s: r.test_accuracy for s, r in by_seed.items()},
                 lambda_max_by_seed=lam_by_seed,
                 adaptive_by_seed=ad_by_seed,
+                validation_by_seed={
+                    s: r.validation_accuracy for s, r in by_seed.items() if r.validation_accuracy is not None
+                },
             )
         )
     return out
+
+
+def best_by_validation(cells: Sequence[CellStats]) -> Optional[CellStats]:
+    """The cell with the highest mean validation accuracy (None when no cell has a validation split).
+    Choosing ρ this way leaves test accuracy an unbiased estimate for the chosen cell."""
+    scored = [c for c in cells if c.validation_mean is not None]
+    return max(scored, key=lambda c: c.validation_mean) if scored else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,6 +254,8 @@ class Comparison:
     sharpness_ratio: Optional[float]  # the same for adaptive (scale-invariant) λ_max
     backward_passes_ratio: float
     releases_ratio: float
+    # where the method ran at several ρ at this level: is this the ρ validation accuracy picks? (else None)
+    chosen_by_validation: Optional[bool] = None
 
     @property
     def gain_points(self) -> float:
@@ -309,7 +332,34 @@ def comparisons(
 ) -> list[Comparison]:
     """Every cell of a method that has a baseline, against it (registry order, then ε, σ, ρ)."""
     names = {m.name for m in compared_methods(private=private)}
-    return [c for cell in stats if cell.method in names and (c := compare_cell(stats, cell, cost=cost))]
+    out = [c for cell in stats if cell.method in names and (c := compare_cell(stats, cell, cost=cost))]
+    picks = validation_picks(stats)
+    return [
+        dataclasses.replace(c, chosen_by_validation=picks[(c.method, c.privacy)] == c.rho)
+        if (c.method, c.privacy) in picks
+        else c
+        for c in out
+    ]
+
+
+def validation_picks(stats: Sequence[CellStats]) -> dict[tuple[str, str], float]:
+    """(method, privacy level) → the ρ with the best mean validation accuracy, where the method ran at
+    several ρ at that level and validation accuracy is known."""
+    levels: dict[tuple[str, str], list[CellStats]] = defaultdict(list)
+    for c in stats:
+        if method_info(c.method).uses_rho:
+            levels[(c.method, c.privacy)].append(c)
+    picks = {}
+    for key, cells in levels.items():
+        best = best_by_validation(cells) if len(cells) > 1 else None
+        if best is not None:
+            picks[key] = best.rho
+    return picks
+
+
+def headline_comparisons(compared: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons a bottom line states: for a method run at several ρ, only the validation pick."""
+    return [c for c in compared if c.chosen_by_validation is not False]
 
 
 def comparisons_at(stats: Sequence[CellStats], epsilon: float, *, cost: Optional[CostProbe] = None) -> list[Comparison]:
@@ -342,7 +392,8 @@ def verdict(c: Comparison) -> str:
     low, high = c.ci_points
     pairs = f"{c.accuracy.n_pairs} seed pair{'s' if c.accuracy.n_pairs != 1 else ''}"
     interval = f"95% CI {low:+.1f} to {high:+.1f}, {pairs}" if low is not None else f"{pairs}, no interval"
-    rho = f" (ρ={c.rho:g})" if info.uses_rho else ""
+    picked = {True: ", picked by validation accuracy", False: ", not the validation pick", None: ""}
+    rho = f" (ρ={c.rho:g}{picked[c.chosen_by_validation]})" if info.uses_rho else ""
     privacy = (
         f"same ε, paid with more noise ({info.releases_per_step} releases per step)"
         if c.releases_ratio > 1

@@ -17,6 +17,7 @@ ACCOUNTANTS = ("prv", "rdp")
 MODELS = ("auto", "cnn", "mlp")
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" picks one GPU
 DEFAULT_EPSILON = 3.0
+MAX_VALIDATION_FRACTION = 0.5  # of the training rows; the rest is trained on
 # Settings that change memory use or placement but not the algorithm: left out of the hash.
 _NOT_HASHED = ("device", "max_physical_batch_size")
 # The hash covers these fields, as it has since the first version. A field added later goes in
@@ -42,7 +43,7 @@ _HASHED_SINCE_V1 = (
     "dataset_size",
     "split_seed",
 )
-ADDED_LATER: dict[str, Any] = {}
+ADDED_LATER: dict[str, Any] = {"validation_fraction": 0.0}
 
 
 def _finite(name: str, value: float, *, low: float, low_inclusive: bool, fix: str) -> None:
@@ -63,7 +64,8 @@ class TrainConfig:
 
     Private methods take a target `epsilon` (σ is calibrated) or a `noise_multiplier`
     σ directly, never both; with neither, the target is ε = 3. `delta=None` means
-    1/n rounded down to a power of ten.
+    1/n rounded down to a power of ten. `validation_fraction` of the training rows is held out
+    (by `split_seed`) to choose ρ, lr or C on; test accuracy stays for the verdicts.
     """
 
     dataset: str = "digits"
@@ -83,6 +85,7 @@ class TrainConfig:
     target: Optional[str] = None
     dataset_size: Optional[int] = None
     split_seed: int = 0
+    validation_fraction: float = 0.1
     max_physical_batch_size: int = 1024
     device: str = "auto"
 
@@ -110,6 +113,13 @@ class TrainConfig:
             _positive_int("dataset_size", self.dataset_size, "or leave it unset for the default size")
         if not isinstance(self.seed, int) or not isinstance(self.split_seed, int):
             raise ConfigError(f"seed and split_seed must be whole numbers, got {self.seed!r}, {self.split_seed!r}")
+        _finite(
+            "validation_fraction", self.validation_fraction, low=0, low_inclusive=True, fix="e.g. 0.1, or 0 for none"
+        )
+        if self.validation_fraction > MAX_VALIDATION_FRACTION:
+            raise ConfigError(
+                f"validation_fraction must be ≤ {MAX_VALIDATION_FRACTION}, got {self.validation_fraction!r}: e.g. 0.1"
+            )
         if self.delta is not None:
             _finite("delta", self.delta, low=0, low_inclusive=False, fix="use δ < 1/n, e.g. 1e-5")
             if self.delta >= 1:
@@ -151,6 +161,12 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s) {sorted(unknown)}: known fields are {sorted(known)}")
         return cls(**data)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> "TrainConfig":
+        """A config as an older version stored it: fields it predates take the value they were
+        introduced at (what that run did), not today's default."""
+        return cls.from_dict({**ADDED_LATER, **data})
 
     def config_hash(self) -> str:
         """A stable hash of the normalised config, without placement settings (see `ADDED_LATER`)."""

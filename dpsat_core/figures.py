@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .compare import CellStats, Comparison, privacy_label
+from .compare import CellStats, Comparison, best_by_validation, privacy_label
 from .methods import method_info
 from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
 
@@ -130,8 +130,9 @@ def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
 
 
 def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> go.Figure:
-    """At one privacy level: each method's paired accuracy gain over its baseline (95% interval) and its
-    adaptive sharpness, against ρ. `comparisons` and `stats` should be of that level."""
+    """At one privacy level: each method's paired test-accuracy gain over its baseline (95% interval) and
+    its adaptive sharpness, against ρ, with the ρ that validation accuracy picks circled.
+    `comparisons` and `stats` should be of that level."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy gain over the baseline", "adaptive sharpness"))
     fig.add_hline(y=0, line_dash="dot", line_color="#888", row=1, col=1)
     for method in dict.fromkeys(c.method for c in comparisons):
@@ -152,6 +153,20 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
             row=1,
             col=1,
         )
+        best = best_by_validation([c for c in stats if c.method == method])
+        chosen = next((c for c in mine if best is not None and c.rho == best.rho), None)
+        if chosen is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[chosen.rho],
+                    y=[chosen.gain_points],
+                    name=f"{method_info(method).label}: best ρ by validation ({100 * best.validation_mean:.1f}%)",
+                    mode="markers",
+                    marker=dict(symbol="circle-open", size=22, line_width=2, color=style["line_color"]),
+                ),
+                row=1,
+                col=1,
+            )
         cells = sorted((c for c in stats if c.method == method and c.adaptive_mean is not None), key=lambda c: c.rho)
         if cells:
             fig.add_trace(

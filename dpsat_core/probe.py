@@ -103,7 +103,8 @@ def probe_step_cost(
     names = with_references(methods)
     if not names:
         raise ValueError("probe at least one method")
-    from .training import load_config_dataset, prepare, quiet_hooks  # Opacus: only when measuring
+    from .data import load_config_dataset
+    from .training import prepare, quiet_hooks  # Opacus: only when measuring
 
     start = time.perf_counter()
     with _torch_threads(threads) as used_threads, quiet_hooks():

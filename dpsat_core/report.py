@@ -19,7 +19,16 @@ import plotly.graph_objects as go
 
 from . import figures
 from .analysis import analysed_cells
-from .compare import CellStats, Comparison, comparisons, conclusion, describe_setting, pick_setting, verdict
+from .compare import (
+    CellStats,
+    Comparison,
+    comparisons,
+    conclusion,
+    describe_setting,
+    headline_comparisons,
+    pick_setting,
+    verdict,
+)
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
 from .probe import step_cost
@@ -89,7 +98,7 @@ def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Opt
         HeadlineRow(
             privacy=level,
             cells=tuple(c for c in stats if c.private and c.privacy == level),
-            comparisons=tuple(c for c in compared if c.privacy == level),
+            comparisons=tuple(c for c in headline_comparisons(compared) if c.privacy == level),
         )
         for level in dict.fromkeys(c.privacy for c in stats if c.private)
     ]

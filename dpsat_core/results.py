@@ -76,6 +76,7 @@ class EpochMetrics(JsonRecord):
     seconds: float
     steps: int
     releases: int
+    validation_accuracy: Optional[float] = None  # None without a validation split (and in older runs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EpochMetrics":
@@ -114,6 +115,8 @@ class RunSummary(JsonRecord):
     device: str
     n_train: int
     data_fingerprint: Optional[str] = None  # digest of a file data set's bytes (None for built-ins, old runs)
+    validation_accuracy: Optional[float] = None  # for choosing ρ, lr or C; None without a validation split
+    n_validation: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSummary":
@@ -155,6 +158,10 @@ class RunRecord:
     @property
     def test_accuracy(self) -> Optional[float]:
         return None if self.summary is None else self.summary.test_accuracy
+
+    @property
+    def validation_accuracy(self) -> Optional[float]:
+        return None if self.summary is None else self.summary.validation_accuracy
 
     def to_dict(self, *, with_epochs: bool = False) -> dict[str, Any]:
         """JSON-ready: identity, status, config and summary (and epochs if asked)."""

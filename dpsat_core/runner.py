@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .config import TrainConfig
-from .data import data_fingerprint
+from .data import data_fingerprint, load_config_dataset
 from .devices import resolve_device
 from .planning import plan_run
 from .progress import ProgressFn, StopFn, no_progress
 from .results import RunRecord
 from .store import RunStore
-from .training import load_config_dataset, train
+from .training import train
 
 
 @dataclass(frozen=True)

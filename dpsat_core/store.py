@@ -189,7 +189,7 @@ class RunStore:
         summary = json.loads(row["summary"])
         return RunRecord(
             run_id=row["run_id"],
-            config=TrainConfig.from_dict(json.loads(row["config"])),
+            config=TrainConfig.from_stored(json.loads(row["config"])),
             config_hash=row["config_hash"],
             status=row["status"],
             reason=row["reason"],

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from .config import TrainConfig
+from .data import load_config_dataset
 from .errors import ConfigError
 from .methods import METHODS, method_info
 from .planning import plan_run
 from .progress import Progress, ProgressFn, StopFn, no_progress
 from .runner import reusable_run, run
 from .store import RunStore
-from .training import load_config_dataset
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from .accounting import PrivacySpent, epsilon_spent
 from .config import TrainConfig
-from .data import Dataset, data_fingerprint, load_dataset
+from .data import Dataset, data_fingerprint, load_config_dataset
 from .gradients import Batch
 from .methods import method_info
 from .models import build_model, count_parameters
@@ -56,6 +56,7 @@ class TrainResult:
     n_params: int
     device: str
     n_train: int
+    n_validation: int
     data_fingerprint: Optional[str]
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
@@ -83,6 +84,8 @@ class TrainResult:
             accountant=None if self.privacy is None else self.privacy.accountant,
             accounting_note=" ".join(dict.fromkeys(n for n in notes if n)),  # calibration and spending notes
             test_accuracy=None if last is None else last.test_accuracy,
+            validation_accuracy=None if last is None else last.validation_accuracy,
+            n_validation=self.n_validation,
             test_loss=None if last is None else json_float(last.test_loss),
             train_loss=None if last is None else json_float(last.train_loss),
             seconds=self.seconds,
@@ -132,11 +135,6 @@ class Trainer:
 
     def _count_release(self, _optimizer: DPOptimizer) -> None:
         self.releases += 1
-
-
-def load_config_dataset(config: TrainConfig) -> Dataset:
-    """The data set a config names, split by its `split_seed`."""
-    return load_dataset(config.dataset, target=config.target, size=config.dataset_size, split_seed=config.split_seed)
 
 
 def prepare(config: TrainConfig, dataset: Optional[Dataset] = None, plan: Optional[RunPlan] = None) -> Trainer:
@@ -246,6 +244,8 @@ def _train(
     config = trainer.config
     x_test = torch.tensor(trainer.dataset.x_test, device=trainer.device)
     y_test = torch.tensor(trainer.dataset.y_test, device=trainer.device)
+    x_val = torch.tensor(trainer.dataset.x_val, device=trainer.device)
+    y_val = torch.tensor(trainer.dataset.y_val, device=trainer.device)
     subset = slice(0, min(TRAIN_LOSS_SUBSET, trainer.dataset.n_train))
     steps_per_epoch = trainer.plan.steps // config.epochs
     epochs: list[EpochMetrics] = []
@@ -280,6 +280,7 @@ def _train(
             break
         test_loss, test_accuracy = evaluate(trainer.model, x_test, y_test)
         train_loss, _ = evaluate(trainer.model, trainer.x_train[subset], trainer.y_train[subset])
+        validation_accuracy = evaluate(trainer.model, x_val, y_val)[1] if len(y_val) else None
         if not (math.isfinite(test_loss) and math.isfinite(train_loss)):
             status, reason = "failed", f"training diverged: evaluation loss is not finite after epoch {epoch}; lower lr"
             break
@@ -289,6 +290,7 @@ def _train(
             train_loss=train_loss,
             test_loss=test_loss,
             test_accuracy=test_accuracy,
+            validation_accuracy=validation_accuracy,
             epsilon_spent=None if privacy is None else privacy.epsilon,
             seconds=seconds,
             steps=step,
@@ -328,6 +330,7 @@ def _train(
         n_params=count_parameters(trainer.model),
         device=str(trainer.device),
         n_train=trainer.dataset.n_train,
+        n_validation=trainer.dataset.n_val,
         data_fingerprint=data_fingerprint(config.dataset),
         state_dict=_weights(trainer.model),
     )

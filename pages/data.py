@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboard.state import current_dataset, uploads_dir
 from dashboard.widgets import show_error
-from dpsat_core import BUILTIN_DATASETS, DpsatError, load_dataset
+from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, load_dataset
 from dpsat_core.data import DEFAULT_SIZES, FILE_TYPES
 from dpsat_core.serve import SERVER_OPTIONS
 
@@ -49,17 +49,23 @@ else:
             target = st.selectbox("Target (label) column", columns, index=len(columns) - 1, key="data-target")
 
 try:
-    data = load_dataset(source, target=target, size=size)
+    data = load_dataset(source, target=target, size=size, validation_fraction=TrainConfig().validation_fraction)
 except DpsatError as exc:
     show_error(exc)
     st.stop()
 
 info = data.describe()
-cols = st.columns(4)
+cols = st.columns(5)
 cols[0].metric("Training examples", info["n_train"])
-cols[1].metric("Test examples", info["n_test"])
-cols[2].metric("Classes", info["n_classes"])
-cols[3].metric("Input shape", " × ".join(map(str, info["input_shape"])))
+cols[1].metric("Validation examples", info["n_validation"])
+cols[2].metric("Test examples", info["n_test"])
+cols[3].metric("Classes", info["n_classes"])
+cols[4].metric("Input shape", " × ".join(map(str, info["input_shape"])))
+st.caption(
+    f"Split by seed 0: validation is {TrainConfig().validation_fraction:.0%} of the training rows (change it on the "
+    "Train page). Only the training rows are trained on; validation accuracy is for choosing ρ, lr or C, and "
+    "verdicts report test accuracy."
+)
 st.bar_chart(pd.DataFrame({"examples": info["class_counts"]}, index=list(data.class_names)))
 if st.button("Use this data set", type="primary", key="data-use"):
     st.session_state["dataset"] = {"source": source, "target": target, "size": size}

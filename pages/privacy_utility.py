@@ -21,6 +21,11 @@ if levels:
     level = st.selectbox("ρ view at", levels, key="pu-rho-level")
     at_level = ([c for c in stats if c.privacy == level], [c for c in compared if c.privacy == level])
     chart(figures.rho_view(*at_level), key="pu-rho")
+    st.caption(
+        "The circled ρ has the best mean validation accuracy (rows held out of training, by `split_seed`); "
+        "the gain plotted is on the test set, which played no part in the choice. Choosing ρ on private "
+        "validation rows is itself not covered by ε: for a release, fix ρ in advance or tune on public data."
+    )
 left, right = st.columns(2)
 chart(figures.training_curves(runs), key="pu-curves", where=left)
 chart(figures.epsilon_over_epochs(runs), key="pu-epsilon", where=right)

@@ -6,7 +6,7 @@ from dashboard.actions import start_sweep
 from dashboard.state import current_dataset
 from dashboard.widgets import job_panel, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
-from dpsat_core.config import ACCOUNTANTS, DEVICES, parse_numbers
+from dpsat_core.config import ACCOUNTANTS, DEVICES, MAX_VALIDATION_FRACTION, parse_numbers
 from dpsat_core.methods import rho_methods
 
 st.title("Train & sweep")
@@ -33,6 +33,16 @@ with st.expander("Advanced settings"):
     momentum = c.number_input("Momentum", 0.0, 0.99, defaults.momentum, key="train-momentum")
     accountant = c.selectbox("Accountant", ACCOUNTANTS, key="train-accountant")
     device = c.selectbox("Device", DEVICES, key="train-device")
+    validation = a.number_input(
+        "Validation fraction",
+        0.0,
+        MAX_VALIDATION_FRACTION,
+        defaults.validation_fraction,
+        step=0.05,
+        key="train-validation",
+        help="Share of the training rows held out (by the split seed) to choose ρ, lr or C on. "
+        "Verdicts use test accuracy, which plays no part in that choice.",
+    )
 
 if st.button("Start training", type="primary", key="train-start"):
     try:
@@ -47,6 +57,7 @@ if st.button("Start training", type="primary", key="train-start"):
             momentum=momentum,
             accountant=accountant,
             device=device,
+            validation_fraction=validation,
         )
         spec = SweepSpec(
             base=base,

@@ -20,5 +20,5 @@ def store(tmp_path) -> RunStore:
 
 @pytest.fixture
 def quick() -> TrainConfig:
-    """One epoch on breast_cancer (455 rows): a full private run in well under a second."""
+    """One epoch on breast_cancer (409 training rows after test and validation): a private run in under a second."""
     return TrainConfig(dataset="breast_cancer", method="dpsgd", epsilon=4.0, epochs=1, batch_size=64)

@@ -8,7 +8,12 @@ from dpsat_core import HessianSpectrum, ModelSpec, RunRecord, RunSummary, TrainC
 
 
 def summary(
-    config: TrainConfig, *, accuracy: float, epsilon_spent: Optional[float], seconds_per_epoch: float
+    config: TrainConfig,
+    *,
+    accuracy: float,
+    epsilon_spent: Optional[float],
+    seconds_per_epoch: float,
+    validation: Optional[float] = None,
 ) -> RunSummary:
     """A plausible finished summary for `config` with the numbers a test cares about."""
     return RunSummary(
@@ -36,6 +41,8 @@ def summary(
         n_params=1000,
         device="cpu",
         n_train=1437,
+        validation_accuracy=validation,
+        n_validation=0 if validation is None else 144,
     )
 
 
@@ -53,6 +60,7 @@ def record(
     rho=None,
     spent=None,
     created=0.0,
+    validation=None,
 ) -> RunRecord:
     """A stored-looking run of `method` at target ε `eps` (or σ `sigma`; neither: non-private) with accuracy `acc`."""
     extra = {"rho": rho} if rho is not None else {}
@@ -65,7 +73,7 @@ def record(
         config_hash=config.config_hash(),
         status=status,
         reason="",
-        summary=summary(config, accuracy=acc, epsilon_spent=spent, seconds_per_epoch=seconds),
+        summary=summary(config, accuracy=acc, epsilon_spent=spent, seconds_per_epoch=seconds, validation=validation),
         created=created,
         updated=created,
     )

@@ -96,7 +96,7 @@ def test_sweep_then_human_readable_listing(tmp_path, capsys):
     [
         (["train", "--epsilon", "0"], "epsilon must be a finite number > 0"),
         (["train", "--method", "dpsgd", "--delta", "0.5", "--dataset", "breast_cancer"], "must be < 1/n"),
-        (["train", "--batch-size", "5000", "--dataset", "breast_cancer"], "exceeds the 455"),
+        (["train", "--batch-size", "5000", "--dataset", "breast_cancer"], "exceeds the 409"),
         (["train", "--rho", "-1"], "rho must be"),
         (["train", "--dataset", "nowhere"], "unknown dataset"),
         (["show", "abc123"], "no run 'abc123'"),

@@ -9,8 +9,10 @@ from dpsat_core.compare import (
     comparisons,
     comparisons_at,
     group_runs,
+    headline_comparisons,
     paired_difference,
     setting_key,
+    validation_picks,
     verdict,
 )
 from tests.factories import record, spectrum
@@ -95,6 +97,25 @@ def test_cells_that_differ_in_rho_stay_apart_and_share_the_baseline():
     assert [(c.name, c.seeds) for c in cells] == [("DP-SGD", 2), ("DP-SAT ρ=0.05", 2), ("DP-SAT ρ=0.5", 2)]
     gains = {c.rho: round(c.gain_points, 6) for c in comparisons_at(cells, 2.0)}
     assert gains == {0.05: 1.0, 0.5: -10.0}
+
+
+def test_the_rho_the_verdict_states_is_picked_by_validation_not_test_accuracy():
+    runs = [record("dpsgd", 2.0, s, 0.80 + s / 100, validation=0.7) for s in range(2)]
+    # ρ=0.05 wins on test accuracy, ρ=0.5 on validation accuracy: the choice must not look at the test set
+    runs += [record("dpsat", 2.0, s, 0.83 + s / 100, rho=0.05, validation=0.70 + s / 100) for s in range(2)]
+    runs += [record("dpsat", 2.0, s, 0.79 + s / 100, rho=0.5, validation=0.72 + s / 100) for s in range(2)]
+    cells = group_runs(runs)
+    assert [c.validation_mean for c in cells] == pytest.approx([0.7, 0.705, 0.725])
+    assert validation_picks(cells) == {("dpsat", "ε=2"): 0.5}
+    compared = comparisons_at(cells, 2.0)
+    assert {c.rho: c.chosen_by_validation for c in compared} == {0.05: False, 0.5: True}
+    (stated,) = headline_comparisons(compared)
+    assert stated.rho == 0.5 and "(ρ=0.5, picked by validation accuracy)" in verdict(stated)
+    # one ρ only, or no validation split: nothing to pick, every comparison is stated
+    single = comparisons_at(group_runs(runs[:4]), 2.0)
+    assert [c.chosen_by_validation for c in single] == [None]
+    blind = [record("dpsgd", 2.0, 0, 0.8)] + [record("dpsat", 2.0, 0, 0.8, rho=r) for r in (0.05, 0.5)]
+    assert len(headline_comparisons(comparisons_at(group_runs(blind), 2.0))) == 2
 
 
 def test_lambda_max_ratio_is_paired_by_seed():

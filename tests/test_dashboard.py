@@ -165,7 +165,7 @@ def test_the_data_page_checks_and_selects_a_built_in_data_set(tmp_path, monkeypa
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
     at = open_page("data")
     at.selectbox(key="data-builtin").select("breast_cancer").run()
-    assert [m.value for m in at.metric][:3] == ["455", "114", "2"]
+    assert [m.value for m in at.metric][:4] == ["409", "46", "114", "2"]  # train, validation, test, classes
     at.button(key="data-use").click().run()
     assert at.session_state["dataset"]["source"] == "breast_cancer"
     at.switch_page("../pages/train.py").run()
@@ -224,7 +224,7 @@ def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch
     at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
     assert not at.exception and len(at.dataframe[0].value) == 8  # preview of the first rows
     at.selectbox(key="data-target").select("label").run()
-    assert [m.value for m in at.metric][:3] == ["32", "8", "2"]
+    assert [m.value for m in at.metric][:4] == ["29", "3", "8", "2"]
     at.button(key="data-use").click().run()
     chosen = at.session_state["dataset"]
     assert chosen["target"] == "label" and Path(chosen["source"]).read_bytes() == _csv()

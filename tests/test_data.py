@@ -155,6 +155,48 @@ def test_splits_are_deterministic_by_seed():
     assert load_dataset("mnist1d", size=300, split_seed=1).n_train == 240
 
 
+def test_the_validation_split_is_held_out_of_training_and_leaves_the_test_set_alone(tmp_path):
+    path = tmp_path / "ids.npz"  # one unique feature per row, so rows can be followed through the split
+    np.savez(path, x=np.arange(200, dtype=np.float64).reshape(-1, 1) * 3 + 7, y=np.arange(200) % 2)
+    plain = load_dataset(str(path), split_seed=3)
+    held = load_dataset(str(path), split_seed=3, validation_fraction=0.25)
+    again = load_dataset(str(path), split_seed=3, validation_fraction=0.25)
+    assert (plain.n_train, plain.n_val, len(plain.y_test)) == (160, 0, 40)
+    assert (held.n_train, held.n_val, len(held.y_test)) == (120, 40, 40)
+    assert np.array_equal(held.x_val, again.x_val)  # fixed by the split seed
+    # same test rows whatever the validation share
+    ids = {"plain": _row_ids(plain), "held": _row_ids(held)}
+    assert ids["plain"]["test"] == ids["held"]["test"]
+    assert ids["held"]["train"] | ids["held"]["val"] == ids["plain"]["train"]
+    assert not ids["held"]["train"] & ids["held"]["val"] and len(ids["held"]["val"]) == 40
+    # scaled with training rows only, and both classes in the validation set (stratified)
+    assert abs(held.x_train.mean()) < 1e-5 and abs(held.x_train.std() - 1) < 1e-5
+    assert set(held.y_val.tolist()) == {0, 1}
+    assert load_dataset("digits", validation_fraction=0.1).describe()["n_validation"] == 144
+
+
+def _row_ids(data) -> dict[str, set[int]]:
+    """Each split's original row numbers: one affine scaling maps the ids 0..199 (x = 3·id + 7) into
+    every split of a data set, so an id is its value's rank among all rows."""
+    parts = {"train": data.x_train[:, 0], "val": data.x_val.reshape(-1), "test": data.x_test[:, 0]}
+    ranks = np.empty(200, dtype=int)
+    ranks[np.argsort(np.concatenate(list(parts.values())))] = np.arange(200)
+    out, start = {}, 0
+    for name, values in parts.items():
+        out[name] = set(ranks[start : start + len(values)].tolist())
+        start += len(values)
+    return out
+
+
+def test_bad_validation_fractions_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match=r"validation fraction must be in \[0, 0.5\]"):
+        load_dataset("digits", validation_fraction=0.7)
+    path = tmp_path / "tiny.csv"
+    path.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(10)))
+    with pytest.raises(DataError, match="too few to hold out a validation fraction of 0.05"):
+        load_dataset(str(path), target="label", validation_fraction=0.05)
+
+
 def test_unknown_names_and_file_types(tmp_path):
     with pytest.raises(DataError, match="unknown dataset 'cifar100'"):
         load_dataset("cifar100")

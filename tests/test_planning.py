@@ -36,7 +36,7 @@ def test_a_sigma_run_is_accounted_in_full_before_it_starts():
         ({"model": "cnn"}, "needs image data"),
         ({"device": "tpu9"}, "unknown device 'tpu9'"),
         ({"epsilon": 1e-9}, "too small to reach"),
-        ({"batch_size": 5000}, "exceeds the 455 training examples"),
+        ({"batch_size": 5000}, "exceeds the 409 training examples"),
     ],
 )
 def test_bad_input_writes_no_row(changes, message, store):

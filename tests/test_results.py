@@ -1,5 +1,6 @@
 """Typed results: JSON round trips, and stores written before the typed results still open and are reused."""
 
+import dataclasses
 import shutil
 import sqlite3
 from pathlib import Path
@@ -37,10 +38,15 @@ def test_a_store_written_by_the_wave1_code_opens_typed_and_its_runs_are_reused(t
     assert [type(e) for e in dpsgd.epochs] == [EpochMetrics, EpochMetrics]
     assert dpsgd.epochs[-1].epsilon_spent == pytest.approx(dpsgd.epsilon_spent)
     assert sgd.epsilon_spent is None and sgd.summary.releases == 0
-    # hashes are unchanged since then, so the same config is reused instead of retrained
-    config = TrainConfig(dataset="breast_cancer", method="dpsgd", epsilon=3.0, epochs=2, batch_size=64)
+    # hashes are unchanged since then, so the same config is reused instead of retrained; the old run
+    # had no validation split, so it is that config (not today's default, which trains on fewer rows)
+    assert dpsgd.config.validation_fraction == 0.0 and TrainConfig().validation_fraction > 0
+    config = TrainConfig(
+        dataset="breast_cancer", method="dpsgd", epsilon=3.0, epochs=2, batch_size=64, validation_fraction=0.0
+    )
     outcome = run(config, store)
     assert outcome.reused and outcome.record.run_id == dpsgd.run_id
+    assert config.config_hash() != dataclasses.replace(config, validation_fraction=0.1).config_hash()
     # analyses cached by the old code are found under the same settings
     assert set(cached_analyses(store, [dpsgd.run_id, sgd.run_id], "slice")) == {dpsgd.run_id}
     hessian = cached_analyses(store, [dpsgd.run_id], "hessian", k=2, trace_probes=4, n_samples=64)

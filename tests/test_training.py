@@ -11,7 +11,7 @@ def test_a_run_reports_per_epoch_metrics_and_weights(quick):
     seen: list[Progress] = []
     result = train(TrainConfig(**{**quick.to_dict(), "epochs": 3}), on_progress=seen.append)
     assert result.status == "done" and [e.epoch for e in result.epochs] == [1, 2, 3]
-    assert result.steps == result.plan.steps == 3 * round(455 / 64)
+    assert result.steps == result.plan.steps == 3 * round(409 / 64)
     assert all(0 <= e.test_accuracy <= 1 and math.isfinite(e.train_loss) for e in result.epochs)
     assert [e.seconds for e in result.epochs] == sorted(e.seconds for e in result.epochs)
     assert result.test_accuracy > 0.8  # far above the 63% majority class
@@ -42,7 +42,7 @@ def test_cancel_stops_between_steps(quick):
 
 
 def test_bad_settings_against_the_data_are_clear_errors():
-    with pytest.raises(ConfigError, match="exceeds the 455 training examples"):
+    with pytest.raises(ConfigError, match="exceeds the 409 training examples"):
         train(TrainConfig(dataset="breast_cancer", batch_size=1000))
     with pytest.raises(ConfigError, match="must be < 1/n"):
         train(TrainConfig(dataset="breast_cancer", method="dpsgd", delta=0.01))
@@ -50,6 +50,19 @@ def test_bad_settings_against_the_data_are_clear_errors():
         train(TrainConfig(dataset="breast_cancer", model="cnn"))
     with pytest.raises(DataError, match="unknown dataset"):
         train(TrainConfig(dataset="imagenet"))
+
+
+def test_validation_accuracy_is_measured_each_epoch_on_held_out_rows(quick):
+    result = train(TrainConfig(**{**quick.to_dict(), "epochs": 2}))
+    summary = result.summary()
+    assert (summary.n_train, summary.n_validation) == (409, 46)
+    assert all(e.validation_accuracy is not None and 0.5 < e.validation_accuracy <= 1 for e in result.epochs)
+    assert summary.validation_accuracy == result.epochs[-1].validation_accuracy
+    assert summary.validation_accuracy != summary.test_accuracy  # a different set of rows
+    none = train(TrainConfig(**{**quick.to_dict(), "validation_fraction": 0.0})).summary()
+    assert (none.n_train, none.n_validation, none.validation_accuracy) == (455, 0, None)
+    with pytest.raises(ConfigError, match="validation_fraction must be ≤ 0.5"):
+        TrainConfig(validation_fraction=0.6)
 
 
 def test_non_private_runs_report_no_privacy():

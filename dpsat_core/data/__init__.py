@@ -5,31 +5,44 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import DataError
 from .builtin import BUILTIN, DEFAULT_SIZES
-from .dataset import Dataset
+from .dataset import MAX_VALIDATION_FRACTION, Dataset, Split
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 from .files import load_csv, load_folder, load_npz
 
-__all__ = ["BUILTIN", "DEFAULT_SIZES", "FILE_TYPES", "Dataset", "data_fingerprint", "load_dataset"]
+__all__ = [
+    "BUILTIN",
+    "DEFAULT_SIZES",
+    "FILE_TYPES",
+    "MAX_VALIDATION_FRACTION",
+    "Dataset",
+    "Split",
+    "data_fingerprint",
+    "load_config_dataset",
+    "load_dataset",
+]
 
 # File types a user can point to (besides a folder of IDX or CIFAR-10 files).
 FILE_TYPES = (".csv", ".npz")
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(source: str, target: Optional[str], size: Optional[int], split_seed: int, stamp: tuple) -> Dataset:
+def _load_cached(source: str, target: Optional[str], size: Optional[int], split: Split, stamp: tuple) -> Dataset:
     if source in BUILTIN:
-        return BUILTIN[source](size=size, split_seed=split_seed)
+        return BUILTIN[source](size=size, split=split)
     path = Path(source)
     if path.is_dir():
-        return load_folder(path, split_seed=split_seed)
+        return load_folder(path, split=split)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return load_csv(path, target=target, split_seed=split_seed)
+        return load_csv(path, target=target, split=split)
     if suffix == ".npz":
-        return load_npz(path, split_seed=split_seed)
+        return load_npz(path, split=split)
     raise DataError(
         f"{path.name}: unsupported file type {suffix or '(none)'}: use {', '.join(FILE_TYPES)}, "
         "or a folder of IDX/CIFAR files"
@@ -37,13 +50,20 @@ def _load_cached(source: str, target: Optional[str], size: Optional[int], split_
 
 
 def load_dataset(
-    source: str, *, target: Optional[str] = None, size: Optional[int] = None, split_seed: int = 0
+    source: str,
+    *,
+    target: Optional[str] = None,
+    size: Optional[int] = None,
+    split_seed: int = 0,
+    validation_fraction: float = 0.0,
 ) -> Dataset:
-    """Load a built-in data set by name (digits, breast_cancer, mnist1d, synthetic) or a file/folder.
+    """Load a built-in data set by name (digits, breast_cancer, mnist1d, synthetic) or a file/folder,
+    split into train, validation (`validation_fraction` of the training rows) and test by `split_seed`.
 
     Results are cached per process (arrays are read-only); a file's cache entry
     is keyed by its modification time and size, so an edited file is re-read.
     """
+    split = Split(split_seed, validation_fraction)
     if source not in BUILTIN:
         path = Path(source).expanduser()
         if not path.exists():
@@ -52,8 +72,19 @@ def load_dataset(
                 f"or a path to a {' or '.join(FILE_TYPES)} file or a data folder"
             )
         stat = path.stat()
-        return _load_cached(str(path), target, None, split_seed, (stat.st_mtime_ns, stat.st_size))
-    return _load_cached(source, None, size, split_seed, ())
+        return _load_cached(str(path), target, None, split, (stat.st_mtime_ns, stat.st_size))
+    return _load_cached(source, None, size, split, ())
+
+
+def load_config_dataset(config: "TrainConfig") -> Dataset:
+    """The data set a config names, split as it says (its `split_seed` and `validation_fraction`)."""
+    return load_dataset(
+        config.dataset,
+        target=config.target,
+        size=config.dataset_size,
+        split_seed=config.split_seed,
+        validation_fraction=config.validation_fraction,
+    )
 
 
 def data_fingerprint(source: str) -> Optional[str]:

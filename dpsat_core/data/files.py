@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .dataset import Dataset, finish
+from .dataset import Dataset, Split, finish
 
 MAX_FILE_BYTES = 512 * 1024**2
 # A text column with at most this many distinct values (and a repeating one) is a category.
@@ -71,7 +71,7 @@ def _encode_table(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[st
     return np.hstack(blocks), names, np.array(numeric_mask)
 
 
-def load_csv(path: Path, *, target: str | None, split_seed: int) -> Dataset:
+def load_csv(path: Path, *, target: str | None, split: Split) -> Dataset:
     """A CSV table with a header row; `target` names the label column."""
     check_size(path)
     try:
@@ -99,7 +99,7 @@ def load_csv(path: Path, *, target: str | None, split_seed: int) -> Dataset:
         "tabular",
         x,
         labels.astype(str).to_numpy() if labels.dtype == object else labels.to_numpy(),
-        split_seed=split_seed,
+        split=split,
         feature_names=names,
         standardize=numeric,
     )
@@ -114,7 +114,7 @@ def _as_images(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def load_npz(path: Path, *, split_seed: int) -> Dataset:
+def load_npz(path: Path, *, split: Split) -> Dataset:
     """An .npz with arrays `x` (n,d), (n,H,W), (n,H,W,C) or (n,C,H,W) and `y` (n,)."""
     check_size(path)
     try:
@@ -128,7 +128,7 @@ def load_npz(path: Path, *, split_seed: int) -> Dataset:
     if x.ndim < 2 or x.ndim > 4:
         raise DataError(f"{path.name}: x must be (n, features) or images (n, H, W[, C]); got shape {x.shape}")
     kind = "tabular" if x.ndim == 2 else "image"
-    return finish(path.stem, kind, _as_images(x) if kind == "image" else x, y, split_seed=split_seed)
+    return finish(path.stem, kind, _as_images(x) if kind == "image" else x, y, split=split)
 
 
 def _open(path: Path) -> bytes:
@@ -157,7 +157,7 @@ def _find(folder: Path, pattern: str) -> Path:
     return matches[0]
 
 
-def load_idx_folder(folder: Path, *, split_seed: int) -> Dataset:
+def load_idx_folder(folder: Path, *, split: Split) -> Dataset:
     """MNIST or FashionMNIST: train/t10k images and labels, `*-ubyte` or `*-ubyte.gz`."""
     parts = {
         key: read_idx(_find(folder, f"{prefix}-{kind}-idx{dim}-ubyte*"))
@@ -173,7 +173,7 @@ def load_idx_folder(folder: Path, *, split_seed: int) -> Dataset:
         "image",
         parts["xtr"][:, None] / 255.0,
         parts["ytr"],
-        split_seed=split_seed,
+        split=split,
         test=(parts["xte"][:, None] / 255.0, parts["yte"]),
     )
 
@@ -205,22 +205,22 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
 
 
-def load_cifar_folder(folder: Path, *, split_seed: int) -> Dataset:
+def load_cifar_folder(folder: Path, *, split: Split) -> Dataset:
     """CIFAR-10 python batches: data_batch_* for training, test_batch for testing."""
     train = [_cifar_batch(p) for p in sorted(folder.glob("data_batch_*"))]
     x_test, y_test = _cifar_batch(_find(folder, "test_batch"))
     x = np.concatenate([b[0] for b in train]) / 255.0
     y = np.concatenate([b[1] for b in train])
-    return finish(folder.name, "image", x, y, split_seed=split_seed, test=(x_test / 255.0, y_test))
+    return finish(folder.name, "image", x, y, split=split, test=(x_test / 255.0, y_test))
 
 
-def load_folder(folder: Path, *, split_seed: int) -> Dataset:
+def load_folder(folder: Path, *, split: Split) -> Dataset:
     """Pick the loader by what the folder holds (CIFAR may sit in `cifar-10-batches-py/`)."""
     if any(folder.glob("*-idx3-ubyte*")):
-        return load_idx_folder(folder, split_seed=split_seed)
+        return load_idx_folder(folder, split=split)
     for candidate in (folder, folder / "cifar-10-batches-py"):
         if any(candidate.glob("data_batch_*")):
-            return load_cifar_folder(candidate, split_seed=split_seed)
+            return load_cifar_folder(candidate, split=split)
     raise DataError(
         f"{folder}: found neither MNIST-style IDX files (train-images-idx3-ubyte…) nor CIFAR-10 batches (data_batch_1…)"
     )
