@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+import streamlit as st
+
 from dpsat_core import DpsatError, RunStore, SweepResult, SweepSpec, TrainConfig, analyze, run_line, step_cost, sweep
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
@@ -16,6 +18,13 @@ from .state import get_jobs, get_store
 
 # What the Overview's panels draw, computed right after the one-click comparison so no further click is needed.
 OVERVIEW_ANALYSES = ("slice", "adaptive")
+
+
+def _submit(kind: str, label: str, fn) -> str:
+    """Queue a job, and say so where the user is looking (a toast), not only in the job panel below."""
+    job_id = get_jobs().submit(kind, label, fn)
+    st.toast(f"Started: {label}. Progress is under **Jobs** at the bottom of the page.", icon="⏳")
+    return job_id
 
 
 def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
@@ -34,7 +43,7 @@ def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
             step_cost(store, spec.base, spec.methods, on_progress=progress, should_stop=stop)
         return result
 
-    return get_jobs().submit("sweep", label, job)
+    return _submit("sweep", label, job)
 
 
 def start_default_comparison(dataset: str = "digits") -> str:
@@ -46,7 +55,7 @@ def start_default_comparison(dataset: str = "digits") -> str:
 def start_probe(config: TrainConfig, methods: Sequence[str]) -> str:
     """Measure the step cost of `methods` (and their baselines) side by side on `config`'s setting."""
     store = get_store()
-    return get_jobs().submit(
+    return _submit(
         "probe",
         f"step cost of {', '.join(methods)}",
         lambda progress, stop: step_cost(store, config, methods, on_progress=progress, should_stop=stop),
@@ -59,7 +68,7 @@ def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
     store = get_store()
     work = [(run_id, kind) for run_id in run_ids for kind in kinds]
     labels = ", ".join(ANALYSES[kind].label for kind in kinds)
-    return get_jobs().submit(
+    return _submit(
         "analysis",
         f"{labels} for {len(run_ids)} run{'s' if len(run_ids) != 1 else ''}",
         lambda progress, stop: _analyse(store, work, progress, stop),
@@ -78,9 +87,7 @@ def _analyse(store: RunStore, work: Sequence[tuple[str, str]], progress: Progres
 def start_line(run_a: str, run_b: str) -> str:
     """Loss along the straight line between two runs' weights."""
     store = get_store()
-    return get_jobs().submit(
-        "analysis", f"line {run_a} → {run_b}", lambda progress, stop: run_line(store, run_a, run_b)
-    )
+    return _submit("analysis", f"line {run_a} → {run_b}", lambda progress, stop: run_line(store, run_a, run_b))
 
 
 def report_file(fmt: str, setting: str) -> bytes:

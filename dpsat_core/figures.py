@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .compare import CellStats, Comparison, best_by_validation, privacy_label
-from .methods import method_info
+from .methods import METHODS, method_info
 from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
 
 TEMPLATE = "plotly_white"
@@ -205,27 +205,57 @@ def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D 
     return _layout(fig, title, "α along a filter-normalised direction", "training loss")
 
 
+def _shade(hex_color: str, level: int, levels: int) -> str:
+    """The method's colour, lighter for lower levels (smaller ε first), so a method's cells stay one hue."""
+    mix = 0.0 if levels <= 1 else 0.6 * (levels - 1 - level) / (levels - 1)
+    rgb = [int(hex_color[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * mix):02x}" for c in rgb)
+
+
 def _per_epoch(
     records: Sequence[RunRecord], value: Callable[[EpochMetrics], Optional[float]], title: str, y_title: str
 ) -> go.Figure:
-    """One line per run over epochs; runs without the value (ε of a non-private run) are left out."""
-    fig = go.Figure()
+    """One line per cell (method, privacy level, ρ): the mean over its seeds at each epoch, the spread in
+    the hover; a method keeps its hue, dash and marker, darker at larger ε. Runs without the value (ε of a
+    non-private run) are left out."""
+    cells: dict[tuple, list[RunRecord]] = {}
     for r in records:
         if r.epochs and value(r.epochs[0]) is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[e.epoch for e in r.epochs],
-                    y=[value(e) for e in r.epochs],
-                    name=run_label(r),
-                    mode="lines+markers",
-                    **_style(r.method),
-                )
+            config = r.config
+            level = (config.epsilon is None, config.epsilon or 0.0, config.noise_multiplier or 0.0)
+            cells.setdefault((list(METHODS).index(r.method), level, config.rho, r.method), []).append(r)
+    fig = go.Figure()
+    for key in sorted(cells):
+        runs, method = cells[key], key[-1]
+        levels = sorted({k[1] for k in cells if k[-1] == method})
+        epochs = min(len(r.epochs) for r in runs)
+        points = [[value(r.epochs[i]) for r in runs] for i in range(epochs)]
+        config = runs[0].config
+        name = run_label(runs[0]).rsplit(" s", 1)[0]
+        if method_info(method).uses_rho:
+            name += f" ρ={config.rho:g}"
+        name += f" s{config.seed}" if len(runs) == 1 else f" ({len(runs)} seeds)"
+        style = _style(method)
+        style["line_color"] = _shade(style["line_color"], levels.index(key[1]), len(levels))
+        fig.add_trace(
+            go.Scatter(
+                x=[e.epoch for e in runs[0].epochs[:epochs]],
+                y=[sum(p) / len(p) for p in points],
+                customdata=[[min(p), max(p)] for p in points],
+                hovertemplate="epoch %{x}: %{y:.3g} (seeds %{customdata[0]:.3g}–%{customdata[1]:.3g})",
+                name=name,
+                legendgroup=method,
+                mode="lines+markers",
+                **style,
             )
+        )
     return _layout(fig, title, "epoch", y_title)
 
 
 def training_curves(records: Sequence[RunRecord]) -> go.Figure:
-    return _per_epoch(records, lambda e: 100 * e.test_accuracy, "Training curves", "test accuracy (%)")
+    return _per_epoch(
+        records, lambda e: 100 * e.test_accuracy, "Training curves (mean over seeds)", "test accuracy (%)"
+    )
 
 
 def epsilon_over_epochs(records: Sequence[RunRecord]) -> go.Figure:
@@ -293,12 +323,16 @@ def noise_robustness(curves: Mapping[str, tuple[str, NoiseRobustness]]) -> go.Fi
     )
 
 
-def surfaces_side_by_side(surfaces: Mapping[str, Surface]) -> go.Figure:
-    """2D loss contours of several runs on one colour scale."""
+def surfaces_side_by_side(surfaces: Mapping[str, Surface], *, per_row: int = 3) -> go.Figure:
+    """2D loss contours of several runs on one colour scale, each panel square (d₁ and d₂ share a scale)."""
     values = [v for s in surfaces.values() for row in s.loss for v in row if v is not None]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
-    fig = make_subplots(rows=1, cols=max(1, len(surfaces)), subplot_titles=list(surfaces) or [""])
-    for i, (label, s) in enumerate(surfaces.items(), start=1):
+    cols = max(1, min(per_row, len(surfaces)))
+    rows = max(1, -(-len(surfaces) // cols))
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=list(surfaces) or [""], horizontal_spacing=0.08, vertical_spacing=0.12
+    )
+    for i, (label, s) in enumerate(surfaces.items()):
         fig.add_trace(
             go.Contour(
                 x=s.axis,
@@ -309,11 +343,16 @@ def surfaces_side_by_side(surfaces: Mapping[str, Surface]) -> go.Figure:
                 contours_coloring="heatmap",
                 line_width=0.5,
             ),
-            row=1,
-            col=i,
+            row=i // cols + 1,
+            col=i % cols + 1,
         )
+    for i in range(1, rows * cols + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"yaxis{suffix}"].update(scaleanchor=f"x{suffix}", scaleratio=1, constrain="domain", title="d₂")
+        fig.layout[f"xaxis{suffix}"].update(constrain="domain", title="d₁")
     fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=low, cmax=high, colorbar_title="loss"))
-    return _layout(fig, "Loss surfaces along the same random directions", "d₁", "d₂")
+    _layout(fig, "Loss surfaces along the same random directions", "d₁", "d₂")
+    return fig.update_layout(height=120 + 360 * rows, showlegend=False)
 
 
 def surface_3d(label: str, surface: Surface) -> go.Figure:

@@ -100,6 +100,8 @@ def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monk
     at.button(key="overview-default").click().run()
     jobs = get_jobs().jobs()
     assert len(jobs) == 1 and "dpsgd, dpsam, dpsat" in jobs[0].label
+    # the click is answered where the user is looking, not only in the job panel at the bottom
+    assert "Started: " in at.toast[0].value and "bottom of the page" in at.toast[0].value
     get_jobs().cancel(jobs[0].job_id)
     assert get_jobs().wait(jobs[0].job_id, timeout=120).status == "cancelled"
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import plotly.graph_objects as go
 
 from dpsat_core import METHODS, AdaptiveSharpness, Slice, Surface, figures
@@ -46,6 +48,11 @@ def test_surfaces_share_one_colour_scale():
     fig = figures.surfaces_side_by_side({"A": a, "B": b})
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.5, 9.0)
     assert all(t.coloraxis == "coloraxis" for t in fig.data)
+    # square panels: d₂ is drawn on d₁'s scale in each
+    assert (fig.layout.yaxis.scaleanchor, fig.layout.yaxis2.scaleanchor) == ("x", "x2")
+    assert fig.layout.yaxis2.scaleratio == 1 and fig.layout.xaxis2.title.text == "d₁"
+    four = figures.surfaces_side_by_side({k: a for k in "ABCD"})  # wraps after three panels
+    assert [t.xaxis for t in four.data] == ["x", "x2", "x3", "x4"] and four.layout.height == 120 + 2 * 360
     line = figures.slices_overlay(
         {
             "x": (
@@ -81,3 +88,36 @@ def test_the_rho_view_plots_the_paired_gain_and_sharpness_against_rho_and_circle
     assert list(pick.x) == [0.2] and round(pick.y[0], 6) == -5.0 and "validation (75.5%)" in pick.name
     assert list(sharp.x) == [0.02, 0.2] and list(sharp.y) == [1.02, 1.2]
     assert fig.layout.xaxis.title.text == "ρ" and fig.layout.yaxis2.title.text == "adaptive λ_max"
+
+
+def test_training_curves_draw_one_line_per_cell_the_mean_over_seeds_in_the_methods_hue():
+    from dpsat_core import EpochMetrics
+
+    def with_epochs(r, accuracies):
+        epochs = tuple(
+            EpochMetrics(
+                epoch=i + 1, train_loss=1, test_loss=1, test_accuracy=a, epsilon_spent=1, seconds=i, steps=i, releases=i
+            )
+            for i, a in enumerate(accuracies)
+        )
+        return dataclasses.replace(r, epochs=epochs)
+
+    runs = [
+        with_epochs(record(m, eps, s, 0.8, run_id=f"{m}{eps}{s}"), [0.5 + s / 10, 0.6 + s / 10])
+        for m in ("dpsgd", "dpsat")
+        for eps in (1.0, 8.0)
+        for s in range(3)
+    ]
+    fig = figures.training_curves(runs)
+    assert [t.name for t in fig.data] == [
+        "DP-SGD ε=1 (3 seeds)",
+        "DP-SGD ε=8 (3 seeds)",
+        "DP-SAT ε=1 ρ=0.05 (3 seeds)",
+        "DP-SAT ε=8 ρ=0.05 (3 seeds)",
+    ]
+    assert [round(y, 6) for y in fig.data[0].y] == [60.0, 70.0]  # the mean of 50/60/70 and 60/70/80
+    assert list(fig.data[0].customdata[0]) == [50.0, 70.0]  # the seed spread, in the hover
+    colors = [t.line.color for t in fig.data]
+    assert len(set(colors)) == 4 and colors[1] == METHODS["dpsgd"].color  # the largest ε in the method's colour
+    single = figures.training_curves(runs[:1])
+    assert single.data[0].name == "DP-SGD ε=1 s0"

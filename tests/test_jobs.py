@@ -8,6 +8,7 @@ from dpsat_core.progress import check_stop
 
 def test_jobs_report_progress_and_end_done_failed_or_cancelled():
     jobs = JobManager(max_workers=2)
+    started = threading.Event()
 
     def good(progress, stop):
         progress(Progress("train", 1, 2, "half", {"epsilon": 1.5, "test_accuracy": 0.7}))
@@ -17,6 +18,8 @@ def test_jobs_report_progress_and_end_done_failed_or_cancelled():
         raise ConfigError("epsilon must be > 0")
 
     def slow(progress, stop):
+        progress(Progress("sweep", 1, 4, "run 1 of 4 finished"))
+        started.set()
         while True:
             check_stop(stop)
             time.sleep(0.01)
@@ -26,8 +29,10 @@ def test_jobs_report_progress_and_end_done_failed_or_cancelled():
     assert done.status == "done" and done.fraction == 1.0 and done.metrics == {}  # the job's, not its last run's
     assert jobs.result(ids[0]) == 42
     assert failed.status == "failed" and failed.error == "epsilon must be > 0"
+    assert started.wait(10)
     jobs.cancel(ids[2])
-    assert jobs.wait(ids[2]).status == "cancelled"
+    cancelled = jobs.wait(ids[2])
+    assert cancelled.status == "cancelled" and cancelled.fraction == 0.25  # the bar stops where the job did
     assert [j.label for j in jobs.jobs()] == ["slow", "bad", "good"]
     jobs.clear_finished()
     assert jobs.jobs() == []
