@@ -1,6 +1,9 @@
-"""How the shipped defaults were chosen, re-measurable: a small grid on digits at ε=3 picked by validation
-accuracy (lr and C on DP-SGD, the baseline the others share them with; then ρ per method), then test
-accuracy at the defaults on every built-in data set. Prints markdown tables for the README.
+"""How the shipped defaults were chosen, re-measurable: a small grid on digits at ε=3 judged by validation
+accuracy (lr and C on DP-SGD, the baseline the others share them with; then ρ per method at the lr and C
+kept), then test accuracy at the defaults on every built-in data set. Prints markdown tables for the README.
+
+The rule: a shipped default is replaced only when the grid's best validation accuracy beats it by more
+than the seed-to-seed standard deviation of the best; otherwise the difference is noise and it stays.
 
     python bench/defaults.py [--store PATH] [--workers 1] [--seeds 0,1,2]
 
@@ -43,8 +46,16 @@ def _pct(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
+def _keep_or_replace(rows: list[tuple], shipped_key: tuple) -> tuple:
+    """The shipped row unless the best row's mean validation accuracy beats it by more than the best's seed std."""
+    best = max(rows, key=lambda row: row[-1].validation_mean)
+    shipped = next(row for row in rows if row[:-1] == shipped_key)
+    spread = statistics.stdev(best[-1].validation_by_seed.values()) if len(best[-1].validation_by_seed) > 1 else 0.0
+    return shipped if best[-1].validation_mean - shipped[-1].validation_mean <= spread else best
+
+
 def tune_lr_and_clip(store: RunStore, base: TrainConfig, seeds, workers: int) -> tuple[float, float]:
-    """DP-SGD over lr × C; the pick is the best mean validation accuracy."""
+    """DP-SGD over lr × C, judged by mean validation accuracy (see the module's rule)."""
     rows = []
     for lr, clip in itertools.product(LRS, CLIPS):
         config = dataclasses.replace(base, lr=lr, clip_norm=clip)
@@ -53,19 +64,20 @@ def tune_lr_and_clip(store: RunStore, base: TrainConfig, seeds, workers: int) ->
         (cell,) = _cells(store, cells)
         rows.append((lr, clip, cell))
     best = max(rows, key=lambda row: row[2].validation_mean)
+    kept = _keep_or_replace(rows, (base.lr, base.clip_norm))
     print(f"\n### lr × C, DP-SGD on {base.dataset} at ε={EPSILON:g} (seeds {', '.join(map(str, seeds))})\n")
     print("| lr | C | validation % | test % |\n|---|---|---|---|")
     for lr, clip, cell in rows:
-        mark = " ← picked" if (lr, clip) == best[:2] else ""
+        mark = " (best)" * ((lr, clip) == best[:2]) + " ← kept" * ((lr, clip) == kept[:2])
         val = _pct(list(cell.validation_by_seed.values()))
         print(f"| {lr:g} | {clip:g} | {val}{mark} | {_pct(list(cell.accuracy_by_seed.values()))} |")
-    return best[0], best[1]
+    return kept[0], kept[1]
 
 
 def tune_rho(store: RunStore, base: TrainConfig, seeds, workers: int) -> dict[str, float]:
-    """ρ for each method that uses it, at the picked lr and C."""
+    """ρ for each method that uses it, at the lr and C kept, judged by the same rule."""
     picks = {}
-    print(f"\n### ρ at lr {base.lr:g}, C {base.clip_norm:g}, ε={EPSILON:g}\n")
+    print(f"\n### ρ at lr {base.lr:g}, C {base.clip_norm:g}, ε={EPSILON:g} (shipped ρ {base.rho:g})\n")
     print("| method | ρ | validation % | test % |\n|---|---|---|---|")
     for method in ("dpsat", "dpsam"):
         _train(store, base, (method,), seeds, workers, rhos=RHOS)
@@ -76,9 +88,10 @@ def tune_rho(store: RunStore, base: TrainConfig, seeds, workers: int) -> dict[st
         ]
         cells = _cells(store, configs)
         best = max(cells, key=lambda c: c.validation_mean)
-        picks[method] = best.rho
+        kept = _keep_or_replace([(c.rho, c) for c in cells], (base.rho,))[-1]
+        picks[method] = kept.rho
         for cell in cells:
-            mark = " ← picked" if cell is best else ""
+            mark = " (best)" * (cell is best) + " ← kept" * (cell is kept)
             val = _pct(list(cell.validation_by_seed.values()))
             row = f"| {method_info(method).label} | {cell.rho:g} | {val}{mark} |"
             print(f"{row} {_pct(list(cell.accuracy_by_seed.values()))} |")
@@ -115,7 +128,7 @@ def main() -> None:
     picks = tune_rho(store, dataclasses.replace(base, lr=lr, clip_norm=clip), seeds, args.workers)
     shipped = TrainConfig()
     print(
-        f"\npicked: lr {lr:g}, C {clip:g}, ρ {picks}; shipped: lr {shipped.lr:g}, C {shipped.clip_norm:g}, "
+        f"\nkept: lr {lr:g}, C {clip:g}, ρ {picks}; shipped: lr {shipped.lr:g}, C {shipped.clip_norm:g}, "
         f"ρ {shipped.rho:g}"
     )
     accuracy_table(store, seeds, args.workers)

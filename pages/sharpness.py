@@ -6,6 +6,7 @@ from dashboard.actions import start_analyses
 from dashboard.state import get_store
 from dashboard.widgets import chart, comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
 from dpsat_core import cached_analyses, figures
+from dpsat_core.analysis import ANALYSES
 from dpsat_core.compare import best_epsilon, group_runs
 
 st.title("Sharpness")
@@ -15,11 +16,19 @@ run_ids = [r.run_id for r in runs]
 spectra = cached_analyses(store, run_ids, "hessian")
 adaptive = cached_analyses(store, run_ids, "adaptive")
 noise = cached_analyses(store, run_ids, "noise")
-missing = [r.run_id for r in runs if not all(r.run_id in done for done in (spectra, adaptive, noise))]
-if missing:
-    st.caption(f"{len(missing)} of {len(runs)} runs have no sharpness analysis yet.")
-    if st.button(f"Compute Hessian, adaptive sharpness and noise robustness for {len(missing)} runs", key="sharp-go"):
-        start_analyses(missing, ["hessian", "adaptive", "noise"])
+stored = {"hessian": spectra, "adaptive": adaptive, "noise": noise}
+lacking = {kind: [i for i in run_ids if i not in done] for kind, done in stored.items()}
+lacking = {kind: ids for kind, ids in lacking.items() if ids}
+if lacking:
+    missing = list(dict.fromkeys(i for ids in lacking.values() for i in ids))
+    names = [ANALYSES[kind].label for kind in lacking]
+    st.caption(
+        "Not computed yet: "
+        + "; ".join(f"{ANALYSES[kind].label} for {len(ids)} of {len(runs)} runs" for kind, ids in lacking.items())
+        + "."
+    )
+    if st.button(f"Compute {', '.join(names)} for {len(missing)} runs", key="sharp-go"):
+        start_analyses(missing, list(lacking))
 stats = group_runs(runs, spectra, adaptive)
 if spectra:
     chart(figures.hessian_vs_epsilon(stats), key="sharp-vs-eps")

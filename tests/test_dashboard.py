@@ -91,6 +91,9 @@ def test_sharpness_shows_adaptive_sharpness_beside_lambda_max(populated, monkeyp
     assert any("Kwon et al. 2021" in c.value for c in at.caption)
     titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
     assert any(t.startswith("Adaptive sharpness vs privacy budget") for t in titles), titles
+    # says which analyses are missing for how many runs (seed 0's private runs have all three, 4 of 6 lack them)
+    (missing,) = [c.value for c in at.caption if c.value.startswith("Not computed yet")]
+    assert "Hessian spectrum for 4 of 6 runs" in missing and "Noise robustness for 4 of 6 runs" in missing
 
 
 def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monkeypatch):
