@@ -92,8 +92,14 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
-@st.fragment(run_every="1s")
 def job_panel() -> None:
+    """The job panel, refreshed every second only while a job is active: an idle page costs no CPU. (A job
+    started elsewhere shows up at this page's next rerun.)"""
+    active = any(j.active for j in get_jobs().jobs())
+    st.fragment(_job_panel, run_every="1s" if active else None)()
+
+
+def _job_panel() -> None:
     """Progress of the server's jobs, with Cancel; reruns the page when a watched job finishes."""
     jobs = get_jobs().jobs()
     watched: set = st.session_state.setdefault("watched_jobs", set())

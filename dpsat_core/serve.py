@@ -20,6 +20,9 @@ SERVER_OPTIONS: dict[str, Any] = {
     "server.maxUploadSize": 50,
     "theme.base": "light",
     "client.toolbarMode": "minimal",  # no "Deploy" button: this app is not deployed to Streamlit's cloud
+    # no full garbage collection after every script run: with torch loaded it takes ~250 ms and holds the
+    # GIL, so each 1 s job-panel refresh in every open tab stalled the training thread
+    "runner.postScriptGC": False,
 }
 
 

@@ -1,6 +1,7 @@
 """Every page renders on an empty store and on one with runs; jobs started from pages end in stored results."""
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,26 @@ def test_a_rho_sweep_gets_a_rho_view_on_the_privacy_utility_page(tmp_path, monke
     at = open_page("privacy_utility")
     assert not at.exception and at.selectbox(key="pu-rho-level").value == "ε=3"
     assert len(at.get("plotly_chart")) == 5  # accuracy, curves, ε spent, wall time, and the ρ view
+
+
+def test_the_job_panel_refreshes_only_while_a_job_is_active(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    refresh, real = [], st.fragment
+
+    def spy(func=None, *, run_every=None, **kwargs):
+        refresh.append(run_every)
+        return real(func, run_every=run_every, **kwargs)
+
+    monkeypatch.setattr(st, "fragment", spy)
+    at = open_page("train")
+    assert refresh and set(refresh) == {None}  # idle: no timer, no CPU
+    release = threading.Event()
+    job = get_jobs().submit("x", "waits", lambda progress, stop: release.wait(60))
+    refresh.clear()
+    at.run()
+    assert refresh == ["1s"] and not at.exception
+    release.set()
+    assert get_jobs().wait(job, timeout=60).status == "done"
+    refresh.clear()
+    at.run()
+    assert set(refresh) == {None}
