@@ -143,8 +143,13 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
     if len(ordered) == 1:
         return ordered[0]
     labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
-    chosen = st.selectbox("Setting (runs are compared only within one)", labels, key=f"{key}-setting")
-    return ordered[labels.index(chosen)]
+    chosen = st.selectbox(
+        "Setting (runs are compared only within one)",
+        range(len(ordered)),
+        format_func=labels.__getitem__,
+        key=f"{key}-setting",
+    )
+    return ordered[chosen]
 
 
 def comparable_runs_or_stop(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]:

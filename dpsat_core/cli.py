@@ -14,7 +14,7 @@ import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
-from .compare import Comparison, comparisons, describe_setting, pick_setting, setting_key, verdict
+from .compare import Comparison, comparisons, describe_setting, pick_setting, verdict
 from .config import ACCOUNTANTS, DEVICES, MODELS, TrainConfig, parse_numbers
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
@@ -326,6 +326,7 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "lambda_max_ratio": c.lambda_max_ratio,
         "sharpness_ratio": c.sharpness_ratio,
         "chosen_by_validation": c.chosen_by_validation,
+        "validation_pick": c.validation_pick,
         "verdict": verdict(c),
     }
 
@@ -343,7 +344,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([_comparison_json(c) for c in compared])
         return 0
-    print(f"setting {setting_key(runs[0])}: {describe_setting(runs[0])} ({len(runs)} runs)")
+    print(f"setting {describe_setting(runs[0])} ({len(runs)} runs)")
     for c in compared:
         print(f"  {verdict(c)}")
     if not compared:

@@ -58,10 +58,12 @@ def runs_by_setting(records: Sequence[RunRecord]) -> list[list[RunRecord]]:
 
 
 def describe_setting(record: RunRecord) -> str:
+    """The setting in words; two settings never read the same (the key ends it where the words cannot tell)."""
     c = record.config
+    split = f"split {c.split_seed}, validation {c.validation_fraction:.0%}"
     return (
         f"{c.dataset}: {c.epochs} epochs, batch {c.batch_size}, lr {c.lr:g}, C {c.clip_norm:g}, "
-        f"momentum {c.momentum:g}, {c.accountant.upper()}"
+        f"momentum {c.momentum:g}, {c.accountant.upper()}, {split} [{setting_key(record)}]"
     )
 
 
@@ -200,11 +202,17 @@ def group_runs(
     return out
 
 
-def best_by_validation(cells: Sequence[CellStats]) -> Optional[CellStats]:
-    """The cell with the highest mean validation accuracy (None when no cell has a validation split).
-    Choosing ρ this way leaves test accuracy an unbiased estimate for the chosen cell."""
-    scored = [c for c in cells if c.validation_mean is not None]
-    return max(scored, key=lambda c: c.validation_mean) if scored else None
+def validation_best(cells: Sequence[CellStats]) -> frozenset[float]:
+    """The ρ values with the highest mean validation accuracy over the seeds all these cells share (several
+    when tied; none when fewer than two cells have validation accuracy on a shared seed). A selection, not a
+    finding: the test gain at a picked ρ is measured after the selection and is not adjusted for it."""
+    scored = [c for c in cells if c.validation_by_seed]
+    seeds = set.intersection(*(set(c.validation_by_seed) for c in scored)) if len(scored) > 1 else set()
+    if not seeds:
+        return frozenset()
+    means = {c.rho: statistics.fmean(c.validation_by_seed[s] for s in seeds) for c in scored}
+    top = max(means.values())
+    return frozenset(rho for rho, mean in means.items() if mean >= top - 1e-12)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,8 +262,14 @@ class Comparison:
     sharpness_ratio: Optional[float]  # the same for adaptive (scale-invariant) λ_max
     backward_passes_ratio: float
     releases_ratio: float
-    # where the method ran at several ρ at this level: is this the ρ validation accuracy picks? (else None)
-    chosen_by_validation: Optional[bool] = None
+    # where the method ran at several ρ at this level: "picked" (best validation accuracy), "tied" (shares
+    # the best), "not picked", or "no validation" (nothing to choose by); None with a single ρ
+    validation_pick: Optional[str] = None
+
+    @property
+    def chosen_by_validation(self) -> Optional[bool]:
+        """True for the picked (or a tied) ρ, False for the others, None where no choice was made."""
+        return {"picked": True, "tied": True, "not picked": False}.get(self.validation_pick or "")
 
     @property
     def gain_points(self) -> float:
@@ -335,26 +349,27 @@ def comparisons(
     out = [c for cell in stats if cell.method in names and (c := compare_cell(stats, cell, cost=cost))]
     picks = validation_picks(stats)
     return [
-        dataclasses.replace(c, chosen_by_validation=picks[(c.method, c.privacy)] == c.rho)
-        if (c.method, c.privacy) in picks
-        else c
-        for c in out
+        dataclasses.replace(c, validation_pick=_pick(picks, c)) if (c.method, c.privacy) in picks else c for c in out
     ]
 
 
-def validation_picks(stats: Sequence[CellStats]) -> dict[tuple[str, str], float]:
-    """(method, privacy level) → the ρ with the best mean validation accuracy, where the method ran at
-    several ρ at that level and validation accuracy is known."""
+def _pick(picks: Mapping[tuple[str, str], frozenset[float]], c: Comparison) -> str:
+    best = picks[(c.method, c.privacy)]
+    if not best:
+        return "no validation"
+    if c.rho not in best:
+        return "not picked"
+    return "picked" if len(best) == 1 else "tied"
+
+
+def validation_picks(stats: Sequence[CellStats]) -> dict[tuple[str, str], frozenset[float]]:
+    """(method, privacy level) → the ρ values validation accuracy picks (`validation_best`; empty when it
+    cannot choose), for each method run at several ρ at that level."""
     levels: dict[tuple[str, str], list[CellStats]] = defaultdict(list)
     for c in stats:
         if method_info(c.method).uses_rho:
             levels[(c.method, c.privacy)].append(c)
-    picks = {}
-    for key, cells in levels.items():
-        best = best_by_validation(cells) if len(cells) > 1 else None
-        if best is not None:
-            picks[key] = best.rho
-    return picks
+    return {key: validation_best(cells) for key, cells in levels.items() if len(cells) > 1}
 
 
 def headline_comparisons(compared: Sequence[Comparison]) -> list[Comparison]:
@@ -392,8 +407,13 @@ def verdict(c: Comparison) -> str:
     low, high = c.ci_points
     pairs = f"{c.accuracy.n_pairs} seed pair{'s' if c.accuracy.n_pairs != 1 else ''}"
     interval = f"95% CI {low:+.1f} to {high:+.1f}, {pairs}" if low is not None else f"{pairs}, no interval"
-    picked = {True: ", picked by validation accuracy", False: ", not the validation pick", None: ""}
-    rho = f" (ρ={c.rho:g}{picked[c.chosen_by_validation]})" if info.uses_rho else ""
+    picked = {
+        "picked": ", picked by validation accuracy",
+        "tied": ", tied for the best validation accuracy",
+        "not picked": ", not the validation pick",
+        "no validation": ", one of several, no validation split to choose by",
+    }
+    rho = f" (ρ={c.rho:g}{picked.get(c.validation_pick or '', '')})" if info.uses_rho else ""
     privacy = (
         f"same ε, paid with more noise ({info.releases_per_step} releases per step)"
         if c.releases_ratio > 1

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .compare import CellStats, Comparison, best_by_validation, privacy_label
+from .compare import CellStats, Comparison, privacy_label, validation_picks
 from .methods import METHODS, method_info
 from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
 
@@ -131,7 +131,7 @@ def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
 
 def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> go.Figure:
     """At one privacy level: each method's paired test-accuracy gain over its baseline (95% interval) and
-    its adaptive sharpness, against ρ, with the ρ that validation accuracy picks circled.
+    its adaptive sharpness, against ρ, with the ρ that validation accuracy picks circled (all of them if tied).
     `comparisons` and `stats` should be of that level."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy gain over the baseline", "adaptive sharpness"))
     fig.add_hline(y=0, line_dash="dot", line_color="#888", row=1, col=1)
@@ -153,14 +153,14 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
             row=1,
             col=1,
         )
-        best = best_by_validation([c for c in stats if c.method == method])
-        chosen = next((c for c in mine if best is not None and c.rho == best.rho), None)
-        if chosen is not None:
+        best = next(iter(validation_picks([c for c in stats if c.method == method]).values()), frozenset())
+        chosen = [c for c in mine if c.rho in best]
+        if chosen:
             fig.add_trace(
                 go.Scatter(
-                    x=[chosen.rho],
-                    y=[chosen.gain_points],
-                    name=f"{method_info(method).label}: best ρ by validation ({100 * best.validation_mean:.1f}%)",
+                    x=[c.rho for c in chosen],
+                    y=[c.gain_points for c in chosen],
+                    name=f"{method_info(method).label}: {'best' if len(best) == 1 else 'tied best'} ρ by validation",
                     mode="markers",
                     marker=dict(symbol="circle-open", size=22, line_width=2, color=style["line_color"]),
                 ),

@@ -111,29 +111,36 @@ def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Opt
         accountant=runs[0].config.accountant.upper(),
         stats=tuple(stats),
         headline=tuple(headline),
-        caveat=caveat(compared),
+        caveat=caveat(headline_comparisons(compared)),
         created=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     )
 
 
 def caveat(compared: list[Comparison]) -> str:
-    """What the paired intervals allow one to conclude, in one or two sentences."""
+    """What the paired intervals of the stated comparisons allow one to conclude, in one or two sentences."""
     if not compared:
         return "No privacy level has both a method and its baseline, so there is no comparison yet."
     if any(c.accuracy.detectable is None for c in compared):
-        return (
+        reading = (
             "Some comparisons rest on a single seed pair: there is no interval, so differences of a point or "
             "two may be noise. Train more seeds before deciding."
         )
-    if not any(c.accuracy.detectable for c in compared):
-        return (
+    elif not any(c.accuracy.detectable for c in compared):
+        reading = (
             "Every 95% interval of the paired accuracy difference contains zero: with these runs the methods "
             "cannot be told apart at any budget shown."
         )
-    return (
-        "Differences called measurable have 95% intervals (paired by seed) that exclude zero; the others "
-        "cannot be told apart with these runs."
-    )
+    else:
+        reading = (
+            "Differences called measurable have 95% intervals (paired by seed) that exclude zero; the others "
+            "cannot be told apart with these runs."
+        )
+    if any(c.chosen_by_validation for c in compared):
+        reading += (
+            " Where ρ was picked among several by validation accuracy, its test interval comes after that choice "
+            "and is not adjusted for it: confirm the pick on new seeds."
+        )
+    return reading
 
 
 def report_figures(report: Report) -> dict[str, go.Figure]:

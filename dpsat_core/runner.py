@@ -24,13 +24,15 @@ class RunOutcome:
 
 
 def reusable_run(store: RunStore, config: TrainConfig) -> Optional[RunRecord]:
-    """The newest finished run of this config, if its data set is still the same bytes (files can change)."""
+    """The newest finished run of this config, if its data set is still the same bytes (files can change) and
+    splits into as many training rows as it did (a guard against a split that changed between versions)."""
     run_id = store.find_done(config.normalized().config_hash())
     if run_id is None:
         return None
     record = store.get(run_id)
-    same_data = record.summary is not None and record.summary.data_fingerprint == data_fingerprint(config.dataset)
-    return record if same_data else None
+    if record.summary is None or record.summary.data_fingerprint != data_fingerprint(config.dataset):
+        return None
+    return record if record.summary.n_train == load_config_dataset(config).n_train else None
 
 
 def run(

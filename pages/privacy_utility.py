@@ -23,8 +23,10 @@ if levels:
     chart(figures.rho_view(*at_level), key="pu-rho")
     st.caption(
         "The circled ρ has the best mean validation accuracy (rows held out of training, by `split_seed`); "
-        "the gain plotted is on the test set, which played no part in the choice. Choosing ρ on private "
-        "validation rows is itself not covered by ε: for a release, fix ρ in advance or tune on public data."
+        "the gain plotted is on the test set, measured after that choice and not adjusted for it: confirm "
+        "a pick on new seeds. ε holds for each run alone: choosing among runs trained on the same rows "
+        "costs privacy beyond it. For a release, fix ρ in advance, tune on public data, or use a DP "
+        "tuning procedure."
     )
 left, right = st.columns(2)
 chart(figures.training_curves(runs), key="pu-curves", where=left)

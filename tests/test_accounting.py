@@ -11,6 +11,16 @@ import dpsat_core.accounting as accounting
 from dpsat_core import TrainConfig, calibrate_noise, epsilon_spent, prepare, train
 
 
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    """ε and σ are cached per process; tests that swap the accountant must not see earlier answers."""
+    epsilon_spent.cache_clear()
+    calibrate_noise.cache_clear()
+    yield
+    epsilon_spent.cache_clear()
+    calibrate_noise.cache_clear()
+
+
 def rdp_subsampled_gaussian(q: float, sigma: float, alpha: int) -> float:
     """Mironov, Talwar & Zhang (2019), integer α: log Σₖ C(α,k)(1−q)^(α−k) qᵏ exp((k²−k)/2σ²) / (α−1)."""
     log_terms = np.array(
@@ -100,8 +110,10 @@ def test_prv_failure_falls_back_to_rdp_with_a_note_and_other_errors_surface(monk
     assert spent.accountant == "rdp" and "RDP" in spent.note
     assert spent.epsilon == pytest.approx(real("rdp", noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5))
     raised["prv"] = ValueError("Floating point errors will dominate for such small values of delta.")
+    epsilon_spent.cache_clear()
     assert epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5).accountant == "rdp"
     raised["prv"] = TypeError("a bug, not a PRV limitation")
+    epsilon_spent.cache_clear()
     with pytest.raises(TypeError, match="a bug"):
         epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
 
@@ -144,3 +156,22 @@ def test_a_tiny_delta_that_breaks_prv_falls_back_to_rdp_instead_of_crashing():
     # Opacus's PRV raises "Floating point errors will dominate…" here (found by review: δ = 1e-14)
     spent = epsilon_spent(noise_multiplier=1.0, sample_rate=0.089, releases=44, delta=1e-14, accountant="prv")
     assert spent.accountant == "rdp" and "RDP" in spent.note and math.isfinite(spent.epsilon)
+
+
+def test_the_accountant_runs_once_per_question_on_one_blas_thread(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    real, calls = accounting._epsilon_with, []
+
+    def counted(mechanism, **kwargs):
+        calls.append(mechanism)
+        return real(mechanism, **kwargs)
+
+    monkeypatch.setattr(accounting, "_epsilon_with", counted)
+    question = dict(noise_multiplier=1.1, sample_rate=0.05, releases=200, delta=1e-5)
+    first = epsilon_spent(**question)
+    assert epsilon_spent(**question) == first and len(calls) == 1  # the seeds of one ε ask the same question
+    assert epsilon_spent(**{**question, "releases": 201}).epsilon > first.epsilon and len(calls) == 2
+    with accounting._quiet_one_blas_thread():
+        inside = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    assert inside and all(n == 1 for n in inside)

@@ -1,5 +1,7 @@
 """Cells and paired comparisons: checked against scipy on hand-made records."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -8,6 +10,7 @@ from dpsat_core.compare import (
     best_epsilon,
     comparisons,
     comparisons_at,
+    describe_setting,
     group_runs,
     headline_comparisons,
     paired_difference,
@@ -106,16 +109,36 @@ def test_the_rho_the_verdict_states_is_picked_by_validation_not_test_accuracy():
     runs += [record("dpsat", 2.0, s, 0.79 + s / 100, rho=0.5, validation=0.72 + s / 100) for s in range(2)]
     cells = group_runs(runs)
     assert [c.validation_mean for c in cells] == pytest.approx([0.7, 0.705, 0.725])
-    assert validation_picks(cells) == {("dpsat", "ε=2"): 0.5}
+    assert validation_picks(cells) == {("dpsat", "ε=2"): {0.5}}
     compared = comparisons_at(cells, 2.0)
     assert {c.rho: c.chosen_by_validation for c in compared} == {0.05: False, 0.5: True}
     (stated,) = headline_comparisons(compared)
     assert stated.rho == 0.5 and "(ρ=0.5, picked by validation accuracy)" in verdict(stated)
-    # one ρ only, or no validation split: nothing to pick, every comparison is stated
+    # one ρ only: nothing to pick; no validation split: every ρ is stated and says it was not chosen
     single = comparisons_at(group_runs(runs[:4]), 2.0)
-    assert [c.chosen_by_validation for c in single] == [None]
+    assert [c.chosen_by_validation for c in single] == [None] and single[0].validation_pick is None
     blind = [record("dpsgd", 2.0, 0, 0.8)] + [record("dpsat", 2.0, 0, 0.8, rho=r) for r in (0.05, 0.5)]
-    assert len(headline_comparisons(comparisons_at(group_runs(blind), 2.0))) == 2
+    unpicked = headline_comparisons(comparisons_at(group_runs(blind), 2.0))
+    assert len(unpicked) == 2 and all("no validation split to choose by" in verdict(c) for c in unpicked)
+
+
+def test_validation_picks_compare_shared_seeds_and_keep_ties():
+    base = [record("dpsgd", 2.0, s, 0.8) for s in range(3)]
+    # ρ=0.05 has seeds 0–2, ρ=0.5 only seed 0 (a lucky 0.9): over the shared seed 0, ρ=0.05 (0.95) wins
+    runs = base + [record("dpsat", 2.0, s, 0.8, rho=0.05, validation=[0.95, 0.6, 0.6][s]) for s in range(3)]
+    runs += [record("dpsat", 2.0, 0, 0.8, rho=0.5, validation=0.9)]
+    assert validation_picks(group_runs(runs)) == {("dpsat", "ε=2"): {0.05}}
+    tied = base + [record("dpsat", 2.0, s, 0.8, rho=r, validation=0.7) for s in range(3) for r in (0.05, 0.5)]
+    compared = comparisons_at(group_runs(tied), 2.0)
+    assert [c.validation_pick for c in compared] == ["tied", "tied"] and len(headline_comparisons(compared)) == 2
+    assert all("tied for the best validation accuracy" in verdict(c) for c in compared)
+
+
+def test_two_settings_never_read_the_same():
+    a = record("dpsgd", 2.0, 0, 0.8)
+    b = dataclasses.replace(a, config=dataclasses.replace(a.config, validation_fraction=0.0))
+    assert setting_key(a) != setting_key(b) and describe_setting(a) != describe_setting(b)
+    assert "validation 10%" in describe_setting(a) and setting_key(a) in describe_setting(a)
 
 
 def test_lambda_max_ratio_is_paired_by_seed():

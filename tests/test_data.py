@@ -172,7 +172,6 @@ def test_the_validation_split_is_held_out_of_training_and_leaves_the_test_set_al
     # scaled with training rows only, and both classes in the validation set (stratified)
     assert abs(held.x_train.mean()) < 1e-5 and abs(held.x_train.std() - 1) < 1e-5
     assert set(held.y_val.tolist()) == {0, 1}
-    assert load_dataset("digits", validation_fraction=0.1).describe()["n_validation"] == 144
 
 
 def _row_ids(data) -> dict[str, set[int]]:
@@ -188,13 +187,30 @@ def _row_ids(data) -> dict[str, set[int]]:
     return out
 
 
+def test_without_a_validation_share_the_split_is_row_for_row_the_one_earlier_versions_made():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()  # 1,797 rows: 0.2·n is not whole, where a rounding change would show
+    for seed in (0, 3):
+        _, _, y_train, y_test = train_test_split(
+            bunch.data, bunch.target, test_size=0.2, random_state=seed, stratify=bunch.target
+        )
+        data = load_dataset("digits", split_seed=seed, validation_fraction=0.0)
+        assert np.array_equal(data.y_test, y_test) and np.array_equal(data.y_train, y_train)
+        held = load_dataset("digits", split_seed=seed, validation_fraction=0.1)
+        assert np.array_equal(held.y_test, y_test) and (held.n_train, held.n_val) == (1293, 144)
+
+
 def test_bad_validation_fractions_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match=r"validation fraction must be in \[0, 0.5\]"):
         load_dataset("digits", validation_fraction=0.7)
-    path = tmp_path / "tiny.csv"
-    path.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(10)))
-    with pytest.raises(DataError, match="too few to hold out a validation fraction of 0.05"):
-        load_dataset(str(path), target="label", validation_fraction=0.05)
+    from dpsat_core.data import Split
+    from dpsat_core.data.dataset import finish
+
+    x, y = np.arange(6.0).reshape(3, 2), np.array([0, 1, 0])  # 3 training rows beside a given test set
+    with pytest.raises(DataError, match="3 training examples are too few to hold out a validation fraction of 0.5"):
+        finish("tiny", "tabular", x, y, split=Split(0, 0.5), test=(x, y))
 
 
 def test_unknown_names_and_file_types(tmp_path):

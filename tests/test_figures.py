@@ -85,7 +85,7 @@ def test_the_rho_view_plots_the_paired_gain_and_sharpness_against_rho_and_circle
     fig = figures.rho_view(stats, compared)
     gain, pick, sharp = fig.data
     assert list(gain.x) == [0.02, 0.2] and [round(y, 6) for y in gain.y] == [1.0, -5.0]
-    assert list(pick.x) == [0.2] and round(pick.y[0], 6) == -5.0 and "validation (75.5%)" in pick.name
+    assert list(pick.x) == [0.2] and round(pick.y[0], 6) == -5.0 and pick.name == "DP-SAT: best ρ by validation"
     assert list(sharp.x) == [0.02, 0.2] and list(sharp.y) == [1.02, 1.2]
     assert fig.layout.xaxis.title.text == "ρ" and fig.layout.yaxis2.title.text == "adaptive λ_max"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -166,8 +167,8 @@ def finish(
     x_val, y_val = x_train[:0], y_train[:0]
     fraction = split.validation_fraction
     if fraction:
-        held = round(fraction * len(y_train))
-        if held < 1 or len(y_train) - held < 2:
+        held = math.ceil(fraction * len(y_train))  # as scikit-learn rounds a fractional test_size
+        if len(y_train) - held < 2:
             raise DataError(
                 f"{name}: {len(y_train)} training examples are too few to hold out a validation fraction of "
                 f"{fraction:g}: use 0 (no validation set) or more data"
@@ -180,12 +181,13 @@ def finish(
 
 
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> list[np.ndarray]:
-    """A seeded split, stratified by class where every class has two examples."""
+    """A seeded split holding out ⌈fraction·n⌉ rows, stratified by class where every class has two examples.
+    The fraction goes to scikit-learn as given: with no validation share this is the split of every
+    earlier version, row for row, so runs stored before the validation split are reproduced exactly."""
     from sklearn.model_selection import train_test_split  # 0.45 s to import: only when splitting
 
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 else None
-    n_held = max(1, round(fraction * len(y)))
-    if stratify is not None and n_held < np.count_nonzero(counts):  # too few to hold out one of each class
-        stratify = None
-    return train_test_split(x, y, test_size=n_held, random_state=seed, stratify=stratify)
+    if stratify is not None and math.ceil(fraction * len(y)) < np.count_nonzero(counts):
+        stratify = None  # too few held out to hold one of each class
+    return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
