@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.optimizers.utils import params as trained_params
 from torch import nn
 
 from .errors import ConfigError
@@ -40,15 +41,21 @@ class _Buffers:
 
     def __init__(self) -> None:
         self._flat: dict[str, torch.Tensor] = {}
+        self._views: dict[str, tuple[tuple[int, ...], torch.Tensor]] = {}  # the last view: chunks repeat shapes
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, *, zeroed: bool = False) -> torch.Tensor:
-        """A (B, …) view; with `zeroed`, fresh storage starts at zero and callers keep unwritten parts zero."""
+        """A view of `shape`; with `zeroed`, fresh storage starts at zero and callers keep unwritten parts zero."""
+        last = self._views.get(name)
+        if last is not None and last[0] == shape and last[1].dtype == like.dtype and last[1].device == like.device:
+            return last[1]
         numel = math.prod(shape)
         flat = self._flat.get(name)
         if flat is None or flat.numel() < numel or flat.dtype != like.dtype or flat.device != like.device:
             flat = (torch.zeros if zeroed else torch.empty)(numel, dtype=like.dtype, device=like.device)
             self._flat[name] = flat
-        return flat[:numel].view(shape)
+        view = flat[:numel].view(shape)
+        self._views[name] = (tuple(shape), view)
+        return view
 
 
 def _into(out: torch.Tensor, value: torch.Tensor, accumulate: bool) -> None:
@@ -138,7 +145,7 @@ class _Unfolded(_Layer):
             squared.add_(torch.linalg.vector_norm(self.bias_grads, dim=1).square_())
 
     def add_clipped_sums(self, factor: torch.Tensor, *, accumulate: bool) -> None:
-        a, g, n = self.a, self.g, len(factor)
+        a, g, n = self.a, self.g, factor.shape[0]
         weight = self.sums[0].view(g.shape[1], a.shape[1])
         if self.gram:
             scaled = torch.mul(g, factor[:, None, None], out=self.buffers.get("scaled", g.shape, g))
@@ -172,7 +179,7 @@ class _Linear(_Unfolded):
     def add_clipped_sums(self, factor: torch.Tensor, *, accumulate: bool) -> None:
         if self.sequence:
             return super().add_clipped_sums(factor, accumulate=accumulate)
-        a, g, n = self.input, self.g, len(factor)
+        a, g, n = self.input, self.g, factor.shape[0]
         # (c·G)ᵀA: scale whichever operand is smaller.
         if a.shape[1] <= g.shape[1]:
             left, right = g.t(), torch.mul(a, factor[:, None], out=self.buffers.get("scaled", (n, a.shape[1]), a))
@@ -295,9 +302,15 @@ class FastDPOptimizer(DPOptimizer):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, module: nn.Module, **kwargs):
+        self._params = trained_params(optimizer)
         super().__init__(optimizer, **kwargs)
-        self.engine = FastClipping(module, self.params)
-        self._grads = [torch.zeros_like(p) for p in self.params]
+        self.engine = FastClipping(module, self._params)
+        self._grads = [torch.zeros_like(p) for p in self._params]
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The trained parameters, fixed at construction (the engine's buffers belong to them)."""
+        return self._params
 
     def backward(self, loss: torch.Tensor) -> None:
         """Clip the chunk whose mean `loss` this is; `pre_step` then takes it (noise after the last chunk)."""
@@ -314,7 +327,7 @@ class FastDPOptimizer(DPOptimizer):
         for p in self.params:
             _check_processed_flag(p.grad_sample)
             if p.summed_grad is None:
-                p.summed_grad = p.grad_sample.sum(0) if len(p.grad_sample) == 0 else p.grad_sample[0]
+                p.summed_grad = p.grad_sample.sum(0) if p.grad_sample.shape[0] == 0 else p.grad_sample[0]
             _mark_as_processed(p.grad_sample)
 
     def add_noise(self) -> None:
@@ -330,3 +343,8 @@ class FastDPOptimizer(DPOptimizer):
                 grad.normal_(0, std, generator=self.generator)
             p.grad = grad.add_(p.summed_grad)
             _mark_as_processed(p.summed_grad)
+
+    def scale_grad(self) -> None:
+        """Opacus's division by the expected batch size, in one call over all parameters."""
+        if self.loss_reduction == "mean":
+            torch._foreach_div_([p.grad for p in self.params], self.expected_batch_size * self.accumulated_iterations)
