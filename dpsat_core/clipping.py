@@ -76,11 +76,17 @@ class _Layer:
         self.buffers = _Buffers()
         self.input: Optional[torch.Tensor] = None
         self.output: Optional[torch.Tensor] = None
+        self.versions = (0, 0)
         self.calls = 0
 
     def record(self, _module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if torch.is_grad_enabled():  # evaluation under no_grad builds no graph and records nothing
             self.input, self.output, self.calls = args[0], output, self.calls + 1
+            self.versions = (args[0]._version, output._version)
+
+    def modified(self) -> bool:
+        """Whether an in-place operation changed the recorded input or output since the forward pass."""
+        return self.versions != (self.input._version, self.output._version)
 
     def release(self) -> None:
         self.input = self.output = None
@@ -102,6 +108,14 @@ class _Unfolded(_Layer):
     Σ (AᵀA)∘(GᵀG) when T²(D+O) < D·O, else from the per-example gradients themselves,
     kept (B, D, O) for the clipped sum.
     """
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self.a: Optional[torch.Tensor] = None
+        self.g: Optional[torch.Tensor] = None
+        self.per_example: Optional[torch.Tensor] = None
+        self.bias_grads: Optional[torch.Tensor] = None
+        self.gram = False
 
     def _operands(self, grad_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, n = self.input, grad_output.shape[0]
@@ -165,6 +179,10 @@ class _Linear(_Unfolded):
     """Linear: on (B, D) inputs the per-example gradients gᵢaᵢᵀ are rank one and never built;
     over a sequence it is handled as `_Unfolded`."""
 
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self.sequence = False
+
     def add_squared_norms(self, grad_output: torch.Tensor, squared: torch.Tensor) -> None:
         self.sequence = self.input.dim() > 2
         if self.sequence:
@@ -200,6 +218,10 @@ class _Linear(_Unfolded):
 class _GroupNorm(_Layer):
     """GroupNorm: per example, ∇γ = Σ_spatial x̂·g and ∇β = Σ_spatial g per channel (as Opacus computes them)."""
 
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self.grads: list[torch.Tensor] = []
+
     def add_squared_norms(self, grad_output: torch.Tensor, squared: torch.Tensor) -> None:
         m, n, channels = self.module, grad_output.shape[0], grad_output.shape[1]
         normalized = F.group_norm(self.input, m.num_groups, eps=m.eps).view(n * channels, 1, -1)
@@ -221,7 +243,7 @@ class _GroupNorm(_Layer):
 
 
 def _layer(module: nn.Module) -> _Layer:
-    """The engine's handler for a module with parameters; refused (with the fix) when it has none."""
+    """The engine's handler for a module with parameters; a layer it does not cover is refused with the fix."""
     if type(module) is nn.GroupNorm:
         return _GroupNorm(module)
     if type(module) is nn.Linear:
@@ -271,6 +293,11 @@ class FastClipping:
                     f"the model's layers ran {calls} times since the last backward: fast clipping needs exactly one "
                     "forward pass per backward (evaluate under torch.no_grad())"
                 )
+            if any(layer.modified() for layer in self.layers):
+                raise RuntimeError(
+                    "a layer's input or output was modified in place after the layer ran (e.g. ReLU(inplace=True)): "
+                    "fast clipping reads them as they were; use out-of-place operations"
+                )
             n = self.layers[0].output.shape[0]
             # The loss is a mean over the chunk: seeding with n gives each example's own gradient, as Opacus's
             # hooks do by multiplying their backprops by the batch size.
@@ -297,8 +324,10 @@ class FastDPOptimizer(DPOptimizer):
     steps for chunks, the "used twice" checks, the empty batch (`private_gradient`
     leaves zero rows), `scale_grad` by the expected batch size and the step hook that
     counts the release. Overridden: `clip_and_accumulate` (the rows are already
-    clipped) and `add_noise`, which draws the same noise with the same generator calls
-    into reused `p.grad` buffers (copy `p.grad` to keep it past the next release).
+    clipped); `add_noise`, which draws the same noise with the same generator calls
+    into reused `p.grad` buffers (copy `p.grad` to keep it past the next release);
+    `scale_grad` (one call for all parameters) and `params` (fixed at construction),
+    both only to spend less time per step.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, module: nn.Module, **kwargs):

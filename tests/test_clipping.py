@@ -218,6 +218,14 @@ def test_evaluation_between_steps_is_harmless_but_a_forward_without_backward_is_
     trainer.step()  # the stale records were dropped with the error
 
 
+def test_a_layer_output_changed_in_place_is_refused():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 2))
+    module, optimizer = _optimizer(model, "fast", clip=1.0, batch_size=8)
+    loss = nn.functional.cross_entropy(module(torch.randn(8, 4)), torch.randint(0, 2, (8,)))
+    with pytest.raises(RuntimeError, match="modified in place"):
+        optimizer.backward(loss)
+
+
 @pytest.mark.parametrize(
     "model",
     [
