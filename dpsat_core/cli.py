@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
 from .compare import Comparison, comparisons, describe_setting, pick_setting, verdict
-from .config import ACCOUNTANTS, DEVICES, MODELS, TrainConfig, parse_numbers
+from .config import ACCOUNTANTS, CLIPPINGS, DEVICES, MODELS, TrainConfig, parse_numbers
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
 from .errors import ConfigError, DpsatError
@@ -68,6 +68,12 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     p.add_argument("--clip", type=float, default=d.clip_norm, help="per-example clipping norm C")
     p.add_argument("--rho", type=float, default=d.rho, help=f"perturbation radius ρ of {rho_methods()}")
     p.add_argument("--accountant", default=d.accountant, choices=ACCOUNTANTS)
+    p.add_argument(
+        "--clipping",
+        default=d.clipping,
+        choices=CLIPPINGS,
+        help="per-example clipping of private methods: fast (exact, one backward pass) or hooks (Opacus, reference)",
+    )
     p.add_argument("--model", default=d.model, choices=MODELS)
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the train/validation/test split")
     p.add_argument(
@@ -100,6 +106,7 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         clip_norm=args.clip,
         rho=args.rho,
         accountant=args.accountant,
+        clipping=args.clipping,
         model=args.model,
         split_seed=args.split_seed,
         validation_fraction=args.validation_fraction,

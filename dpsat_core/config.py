@@ -14,6 +14,10 @@ from .methods import METHODS, method_info
 
 # The choices offered to users: widgets, CLI options and help texts all read these.
 ACCOUNTANTS = ("prv", "rdp")
+# How private methods clip per-example gradients: "fast" (dpsat_core.clipping, exact, one backward to the
+# layer outputs) or "hooks" (Opacus's per-sample gradient hooks, the reference). Kept, and hashed, for
+# non-private methods too, so that the runs of one setting (compare.setting_key) share it.
+CLIPPINGS = ("fast", "hooks")
 MODELS = ("auto", "cnn", "mlp")
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" picks one GPU
 DEFAULT_EPSILON = 3.0
@@ -43,7 +47,7 @@ _HASHED_SINCE_V1 = (
     "dataset_size",
     "split_seed",
 )
-ADDED_LATER: dict[str, Any] = {"validation_fraction": 0.0}
+ADDED_LATER: dict[str, Any] = {"validation_fraction": 0.0, "clipping": "hooks"}
 
 
 def _finite(name: str, value: float, *, low: float, low_inclusive: bool, fix: str) -> None:
@@ -65,7 +69,8 @@ class TrainConfig:
     Private methods take a target `epsilon` (σ is calibrated) or a `noise_multiplier`
     σ directly, never both; with neither, the target is ε = 3. `delta=None` means
     1/n rounded down to a power of ten. `validation_fraction` of the training rows is held out
-    (by `split_seed`) to choose ρ, lr or C on; test accuracy stays for the verdicts.
+    (by `split_seed`) to choose ρ, lr or C on; test accuracy stays for the verdicts. `clipping` picks
+    the per-example clipping engine of private methods (see `CLIPPINGS`).
     """
 
     dataset: str = "digits"
@@ -86,6 +91,7 @@ class TrainConfig:
     dataset_size: Optional[int] = None
     split_seed: int = 0
     validation_fraction: float = 0.1
+    clipping: str = "fast"
     max_physical_batch_size: int = 1024
     device: str = "auto"
 
@@ -105,6 +111,8 @@ class TrainConfig:
             raise ConfigError(f"momentum must be < 1, got {self.momentum!r}: use e.g. 0.9")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
+        if self.clipping not in CLIPPINGS:
+            raise ConfigError(f"unknown clipping {self.clipping!r}: choose one of {', '.join(CLIPPINGS)}")
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
         if not valid_device_name(self.device):

@@ -1,9 +1,9 @@
 """Gradients of one logical batch, split into physical chunks for memory.
 
 `mean_gradient` is the non-private mean gradient; `private_gradient` is one DP
-release: per-sample gradients, clipping, one Gaussian noise draw, scaling by the
-expected batch size (Opacus `DPOptimizer.pre_step`, which also fires the
-accounting hook once).
+release: per-example clipping (Opacus's hooks, or the fast engine of `clipping`),
+one Gaussian noise draw, scaling by the expected batch size (Opacus
+`DPOptimizer.pre_step`, which also fires the accounting hook once).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from opacus.optimizers import DPOptimizer
 from torch import nn
+
+from .clipping import FastDPOptimizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -52,7 +54,10 @@ def private_gradient(model: nn.Module, optimizer: DPOptimizer, batch: Batch, *, 
     total = 0.0
     for i, (x, y) in enumerate(chunks):
         loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        if isinstance(optimizer, FastDPOptimizer):
+            optimizer.backward(loss)  # the chunk's clipped sum, without per-sample gradients
+        else:
+            loss.backward()  # Opacus's hooks fill p.grad_sample
         total += loss.item() * len(x)
         if i < len(chunks) - 1:
             # Clip and accumulate this chunk; noise is added once, after the last chunk.

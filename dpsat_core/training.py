@@ -21,6 +21,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from .accounting import PrivacySpent, epsilon_spent
+from .clipping import FastDPOptimizer
 from .config import TrainConfig
 from .data import Dataset, data_fingerprint, load_config_dataset
 from .gradients import Batch
@@ -148,18 +149,22 @@ def prepare(config: TrainConfig, dataset: Optional[Dataset] = None, plan: Option
     info = method_info(config.method)
     base = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     if info.private:
-        trained: nn.Module = GradSampleModule(model, loss_reduction="mean")
         noise = torch.Generator(device=device).manual_seed(config.seed + NOISE_SEED_OFFSET)
+        options = dict(
+            noise_multiplier=privacy.noise_multiplier,
+            max_grad_norm=config.clip_norm,
+            expected_batch_size=config.batch_size,
+            loss_reduction="mean",
+            generator=noise,
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
-            optimizer = DPOptimizer(
-                base,
-                noise_multiplier=privacy.noise_multiplier,
-                max_grad_norm=config.clip_norm,
-                expected_batch_size=config.batch_size,
-                loss_reduction="mean",
-                generator=noise,
-            )
+            if config.clipping == "fast":
+                trained: nn.Module = model
+                optimizer = FastDPOptimizer(base, module=model, **options)
+            else:
+                trained = GradSampleModule(model, loss_reduction="mean")
+                optimizer = DPOptimizer(base, **options)
     else:
         trained, optimizer = model, base
     step_fn = info.make_step(trained, optimizer, rho=config.rho, chunk_size=config.max_physical_batch_size)

@@ -39,14 +39,23 @@ def test_a_store_written_by_the_wave1_code_opens_typed_and_its_runs_are_reused(t
     assert dpsgd.epochs[-1].epsilon_spent == pytest.approx(dpsgd.epsilon_spent)
     assert sgd.epsilon_spent is None and sgd.summary.releases == 0
     # hashes are unchanged since then, so the same config is reused instead of retrained; the old run
-    # had no validation split, so it is that config (not today's default, which trains on fewer rows)
+    # had no validation split and clipped with Opacus's hooks, so it is that config (not today's
+    # default, which trains on fewer rows with the fast clipping engine)
     assert dpsgd.config.validation_fraction == 0.0 and TrainConfig().validation_fraction > 0
+    assert dpsgd.config.clipping == "hooks" and TrainConfig().clipping == "fast"
     config = TrainConfig(
-        dataset="breast_cancer", method="dpsgd", epsilon=3.0, epochs=2, batch_size=64, validation_fraction=0.0
+        dataset="breast_cancer",
+        method="dpsgd",
+        epsilon=3.0,
+        epochs=2,
+        batch_size=64,
+        validation_fraction=0.0,
+        clipping="hooks",
     )
     outcome = run(config, store)
     assert outcome.reused and outcome.record.run_id == dpsgd.run_id
     assert config.config_hash() != dataclasses.replace(config, validation_fraction=0.1).config_hash()
+    assert config.config_hash() != dataclasses.replace(config, clipping="fast").config_hash()
     # analyses cached by the old code are found under the same settings
     assert set(cached_analyses(store, [dpsgd.run_id, sgd.run_id], "slice")) == {dpsgd.run_id}
     hessian = cached_analyses(store, [dpsgd.run_id], "hessian", k=2, trace_probes=4, n_samples=64)
