@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
 from .compare import Comparison, comparisons, describe_setting, pick_setting, setting_key, verdict
@@ -29,6 +29,14 @@ from .results import RunRecord, strict_json
 from .runner import run
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
 from .sweeps import SweepSpec, check_sweep, sweep
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line, `error: … (see dpsat COMMAND --help)`, with exit status 2, like every other
+    bad input (argparse's default prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _list(name: str, kind: type) -> Callable[[str], tuple]:
@@ -374,7 +382,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dpsat",
         description=f"Train and compare {', '.join(m.label for m in METHODS.values() if m.private)}; runs are stored.",
     )
