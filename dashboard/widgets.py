@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import nullcontext
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -39,9 +40,21 @@ def chart(fig: go.Figure, *, key: str, where: Optional[DeltaGenerator] = None) -
                 st.caption("PNG/SVG/PDF need Chromium (apt-get install chromium, or set BROWSER_PATH)")
 
 
+# Characters that start Markdown (links, images, emphasis, code, HTML, tables, math, colour directives) in
+# what Streamlit renders: st.error/info/success/caption/toast bodies, progress texts and widget labels.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<#|~$])")
+
+
+def plain_text(text: object) -> str:
+    """`text` (a file, column or data-set name, a job label, or a message quoting one) made inert for Streamlit's
+    Markdown: those characters backslash-escaped and line breaks flattened, so a CSV column named
+    `![b](http://host/leak.png)` reads as typed instead of making the browser fetch an image."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
 def show_error(exc: Exception) -> None:
-    """One clear line for input errors; anything else also names its type."""
-    st.error(str(exc) if isinstance(exc, DpsatError) else f"{type(exc).__name__}: {exc}")
+    """One clear line for input errors; anything else also names its type. User text in it stays plain text."""
+    st.error(plain_text(exc if isinstance(exc, DpsatError) else f"{type(exc).__name__}: {exc}"))
 
 
 def methods_table() -> None:
@@ -117,11 +130,11 @@ def job_panel() -> None:
         run = f" · {job.metrics['run']}" if job.active and "run" in job.metrics else ""
         text = f"{job.label} · {job.status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
         cols = st.columns([6, 1])
-        cols[0].progress(job.fraction, text=text)
+        cols[0].progress(job.fraction, text=plain_text(text))
         if job.active and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):
             get_jobs().cancel(job.job_id)
         if job.error:
-            st.error(f"{job.label}: {job.error}")
+            st.error(plain_text(f"{job.label}: {job.error}"))
     if finished_now:
         st.rerun(scope="app")
 

@@ -1,6 +1,8 @@
 """Every page renders on an empty store and on one with runs; jobs started from pages end in stored results."""
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -284,3 +286,86 @@ def test_a_rho_sweep_gets_a_rho_view_on_the_privacy_utility_page(tmp_path, monke
     at = open_page("privacy_utility")
     assert not at.exception and at.selectbox(key="pu-rho-level").value == "ε=3"
     assert len(at.get("plotly_chart")) == 5  # accuracy, curves, ε spent, wall time, and the ρ view
+
+
+def _upload(at: AppTest, name: str, content: bytes) -> AppTest:
+    at.radio(key="data-kind").set_value("Upload a file").run()
+    at.get("file_uploader")[0].upload(name, content, "application/octet-stream").run()
+    return at
+
+
+def _uploads(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "dpsat_uploads"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("binary.csv", bytes(range(128, 256)) * 8, "binary.csv is not UTF-8 text (it holds byte 0x80)"),
+        ("latin.csv", "age,label\n".encode() + "é,1\n".encode("latin-1") * 20, "latin.csv is not UTF-8 text"),
+        ("empty.csv", b"", "empty.csv is empty"),
+        ("random.npz", bytes(range(256)) * 8, "random.npz is not an NPZ file"),
+        ("pa\x00tients.csv", _csv(), "contains a NUL byte: rename the file"),
+        ("notes.txt", b"hello", "'notes.txt' is not a .csv or .npz file"),
+        ("x" * 300 + ".csv", _csv(), None),  # a name too long for the file system is shortened, not an error
+    ],
+)
+def test_a_bad_upload_gets_one_clear_message_and_is_not_kept(tmp_path, monkeypatch, name, content, message):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = _upload(open_page("data"), name, content)
+    assert not at.exception, at.exception
+    if message is None:
+        assert not at.error and at.selectbox(key="data-target").value == "label"
+        assert [len(n) for n in _uploads(tmp_path)] == [9 + 80]  # '<digest>-' and the shortened name
+        return
+    assert [e.value for e in at.error] == [at.error[0].value] and message in at.error[0].value.replace("\\", "")
+    assert _uploads(tmp_path) == []  # unreadable files are deleted at once
+
+
+def test_user_text_in_messages_cannot_render_markdown(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    column = "![b](http://127.0.0.1:9/leak.png)"
+    rows = "".join(f"{i},{i % 2}\n" for i in range(30)) + "oops,1\n"
+    at = _upload(open_page("data"), "leak.csv", f'"{column}",label\n{rows}'.encode())
+    at.selectbox(key="data-target").select("label").run()
+    (error,) = at.error
+    assert "!\\[b\\](http://127.0.0.1:9/leak.png)" in error.value  # brackets escaped: no image, no link
+    assert f"column '{column}' is numeric but holds text" in error.value.replace("\\", "")
+
+
+def test_plain_text_escapes_every_markdown_starter_and_nothing_is_lost():
+    from dashboard.widgets import plain_text
+
+    text = "a*b_c`d[e](f)<g>#h|i~j$k{l}m\\n"
+    escaped = plain_text(text + "\nsecond line")
+    assert escaped == "a\\*b\\_c\\`d\\[e\\](f)\\<g>\\#h\\|i\\~j\\$k\\{l\\}m\\\\n second line"
+    assert re.sub(r"\\(.)", r"\1", escaped) == text + " second line"
+
+
+def test_uploads_are_pruned_by_age_and_size_but_files_in_use_are_kept(tmp_path):
+    from dashboard.uploads import prune_uploads
+
+    files = {}
+    for age_days, name in ((30, "old.csv"), (20, "old-in-use.csv"), (2, "big.npz"), (1, "new.csv")):
+        files[name] = tmp_path / name
+        files[name].write_bytes(b"x" * (600 if name == "big.npz" else 100))
+        stamp = 1_000_000_000 - age_days * 86400
+        os.utime(files[name], (stamp, stamp))
+    deleted = prune_uploads(
+        tmp_path, keep=[str(files["old-in-use.csv"])], budget_bytes=500, max_age_seconds=7 * 86400, now=1e9
+    )
+    # the old one goes by age; then the folder (900 bytes) is over its budget: the oldest left goes next
+    assert [p.name for p in deleted] == ["old.csv", "big.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.csv", "old-in-use.csv"]
+
+
+def test_a_saved_upload_is_kept_while_a_run_uses_it(tmp_path, monkeypatch):
+    from dashboard.uploads import receive_upload
+
+    first = receive_upload(tmp_path, "a.csv", _csv())
+    os.utime(first.path, (0, 0))  # long past the age limit
+    receive_upload(tmp_path, "b.csv", _csv(rows=20), keep=[str(first.path)])
+    assert first.path.exists() and len(list(tmp_path.iterdir())) == 2
+    receive_upload(tmp_path, "c.csv", _csv(rows=21))
+    assert not first.path.exists()
