@@ -17,6 +17,7 @@ from dpsat_core.compare import CellStats, Comparison, conclusion, describe_setti
 from dpsat_core.errors import DpsatError
 from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
+from dpsat_core.results import format_number
 
 from .state import get_jobs
 
@@ -76,7 +77,7 @@ def cell_table(stats: Sequence[CellStats]) -> None:
             "test accuracy %": round(100 * c.accuracy_mean, 2),
             "± std": _rounded(c.accuracy_std and 100 * c.accuracy_std, 2),
             "validation %": _rounded(c.validation_mean and 100 * c.validation_mean, 2),
-            "ε spent": _rounded(c.epsilon_spent_mean, 3),
+            "ε spent": format_number(c.epsilon_spent_mean, ".3f"),  # ∞ for runs without noise
             "wall s / epoch": round(c.wall_seconds_per_epoch, 3),
         }
         for c in stats
@@ -124,7 +125,7 @@ def job_panel() -> None:
     for job in jobs[:6]:
         extra = []
         if job.metrics.get("epsilon_spent") is not None:
-            extra.append(f"ε spent {job.metrics['epsilon_spent']:.2f}")
+            extra.append(f"ε spent {format_number(job.metrics['epsilon_spent'], '.2f')}")
         if job.metrics.get("test_accuracy") is not None:
             extra.append(f"accuracy {100 * job.metrics['test_accuracy']:.1f}%")
         run = f" · {job.metrics['run']}" if job.active and "run" in job.metrics else ""

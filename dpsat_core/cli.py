@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import warnings
@@ -26,6 +25,7 @@ from .probe import step_cost
 from .progress import Progress, no_progress
 from .report import build_report, write_report
 from .results import RunRecord, strict_json
+from .results import format_number as _fmt
 from .runner import run
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
 from .sweeps import SweepSpec, check_sweep, sweep
@@ -120,13 +120,6 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
 
 def _stderr_progress(p: Progress) -> None:
     print(f"\r[{p.stage}] {p.done}/{p.total} {p.message[:70]:<70}", end="", file=sys.stderr, flush=True)
-
-
-def _fmt(value: Optional[float], spec: str) -> str:
-    """A number for a table: '-' when missing, '∞' for an infinite ε (a run without noise)."""
-    if value is None:
-        return "-"
-    return "∞" if value == math.inf else format(value, spec)
 
 
 def _print_json(data: Any) -> None:

@@ -1,8 +1,11 @@
 """Every page renders on an empty store and on one with runs; jobs started from pages end in stored results."""
 
+import dataclasses
 import json
 import os
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -373,3 +376,72 @@ def test_a_saved_upload_is_kept_while_a_run_uses_it(tmp_path, monkeypatch):
     assert first.path.exists() and len(list(tmp_path.iterdir())) == 2
     receive_upload(tmp_path, "c.csv", _csv(rows=21))
     assert not first.path.exists()
+
+
+def test_the_runs_page_shows_infinite_and_partial_epsilons(tmp_path, monkeypatch):
+    import sqlite3
+    import subprocess
+    import sys
+
+    from dpsat_core import EpochMetrics, run
+
+    db = tmp_path / "runs.db"
+    store = RunStore(db)
+    base = TrainConfig(dataset="breast_cancer", method="dpsgd", epochs=1, batch_size=64)
+    no_noise = run(dataclasses.replace(base, epsilon=None, noise_multiplier=0.0), store).record
+    calls = []
+    cancelled = run(base, store, should_stop=lambda: calls.append(1) or len(calls) > 3).record
+    killed = store.create_run(dataclasses.replace(base, seed=7))
+    metrics = dict(train_loss=0.5, test_loss=0.5, test_accuracy=0.9, seconds=1.0, steps=6, releases=6)
+    store.add_epoch(killed, EpochMetrics(epoch=1, epsilon_spent=1.25, **metrics))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE runs SET pid=? WHERE run_id=?", (dead, killed))
+    store.reap_interrupted()
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    at = open_page("runs")
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc[no_noise.run_id, "ε spent"] == "∞"  # not "-", blank, "inf" or "Infinity"
+    assert (
+        cancelled.status == "cancelled" and table.loc[cancelled.run_id, "ε spent"] == f"{cancelled.epsilon_spent:.3f}"
+    )
+    assert 0 < cancelled.epsilon_spent < 3 and table.loc[killed, "ε spent"] == "1.250"
+    at.multiselect(key="runs-selected").select(no_noise.run_id).run()
+    assert at.dataframe[1].value["epsilon_spent"].tolist() == ["∞"]  # the run's epochs
+
+
+def test_the_job_panel_shows_an_infinite_epsilon_as_infinity(tmp_path, monkeypatch):
+    import math
+
+    from dpsat_core.progress import Progress
+
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+
+    reported = threading.Event()
+
+    def no_noise_job(progress, stop):
+        progress(Progress("train", 1, 2, "epoch 1/2 done", {"epsilon_spent": math.inf, "test_accuracy": 0.9}))
+        reported.set()
+        while not stop():
+            time.sleep(0.05)
+
+    job_id = get_jobs().submit("sweep", "σ=0 run", no_noise_job)
+    assert reported.wait(timeout=60)
+    at = open_page("train")
+    texts = [p.proto.text for p in at.get("progress")]
+    assert any("ε spent ∞" in text for text in texts), texts
+    get_jobs().cancel(job_id)
+
+
+def test_the_runs_table_makes_formula_cells_inert_for_its_csv_download(tmp_path, monkeypatch):
+    from tests.factories import summary
+
+    db = tmp_path / "runs.db"
+    store = RunStore(db)
+    config = TrainConfig(dataset='=HYPERLINK("http://evil.example","x")', method="dpsgd", epsilon=2.0, epochs=1)
+    run_id = store.create_run(config)
+    store.finish(run_id, summary(config, accuracy=0.75, epsilon_spent=1.9, seconds_per_epoch=1.0), {})
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    at = open_page("runs")
+    (row,) = at.dataframe[0].value.to_dict("records")
+    assert row["dataset"] == "'" + config.dataset and row["ε spent"] == "1.900" and row["test accuracy %"] == 75.0
