@@ -16,6 +16,8 @@ from dpsat_core import RunStore
 from dpsat_core.jobs import JobManager
 from dpsat_core.store import default_store_path
 
+from .uploads import Upload, receive_upload
+
 DEFAULT_DATASET = {"source": "digits", "target": None, "size": None}
 
 
@@ -40,6 +42,13 @@ def uploads_dir() -> Path:
     folder = get_store().path.parent / "dpsat_uploads"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def save_upload(name: str, content: bytes) -> Upload:
+    """Save and check an uploaded file in this server's uploads folder (`uploads.receive_upload`); the files
+    stored runs were trained on, and this session's selected data set, are never pruned."""
+    in_use = {r.config.dataset for r in get_store().list_runs()} | {current_dataset()["source"]}
+    return receive_upload(uploads_dir(), name, content, keep=in_use)
 
 
 def current_dataset() -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import nullcontext
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -16,6 +17,7 @@ from dpsat_core.compare import CellStats, Comparison, conclusion, describe_setti
 from dpsat_core.errors import DpsatError
 from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
+from dpsat_core.results import format_number
 
 from .state import get_jobs
 
@@ -39,9 +41,21 @@ def chart(fig: go.Figure, *, key: str, where: Optional[DeltaGenerator] = None) -
                 st.caption("PNG/SVG/PDF need Chromium (apt-get install chromium, or set BROWSER_PATH)")
 
 
+# Characters that start Markdown (links, images, emphasis, code, HTML, tables, math, colour directives) in
+# what Streamlit renders: st.error/info/success/caption/toast bodies, progress texts and widget labels.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<#|~$])")
+
+
+def plain_text(text: object) -> str:
+    """`text` (a file, column or data-set name, a job label, or a message quoting one) made inert for Streamlit's
+    Markdown: those characters backslash-escaped and line breaks flattened, so a CSV column named
+    `![b](http://host/leak.png)` reads as typed instead of making the browser fetch an image."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
 def show_error(exc: Exception) -> None:
-    """One clear line for input errors; anything else also names its type."""
-    st.error(str(exc) if isinstance(exc, DpsatError) else f"{type(exc).__name__}: {exc}")
+    """One clear line for input errors; anything else also names its type. User text in it stays plain text."""
+    st.error(plain_text(exc if isinstance(exc, DpsatError) else f"{type(exc).__name__}: {exc}"))
 
 
 def methods_table() -> None:
@@ -63,7 +77,7 @@ def cell_table(stats: Sequence[CellStats]) -> None:
             "test accuracy %": round(100 * c.accuracy_mean, 2),
             "± std": _rounded(c.accuracy_std and 100 * c.accuracy_std, 2),
             "validation %": _rounded(c.validation_mean and 100 * c.validation_mean, 2),
-            "ε spent": _rounded(c.epsilon_spent_mean, 3),
+            "ε spent": format_number(c.epsilon_spent_mean, ".3f"),  # ∞ for runs without noise
             "wall s / epoch": round(c.wall_seconds_per_epoch, 3),
         }
         for c in stats
@@ -117,17 +131,17 @@ def _job_panel() -> None:
     for job in jobs[:6]:
         extra = []
         if job.metrics.get("epsilon_spent") is not None:
-            extra.append(f"ε spent {job.metrics['epsilon_spent']:.2f}")
+            extra.append(f"ε spent {format_number(job.metrics['epsilon_spent'], '.2f')}")
         if job.metrics.get("test_accuracy") is not None:
             extra.append(f"accuracy {100 * job.metrics['test_accuracy']:.1f}%")
         run = f" · {job.metrics['run']}" if job.active and "run" in job.metrics else ""
         text = f"{job.label} · {job.status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
         cols = st.columns([6, 1])
-        cols[0].progress(job.fraction, text=text)
+        cols[0].progress(job.fraction, text=plain_text(text))
         if job.active and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):
             get_jobs().cancel(job.job_id)
         if job.error:
-            st.error(f"{job.label}: {job.error}")
+            st.error(plain_text(f"{job.label}: {job.error}"))
     if finished_now:
         st.rerun(scope="app")
 

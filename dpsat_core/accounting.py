@@ -114,27 +114,29 @@ def calibrate_noise(
         raise ConfigError(f"calibration needs at least one release, got {releases}")
 
     def solve(mechanism: str) -> float:
-        with _quiet_one_blas_thread():
-            return get_noise_multiplier(
-                target_epsilon=target_epsilon,
-                target_delta=delta,
-                sample_rate=sample_rate,
-                steps=releases,
-                accountant=mechanism,
-                epsilon_tolerance=0.01,
-            )
+        try:
+            with _quiet_one_blas_thread():
+                return get_noise_multiplier(
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=releases,
+                    accountant=mechanism,
+                    epsilon_tolerance=0.01,
+                )
+        except ValueError as exc:  # Opacus's "The privacy budget is too low.", from either accountant
+            if "too low" in str(exc):
+                raise ConfigError(
+                    f"epsilon={target_epsilon:g} is too small to reach with {releases} releases at "
+                    f"sample rate {sample_rate:.3g}: raise epsilon or train fewer epochs"
+                ) from None
+            raise
 
     try:
         return Calibration(solve(accountant), accountant)
-    except ValueError as exc:
-        if "too low" in str(exc):
-            raise ConfigError(
-                f"epsilon={target_epsilon:g} is too small to reach with {releases} releases at "
-                f"sample rate {sample_rate:.3g}: raise epsilon or train fewer epochs"
-            ) from None
+    except ConfigError:
+        raise
+    except PRV_FAILURES as exc:
         if accountant != "prv" or not _is_prv_failure(exc):
-            raise
-    except RuntimeError:
-        if accountant != "prv":
             raise
     return Calibration(solve("rdp"), "rdp", PRV_FALLBACK_NOTE)

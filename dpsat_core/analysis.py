@@ -52,6 +52,8 @@ class RunModel:
 
 def load_run_model(store: RunStore, run_id: str, *, n_samples: int = DEFAULT_SAMPLES, device: str = "auto") -> RunModel:
     """Rebuild the run's model from its spec (no Opacus wrapper) and take the fixed evaluation subset."""
+    if not (isinstance(n_samples, int) and n_samples >= 1):
+        raise ConfigError(f"n_samples must be a whole number ≥ 1, got {n_samples!r}")
     record = store.get(run_id)
     if record.summary is None:
         raise StoreError(f"run {run_id} has no trained model to analyse (status {record.status})")

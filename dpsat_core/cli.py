@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
 from .compare import Comparison, comparisons, describe_setting, pick_setting, verdict
@@ -26,9 +25,18 @@ from .probe import step_cost
 from .progress import Progress, no_progress
 from .report import build_report, write_report
 from .results import RunRecord, strict_json
+from .results import format_number as _fmt
 from .runner import run
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
 from .sweeps import SweepSpec, check_sweep, sweep
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line, `error: … (see dpsat COMMAND --help)`, with exit status 2, like every other
+    bad input (argparse's default prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def _list(name: str, kind: type) -> Callable[[str], tuple]:
@@ -119,13 +127,6 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
 
 def _stderr_progress(p: Progress) -> None:
     print(f"\r[{p.stage}] {p.done}/{p.total} {p.message[:70]:<70}", end="", file=sys.stderr, flush=True)
-
-
-def _fmt(value: Optional[float], spec: str) -> str:
-    """A number for a table: '-' when missing, '∞' for an infinite ε (a run without noise)."""
-    if value is None:
-        return "-"
-    return "∞" if value == math.inf else format(value, spec)
 
 
 def _print_json(data: Any) -> None:
@@ -382,7 +383,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dpsat",
         description=f"Train and compare {', '.join(m.label for m in METHODS.values() if m.private)}; runs are stored.",
     )

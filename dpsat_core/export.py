@@ -30,6 +30,8 @@ MIME = {
     "csv": "text/csv",
     "json": "application/json",
 }
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 _server_lock = threading.Lock()
 _server_started = False
@@ -112,8 +114,16 @@ def results_rows(
     return rows
 
 
+def inert_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (a data-set path or target column starting with '=',
+    '+', '-', '@', a tab or a carriage return) prefixed with a single quote, as OWASP advises; numbers (-0.5
+    stays a number) and other text as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def results_csv(records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None) -> bytes:
-    rows = results_rows(records, spectra)
+    """`results_rows` as CSV, every text cell made inert for spreadsheets (`inert_cell`)."""
+    rows = [{k: inert_cell(v) for k, v in row.items()} for row in results_rows(records, spectra)]
     out = io.StringIO()
     if rows:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))

@@ -5,6 +5,7 @@ Method colours and names come from `METHODS`, so they are identical everywhere.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Optional, Sequence
 
 import plotly.graph_objects as go
@@ -235,6 +236,8 @@ def _per_epoch(
         if method_info(method).uses_rho:
             name += f" ρ={config.rho:g}"
         name += f" s{config.seed}" if len(runs) == 1 else f" ({len(runs)} seeds)"
+        if any(math.isinf(v) for p in points for v in p):  # ε of a run without noise: plotly would drop it silently
+            name += " (∞, off the axis)"
         style = _style(method)
         style["line_color"] = _shade(style["line_color"], levels.index(key[1]), len(levels))
         fig.add_trace(

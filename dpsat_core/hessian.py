@@ -55,6 +55,16 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
+def check_examples(x: torch.Tensor, y: torch.Tensor) -> None:
+    """The Hessian of a mean loss needs ≥ 1 example with one label each (an empty batch's loss is NaN, and
+    Lanczos would then fail deep inside ARPACK)."""
+    if len(x) < 1 or len(x) != len(y):
+        raise ConfigError(
+            f"the Hessian needs at least one example and one label per example, got {len(x)} examples and "
+            f"{len(y)} labels: use n_samples ≥ 1"
+        )
+
+
 class FlatOperator:
     """A symmetric linear map on flat parameter vectors (torch in, torch out), with `size`, `device` and `dtype`."""
 
@@ -87,6 +97,7 @@ class HessianOperator(FlatOperator):
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, mode: str = "auto"):
         if mode not in HVP_MODES:
             raise ConfigError(f"unknown HVP mode {mode!r}: choose one of {', '.join(HVP_MODES)}")
+        check_examples(x, y)
         native = plain_copy(model)
         if mode == "auto":
             fits = LINEARIZE_MEMORY_FACTOR * activation_bytes(native, x) <= LINEARIZE_BUDGET_BYTES
@@ -257,6 +268,7 @@ def _pyhessian(
     gradients on the module it gets), with its global-RNG use contained."""
     from pyhessian import hessian as PyHessian
 
+    check_examples(x, y)
     model = plain_copy(model)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(seed)

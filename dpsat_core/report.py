@@ -32,6 +32,7 @@ from .compare import (
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
 from .probe import step_cost
+from .results import format_number
 from .store import RunStore
 
 STYLE = """
@@ -183,7 +184,8 @@ def render_html(report: Report, *, static_images: bool) -> str:
     rows = []
     for row in report.headline:
         cells = " ".join(
-            f"<td>{_pct(c.accuracy_mean, c.accuracy_std)}<br><small>ε spent {c.epsilon_spent_mean:.2f}</small></td>"
+            f"<td>{_pct(c.accuracy_mean, c.accuracy_std)}<br>"
+            f"<small>ε spent {format_number(c.epsilon_spent_mean, '.2f')}</small></td>"
             if c.epsilon_spent_mean is not None
             else f"<td>{_pct(c.accuracy_mean, c.accuracy_std)}</td>"
             for c in row.cells

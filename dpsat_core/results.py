@@ -46,6 +46,14 @@ def strict_json(value: Any) -> Any:
     return value
 
 
+def format_number(value: Optional[float], spec: str, *, missing: str = "-") -> str:
+    """A number for people (tables, captions, reports): `missing` when there is none, '∞' for an infinite ε
+    (a run without noise), never 'inf' or a blank."""
+    if value is None:
+        return missing
+    return "∞" if value == math.inf else format(value, spec)
+
+
 # --- training --------------------------------------------------------------------------------------
 
 
@@ -152,8 +160,12 @@ class RunRecord:
 
     @property
     def epsilon_spent(self) -> Optional[float]:
-        """The ε the accountant charged for the releases made."""
-        return None if self.summary is None else self.summary.epsilon_spent
+        """The ε the accountant charged for the releases made: the summary's, or for a run without one (still
+        running, or its process killed) the last stored epoch's, which covers everything the run released:
+        its weights were never stored, and gradients noised after that epoch never left the process."""
+        if self.summary is not None:
+            return self.summary.epsilon_spent
+        return self.epochs[-1].epsilon_spent if self.epochs else None
 
     @property
     def test_accuracy(self) -> Optional[float]:

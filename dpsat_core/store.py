@@ -218,7 +218,8 @@ class RunStore:
         method: Optional[str] = None,
         with_epochs: bool = False,
     ) -> list[RunRecord]:
-        """Runs, oldest first, optionally filtered."""
+        """Runs, oldest first, optionally filtered; `with_epochs` loads every run's per-epoch metrics (runs without
+        a summary always get theirs)."""
         clauses, args = [], []
         for column, value in (("status", status), ("dataset", dataset), ("method", method)):
             if value is not None:
@@ -231,11 +232,16 @@ class RunStore:
                 f" FROM runs {where} ORDER BY created",
                 args,
             ).fetchall()
+            # epochs of all listed runs when asked, else only of runs without a summary (their ε is the last epoch's)
+            wanted = [r["run_id"] for r in rows if with_epochs or r["summary"] in ("", "{}")]
             epochs: dict[str, list[EpochMetrics]] = {r["run_id"]: [] for r in rows}
-            if with_epochs and rows:  # one query for all listed runs, not one per run
-                for e in db.execute("SELECT run_id, metrics FROM epochs ORDER BY run_id, epoch"):
-                    if e["run_id"] in epochs:
-                        epochs[e["run_id"]].append(EpochMetrics.from_dict(json.loads(e["metrics"])))
+            if wanted:  # one query for all of them, not one per run
+                for e in db.execute(
+                    "SELECT run_id, metrics FROM epochs WHERE run_id IN (SELECT value FROM json_each(?))"
+                    " ORDER BY run_id, epoch",
+                    (json.dumps(wanted),),
+                ):
+                    epochs[e["run_id"]].append(EpochMetrics.from_dict(json.loads(e["metrics"])))
             return [self._record(r, epochs[r["run_id"]]) for r in rows]
 
     def load_weights(self, run_id: str) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ split lets tests step two methods side by side.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -32,6 +33,7 @@ from .progress import Progress, ProgressFn, StopFn, no_progress
 from .results import EpochMetrics, ModelSpec, RunSummary, json_float
 from .steps import Step
 
+_log = logging.getLogger(__name__)
 TRAIN_LOSS_SUBSET = 4096
 EVAL_BATCH = 2048
 # The run's seed also initialises the model; noise and batch sampling get their own generators,
@@ -126,13 +128,16 @@ class Trainer:
     x_train: torch.Tensor
     y_train: torch.Tensor
     releases: int = 0
+    steps: int = 0  # steps finished
 
     def draw(self) -> Batch:
         idx = self.sampler.indices().to(self.device)
         return self.x_train[idx], self.y_train[idx]
 
     def step(self) -> Optional[float]:
-        return self.step_fn(self.draw)
+        loss = self.step_fn(self.draw)
+        self.steps += 1
+        return loss
 
     def _count_release(self, _optimizer: DPOptimizer) -> None:
         self.releases += 1
@@ -233,10 +238,33 @@ def train(
     dataset: Optional[Dataset] = None,
     plan: Optional[RunPlan] = None,
 ) -> TrainResult:
-    """Train `config` to the end, or until it diverges (status failed) or `should_stop()` (cancelled)."""
+    """Train `config` to the end, or until it diverges or crashes (status failed) or `should_stop()` (cancelled).
+
+    A failed or cancelled run is charged for the releases it made, so its result (and the stored run) says
+    what ε it spent. A crash (an exception while training) is logged with its traceback.
+    """
     with quiet_hooks():
         trainer = prepare(config, dataset, plan)
-        return _train(trainer, on_progress=on_progress, should_stop=should_stop, on_epoch=on_epoch)
+        finished: list[EpochMetrics] = []
+
+        def keep(metrics: EpochMetrics) -> None:
+            finished.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics)
+
+        try:
+            return _train(trainer, on_progress=on_progress, should_stop=should_stop, on_epoch=keep)
+        except Exception as exc:
+            _log.exception("training %s crashed after %d steps", config.method, trainer.steps)
+            return _result(
+                trainer,
+                status="failed",
+                reason=f"crashed after {trainer.steps} steps: {type(exc).__name__}: {exc}",
+                epochs=finished,
+                steps=trainer.steps,
+                seconds=finished[-1].seconds if finished else 0.0,
+                privacy=_privacy_now(trainer),
+            )
 
 
 def _train(
@@ -320,15 +348,32 @@ def _train(
             f"method {config.method!r} made {trainer.releases} noisy releases in {step} steps but its registry "
             f"entry declares {per_step} per step, so σ was calibrated for the wrong count: fix releases_per_step"
         )
+    # the last epoch's ε is the result's unless releases happened since (cancel, divergence)
+    if privacy is None or privacy.releases != trainer.releases:
+        privacy = _privacy_now(trainer)
+    return _result(trainer, status=status, reason=reason, epochs=epochs, steps=step, seconds=seconds, privacy=privacy)
+
+
+def _result(
+    trainer: Trainer,
+    *,
+    status: str,
+    reason: str,
+    epochs: list[EpochMetrics],
+    steps: int,
+    seconds: float,
+    privacy: Optional[PrivacySpent],
+) -> TrainResult:
+    """The run's result as it stands: its metrics so far, ε of the releases made, and its current weights."""
+    config = trainer.config
     return TrainResult(
         config=config,
         status=status,
         reason=reason,
         plan=trainer.plan,
         epochs=epochs,
-        # the last epoch's ε is the result's unless releases happened since (cancel, divergence)
-        privacy=privacy if privacy is not None and privacy.releases == trainer.releases else _privacy_now(trainer),
-        steps=step,
+        privacy=privacy,
+        steps=steps,
         releases=trainer.releases,
         seconds=seconds,
         model=trainer.spec,

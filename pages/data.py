@@ -1,13 +1,10 @@
 """Data: pick a built-in data set or upload a CSV/NPZ; preview it; every problem explained here."""
 
-import hashlib
-import re
-
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import current_dataset, uploads_dir
-from dashboard.widgets import show_error
+from dashboard.state import current_dataset, save_upload
+from dashboard.widgets import plain_text, show_error
 from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, load_dataset
 from dpsat_core.data import DEFAULT_SIZES, FILE_TYPES
 from dpsat_core.serve import SERVER_OPTIONS
@@ -15,7 +12,7 @@ from dpsat_core.serve import SERVER_OPTIONS
 MAX_UPLOAD_MB = SERVER_OPTIONS["server.maxUploadSize"]
 
 st.title("Data")
-st.caption(f"Selected for training: **{current_dataset()['source']}**")
+st.caption(f"Selected for training: **{plain_text(current_dataset()['source'])}**")
 kind = st.radio("Source", ["Built-in", "Upload a file"], horizontal=True, key="data-kind")
 size, target = None, None
 if kind == "Built-in":
@@ -23,30 +20,26 @@ if kind == "Built-in":
     if source in DEFAULT_SIZES:
         size = int(st.number_input("Examples to generate", 200, 100_000, DEFAULT_SIZES[source], key="data-size"))
 else:
+    # No `type=`: Streamlit would raise on a forged name (a NUL byte) before this page runs; `save_upload`
+    # checks the name and the type and answers in one message.
     upload = st.file_uploader(
-        f"CSV (with a header row) or NPZ with arrays x and y, ≤ {MAX_UPLOAD_MB} MB",
-        type=[t.lstrip(".") for t in FILE_TYPES],
+        f"CSV (with a header row) or NPZ with arrays x and y ({', '.join(FILE_TYPES)}), ≤ {MAX_UPLOAD_MB} MB",
         max_upload_size=MAX_UPLOAD_MB,
         key="data-upload",
     )
     if upload is None:
         st.info("Upload a file to check and preview it. Nothing leaves this machine.")
         st.stop()
-    content = upload.getvalue()
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", upload.name)
-    path = uploads_dir() / f"{hashlib.sha256(content).hexdigest()[:8]}-{safe}"
-    path.write_bytes(content)
-    source = str(path)
-    if path.suffix.lower() == ".csv":
-        try:
-            head = pd.read_csv(path, nrows=8)
-        except Exception as exc:  # the loader below gives the precise message
-            head = None
-            show_error(exc)
-        if head is not None:
-            st.dataframe(head, hide_index=True)
-            columns = list(head.columns)
-            target = st.selectbox("Target (label) column", columns, index=len(columns) - 1, key="data-target")
+    try:
+        received = save_upload(upload.name, upload.getvalue())
+    except DpsatError as exc:
+        show_error(exc)
+        st.stop()
+    source = str(received.path)
+    if received.preview is not None:
+        st.dataframe(received.preview, hide_index=True)
+        columns = [str(c) for c in received.preview.columns]
+        target = st.selectbox("Target (label) column", columns, index=len(columns) - 1, key="data-target")
 
 try:
     data = load_dataset(source, target=target, size=size, validation_fraction=TrainConfig().validation_fraction)
@@ -69,4 +62,4 @@ st.caption(
 st.bar_chart(pd.DataFrame({"examples": info["class_counts"]}, index=list(data.class_names)))
 if st.button("Use this data set", type="primary", key="data-use"):
     st.session_state["dataset"] = {"source": source, "target": target, "size": size}
-    st.success(f"Training will use {data.name}.")
+    st.success(f"Training will use {plain_text(data.name)}.")

@@ -8,7 +8,8 @@ import streamlit as st
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel
 from dpsat_core import cached_analyses, figures
-from dpsat_core.export import results_csv, results_json
+from dpsat_core.export import inert_cell, results_csv, results_json
+from dpsat_core.results import format_number
 from dpsat_core.store import STATUSES
 
 st.title("Runs")
@@ -33,7 +34,7 @@ table = pd.DataFrame(
             "status": r.status,
             "dataset": r.config.dataset,
             "target ε": r.target_epsilon,
-            "ε spent": r.epsilon_spent,
+            "ε spent": format_number(r.epsilon_spent, ".3f"),  # ∞ for runs without noise
             "test accuracy %": None if r.test_accuracy is None else round(100 * r.test_accuracy, 2),
             "validation %": None if r.validation_accuracy is None else round(100 * r.validation_accuracy, 2),
             "epochs": r.config.epochs,
@@ -43,7 +44,8 @@ table = pd.DataFrame(
         for r in shown
     ]
 )
-st.dataframe(table, hide_index=True, key="runs-table")
+# text cells inert for spreadsheets: the table's own CSV download writes them as shown
+st.dataframe(table.map(inert_cell), hide_index=True, key="runs-table")
 spectra = cached_analyses(store, [r.run_id for r in shown], "hessian")
 down_csv, down_json, _ = st.columns([1, 1, 4])
 download(down_csv, "Results CSV", partial(results_csv, shown, spectra), "dpsat_results.csv", key="runs-csv")
@@ -64,6 +66,9 @@ if selected:
     record = store.get(selected[0])
     st.subheader(f"Run {record.run_id}: {figures.run_label(record)}")
     chart(figures.training_curves([record]), key="runs-curve")
-    st.dataframe(pd.DataFrame([e.to_dict() for e in record.epochs]), hide_index=True)
+    epochs = pd.DataFrame([e.to_dict() for e in record.epochs])
+    if not epochs.empty:
+        epochs["epsilon_spent"] = [format_number(e.epsilon_spent, ".3f") for e in record.epochs]
+    st.dataframe(epochs, hide_index=True)
     st.json(record.to_dict(), expanded=False)
 job_panel()

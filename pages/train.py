@@ -4,14 +4,16 @@ import streamlit as st
 
 from dashboard.actions import start_sweep
 from dashboard.state import current_dataset
-from dashboard.widgets import job_panel, show_error
+from dashboard.widgets import job_panel, plain_text, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
 from dpsat_core.config import ACCOUNTANTS, DEVICES, MAX_VALIDATION_FRACTION, parse_numbers
 from dpsat_core.methods import rho_methods
 
 st.title("Train & sweep")
 dataset = current_dataset()
-st.caption(f"Data set: **{dataset['source']}** (change it on the Data page). Runs already stored are reused.")
+st.caption(
+    f"Data set: **{plain_text(dataset['source'])}** (change it on the Data page). Runs already stored are reused."
+)
 defaults = TrainConfig()
 
 st.markdown("**Methods**")

@@ -152,6 +152,21 @@ def test_an_unreachable_budget_is_a_clear_error():
         calibrate_noise(target_epsilon=1e-9, delta=1e-5, sample_rate=1.0, releases=10_000, accountant="rdp")
 
 
+def test_an_unreachable_budget_is_a_clear_error_after_a_prv_failure_too(monkeypatch):
+    from dpsat_core import ConfigError
+
+    real = accounting.get_noise_multiplier
+
+    def failing_prv(**kwargs):  # what PRV does where its discretisation breaks (tiny δ, Opacus #604)
+        if kwargs["accountant"] == "prv":
+            raise ValueError("Floating point errors will dominate for such small values of delta.")
+        return real(**kwargs)
+
+    monkeypatch.setattr(accounting, "get_noise_multiplier", failing_prv)
+    with pytest.raises(ConfigError, match="epsilon=1e-09 is too small to reach with 77 releases"):  # RDP's verdict
+        calibrate_noise(target_epsilon=1e-9, delta=1e-14, sample_rate=0.089, releases=77, accountant="prv")
+
+
 def test_a_tiny_delta_that_breaks_prv_falls_back_to_rdp_instead_of_crashing():
     # Opacus's PRV raises "Floating point errors will dominate…" here (found by review: δ = 1e-14)
     spent = epsilon_spent(noise_multiplier=1.0, sample_rate=0.089, releases=44, delta=1e-14, accountant="prv")

@@ -114,3 +114,5 @@ def test_analysis_settings_are_checked_by_the_registry(store, run_id):
         analysis.analyze(store, run_id, "line")
     with pytest.raises(ConfigError, match="unknown analysis"):
         analysis.analyze(store, run_id, "curvature")
+    with pytest.raises(ConfigError, match="n_samples must be a whole number ≥ 1, got 0"):  # the library entry too
+        analysis.load_run_model(store, run_id, n_samples=0)

@@ -1,7 +1,11 @@
+import gzip
 import json
+import os
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dpsat_core.cli import build_parser, main
@@ -110,6 +114,95 @@ def test_bad_input_is_one_line_on_stderr_with_exit_2(tmp_path, args, message):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "the following arguments are required: command (see dpsat --help)"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x' (see dpsat train --help)"),
+        (["sweep", "--epsilons", "1,two"], "'two' is not one (see dpsat sweep --help)"),
+        (["analyze", "abc123", "--kind", "hessian", "--samples", "0"], "n_samples must be > 0"),
+    ],
+)
+def test_usage_errors_are_one_line_with_a_hint_to_help(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse exits; the analysis check returns 2
+        sys.exit(main(args))
+    assert exit_info.value.code == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_usage_error_from_the_installed_command_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpsat_core", "train", "--batch-size", "big"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "usage:" not in proc.stderr
+    assert "invalid int value: 'big' (see dpsat train --help)" in _one_error_line(proc.stderr)
+
+
+def _cifar_folder(folder, raw: bytes) -> str:
+    for name in ("data_batch_1", "test_batch"):
+        (folder / name).write_bytes(raw)
+    return str(folder)
+
+
+def _idx_folder(folder, raw: bytes, suffix: str) -> str:
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (folder / f"{name}{suffix}").write_bytes(raw)
+    return str(folder)
+
+
+def _file(folder, name: str, raw: bytes) -> str:
+    (folder / name).write_bytes(raw)
+    return str(folder / name)
+
+
+def _protocol_9() -> bytes:
+    raw = bytearray(pickle.dumps({b"data": 1}, protocol=5))
+    raw[1] = 9
+    return bytes(raw)
+
+
+BAD_DATA = {
+    "cifar data of the wrong size": (
+        lambda d: _cifar_folder(d, pickle.dumps({b"data": np.zeros((12, 100), np.uint8), b"labels": [0] * 12})),
+        "'data' must be n rows of 3072 bytes",
+    ),
+    "pickle protocol 9": (
+        lambda d: _file(d, "data_batch_1", _protocol_9()) and str(d),
+        "unsupported pickle protocol: 9",
+    ),
+    "idx with a 6-byte header": (lambda d: _idx_folder(d, bytes([0, 0, 8, 3, 0, 0]), ""), "IDX header is cut short"),
+    "truncated gzip": (
+        lambda d: _idx_folder(d, gzip.compress(os.urandom(3000))[:1000], ".gz"),
+        "is not a complete gzip file",
+    ),
+    "random bytes named .npz": (lambda d: _file(d, "r.npz", os.urandom(3000)), "r.npz is not an NPZ file"),
+    "binary csv": (lambda d: _file(d, "b.csv", bytes(range(128, 256)) * 8), "b.csv is not UTF-8 text"),
+    "empty csv": (lambda d: _file(d, "e.csv", b""), "e.csv is empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_files_are_one_line_with_exit_2(case, tmp_path, capsys):
+    make, message = BAD_DATA[case]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    args = ("train", "--dataset", make(folder), "--target", "y", "--store", str(tmp_path / "r.db"))
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and message in _one_error_line(err)
 
 
 def test_csv_with_text_in_a_numeric_column_via_the_cli(tmp_path, capsys):

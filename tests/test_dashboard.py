@@ -1,7 +1,11 @@
 """Every page renders on an empty store and on one with runs; jobs started from pages end in stored results."""
 
+import dataclasses
 import json
+import os
+import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -160,6 +164,10 @@ def test_bad_settings_are_explained_on_the_train_page(tmp_path, monkeypatch):
     at.text_input(key="train-epsilons").input("0")
     at.button(key="train-start").click().run()
     assert "epsilon must be a finite number > 0" in at.error[0].value
+    at.text_input(key="train-epsilons").input("1e-9")  # valid as a number, unreachable by any σ: checked first
+    at.button(key="train-start").click().run()
+    (error,) = at.error
+    assert "dpsgd ε=1e-09 seed=0: epsilon=1e-09 is too small to reach" in error.value and not at.success
     at.text_input(key="train-epsilons").input("3")
     at.text_input(key="train-rhos").input("0.05, wide")
     at.button(key="train-start").click().run()
@@ -175,7 +183,7 @@ def test_the_data_page_checks_and_selects_a_built_in_data_set(tmp_path, monkeypa
     at.button(key="data-use").click().run()
     assert at.session_state["dataset"]["source"] == "breast_cancer"
     at.switch_page("../pages/train.py").run()
-    assert "breast_cancer" in at.caption[0].value
+    assert "breast_cancer" in _as_rendered(at.caption[0].value)
 
 
 def test_runs_page_deletes_after_confirmation(populated, tmp_path, monkeypatch):
@@ -189,6 +197,11 @@ def test_runs_page_deletes_after_confirmation(populated, tmp_path, monkeypatch):
     at.button(key="runs-delete").click().run()
     at.button(key="runs-delete-confirm").click().run()
     assert victim not in [r.run_id for r in RunStore(db).list_runs()]
+
+
+def _as_rendered(markdown: str) -> str:
+    """Markdown text as it reads on the page: backslash escapes (`widgets.plain_text`) removed."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def _download_labels(at: AppTest) -> list[str]:
@@ -311,3 +324,155 @@ def test_the_job_panel_refreshes_only_while_a_job_is_active(tmp_path, monkeypatc
     refresh.clear()
     at.run()
     assert set(refresh) == {None}
+
+
+def _upload(at: AppTest, name: str, content: bytes) -> AppTest:
+    at.radio(key="data-kind").set_value("Upload a file").run()
+    at.get("file_uploader")[0].upload(name, content, "application/octet-stream").run()
+    return at
+
+
+def _uploads(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "dpsat_uploads"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("binary.csv", bytes(range(128, 256)) * 8, "binary.csv is not UTF-8 text (it holds byte 0x80)"),
+        ("latin.csv", "age,label\n".encode() + "é,1\n".encode("latin-1") * 20, "latin.csv is not UTF-8 text"),
+        ("empty.csv", b"", "empty.csv is empty"),
+        ("random.npz", bytes(range(256)) * 8, "random.npz is not an NPZ file"),
+        ("pa\x00tients.csv", _csv(), "contains a NUL byte: rename the file"),
+        ("notes.txt", b"hello", "'notes.txt' is not a .csv or .npz file"),
+        ("x" * 300 + ".csv", _csv(), None),  # a name too long for the file system is shortened, not an error
+    ],
+)
+def test_a_bad_upload_gets_one_clear_message_and_is_not_kept(tmp_path, monkeypatch, name, content, message):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = _upload(open_page("data"), name, content)
+    assert not at.exception, at.exception
+    if message is None:
+        assert not at.error and at.selectbox(key="data-target").value == "label"
+        assert [len(n) for n in _uploads(tmp_path)] == [9 + 80]  # '<digest>-' and the shortened name
+        return
+    assert [e.value for e in at.error] == [at.error[0].value] and message in _as_rendered(at.error[0].value)
+    assert _uploads(tmp_path) == []  # unreadable files are deleted at once
+
+
+def test_user_text_in_messages_cannot_render_markdown(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    column = "![b](http://127.0.0.1:9/leak.png)"
+    rows = "".join(f"{i},{i % 2}\n" for i in range(30)) + "oops,1\n"
+    at = _upload(open_page("data"), "leak.csv", f'"{column}",label\n{rows}'.encode())
+    at.selectbox(key="data-target").select("label").run()
+    (error,) = at.error
+    assert "!\\[b\\](http://127.0.0.1:9/leak.png)" in error.value  # brackets escaped: no image, no link
+    assert f"column '{column}' is numeric but holds text" in _as_rendered(error.value)
+
+
+def test_plain_text_escapes_every_markdown_starter_and_nothing_is_lost():
+    from dashboard.widgets import plain_text
+
+    text = "a*b_c`d[e](f)<g>#h|i~j$k{l}m\\n"
+    escaped = plain_text(text + "\nsecond line")
+    assert escaped == "a\\*b\\_c\\`d\\[e\\](f)\\<g>\\#h\\|i\\~j\\$k\\{l\\}m\\\\n second line"
+    assert _as_rendered(escaped) == text + " second line"
+
+
+def test_uploads_are_pruned_by_age_and_size_but_files_in_use_are_kept(tmp_path):
+    from dashboard.uploads import prune_uploads
+
+    files = {}
+    for age_days, name in ((30, "old.csv"), (20, "old-in-use.csv"), (2, "big.npz"), (1, "new.csv")):
+        files[name] = tmp_path / name
+        files[name].write_bytes(b"x" * (600 if name == "big.npz" else 100))
+        stamp = 1_000_000_000 - age_days * 86400
+        os.utime(files[name], (stamp, stamp))
+    deleted = prune_uploads(
+        tmp_path, keep=[str(files["old-in-use.csv"])], budget_bytes=500, max_age_seconds=7 * 86400, now=1e9
+    )
+    # the old one goes by age; then the folder (900 bytes) is over its budget: the oldest left goes next
+    assert [p.name for p in deleted] == ["old.csv", "big.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.csv", "old-in-use.csv"]
+
+
+def test_a_saved_upload_is_kept_while_a_run_uses_it(tmp_path, monkeypatch):
+    from dashboard.uploads import receive_upload
+
+    first = receive_upload(tmp_path, "a.csv", _csv())
+    os.utime(first.path, (0, 0))  # long past the age limit
+    receive_upload(tmp_path, "b.csv", _csv(rows=20), keep=[str(first.path)])
+    assert first.path.exists() and len(list(tmp_path.iterdir())) == 2
+    receive_upload(tmp_path, "c.csv", _csv(rows=21))
+    assert not first.path.exists()
+
+
+def test_the_runs_page_shows_infinite_and_partial_epsilons(tmp_path, monkeypatch):
+    import sqlite3
+    import subprocess
+    import sys
+
+    from dpsat_core import EpochMetrics, run
+
+    db = tmp_path / "runs.db"
+    store = RunStore(db)
+    base = TrainConfig(dataset="breast_cancer", method="dpsgd", epochs=1, batch_size=64)
+    no_noise = run(dataclasses.replace(base, epsilon=None, noise_multiplier=0.0), store).record
+    calls = []
+    cancelled = run(base, store, should_stop=lambda: calls.append(1) or len(calls) > 3).record
+    killed = store.create_run(dataclasses.replace(base, seed=7))
+    metrics = dict(train_loss=0.5, test_loss=0.5, test_accuracy=0.9, seconds=1.0, steps=6, releases=6)
+    store.add_epoch(killed, EpochMetrics(epoch=1, epsilon_spent=1.25, **metrics))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE runs SET pid=? WHERE run_id=?", (dead, killed))
+    store.reap_interrupted()
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    at = open_page("runs")
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc[no_noise.run_id, "ε spent"] == "∞"  # not "-", blank, "inf" or "Infinity"
+    assert (
+        cancelled.status == "cancelled" and table.loc[cancelled.run_id, "ε spent"] == f"{cancelled.epsilon_spent:.3f}"
+    )
+    assert 0 < cancelled.epsilon_spent < 3 and table.loc[killed, "ε spent"] == "1.250"
+    at.multiselect(key="runs-selected").select(no_noise.run_id).run()
+    assert at.dataframe[1].value["epsilon_spent"].tolist() == ["∞"]  # the run's epochs
+
+
+def test_the_job_panel_shows_an_infinite_epsilon_as_infinity(tmp_path, monkeypatch):
+    import math
+
+    from dpsat_core.progress import Progress
+
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+
+    reported = threading.Event()
+
+    def no_noise_job(progress, stop):
+        progress(Progress("train", 1, 2, "epoch 1/2 done", {"epsilon_spent": math.inf, "test_accuracy": 0.9}))
+        reported.set()
+        while not stop():
+            time.sleep(0.05)
+
+    job_id = get_jobs().submit("sweep", "σ=0 run", no_noise_job)
+    assert reported.wait(timeout=60)
+    at = open_page("train")
+    texts = [p.proto.text for p in at.get("progress")]
+    assert any("ε spent ∞" in text for text in texts), texts
+    get_jobs().cancel(job_id)
+
+
+def test_the_runs_table_makes_formula_cells_inert_for_its_csv_download(tmp_path, monkeypatch):
+    from tests.factories import summary
+
+    db = tmp_path / "runs.db"
+    store = RunStore(db)
+    config = TrainConfig(dataset='=HYPERLINK("http://evil.example","x")', method="dpsgd", epsilon=2.0, epochs=1)
+    run_id = store.create_run(config)
+    store.finish(run_id, summary(config, accuracy=0.75, epsilon_spent=1.9, seconds_per_epoch=1.0), {})
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    at = open_page("runs")
+    (row,) = at.dataframe[0].value.to_dict("records")
+    assert row["dataset"] == "'" + config.dataset and row["ε spent"] == "1.900" and row["test accuracy %"] == 75.0

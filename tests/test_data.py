@@ -3,6 +3,8 @@
 import gzip
 import os
 import pickle
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -51,6 +53,29 @@ def test_csv_errors_say_what_and_where(tmp_path, body, target, message):
         load_dataset(write_csv(tmp_path / "bad.csv", body), target=target)
 
 
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (bytes(range(128, 256)) * 4, r"is not UTF-8 text \(it holds byte 0x80\): save it as a UTF-8 CSV"),
+        ("age,label\n".encode() + "é,1\n".encode("latin-1") * 20, r"is not UTF-8 text \(it holds byte 0xe9\)"),
+        (b"\n\n\n", r"is empty \(no header row\)"),
+        (b'a,b\n1,2\n"3,4\n', "is not a readable CSV"),
+    ],
+)
+def test_binary_non_utf8_blank_and_broken_csv_files_are_one_clear_error(tmp_path, raw, message):
+    path = tmp_path / "odd.csv"
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match=message):
+        load_dataset(str(path), target="label")
+    with pytest.raises(DataError, match=message):  # the Data page's preview reads through the same function
+        files.read_csv(path, rows=8)
+
+
+def test_a_path_with_a_nul_byte_is_a_clear_error():
+    with pytest.raises(DataError, match="contains a NUL byte"):
+        load_dataset("data\x00.csv", target="label")
+
+
 def test_empty_and_oversized_files_are_refused(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="is empty"):
         load_dataset(write_csv(tmp_path / "empty.csv", ""), target="y")
@@ -67,6 +92,52 @@ def test_npz_tabular_and_channels_last_images(tmp_path):
     np.savez(tmp_path / "img.npz", x=rng.integers(0, 255, size=(40, 12, 12, 3)), y=np.arange(40) % 2)
     img = load_dataset(str(tmp_path / "img.npz"))
     assert img.kind == "image" and img.input_shape == (3, 12, 12)
+
+
+def _npz_with_header(path, shape, descr="<f8", payload=b""):
+    """An .npz whose x.npy declares `shape` but holds only `payload` (what a crafted archive can do)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("x.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+            f.write(payload)
+        with archive.open("y.npy", "w") as f:
+            np.save(f, np.arange(10) % 2)
+    return str(path)
+
+
+def test_an_npz_bomb_is_refused_from_its_declared_sizes_before_anything_is_unpacked(tmp_path, monkeypatch):
+    # the real cap: a header declaring 2^40 doubles (8 TiB) is refused without reading any data
+    with pytest.raises(DataError, match="declare 8,388,608 MiB unpacked; the limit is 512 MiB"):
+        load_dataset(_npz_with_header(tmp_path / "huge.npz", (2**40,)))
+    # a real bomb: 64 MiB of zeros compressed to ~64 KB, refused without holding them
+    monkeypatch.setattr(files, "MAX_DATA_BYTES", 1024**2)
+    np.savez_compressed(tmp_path / "bomb.npz", x=np.zeros((8192, 1024)), y=np.arange(8192) % 2)
+    assert (tmp_path / "bomb.npz").stat().st_size < 1024**2
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="declare 64 MiB unpacked; the limit is 1 MiB"):
+            load_dataset(str(tmp_path / "bomb.npz"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(os.urandom(2000)), r"is not an NPZ file \(numpy.savez writes a zip"),
+        (lambda p: np.save(open(p, "wb"), np.zeros(3)), "is not an NPZ file"),  # a bare .npy named .npz
+        (lambda p: np.savez(p, x=np.array([{"a": 1}] * 10, dtype=object), y=np.zeros(10)), "holds Python objects"),
+        (lambda p: _npz_with_header(p, (10, 2), payload=b"\x00" * 8), "is not a readable NPZ"),  # truncated data
+    ],
+)
+def test_npz_files_that_are_not_arrays_of_numbers_are_one_clear_error(tmp_path, make, message):
+    path = tmp_path / "bad.npz"
+    make(path)
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset(str(path))
+    assert "allow_pickle" not in str(info.value)  # numpy's advice to load untrusted pickles never leaks through
 
 
 def test_npz_errors(tmp_path):
@@ -104,6 +175,52 @@ def test_idx_with_a_wrong_header_is_refused(tmp_path):
         load_dataset(str(tmp_path))
 
 
+def _mnist_folder(folder, images: bytes, *, suffix: str = "") -> str:
+    """An MNIST-style folder whose training images file holds `images`; the other three files are valid."""
+    rng = np.random.default_rng(3)
+    (folder / f"train-images-idx3-ubyte{suffix}").write_bytes(images)
+    _idx(folder / "train-labels-idx1-ubyte", np.arange(30) % 10, False)
+    _idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 255, (10, 28, 28)), False)
+    _idx(folder / "t10k-labels-idx1-ubyte", np.arange(10) % 10, False)
+    return str(folder)
+
+
+def _truncated_gzip() -> bytes:
+    whole = gzip.compress(bytes([0, 0, 8, 3]) + np.random.default_rng(4).bytes(4000))
+    return whole[: len(whole) // 2]
+
+
+@pytest.mark.parametrize(
+    "images, suffix, message",
+    [
+        (bytes([0, 0, 8, 3, 0, 0]), "", r"the IDX header is cut short \(6 bytes; 16 are needed\)"),
+        (
+            bytes([0, 0, 8, 1, 0, 0, 0, 4, 1, 2, 3, 4]),
+            "",
+            "an IDX file of 3 dimensions was expected; its header says 1",
+        ),
+        (_truncated_gzip(), ".gz", "is not a complete gzip file"),
+        (b"not gzip at all", ".gz", "is not a complete gzip file"),
+    ],
+)
+def test_damaged_idx_files_are_one_clear_error(tmp_path, images, suffix, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(_mnist_folder(tmp_path, images, suffix=suffix))
+
+
+def test_a_gzip_that_unpacks_beyond_the_cap_stops_at_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "MAX_DATA_BYTES", 1024**2)
+    bomb = gzip.compress(bytes([0, 0, 8, 3]) + bytes(16 * 1024**2))  # 16 MiB of zeros in ~16 KB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="unpacks to more than 1 MiB"):
+            load_dataset(_mnist_folder(tmp_path, bomb, suffix=".gz"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2  # never held the 16 MiB it would unpack to
+
+
 def _cifar(path, n, seed):
     rng = np.random.default_rng(seed)
     batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
@@ -123,6 +240,30 @@ def test_cifar_batches_in_their_usual_subfolder(tmp_path):
 class Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))
+
+
+def _protocol_9(payload) -> bytes:
+    raw = bytearray(pickle.dumps(payload, protocol=5))
+    raw[1] = 9  # the PROTO opcode's argument
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        (pickle.dumps({b"data": np.zeros((5, 100), np.uint8), b"labels": [0] * 5}), "'data' must be n rows of 3072"),
+        (pickle.dumps({b"data": np.zeros((5, 3072), np.uint8), b"labels": [0] * 4}), "5 images but 'labels'"),
+        (pickle.dumps({b"images": 1}), "has no 'data' and 'labels'"),
+        (pickle.dumps([1, 2, 3]), "has no 'data' and 'labels'"),
+        (_protocol_9({b"data": 1}), "unsupported pickle protocol: 9"),
+        (b"\x80\x04garbage", "is not a CIFAR-10 python batch"),
+    ],
+)
+def test_malformed_cifar_batches_are_one_clear_error(tmp_path, batch, message):
+    (tmp_path / "data_batch_1").write_bytes(batch)
+    _cifar(tmp_path / "test_batch", 10, 2)
+    with pytest.raises(DataError, match=message):
+        load_dataset(str(tmp_path))
 
 
 def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):

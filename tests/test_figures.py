@@ -121,3 +121,16 @@ def test_training_curves_draw_one_line_per_cell_the_mean_over_seeds_in_the_metho
     assert len(set(colors)) == 4 and colors[1] == METHODS["dpsgd"].color  # the largest ε in the method's colour
     single = figures.training_curves(runs[:1])
     assert single.data[0].name == "DP-SGD ε=1 s0"
+
+
+def test_a_run_without_noise_is_named_infinite_in_the_epsilon_figure_not_left_blank():
+    import math
+
+    from dpsat_core import EpochMetrics
+
+    epoch = EpochMetrics(
+        epoch=1, train_loss=1, test_loss=1, test_accuracy=0.9, epsilon_spent=math.inf, seconds=1, steps=1, releases=1
+    )
+    no_noise = dataclasses.replace(record("dpsgd", None, 0, 0.9, sigma=0.0, spent=math.inf), epochs=(epoch,))
+    (trace,) = figures.epsilon_over_epochs([no_noise]).data
+    assert trace.name == "DP-SGD σ=0 s0 (∞, off the axis)"  # plotly would draw nothing and say nothing

@@ -183,3 +183,14 @@ def test_bad_settings_are_refused():
         top_eigenvalues(HessianOperator(model, x, y), 0)
     with pytest.raises(ConfigError, match="unknown HVP mode"):
         HessianOperator(model, x, y, mode="forward")
+
+
+@pytest.mark.parametrize("backend", ["lanczos", "pyhessian"])
+def test_an_empty_evaluation_set_is_refused_before_lanczos(backend):
+    from dpsat_core import ConfigError
+
+    model, x, y = tiny_mlp()
+    with pytest.raises(ConfigError, match="the Hessian needs at least one example"):  # not scipy's ArpackError
+        hessian_spectrum(model, x[:0], y[:0], backend=backend)
+    with pytest.raises(ConfigError, match="got 40 examples and 39 labels"):
+        adaptive_sharpness(model, x, y[:-1])

@@ -76,6 +76,27 @@ def test_runs_of_a_dead_process_are_marked_interrupted(store, quick):
     assert store.get(live_id).status == "running"
 
 
+def test_a_killed_run_shows_the_epsilon_of_what_it_stored(store, quick):
+    from dpsat_core import EpochMetrics
+
+    run_id = store.create_run(quick)
+    for epoch, spent in ((1, 0.8), (2, 1.3)):
+        metrics = dict(train_loss=0.5, test_loss=0.5, test_accuracy=0.9, seconds=epoch, steps=6 * epoch)
+        store.add_epoch(run_id, EpochMetrics(epoch=epoch, epsilon_spent=spent, releases=6 * epoch, **metrics))
+    assert store.get(run_id).epsilon_spent == 1.3  # while it runs: ε so far
+    with sqlite3.connect(store.path) as db:  # its process dies without writing a summary
+        db.execute("UPDATE runs SET pid=? WHERE run_id=?", (_dead_pid(), run_id))
+    store.reap_interrupted()
+    (listed,) = store.list_runs()  # listed without asking for epochs: still its last epoch's ε
+    assert listed.status == "failed" and listed.summary is None and listed.epsilon_spent == 1.3
+    assert listed.to_dict()["epsilon_spent"] == 1.3
+
+
+def _dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):
     path = tmp_path / "junk.db"
     path.write_bytes(b"this is not sqlite" * 100)

@@ -70,3 +70,26 @@ def test_non_private_runs_report_no_privacy():
     s = result.summary()
     assert s.epsilon_spent is None and s.releases == 0 and s.noise_multiplier is None
     assert result.test_accuracy > 0.85
+
+
+def test_a_crash_mid_run_is_stored_failed_with_the_epsilon_of_the_releases_made(quick, store, monkeypatch):
+    from dpsat_core import epsilon_spent, run
+    from dpsat_core.training import Trainer
+
+    real_draw = Trainer.draw
+
+    def draw_then_crash(self):
+        if self.steps == 8:  # a step into epoch 2 (6 steps an epoch): no release in the crashing step
+            raise RuntimeError("device lost")
+        return real_draw(self)
+
+    monkeypatch.setattr(Trainer, "draw", draw_then_crash)
+    record = run(TrainConfig(**{**quick.to_dict(), "epochs": 3}), store).record
+    assert record.status == "failed" and record.reason == "crashed after 8 steps: RuntimeError: device lost"
+    s = record.summary
+    assert (s.steps, s.releases, s.epochs_done, len(record.epochs)) == (8, 8, 1, 1)
+    expected = epsilon_spent(
+        noise_multiplier=s.noise_multiplier, sample_rate=s.sample_rate, releases=8, delta=s.delta, accountant="prv"
+    )
+    assert record.epsilon_spent == pytest.approx(expected.epsilon) and 0 < record.epsilon_spent < 4.0
+    assert record.epsilon_spent > record.epochs[0].epsilon_spent  # two releases after the last epoch count too

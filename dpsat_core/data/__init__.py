@@ -13,7 +13,7 @@ from .dataset import MAX_VALIDATION_FRACTION, Dataset, Split
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
-from .files import load_csv, load_folder, load_npz
+from .files import load_csv, load_folder, load_npz, npz_arrays, read_csv
 
 __all__ = [
     "BUILTIN",
@@ -25,6 +25,8 @@ __all__ = [
     "data_fingerprint",
     "load_config_dataset",
     "load_dataset",
+    "npz_arrays",
+    "read_csv",
 ]
 
 # File types a user can point to (besides a folder of IDX or CIFAR-10 files).
@@ -65,6 +67,8 @@ def load_dataset(
     """
     split = Split(split_seed, validation_fraction)
     if source not in BUILTIN:
+        if "\0" in source:  # the OS cannot open such a path: say so instead of numpy's or pathlib's ValueError
+            raise DataError(f"data set path {source!r} contains a NUL byte: rename the file")
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -14,11 +18,15 @@ from ..errors import DataError
 from .dataset import Dataset, Split, finish
 
 MAX_FILE_BYTES = 512 * 1024**2
+# What the arrays of one file may take once unpacked (a .gz or a compressed .npz): a 63 KB archive can declare
+# gigabytes, so declared sizes are checked against this before anything is decompressed.
+MAX_DATA_BYTES = 512 * 1024**2
 # A text column with at most this many distinct values (and a repeating one) is a category.
 MAX_CATEGORIES = 50
 
 
 def check_size(path: Path) -> None:
+    """Refuse an empty file, or one over `MAX_FILE_BYTES`, before reading it."""
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"{path.name} is empty")
@@ -26,6 +34,15 @@ def check_size(path: Path) -> None:
         raise DataError(
             f"{path.name} is {size / 1024**2:.0f} MiB; the limit is {MAX_FILE_BYTES // 1024**2} MiB: subsample it first"
         )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:,.0f} MiB"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _rows(mask: pd.Series) -> str:
@@ -71,15 +88,26 @@ def _encode_table(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[st
     return np.hstack(blocks), names, np.array(numeric_mask)
 
 
-def load_csv(path: Path, *, target: str | None, split: Split) -> Dataset:
-    """A CSV table with a header row; `target` names the label column."""
+def read_csv(path: Path, *, rows: Optional[int] = None) -> pd.DataFrame:
+    """The CSV's table (its first `rows` rows when given, for a preview), or one clear `DataError`: the Data
+    page's preview and the loader read through here, so a bad file gets the same single message."""
+    path = Path(path)
     check_size(path)
     try:
-        frame = pd.read_csv(path)
+        return pd.read_csv(path, nrows=rows)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path.name} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path.name} is not a readable CSV: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{path.name} is empty (no header row)") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path.name} is not UTF-8 text (it holds byte 0x{exc.object[exc.start]:02x}): save it as a UTF-8 CSV"
+        ) from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path.name} is not a readable CSV: {_first_line(exc)}") from None
+
+
+def load_csv(path: Path, *, target: str | None, split: Split) -> Dataset:
+    """A CSV table with a header row; `target` names the label column."""
+    frame = read_csv(path)
     if frame.empty:
         raise DataError(f"{path.name} has a header but no rows")
     columns = [str(c) for c in frame.columns]
@@ -114,17 +142,58 @@ def _as_images(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def load_npz(path: Path, *, split: Split) -> Dataset:
-    """An .npz with arrays `x` (n,d), (n,H,W), (n,H,W,C) or (n,C,H,W) and `y` (n,)."""
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+# What reading a damaged archive can raise (zip directory, deflate stream, .npy header or body).
+_NPZ_FAILURES = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+
+
+def _npy_header(archive: zipfile.ZipFile, member: str, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The declared shape and dtype of one array in an .npz, read from its .npy header without loading it."""
+    with archive.open(member) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version not in _NPY_HEADERS:
+            raise DataError(f"{name}: array {member!r} uses .npy format {version}: save it with numpy.savez")
+        shape, _, dtype = _NPY_HEADERS[version](fp)
+    return shape, dtype
+
+
+def npz_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Check an .npz before loading anything: a zip of .npy arrays holding 'x' and 'y' of numbers whose declared
+    size fits `MAX_DATA_BYTES`. Returns each array's declared shape and dtype."""
+    path = Path(path)
     check_size(path)
     try:
+        with zipfile.ZipFile(path) as archive:
+            members = {m[: -len(".npy")]: m for m in archive.namelist() if m.endswith(".npy")}
+            if "x" not in members or "y" not in members:
+                raise DataError(f"{path.name}: an NPZ needs arrays 'x' and 'y'; found {sorted(members)}")
+            arrays = {key: _npy_header(archive, members[key], path.name) for key in ("x", "y")}
+    except DataError:
+        raise
+    except zipfile.BadZipFile:
+        raise DataError(f"{path.name} is not an NPZ file (numpy.savez writes a zip of .npy arrays)") from None
+    except _NPZ_FAILURES as exc:
+        raise DataError(f"{path.name} is not a readable NPZ: {_first_line(exc)}") from None
+    for key, (shape, dtype) in arrays.items():
+        if dtype.hasobject:
+            raise DataError(f"{path.name}: array {key!r} holds Python objects ({dtype}); save numbers instead")
+    declared = sum(math.prod(shape) * dtype.itemsize for shape, dtype in arrays.values())
+    if declared > MAX_DATA_BYTES:
+        raise DataError(
+            f"{path.name}: arrays 'x' and 'y' declare {_mib(declared)} unpacked; the limit is "
+            f"{_mib(MAX_DATA_BYTES)}: subsample them first"
+        )
+    return arrays
+
+
+def load_npz(path: Path, *, split: Split) -> Dataset:
+    """An .npz with arrays `x` (n,d), (n,H,W), (n,H,W,C) or (n,C,H,W) and `y` (n,)."""
+    npz_arrays(path)  # declared sizes first: nothing is decompressed beyond the cap
+    try:
         with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            if "x" not in keys or "y" not in keys:
-                raise DataError(f"{path.name}: an NPZ needs arrays 'x' and 'y'; found {keys}")
             x, y = archive["x"], archive["y"]
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path.name} is not a readable NPZ: {exc}") from None
+    except _NPZ_FAILURES as exc:
+        raise DataError(f"{path.name} is not a readable NPZ: {_first_line(exc)}") from None
     if x.ndim < 2 or x.ndim > 4:
         raise DataError(f"{path.name}: x must be (n, features) or images (n, H, W[, C]); got shape {x.shape}")
     kind = "tabular" if x.ndim == 2 else "image"
@@ -132,20 +201,34 @@ def load_npz(path: Path, *, split: Split) -> Dataset:
 
 
 def _open(path: Path) -> bytes:
+    """The file's bytes, gunzipped for `.gz` (at most `MAX_DATA_BYTES` of output, so a gzip bomb stops early)."""
     check_size(path)
-    raw = path.read_bytes()
-    return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path) as stream:
+            raw = stream.read(MAX_DATA_BYTES + 1)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{path.name} is not a complete gzip file ({_first_line(exc)}): copy it again") from None
+    if len(raw) > MAX_DATA_BYTES:
+        raise DataError(f"{path.name} unpacks to more than {_mib(MAX_DATA_BYTES)} (the limit): subsample it first")
+    return raw
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (MNIST's format): magic 0x0000, type 0x08 (ubyte), ndim, then big-endian sizes."""
+def read_idx(path: Path, *, ndim: int) -> np.ndarray:
+    """An IDX file (MNIST's format) of `ndim` dimensions: magic 0x0000, type 0x08 (ubyte), ndim, then
+    big-endian sizes."""
     raw = _open(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path.name} is not an unsigned-byte IDX file")
-    ndim = raw[3]
+    if raw[3] != ndim:
+        raise DataError(f"{path.name}: an IDX file of {ndim} dimensions was expected; its header says {raw[3]}")
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise DataError(f"{path.name}: the IDX header is cut short ({len(raw)} bytes; {start} are needed)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
+    body = np.frombuffer(raw, dtype=np.uint8, offset=start)
+    if body.size != math.prod(shape):
         raise DataError(f"{path.name}: header says {shape} but holds {body.size} values")
     return body.reshape(shape)
 
@@ -160,7 +243,7 @@ def _find(folder: Path, pattern: str) -> Path:
 def load_idx_folder(folder: Path, *, split: Split) -> Dataset:
     """MNIST or FashionMNIST: train/t10k images and labels, `*-ubyte` or `*-ubyte.gz`."""
     parts = {
-        key: read_idx(_find(folder, f"{prefix}-{kind}-idx{dim}-ubyte*"))
+        key: read_idx(_find(folder, f"{prefix}-{kind}-idx{dim}-ubyte*"), ndim=dim)
         for key, prefix, kind, dim in (
             ("xtr", "train", "images", 3),
             ("ytr", "train", "labels", 1),
@@ -196,13 +279,38 @@ class _ArraysOnly(pickle.Unpickler):
         raise DataError(f"refusing to load {module}.{name} from a CIFAR batch: only arrays and lists are allowed")
 
 
-def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
+
+
+def _unpickle_batch(path: Path) -> dict:
+    """The batch's dict, unpickled with `_ArraysOnly`; any malformed pickle is one `DataError`."""
+    raw = _open(path)
     try:
-        batch = _ArraysOnly(io.BytesIO(_open(path)), encoding="bytes").load()
-        data, labels = batch[b"data"], batch[b"labels"]
-    except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as exc:
-        raise DataError(f"{path.name} is not a CIFAR-10 python batch ({type(exc).__name__})") from None
-    return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
+        batch = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
+    except DataError:
+        raise
+    except Exception as exc:  # a damaged or foreign pickle can raise almost anything (protocol, opcode, EOF, type)
+        raise DataError(f"{path.name} is not a CIFAR-10 python batch: {_first_line(exc)}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{path.name} is not a CIFAR-10 python batch: it has no 'data' and 'labels'")
+    return batch
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 3, 32, 32) and labels (n,) of one batch: 'data' must be n rows of 3,072 bytes."""
+    batch = _unpickle_batch(path)
+    try:
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path.name}: 'data' and 'labels' must be arrays ({_first_line(exc)})") from None
+    if data.ndim != 2 or data.shape[1] != CIFAR_IMAGE_BYTES or data.dtype.kind not in "iu":
+        raise DataError(
+            f"{path.name}: 'data' must be n rows of {CIFAR_IMAGE_BYTES} bytes (3×32×32 per image); "
+            f"got shape {data.shape}, dtype {data.dtype}"
+        )
+    if labels.shape != (len(data),):
+        raise DataError(f"{path.name}: {len(data)} images but 'labels' has shape {labels.shape}")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar_folder(folder: Path, *, split: Split) -> Dataset:
