@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recompute", action="store_true", help="ignore a cached result")
     p.add_argument("--json", action="store_true", help="print one JSON object: run_id and one entry per analysis")
 
-    p = command("compare", cmd_compare, "each method against its baseline, paired by seed, with 95% intervals")
+    p = command("compare", cmd_compare, "each method against its baseline, paired by seed, with 95%% intervals")
     p.add_argument("--dataset", help="data set to compare on (default: the setting with the most runs)")
     p.add_argument("--setting", help="setting key (or its prefix), as `dpsat compare` prints it")
     p.add_argument("--json", action="store_true", help="print one JSON list: one object per compared cell")

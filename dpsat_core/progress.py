@@ -8,17 +8,19 @@ from typing import Any, Callable, Optional
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress report: `done` of `total` units of `stage`, plus optional live metrics."""
+    """A progress report: `done` of `total` units of `stage` (plus `within`, the share of the unit under
+    way, so a bar moves during a long run of a sweep), and optional live metrics."""
 
     stage: str
     done: int
     total: int
     message: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    within: float = 0.0
 
     @property
     def fraction(self) -> float:
-        return 0.0 if self.total <= 0 else min(1.0, self.done / self.total)
+        return 0.0 if self.total <= 0 else min(1.0, (self.done + self.within) / self.total)
 
 
 ProgressFn = Callable[[Progress], None]

@@ -191,8 +191,8 @@ def _cell_progress(on_progress: ProgressFn, index: int, total: int, label: str) 
     """Report a cell's own progress as sweep progress: 'label: message', with the cell's fraction."""
 
     def report(p: Progress) -> None:
-        metrics = {**p.metrics, "cell_fraction": p.fraction, "cell": label, "run": f"run {index + 1} of {total}"}
-        on_progress(Progress("sweep", index, total, f"{label}: {p.message}", metrics))
+        metrics = {**p.metrics, "cell": label, "run": f"run {index + 1} of {total}"}
+        on_progress(Progress("sweep", index, total, f"{label}: {p.message}", metrics, within=p.fraction))
 
     return report
 
@@ -210,7 +210,10 @@ def _sweep_inline(
             return
         label = cell_label(cell)
         progress = _cell_progress(on_progress, i, len(todo), label)
-        _record(result, run_cell(cell, store, on_progress=progress, should_stop=should_stop))
+        outcome = run_cell(cell, store, on_progress=progress, should_stop=should_stop)
+        _record(result, outcome)
+        if outcome.status == "cancelled":  # the bar stays where the sweep stopped
+            return
         on_progress(Progress("sweep", i + 1, len(todo), f"{label} finished"))
 
 
@@ -249,8 +252,10 @@ def _sweep_pool(
                     if future.cancelled():
                         result.cancelled = True
                         continue
-                    _record(result, future.result())
-                    finished += 1
-                    on_progress(Progress("sweep", finished, len(todo), f"{cell_label(cell)} finished"))
+                    outcome = future.result()
+                    _record(result, outcome)
+                    if outcome.status != "cancelled":
+                        finished += 1
+                        on_progress(Progress("sweep", finished, len(todo), f"{cell_label(cell)} finished"))
     if should_stop is not None and should_stop():
         result.cancelled = True

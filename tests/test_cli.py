@@ -220,6 +220,11 @@ def test_every_command_has_help(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "--store" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # the overview lists every command's help line
+        main(["--help"])
+    overview = capsys.readouterr().out
+    assert exit_info.value.code == 0 and all(command in overview for command in commands)
+    assert "95% intervals" in overview
 
 
 def test_a_run_without_noise_shows_an_infinite_epsilon_not_a_blank(tmp_path, capsys):

@@ -92,3 +92,19 @@ def test_the_cli_sweeps_rho_and_compare_keeps_each_rho_apart(store, capsys):
     assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert sorted((r["method"], r["rho"], r["n_pairs"]) for r in rows) == [("dpsat", 0.02, 2), ("dpsat", 0.2, 2)]
+
+
+def test_the_sweep_bar_moves_within_a_run_and_stays_where_a_cancel_stopped_it(store):
+    spec = SweepSpec(
+        base=TrainConfig(dataset="breast_cancer", epochs=4, batch_size=64),
+        methods=("dpsgd",),
+        epsilons=(3,),
+        seeds=(0,),
+    )
+    seen = []
+    calls = []
+    result = sweep(spec, store, on_progress=seen.append, should_stop=lambda: calls.append(1) or len(calls) > 12)
+    fractions = [p.fraction for p in seen]
+    assert result.cancelled and not result.trained
+    assert 0 < max(fractions) < 1  # it moved during the one run, and never claimed the run was finished
+    assert fractions[-1] == max(fractions) and "finished" not in seen[-1].message
