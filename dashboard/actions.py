@@ -10,8 +10,10 @@ import streamlit as st
 
 from dpsat_core import DpsatError, RunStore, SweepResult, SweepSpec, TrainConfig, analyze, run_line, step_cost, sweep
 from dpsat_core.analysis import ANALYSES
+from dpsat_core.methods import method_info
 from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
 from dpsat_core.report import build_report, write_report
+from dpsat_core.results import counted
 from dpsat_core.sweeps import check_sweep, default_comparison
 
 from .state import get_jobs, get_store
@@ -33,7 +35,8 @@ def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
     check_sweep(spec)
     store = get_store()
     count = len(spec.cells())
-    label = f"{count} run{'s' if count != 1 else ''} on {Path(spec.base.dataset).name}: {', '.join(spec.methods)}"
+    methods = ", ".join(method_info(m).label for m in spec.methods)
+    label = f"{counted(count, 'run')} on {Path(spec.base.dataset).name}: {methods}"
 
     def job(progress: ProgressFn, stop: StopFn) -> SweepResult:
         result = sweep(spec, store, on_progress=progress, should_stop=stop)
@@ -71,7 +74,7 @@ def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
     labels = ", ".join(ANALYSES[kind].label for kind in kinds)
     return _submit(
         "analysis",
-        f"{labels} for {len(run_ids)} run{'s' if len(run_ids) != 1 else ''}",
+        f"{labels} for {counted(len(run_ids), 'run')}",
         lambda progress, stop: _analyse(store, work, progress, stop),
     )
 

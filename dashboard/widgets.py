@@ -134,8 +134,11 @@ def _job_panel() -> None:
             extra.append(f"ε spent {format_number(job.metrics['epsilon_spent'], '.2f')}")
         if job.metrics.get("test_accuracy") is not None:
             extra.append(f"accuracy {100 * job.metrics['test_accuracy']:.1f}%")
+        if extra and "epochs_done" in job.metrics:  # the numbers of the last finished epoch, not the one under way
+            extra[0] = f"after epoch {job.metrics['epochs_done']}: {extra[0]}"
         run = f" · {job.metrics['run']}" if job.active and "run" in job.metrics else ""
-        text = f"{job.label} · {job.status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
+        status = "" if job.message.startswith(job.status) or job.message == "finished" else f" · {job.status}"
+        text = f"{job.label}{status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
         cols = st.columns([6, 1])
         cols[0].progress(job.fraction, text=plain_text(text))
         if job.active and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):

@@ -136,8 +136,9 @@ def _print_json(data: Any) -> None:
 
 def _print_run(record: RunRecord) -> None:
     s = record.summary
+    rho = f" ρ={record.config.rho:g}" if METHODS[record.method].uses_rho else ""
     print(
-        f"run {record.run_id}  {record.method} on {record.config.dataset}  status={record.status}"
+        f"run {record.run_id}  {record.method}{rho} on {record.config.dataset}  status={record.status}"
         + (f"  ({record.reason})" if record.reason else "")
     )
     if s is not None and s.noise_multiplier is not None:
@@ -209,13 +210,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _print_table(records: Sequence[RunRecord]) -> None:
     print(
-        f"{'run_id':<12} {'status':<9} {'method':<6} {'dataset':<14} {'seed':>4} {'target ε':>8} "
+        f"{'run_id':<12} {'status':<9} {'method':<6} {'dataset':<14} {'seed':>4} {'target ε':>8} {'ρ':>5} "
         f"{'ε spent':>7} {'acc':>7}"
     )
     for r in records:
+        rho = _fmt(r.config.rho if METHODS[r.method].uses_rho else None, "g")
         print(
             f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} "
-            f"{_fmt(r.target_epsilon, 'g'):>8} {_fmt(r.epsilon_spent, '.3f'):>7} {_fmt(r.test_accuracy, '.4f'):>7}"
+            f"{_fmt(r.target_epsilon, 'g'):>8} {rho:>5} {_fmt(r.epsilon_spent, '.3f'):>7} "
+            f"{_fmt(r.test_accuracy, '.4f'):>7}"
         )
 
 

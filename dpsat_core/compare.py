@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 from .config import ADDED_LATER, TrainConfig
 from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
-from .results import AdaptiveSharpness, CostProbe, HessianSpectrum, MethodCost, RunRecord
+from .results import AdaptiveSharpness, CostProbe, HessianSpectrum, MethodCost, RunRecord, counted
 
 _VARYING = ("method", "epsilon", "noise_multiplier", "rho", "seed", "device", "max_physical_batch_size")
 CONFIDENCE = 0.95
@@ -405,7 +405,7 @@ def verdict(c: Comparison) -> str:
     same ε; λ_max ×0.91. No measurable accuracy difference at this size.'"""
     info, base = method_info(c.method), method_info(c.baseline)
     low, high = c.ci_points
-    pairs = f"{c.accuracy.n_pairs} seed pair{'s' if c.accuracy.n_pairs != 1 else ''}"
+    pairs = counted(c.accuracy.n_pairs, "seed pair")
     interval = f"95% CI {low:+.1f} to {high:+.1f}, {pairs}" if low is not None else f"{pairs}, no interval"
     picked = {
         "picked": ", picked by validation accuracy",

@@ -8,6 +8,7 @@ import torch
 
 from .config import DEVICES, valid_device_name
 from .errors import ConfigError
+from .results import counted
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -27,7 +28,7 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     threads = torch.get_num_threads()
-    return f"{device.type} ({_cpu_name()}, {threads} thread{'s' if threads != 1 else ''})"
+    return f"{device.type} ({_cpu_name()}, {counted(threads, 'thread')})"
 
 
 def _cpu_name() -> str:

@@ -39,16 +39,34 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
 
 
 def run_label(record: RunRecord) -> str:
-    """The label every figure uses for one run: method, privacy level (target ε or σ), seed."""
+    """The label every figure and picker uses for one run: method, privacy level (target ε or σ), ρ for
+    the methods that use it, seed. Runs of one setting never share a label."""
     config = record.config
+    info = method_info(record.method)
     privacy = f" {privacy_label(config.epsilon, config.noise_multiplier)}" if config.private else ""
-    return f"{method_info(record.method).label}{privacy} s{config.seed}"
+    rho = f" ρ={config.rho:g}" if info.uses_rho else ""
+    return f"{info.label}{privacy}{rho} s{config.seed}"
 
 
-def _style(method: str) -> dict:
-    """Colour, dash and marker of a method, so methods whose lines coincide stay visible."""
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+_MARKERS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star")
+
+
+def _style(method: str, variant: int = 0) -> dict:
+    """Colour, dash and marker of a method, so methods whose lines coincide stay visible; `variant` k > 0
+    (the k-th ρ of a method run at several) keeps the colour and shifts dash and marker."""
     info = method_info(method)
-    return dict(line_color=info.color, line_dash=info.dash, marker_symbol=info.marker, marker_size=9)
+    dash, marker = info.dash, info.marker
+    if variant:
+        dash = _DASHES[(_DASHES.index(dash) + variant) % len(_DASHES)] if dash in _DASHES else dash
+        marker = _MARKERS[(_MARKERS.index(marker) + variant) % len(_MARKERS)] if marker in _MARKERS else marker
+    return dict(line_color=info.color, line_dash=dash, marker_symbol=marker, marker_size=9)
+
+
+def _rho_variant(method: str, rho: float, rhos: Sequence[float]) -> int:
+    """0 for a method's only ρ; else the ρ's rank among the method's ρ values (so each ρ looks different)."""
+    ranked = sorted(set(rhos))
+    return ranked.index(rho) if len(ranked) > 1 else 0
 
 
 def _series(stats: Sequence[CellStats]) -> dict[str, list[CellStats]]:
@@ -75,7 +93,9 @@ def _add_series(
     fig: go.Figure, stats: Sequence[CellStats], mean: str, std: str, *, scale: float = 1.0, **subplot
 ) -> None:
     """One line per `_series` of the cells that have `mean`: mean ± std (× `scale`) along the ε axis."""
-    for name, cells in _series([c for c in stats if getattr(c, mean) is not None]).items():
+    shown = [c for c in stats if getattr(c, mean) is not None]
+    for name, cells in _series(shown).items():
+        rhos = [c.rho for c in shown if c.method == cells[0].method]
         fig.add_trace(
             go.Scatter(
                 x=[c.epsilon_axis for c in cells],
@@ -86,7 +106,7 @@ def _add_series(
                 error_y=dict(type="data", array=[scale * (getattr(c, std) or 0) for c in cells], visible=True),
                 customdata=[[c.seeds, c.privacy] for c in cells],
                 hovertemplate="%{customdata[1]}<br>%{y:.3g}<br>%{customdata[0]} seeds",
-                **_style(cells[0].method),
+                **_style(cells[0].method, _rho_variant(cells[0].method, cells[0].rho, rhos)),
             ),
             **subplot,
         )
@@ -231,14 +251,11 @@ def _per_epoch(
         levels = sorted({k[1] for k in cells if k[-1] == method})
         epochs = min(len(r.epochs) for r in runs)
         points = [[value(r.epochs[i]) for r in runs] for i in range(epochs)]
-        config = runs[0].config
-        name = run_label(runs[0]).rsplit(" s", 1)[0]
-        if method_info(method).uses_rho:
-            name += f" ρ={config.rho:g}"
-        name += f" s{config.seed}" if len(runs) == 1 else f" ({len(runs)} seeds)"
+        rhos = [k[2] for k in cells if k[-1] == method]
+        name = run_label(runs[0]) if len(runs) == 1 else f"{run_label(runs[0]).rsplit(' s', 1)[0]} ({len(runs)} seeds)"
         if any(math.isinf(v) for p in points for v in p):  # ε of a run without noise: plotly would drop it silently
             name += " (∞, off the axis)"
-        style = _style(method)
+        style = _style(method, _rho_variant(method, key[2], rhos))
         style["line_color"] = _shade(style["line_color"], levels.index(key[1]), len(levels))
         fig.add_trace(
             go.Scatter(
@@ -269,14 +286,15 @@ def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
     """Wall time per training epoch, per method and privacy level: what the runs took, not a cost ratio
     (runs may have overlapped on a busy machine)."""
     fig = go.Figure()
-    for method in dict.fromkeys(c.method for c in stats):
-        cells = [c for c in stats if c.method == method]
+    for key in dict.fromkeys((c.method, c.rho) for c in stats):
+        cells = [c for c in stats if (c.method, c.rho) == key]
+        rhos = sorted({c.rho for c in stats if c.method == key[0]})
         fig.add_trace(
             go.Bar(
                 x=[c.privacy for c in cells],
                 y=[c.wall_seconds_per_epoch for c in cells],
-                name=cells[0].label,
-                marker_color=_color(method),
+                name=cells[0].name if len(rhos) > 1 else cells[0].label,
+                marker_color=_shade(_color(key[0]), rhos.index(key[1]), len(rhos)),
             )
         )
     return _layout(

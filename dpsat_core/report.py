@@ -32,7 +32,7 @@ from .compare import (
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
 from .probe import step_cost
-from .results import format_number
+from .results import counted, format_number
 from .store import RunStore
 
 STYLE = """
@@ -169,7 +169,9 @@ def bottom_line_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
                 f"{c.cost.ratio:.2f}× (measured)" if c.cost is not None else f"{c.backward_passes_ratio:g}× (counted)"
             )
             privacy = "same budget" + (", more noise per step" if c.releases_ratio > 1 else "")
-            rows.append((f"{info.label} vs {base.label}, {c.privacy}", accuracy, compute, privacy, conclusion(c)))
+            picked = {"picked": ", picked by validation accuracy", "tied": ", tied best on validation"}
+            rho = f" (ρ={c.rho:g}{picked.get(c.validation_pick or '', '')})" if info.uses_rho else ""
+            rows.append((f"{info.label}{rho} vs {base.label}, {c.privacy}", accuracy, compute, privacy, conclusion(c)))
     return rows
 
 
@@ -233,7 +235,7 @@ algorithm when not measured. Privacy cost: every method is held to the same budg
 </div>
 <h2>Data and settings</h2><p>{e(report.setting)}; δ = {report.delta if report.delta is not None else "–"};
 accountant {e(report.accountant)};
-{report.seeds} seed(s) per cell.</p>
+{counted(report.seeds, "seed")} per cell.</p>
 <table><tr><th>method</th><th>extra privacy cost</th><th>backward passes per step</th></tr>{methods}</table>
 <h2>The evidence, per privacy budget</h2>{"".join(rows) or "<p>No private runs.</p>"}
 {f"<p>Non-private reference:</p><ul>{ceiling}</ul>" if ceiling else ""}

@@ -54,6 +54,11 @@ def format_number(value: Optional[float], spec: str, *, missing: str = "-") -> s
     return "∞" if value == math.inf else format(value, spec)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 run', '3 runs': a count with its noun in the right number (regular plurals only)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 # --- training --------------------------------------------------------------------------------------
 
 

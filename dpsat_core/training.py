@@ -338,7 +338,7 @@ def _train(
                 step,
                 trainer.plan.steps,
                 f"epoch {epoch}/{config.epochs} done",
-                {"epoch": epoch, "test_accuracy": test_accuracy, "epsilon_spent": metrics.epsilon_spent},
+                {"epochs_done": epoch, "test_accuracy": test_accuracy, "epsilon_spent": metrics.epsilon_spent},
             )
         )
     per_step = method_info(config.method).releases_per_step

@@ -55,9 +55,9 @@ cols[2].metric("Test examples", info["n_test"])
 cols[3].metric("Classes", info["n_classes"])
 cols[4].metric("Input shape", " × ".join(map(str, info["input_shape"])))
 st.caption(
-    f"Split by seed 0: validation is {TrainConfig().validation_fraction:.0%} of the training rows (change it on the "
-    "Train page). Only the training rows are trained on; validation accuracy is for choosing ρ, lr or C, and "
-    "verdicts report test accuracy."
+    f"The default split (seed 0): the test rows first, then {TrainConfig().validation_fraction:.0%} of the rest "
+    "held out for validation (change the share on the Train page). Only the training rows are trained on; "
+    "validation accuracy is for choosing ρ, lr or C, and verdicts report test accuracy."
 )
 st.bar_chart(pd.DataFrame({"examples": info["class_counts"]}, index=list(data.class_names)))
 if st.button("Use this data set", type="primary", key="data-use"):

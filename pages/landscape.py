@@ -14,6 +14,7 @@ from dashboard.widgets import (
 )
 from dpsat_core import cached_analyses, figures, run_line
 from dpsat_core.compare import best_epsilon, group_runs
+from dpsat_core.results import counted
 
 st.title("Loss landscape")
 st.caption("Every run is sliced along the same seeded, filter-normalised random directions (Li et al. 2018).")
@@ -30,7 +31,7 @@ stored_surfaces = cached_analyses(store, chosen_ids, "surface")
 slices = {labels[r.run_id]: (r.method, stored_slices[r.run_id]) for r in chosen if r.run_id in stored_slices}
 surfaces = {labels[r.run_id]: stored_surfaces[r.run_id] for r in chosen if r.run_id in stored_surfaces}
 missing = [r for r in chosen_ids if r not in stored_slices or r not in stored_surfaces]
-if missing and st.button(f"Compute slices and surfaces for {len(missing)} runs", key="land-go"):
+if missing and st.button(f"Compute slices and surfaces for {counted(len(missing), 'run')}", key="land-go"):
     start_analyses(missing, ["slice", "surface"])
 if slices:
     chart(figures.slices_overlay(slices), key="land-slices")

@@ -17,6 +17,7 @@ from dpsat_core.compare import (
     verdict,
 )
 from dpsat_core.export import find_chromium
+from dpsat_core.results import counted
 from dpsat_core.sweeps import default_comparison
 
 st.title("Do flat minima help under differential privacy?")
@@ -62,7 +63,9 @@ with sharp:  # the scale-invariant measure: λ_max alone can move with a layer's
         chart(figures.adaptive_vs_epsilon(stats), key="overview-adaptive")
     analysed = cached_analyses(store, [r.run_id for r in runs], "adaptive")
     missing = [r.run_id for r in runs if r.run_id not in analysed]
-    if missing and st.button(f"Compute adaptive sharpness for {len(missing)} runs", key="overview-adaptive-go"):
+    if missing and st.button(
+        f"Compute adaptive sharpness for {counted(len(missing), 'run')}", key="overview-adaptive-go"
+    ):
         start_analyses(missing, ["adaptive"])
 slices_col, report_col = st.columns(2)
 with slices_col:

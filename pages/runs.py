@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel
-from dpsat_core import cached_analyses, figures
+from dpsat_core import cached_analyses, figures, method_info
 from dpsat_core.export import inert_cell, results_csv, results_json
 from dpsat_core.results import format_number
 from dpsat_core.store import STATUSES
@@ -34,6 +34,7 @@ table = pd.DataFrame(
             "status": r.status,
             "dataset": r.config.dataset,
             "target ε": r.target_epsilon,
+            "ρ": r.config.rho if method_info(r.method).uses_rho else None,
             "ε spent": format_number(r.epsilon_spent, ".3f"),  # ∞ for runs without noise
             "test accuracy %": None if r.test_accuracy is None else round(100 * r.test_accuracy, 2),
             "validation %": None if r.validation_accuracy is None else round(100 * r.validation_accuracy, 2),

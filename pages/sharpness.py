@@ -8,6 +8,7 @@ from dashboard.widgets import chart, comparable_runs_or_stop, job_panel, one_run
 from dpsat_core import cached_analyses, figures
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.compare import best_epsilon, group_runs
+from dpsat_core.results import counted
 
 st.title("Sharpness")
 store = get_store()
@@ -27,7 +28,7 @@ if lacking:
         + "; ".join(f"{ANALYSES[kind].label} for {len(ids)} of {len(runs)} runs" for kind, ids in lacking.items())
         + "."
     )
-    if st.button(f"Compute {', '.join(names)} for {len(missing)} runs", key="sharp-go"):
+    if st.button(f"Compute {', '.join(names)} for {counted(len(missing), 'run')}", key="sharp-go"):
         start_analyses(missing, list(lacking))
 stats = group_runs(runs, spectra, adaptive)
 if spectra:

@@ -8,6 +8,7 @@ from dashboard.widgets import job_panel, plain_text, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
 from dpsat_core.config import ACCOUNTANTS, DEVICES, MAX_VALIDATION_FRACTION, parse_numbers
 from dpsat_core.methods import rho_methods
+from dpsat_core.results import counted
 
 st.title("Train & sweep")
 dataset = current_dataset()
@@ -42,7 +43,7 @@ with st.expander("Advanced settings"):
         defaults.validation_fraction,
         step=0.05,
         key="train-validation",
-        help="Share of the training rows held out (by the split seed) to choose ρ, lr or C on. "
+        help="Share of the non-test rows held out (by the split seed) to choose ρ, lr or C on. "
         "Verdicts use test accuracy, which plays no part in that choice.",
     )
 
@@ -69,7 +70,9 @@ if st.button("Start training", type="primary", key="train-start"):
             rhos=parse_numbers(rhos, name="ρ values"),
         )
         start_sweep(spec)
-        st.success(f"Started {len(spec.cells())} runs. Progress is below; results appear on the other pages.")
+        st.success(
+            f"Started {counted(len(spec.cells()), 'run')}. Progress is below; results appear on the other pages."
+        )
     except DpsatError as exc:
         show_error(exc)
 job_panel()

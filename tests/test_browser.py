@@ -6,6 +6,8 @@ the figure as PNG. Chromium is found on PATH or through BROWSER_PATH (the README
 installs Debian's); without one the test is skipped and says why.
 """
 
+import re
+
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -49,7 +51,9 @@ def test_a_tiny_comparison_in_a_real_browser(server, tmp_path):
             expect(field).to_have_value(value)
         page.get_by_role("button", name="Start training").click()
         expect(page.get_by_text("Started 2 runs")).to_be_visible(timeout=30_000)
-        expect(page.get_by_text("done · finished")).to_be_visible(timeout=180_000)
+        expect(page.get_by_text(re.compile(r"2 runs on digits: DP-SGD, DP-SAT · finished"))).to_be_visible(
+            timeout=180_000
+        )
 
         page.get_by_role("link", name="Privacy–utility").click()
         chart = page.locator(".js-plotly-plot").first

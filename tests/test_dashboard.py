@@ -150,7 +150,7 @@ def test_a_small_job_from_the_train_page_ends_in_stored_results(tmp_path, monkey
     assert sorted(r.method for r in runs) == ["dpsat", "dpsgd"] and all(r.config.epochs == 1 for r in runs)
     at.run()  # the panel now shows the finished job
     texts = [p.proto.text for p in at.get("progress")]
-    assert any("done · finished" in text for text in texts), texts
+    assert any(text.endswith(": DP-SGD, DP-SAT · finished") for text in texts), texts
     at.button(key="jobs-clear").click().run()
     assert get_jobs().jobs() == [] and not at.exception
 

@@ -134,3 +134,17 @@ def test_a_run_without_noise_is_named_infinite_in_the_epsilon_figure_not_left_bl
     no_noise = dataclasses.replace(record("dpsgd", None, 0, 0.9, sigma=0.0, spent=math.inf), epochs=(epoch,))
     (trace,) = figures.epsilon_over_epochs([no_noise]).data
     assert trace.name == "DP-SGD σ=0 s0 (∞, off the axis)"  # plotly would draw nothing and say nothing
+
+
+def test_cells_that_differ_in_rho_are_labelled_and_drawn_apart():
+    runs = [record("dpsgd", 2.0, 0, 0.8, run_id="g")]
+    runs += [record("dpsat", 2.0, 0, 0.8, rho=r, run_id=f"t{r}") for r in (0.01, 0.05, 0.2)]
+    labels = [figures.run_label(r) for r in runs]
+    assert len(set(labels)) == 4 and "DP-SAT ε=2 ρ=0.2 s0" in labels  # pickers keyed by label keep every run
+    stats = group_runs(runs)
+    acc = figures.accuracy_vs_epsilon(stats)
+    sat = [t for t in acc.data if t.name.startswith("DP-SAT")]
+    assert len(sat) == 3 and len({(t.line.dash, t.marker.symbol) for t in sat}) == 3
+    assert {t.line.color for t in sat} == {METHODS["dpsat"].color}
+    bars = figures.cost_per_epoch(stats)
+    assert sorted(t.name for t in bars.data) == ["DP-SAT ρ=0.01", "DP-SAT ρ=0.05", "DP-SAT ρ=0.2", "DP-SGD"]
