@@ -107,7 +107,7 @@ def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monk
     assert "DP-SAT" in at.dataframe[0].value["method"].tolist()
     at.button(key="overview-default").click().run()
     jobs = get_jobs().jobs()
-    assert len(jobs) == 1 and "dpsgd, dpsam, dpsat" in jobs[0].label
+    assert len(jobs) == 1 and "DP-SGD, DP-SAM, DP-SAT" in jobs[0].label
     # the click is answered where the user is looking, not only in the job panel at the bottom
     assert "Started: " in at.toast[0].value and "bottom of the page" in at.toast[0].value
     get_jobs().cancel(jobs[0].job_id)
@@ -243,7 +243,7 @@ def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch
     at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
     assert not at.exception and len(at.dataframe[0].value) == 8  # preview of the first rows
     at.selectbox(key="data-target").select("label").run()
-    assert [m.value for m in at.metric][:4] == ["29", "3", "8", "2"]
+    assert [m.value for m in at.metric][:4] == ["28", "4", "8", "2"]  # 40 rows: 8 test, ⌈3.2⌉ validation
     at.button(key="data-use").click().run()
     chosen = at.session_state["dataset"]
     assert chosen["target"] == "label" and Path(chosen["source"]).read_bytes() == _csv()
