@@ -26,7 +26,10 @@ OVERVIEW_ANALYSES = ("slice", "adaptive")
 def _submit(kind: str, label: str, fn) -> str:
     """Queue a job, and say so where the user is looking (a toast), not only in the job panel below."""
     job_id = get_jobs().submit(kind, label, fn)
-    st.toast(f"Started: {plain_text(label)}. Progress is under **Jobs** at the bottom of the page.", icon="⏳")
+    st.toast(
+        f"Started: {plain_text(label)}. Progress is under **Jobs** at the bottom of the page.",
+        icon=":material/hourglass_top:",
+    )
     return job_id
 
 

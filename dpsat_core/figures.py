@@ -202,6 +202,15 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
                 row=1,
                 col=2,
             )
+    if not any(c.adaptive_mean is not None for c in stats):  # an empty panel says why
+        fig.add_annotation(
+            text="adaptive sharpness not computed yet<br>(Sharpness page)",
+            xref="x2 domain",
+            yref="y2 domain",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+        )
     fig.update_xaxes(title_text="ρ")
     fig.update_yaxes(title_text="points (paired, 95% interval)", row=1, col=1)
     fig.update_yaxes(title_text="adaptive λ_max", row=1, col=2)

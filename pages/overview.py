@@ -42,11 +42,14 @@ if not runs:
 
 stats = analysed_cells(store, runs)
 epsilons = private_epsilons(stats)
-epsilon = (
-    st.select_slider("ε for the slices and the verdict", epsilons, value=best_epsilon(stats), key="overview-eps")
-    if epsilons
-    else None
-)
+if len(epsilons) > 1:
+    epsilon = st.select_slider(
+        "ε for the slices and the verdict", epsilons, value=best_epsilon(stats), key="overview-eps"
+    )
+else:  # nothing to choose: say which ε the verdict and slices are at
+    epsilon = epsilons[0] if epsilons else None
+    if epsilon is not None:
+        st.caption(f"Verdict and slices at ε = {epsilon:g}, the only budget trained so far.")
 
 private = [c.method for c in stats if c.private]
 cost = step_cost(store, runs[0].config, private, cached_only=True)

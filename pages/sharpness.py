@@ -41,7 +41,7 @@ if adaptive:
     )
 middle = best_epsilon(stats)
 analysed = [r for r in runs if r.run_id in spectra]
-chosen = run_multiselect(analysed, key="sharp-runs", default=one_run_per_method(analysed, middle))
+chosen = run_multiselect(analysed, key="sharp-runs", default=one_run_per_method(analysed, middle)) if analysed else []
 if chosen:
     labelled = {figures.run_label(r): (r.method, spectra[r.run_id]) for r in chosen}
     left, right = st.columns(2)

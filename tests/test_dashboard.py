@@ -87,6 +87,8 @@ def test_overview_shows_the_verdict(populated, monkeypatch):
         and "λ_max ×" in verdicts[0]
         and "same ε" in verdicts[0]
     )
+    # one budget trained: no slider with a single stop, a line saying which ε is shown
+    assert not at.select_slider and any("the only budget trained so far" in c.value for c in at.caption)
 
 
 def test_sharpness_shows_adaptive_sharpness_beside_lambda_max(populated, monkeypatch):

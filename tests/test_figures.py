@@ -88,6 +88,9 @@ def test_the_rho_view_plots_the_paired_gain_and_sharpness_against_rho_and_circle
     assert list(pick.x) == [0.2] and round(pick.y[0], 6) == -5.0 and pick.name == "DP-SAT: best ρ by validation"
     assert list(sharp.x) == [0.02, 0.2] and list(sharp.y) == [1.02, 1.2]
     assert fig.layout.xaxis.title.text == "ρ" and fig.layout.yaxis2.title.text == "adaptive λ_max"
+    assert not [a for a in fig.layout.annotations if "not computed yet" in a.text]
+    bare = figures.rho_view(group_runs(runs), compared)  # before the analysis: the empty panel says why
+    assert [a.text for a in bare.layout.annotations if "not computed yet" in a.text]
 
 
 def test_training_curves_draw_one_line_per_cell_the_mean_over_seeds_in_the_methods_hue():
