@@ -10,6 +10,7 @@ import streamlit as st
 
 from dpsat_core import DpsatError, RunStore, SweepResult, SweepSpec, TrainConfig, analyze, run_line, step_cost, sweep
 from dpsat_core.analysis import ANALYSES
+from dpsat_core.figures import run_label
 from dpsat_core.methods import method_info
 from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
 from dpsat_core.report import build_report, write_report
@@ -86,7 +87,8 @@ def _analyse(store: RunStore, work: Sequence[tuple[str, str]], progress: Progres
     """Compute each (run id, analysis kind) not stored yet, reporting 'k of n'."""
     for i, (run_id, kind) in enumerate(work):
         check_stop(stop)
-        progress(Progress("analysis", i, len(work), f"{ANALYSES[kind].label} of run {run_id} ({i + 1} of {len(work)})"))
+        what = f"{ANALYSES[kind].label} of {run_label(store.get(run_id))} ({i + 1} of {len(work)})"
+        progress(Progress("analysis", i, len(work), what))
         analyze(store, run_id, kind, should_stop=stop)
     progress(Progress("analysis", len(work), len(work), "analyses stored"))
 
@@ -94,7 +96,8 @@ def _analyse(store: RunStore, work: Sequence[tuple[str, str]], progress: Progres
 def start_line(run_a: str, run_b: str) -> str:
     """Loss along the straight line between two runs' weights."""
     store = get_store()
-    return _submit("analysis", f"line {run_a} → {run_b}", lambda progress, stop: run_line(store, run_a, run_b))
+    label = f"line {run_label(store.get(run_a))} → {run_label(store.get(run_b))}"
+    return _submit("analysis", label, lambda progress, stop: run_line(store, run_a, run_b))
 
 
 def report_file(fmt: str, setting: str) -> bytes:
