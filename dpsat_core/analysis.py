@@ -14,58 +14,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
-import torch
-from torch import nn
-
 from .compare import CellStats, group_runs
-from .config import TrainConfig
-from .data import Dataset, load_config_dataset
-from .devices import resolve_device
-from .errors import ConfigError, StoreError
-from .hessian import BACKENDS, adaptive_sharpness, hessian_spectrum
-from .landscape import (
-    LossEvaluator,
-    iter_surface,
-    line_between,
-    noise_robustness,
-    random_direction,
-    slice_1d,
-)
-from .models import build_model, strip_wrapper_prefix
+from .errors import ConfigError
 from .progress import ProgressFn, StopFn, no_progress
 from .results import AdaptiveSharpness, HessianSpectrum, JsonRecord, NoiseRobustness, RunRecord, Slice, Surface
 from .store import RunStore
 
 DEFAULT_SAMPLES = 1024
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunModel:
-    """A stored run rebuilt for analysis: a fresh plain module with its weights, and the evaluation subset."""
-
-    record: RunRecord
-    model: nn.Module
-    dataset: Dataset
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-def load_run_model(store: RunStore, run_id: str, *, n_samples: int = DEFAULT_SAMPLES, device: str = "auto") -> RunModel:
-    """Rebuild the run's model from its spec (no Opacus wrapper) and take the fixed evaluation subset."""
-    if not (isinstance(n_samples, int) and n_samples >= 1):
-        raise ConfigError(f"n_samples must be a whole number ≥ 1, got {n_samples!r}")
-    record = store.get(run_id)
-    if record.summary is None:
-        raise StoreError(f"run {run_id} has no trained model to analyse (status {record.status})")
-    target = resolve_device(device)
-    model = build_model(record.summary.model, seed=0)
-    model.load_state_dict(strip_wrapper_prefix(store.load_weights(run_id)))
-    config: TrainConfig = record.config
-    dataset = load_config_dataset(config)
-    count = min(n_samples, dataset.n_train)
-    x = torch.tensor(dataset.x_train[:count], device=target)
-    y = torch.tensor(dataset.y_train[:count], device=target)
-    return RunModel(record=record, model=model.to(target).eval(), dataset=dataset, x=x, y=y)
 
 
 @dataclass(frozen=True)
@@ -116,69 +71,15 @@ class AnalysisKind:
         return hashlib.sha256(json.dumps(dict(settings), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _hessian(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> HessianSpectrum:
-    if s["backend"] not in BACKENDS:
-        raise ConfigError(f"unknown Hessian backend {s['backend']!r}: choose {' or '.join(BACKENDS)}")
-    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
-    return hessian_spectrum(
-        rm.model,
-        rm.x,
-        rm.y,
-        k=s["k"],
-        trace_probes=s["trace_probes"],
-        backend=s["backend"],
-        seed=s["seed"],
-        on_progress=ctx.on_progress,
-        should_stop=ctx.should_stop,
-    )
+def _lazy(name: str) -> Compute:
+    """`measures.<name>`, imported when an analysis runs: listing, caching and reading analyses need no torch."""
 
+    def compute(store: RunStore, run_id: str, settings: Mapping[str, Any], ctx: Context) -> JsonRecord:
+        from . import measures
 
-def _adaptive(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> AdaptiveSharpness:
-    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
-    return adaptive_sharpness(
-        rm.model, rm.x, rm.y, seed=s["seed"], on_progress=ctx.on_progress, should_stop=ctx.should_stop
-    )
+        return getattr(measures, name)(store, run_id, settings, ctx)
 
-
-def _slice(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Slice:
-    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
-    evaluator = LossEvaluator(rm.model, rm.x, rm.y)
-    return slice_1d(evaluator, random_direction(evaluator.weights, seed=s["seed"]), steps=s["steps"], span=s["span"])
-
-
-def _surface(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Surface:
-    return list(_surfaces(store, run_id, s, ctx))[-1]
-
-
-def _surfaces(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Iterator[Surface]:
-    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
-    evaluator = LossEvaluator(rm.model, rm.x, rm.y)
-    d1 = random_direction(evaluator.weights, seed=s["seed"])
-    d2 = random_direction(evaluator.weights, seed=s["seed"] + 1)
-    yield from iter_surface(
-        evaluator, d1, d2, steps=s["steps"], span=s["span"], on_progress=ctx.on_progress, should_stop=ctx.should_stop
-    )
-
-
-def _noise(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> NoiseRobustness:
-    rm = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
-    return noise_robustness(
-        LossEvaluator(rm.model, rm.x, rm.y),
-        scales=s["scales"],
-        draws=s["draws"],
-        seed=s["seed"],
-        should_stop=ctx.should_stop,
-    )
-
-
-def _line(store: RunStore, run_id: str, s: Mapping[str, Any], ctx: Context) -> Slice:
-    other = s["other"]
-    a = load_run_model(store, run_id, n_samples=s["n_samples"], device=ctx.device)
-    b = load_run_model(store, other, n_samples=s["n_samples"], device=ctx.device)
-    if a.record.config.dataset != b.record.config.dataset:
-        raise StoreError(f"runs {run_id} and {other} were trained on different data sets")
-    evaluator = LossEvaluator(a.model, a.x, a.y)
-    return line_between(evaluator, {n: p.detach() for n, p in b.model.named_parameters()}, steps=s["steps"])
+    return compute
 
 
 ANALYSES: dict[str, AnalysisKind] = {
@@ -189,7 +90,7 @@ ANALYSES: dict[str, AnalysisKind] = {
             label="Hessian spectrum",
             result=HessianSpectrum,
             defaults={"k": 5, "trace_probes": 100, "n_samples": DEFAULT_SAMPLES, "backend": "lanczos", "seed": 0},
-            compute=_hessian,
+            compute=_lazy("hessian"),
             help="top-k eigenvalues (Lanczos), trace (Hutchinson) and density (SLQ) of the training loss",
         ),
         AnalysisKind(
@@ -197,7 +98,7 @@ ANALYSES: dict[str, AnalysisKind] = {
             label="Adaptive sharpness (scale-invariant λ_max)",
             result=AdaptiveSharpness,
             defaults={"n_samples": DEFAULT_SAMPLES, "seed": 0},
-            compute=_adaptive,
+            compute=_lazy("adaptive"),
             help="top eigenvalue of diag(|w|)·H·diag(|w|): λ_max in units of each weight's size (Kwon et al. 2021)",
         ),
         AnalysisKind(
@@ -205,7 +106,7 @@ ANALYSES: dict[str, AnalysisKind] = {
             label="1D loss slice",
             result=Slice,
             defaults={"steps": 41, "span": 1.0, "n_samples": DEFAULT_SAMPLES, "seed": 0},
-            compute=_slice,
+            compute=_lazy("slice_1d"),
             help="loss and accuracy along one seeded filter-normalised direction",
         ),
         AnalysisKind(
@@ -213,7 +114,7 @@ ANALYSES: dict[str, AnalysisKind] = {
             label="2D loss surface",
             result=Surface,
             defaults={"steps": 21, "span": 1.0, "n_samples": DEFAULT_SAMPLES, "seed": 0},
-            compute=_surface,
+            compute=_lazy("surface"),
             help="loss on a grid spanned by two seeded filter-normalised directions",
         ),
         AnalysisKind(
@@ -221,7 +122,7 @@ ANALYSES: dict[str, AnalysisKind] = {
             label="Noise robustness",
             result=NoiseRobustness,
             defaults={"scales": (0.01, 0.02, 0.05, 0.1, 0.2), "draws": 8, "n_samples": DEFAULT_SAMPLES, "seed": 0},
-            compute=_noise,
+            compute=_lazy("noise"),
             help="mean ± std loss increase under relative Gaussian weight noise",
         ),
         AnalysisKind(
@@ -229,7 +130,7 @@ ANALYSES: dict[str, AnalysisKind] = {
             label="Line between two runs",
             result=Slice,
             defaults={"other": None, "steps": 31, "n_samples": DEFAULT_SAMPLES},
-            compute=_line,
+            compute=_lazy("line"),
             help="loss on the straight line from this run's weights (t=0) to another run's (t=1)",
         ),
     )
@@ -326,7 +227,9 @@ def iter_run_surface(
     spec = ANALYSES["surface"]
     resolved = spec.settings(settings)
     key = spec.key(resolved)
-    for surface in _surfaces(store, run_id, resolved, Context(device, on_progress, should_stop)):
+    from .measures import surfaces
+
+    for surface in surfaces(store, run_id, resolved, Context(device, on_progress, should_stop)):
         if surface.complete:
             store.save_analysis(run_id, "surface", key, surface.to_dict())
         yield surface

@@ -14,21 +14,15 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
 from .compare import Comparison, comparisons, describe_setting, pick_setting, verdict
-from .config import ACCOUNTANTS, CLIPPINGS, DEVICES, MODELS, TrainConfig, parse_numbers
+from .config import ACCOUNTANTS, CLIPPINGS, DEVICES, HESSIAN_BACKENDS, MODELS, TrainConfig, parse_numbers
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
 from .errors import ConfigError, DpsatError
-from .export import results_csv, results_json
-from .hessian import BACKENDS
 from .methods import METHODS, rho_methods
-from .probe import step_cost
 from .progress import Progress, no_progress
-from .report import build_report, write_report
 from .results import RunRecord, strict_json
 from .results import format_number as _fmt
-from .runner import run
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
-from .sweeps import SweepSpec, check_sweep, sweep
 
 
 class _Parser(argparse.ArgumentParser):
@@ -159,6 +153,8 @@ def _print_run(record: RunRecord) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .runner import run  # heavy: only for this command, so --help and runs start fast
+
     config = _config(args, method=args.method, epsilon=args.epsilon, noise_multiplier=args.sigma, seed=args.seed)
     store = RunStore(args.store)
     outcome = run(config, store, on_progress=no_progress if args.json else _stderr_progress, reuse=not args.no_reuse)
@@ -183,6 +179,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweeps import SweepSpec, check_sweep, sweep  # heavy: only for this command, so --help and runs start fast
+
     spec = SweepSpec(
         base=_config(args), methods=args.methods, epsilons=args.epsilons, seeds=args.seeds, rhos=args.rhos or ()
     )
@@ -306,6 +304,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report, write_report  # heavy: only for this command, so --help and runs start fast
+
     report = build_report(RunStore(args.store), dataset=args.dataset, setting=args.setting)
     files = write_report(report, args.out)
     print(f"wrote {files.html}" + (f" and {files.pdf}" if files.pdf else f" ({files.note})"))
@@ -343,6 +343,8 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .probe import step_cost  # heavy: only for this command, so --help and runs start fast
+
     store = RunStore(args.store)
     runs = pick_setting(store.list_runs(), dataset=args.dataset, setting=args.setting)
     stats = analysed_cells(store, runs)
@@ -364,6 +366,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .export import results_csv, results_json  # heavy: only for this command, so --help and runs start fast
+
     store = RunStore(args.store)
     records = store.list_runs()
     spectra = cached_analyses(store, [r.run_id for r in records], "hessian")
@@ -460,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help=f"number of top eigenvalues ({defaults('k')})")
     p.add_argument("--probes", type=int, help=f"Hutchinson probes for the trace ({defaults('trace_probes')})")
     p.add_argument("--samples", type=int, help=f"training examples in the evaluation subset ({defaults('n_samples')})")
-    p.add_argument("--backend", choices=BACKENDS, help=f"pyhessian is the slower cross-check ({defaults('backend')})")
+    p.add_argument(
+        "--backend", choices=HESSIAN_BACKENDS, help=f"pyhessian is the slower cross-check ({defaults('backend')})"
+    )
     p.add_argument("--steps", type=int, help=f"grid points per axis, odd ({defaults('steps')})")
     p.add_argument("--span", type=float, help=f"the grid covers [-span, span] ({defaults('span')})")
     p.add_argument("--draws", type=int, help=f"noise draws per scale ({defaults('draws')})")

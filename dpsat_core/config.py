@@ -20,6 +20,7 @@ ACCOUNTANTS = ("prv", "rdp")
 CLIPPINGS = ("fast", "hooks")
 MODELS = ("auto", "cnn", "mlp")
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" picks one GPU
+HESSIAN_BACKENDS = ("lanczos", "pyhessian")
 DEFAULT_EPSILON = 3.0
 MAX_VALIDATION_FRACTION = 0.5  # of the training rows; the rest is trained on
 # Settings that change memory use or placement but not the algorithm: left out of the hash.

@@ -21,13 +21,11 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, grad, linearize, vjp
 
+from .config import HESSIAN_BACKENDS
 from .errors import ConfigError
 from .models import plain_copy
 from .progress import Progress, ProgressFn, StopFn, check_stop, no_progress
 from .results import AdaptiveSharpness, HessianSpectrum
-
-BACKENDS = ("lanczos", "pyhessian")
-
 
 # linearize keeps about this many times the forward activations alive (measured on the tanh CNNs).
 LINEARIZE_MEMORY_FACTOR = 20
@@ -295,8 +293,8 @@ def hessian_spectrum(
     should_stop: Optional[StopFn] = None,
 ) -> HessianSpectrum:
     """The Hessian's top-k, trace and density of the mean loss of `model` on (x, y); `model` is not modified."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown Hessian backend {backend!r}: choose {' or '.join(BACKENDS)}")
+    if backend not in HESSIAN_BACKENDS:
+        raise ConfigError(f"unknown Hessian backend {backend!r}: choose {' or '.join(HESSIAN_BACKENDS)}")
     start = time.perf_counter()
     total = 1 + trace_probes + density_runs
     report = lambda done, message: on_progress(Progress("hessian", done, total, message))  # noqa: E731

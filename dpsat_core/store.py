@@ -16,13 +16,14 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 from .config import TrainConfig
 from .errors import StoreError
 from .results import CostProbe, EpochMetrics, RunRecord, RunSummary
+
+if TYPE_CHECKING:
+    import torch
 
 STORE_ENV = "DPSAT_STORE"
 APP_NAME = "dpsat-lab"
@@ -136,6 +137,8 @@ class RunStore:
     def finish(self, run_id: str, summary: RunSummary, weights: dict[str, torch.Tensor]) -> None:
         """Store the outcome: status, reason, summary and weights (kept for failed runs too, for diagnosis)."""
         buffer = io.BytesIO()
+        import torch  # only where weights are written or read: listing runs needs no torch
+
         torch.save(weights, buffer)
         with self._connect() as db:
             db.execute(
@@ -250,6 +253,8 @@ class RunStore:
             row = db.execute("SELECT weights FROM runs WHERE run_id=?", (run_id,)).fetchone()
         if row is None or row["weights"] is None:
             raise StoreError(f"run {run_id!r} has no stored weights (missing, or still running)")
+        import torch
+
         return torch.load(io.BytesIO(row["weights"]), weights_only=True, map_location="cpu")
 
     # --- analyses (Hessian, landscape) -----------------------------------------------------------

@@ -7,6 +7,7 @@ import torch
 from opacus import GradSampleModule
 
 import dpsat_core.analysis as analysis
+import dpsat_core.measures as measures
 from dpsat_core import ModelSpec, TrainConfig, build_model, run
 from dpsat_core.cli import main
 from dpsat_core.errors import ConfigError
@@ -28,7 +29,7 @@ def test_a_run_trained_with_opacus_is_analysed_and_the_result_cached(store, run_
     def must_not_run(*args, **kwargs):
         raise AssertionError("recomputed instead of using the stored result")
 
-    monkeypatch.setattr(analysis, "hessian_spectrum", must_not_run)
+    monkeypatch.setattr(measures, "hessian_spectrum", must_not_run)
     assert analysis.run_hessian(store, run_id, k=3, trace_probes=10, n_samples=200) == first
     with pytest.raises(AssertionError, match="recomputed"):
         analysis.run_hessian(store, run_id, k=3, trace_probes=10, n_samples=200, recompute=True)
@@ -41,7 +42,7 @@ def test_adaptive_sharpness_is_computed_once_and_then_read_from_the_store(store,
     def must_not_run(*args, **kwargs):
         raise AssertionError("recomputed instead of using the stored result")
 
-    monkeypatch.setattr(analysis, "adaptive_sharpness", must_not_run)
+    monkeypatch.setattr(measures, "adaptive_sharpness", must_not_run)
     assert analysis.analyze(store, run_id, "adaptive", n_samples=128) == first
     assert analysis.cached_analyses(store, [run_id], "adaptive", n_samples=128) == {run_id: first}
     with pytest.raises(AssertionError, match="recomputed"):
@@ -115,4 +116,4 @@ def test_analysis_settings_are_checked_by_the_registry(store, run_id):
     with pytest.raises(ConfigError, match="unknown analysis"):
         analysis.analyze(store, run_id, "curvature")
     with pytest.raises(ConfigError, match="n_samples must be a whole number ≥ 1, got 0"):  # the library entry too
-        analysis.load_run_model(store, run_id, n_samples=0)
+        measures.load_run_model(store, run_id, n_samples=0)

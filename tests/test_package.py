@@ -33,6 +33,20 @@ def test_reading_a_store_drawing_and_reporting_never_import_opacus():
     assert out == "[]"
 
 
+def test_the_cli_parser_and_listing_runs_import_no_torch_pandas_or_opacus(tmp_path):
+    out = fresh_python(
+        f"""
+        import contextlib, io, sys
+        from dpsat_core.cli import build_parser, main
+        build_parser()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            main(["runs", "--store", {str(tmp_path / "r.db")!r}])
+        print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "opacus", "pandas", "plotly"}}))
+        """
+    )
+    assert out == "[]"  # so `dpsat --help` and `dpsat runs` start in under half a second
+
+
 def test_importing_every_module_installs_no_warnings_filter():
     out = fresh_python(
         """

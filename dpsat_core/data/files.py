@@ -9,12 +9,14 @@ import pickle
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import pandas as pd
 
 from ..errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 from .dataset import Dataset, Split, finish
 
 MAX_FILE_BYTES = 512 * 1024**2
@@ -51,6 +53,8 @@ def _rows(mask: pd.Series) -> str:
 
 def _encode_table(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Numeric columns kept (to be standardised), categories one-hot; anything else is an error."""
+    import pandas as pd
+
     blocks, names, numeric_mask = [], [], []
     for column in frame.columns:
         values = frame[column]
@@ -91,6 +95,8 @@ def _encode_table(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[st
 def read_csv(path: Path, *, rows: Optional[int] = None) -> pd.DataFrame:
     """The CSV's table (its first `rows` rows when given, for a preview), or one clear `DataError`: the Data
     page's preview and the loader read through here, so a bad file gets the same single message."""
+    import pandas as pd  # 0.5 s to import: only when a CSV is read
+
     path = Path(path)
     check_size(path)
     try:
