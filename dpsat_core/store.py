@@ -174,9 +174,16 @@ class RunStore:
         return len(dead)
 
     def delete(self, run_id: str) -> None:
+        """Delete a finished (or failed, or cancelled) run; a run still training is refused, since deleting
+        its row under it would kill its trainer: cancel it first."""
+        self.reap_interrupted()  # a run whose process died is no longer running
         with self._connect() as db:
-            if db.execute("DELETE FROM runs WHERE run_id=?", (run_id,)).rowcount == 0:
+            row = db.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
                 raise StoreError(f"no run {run_id!r} in {self.path}")
+            if row["status"] == "running":
+                raise StoreError(f"run {run_id} is still training: cancel it first, then delete it")
+            db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
 
     # --- reading -------------------------------------------------------------------------------
     def find_done(self, config_hash: str) -> Optional[str]:

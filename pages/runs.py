@@ -6,10 +6,10 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import get_store
-from dashboard.widgets import chart, download, job_panel
-from dpsat_core import cached_analyses, figures, method_info
+from dashboard.widgets import chart, download, job_panel, show_error
+from dpsat_core import DpsatError, cached_analyses, figures, method_info
 from dpsat_core.export import inert_cell, results_csv, results_json
-from dpsat_core.results import format_number
+from dpsat_core.results import counted, format_number
 from dpsat_core.store import STATUSES
 
 st.title("Runs")
@@ -54,16 +54,20 @@ download(down_json, "Results JSON", partial(results_json, shown, spectra), "dpsa
 selected = st.multiselect("Select runs", [r.run_id for r in shown], key="runs-selected")
 if selected:
     left, right = st.columns(2)
-    if left.button(f"Delete {len(selected)} runs", key="runs-delete"):
+    if left.button(f"Delete {counted(len(selected), 'run')}", key="runs-delete"):
         st.session_state["runs-confirm"] = list(selected)
     if st.session_state.get("runs-confirm") == list(selected):
         st.warning("Deleting removes the runs, their weights and analyses.")
         if right.button("Yes, delete", type="primary", key="runs-delete-confirm"):
-            for run_id in selected:
-                store.delete(run_id)
-            st.session_state.pop("runs-confirm")
-            st.session_state.pop("runs-selected")
-            st.rerun()
+            try:
+                for run_id in selected:
+                    store.delete(run_id)  # a run still training is refused (cancel it first)
+            except DpsatError as exc:
+                show_error(exc)
+            else:
+                st.session_state.pop("runs-confirm")
+                st.session_state.pop("runs-selected")
+                st.rerun()
     record = store.get(selected[0])
     st.subheader(f"Run {record.run_id}: {figures.run_label(record)}")
     chart(figures.training_curves([record]), key="runs-curve")

@@ -199,6 +199,14 @@ def test_runs_page_deletes_after_confirmation(populated, tmp_path, monkeypatch):
     at.button(key="runs-delete").click().run()
     at.button(key="runs-delete-confirm").click().run()
     assert victim not in [r.run_id for r in RunStore(db).list_runs()]
+    # a run still training (this process's) is refused with one message, and stays
+    live = RunStore(db).create_run(TrainConfig(dataset="digits", epochs=1, seed=99))
+    at = open_page("runs")
+    at.multiselect(key="runs-selected").select(live).run()
+    at.button(key="runs-delete").click().run()
+    at.button(key="runs-delete-confirm").click().run()
+    assert not at.exception and "still training: cancel it first" in at.error[0].value
+    assert RunStore(db).get(live).status == "running"
 
 
 def _as_rendered(markdown: str) -> str:

@@ -76,6 +76,18 @@ def test_runs_of_a_dead_process_are_marked_interrupted(store, quick):
     assert store.get(live_id).status == "running"
 
 
+def test_a_running_run_is_not_deleted_under_its_trainer_but_a_dead_one_is(store, quick):
+    live_id = store.create_run(quick)  # this process is alive: the run is training
+    with pytest.raises(StoreError, match="still training: cancel it first"):
+        store.delete(live_id)
+    assert store.get(live_id).status == "running"
+    with sqlite3.connect(store.path) as db:  # its process dies: it is interrupted, and may be deleted
+        db.execute("UPDATE runs SET pid=? WHERE run_id=?", (_dead_pid(), live_id))
+    store.delete(live_id)
+    with pytest.raises(StoreError, match="no run"):
+        store.get(live_id)
+
+
 def test_a_killed_run_shows_the_epsilon_of_what_it_stored(store, quick):
     from dpsat_core import EpochMetrics
 
