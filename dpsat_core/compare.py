@@ -400,6 +400,21 @@ def conclusion(c: Comparison) -> str:
     return "measurably more accurate" if c.accuracy.mean > 0 else "measurably less accurate"
 
 
+_PICK_WORDS = {
+    "picked": ", picked by validation accuracy",
+    "tied": ", tied for the best validation accuracy",
+    "not picked": ", not the validation pick",
+    "no validation": ", one of several, no validation split to choose by",
+}
+
+
+def rho_text(c: Comparison) -> str:
+    """' (ρ=0.05, picked by validation accuracy)' for a method that uses ρ, '' for one that does not."""
+    if not method_info(c.method).uses_rho:
+        return ""
+    return f" (ρ={c.rho:g}{_PICK_WORDS.get(c.validation_pick or '', '')})"
+
+
 def verdict(c: Comparison) -> str:
     """'At ε=3, DP-SAT vs DP-SGD: +0.4 points (95% CI −1.2 to +2.0, 3 seed pairs), 1× backward passes,
     same ε; λ_max ×0.91. No measurable accuracy difference at this size.'"""
@@ -407,13 +422,7 @@ def verdict(c: Comparison) -> str:
     low, high = c.ci_points
     pairs = counted(c.accuracy.n_pairs, "seed pair")
     interval = f"95% CI {low:+.1f} to {high:+.1f}, {pairs}" if low is not None else f"{pairs}, no interval"
-    picked = {
-        "picked": ", picked by validation accuracy",
-        "tied": ", tied for the best validation accuracy",
-        "not picked": ", not the validation pick",
-        "no validation": ", one of several, no validation split to choose by",
-    }
-    rho = f" (ρ={c.rho:g}{picked.get(c.validation_pick or '', '')})" if info.uses_rho else ""
+    rho = rho_text(c)
     privacy = (
         f"same ε, paid with more noise ({info.releases_per_step} releases per step)"
         if c.releases_ratio > 1

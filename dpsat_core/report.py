@@ -27,6 +27,7 @@ from .compare import (
     describe_setting,
     headline_comparisons,
     pick_setting,
+    rho_text,
     verdict,
 )
 from .export import ExportError, figure_image, find_chromium
@@ -169,9 +170,8 @@ def bottom_line_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
                 f"{c.cost.ratio:.2f}× (measured)" if c.cost is not None else f"{c.backward_passes_ratio:g}× (counted)"
             )
             privacy = "same budget" + (", more noise per step" if c.releases_ratio > 1 else "")
-            picked = {"picked": ", picked by validation accuracy", "tied": ", tied best on validation"}
-            rho = f" (ρ={c.rho:g}{picked.get(c.validation_pick or '', '')})" if info.uses_rho else ""
-            rows.append((f"{info.label}{rho} vs {base.label}, {c.privacy}", accuracy, compute, privacy, conclusion(c)))
+            what = f"{info.label}{rho_text(c)} vs {base.label}, {c.privacy}"
+            rows.append((what, accuracy, compute, privacy, conclusion(c)))
     return rows
 
 
