@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from functools import partial
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -62,8 +62,9 @@ def methods_table() -> None:
     st.dataframe(pd.DataFrame(method_table()), hide_index=True)
 
 
-def _rounded(value: Optional[float], digits: int) -> Optional[float]:
-    return None if value is None else round(value, digits)
+def _fixed(digits: int) -> Any:
+    """A number column shown with a fixed count of decimals (no 92.1 beside 92.13)."""
+    return st.column_config.NumberColumn(format=f"%.{digits}f")
 
 
 def cell_table(stats: Sequence[CellStats]) -> None:
@@ -74,15 +75,16 @@ def cell_table(stats: Sequence[CellStats]) -> None:
             "method": c.name,
             "privacy": c.privacy,
             "seeds": c.seeds,
-            "test accuracy %": round(100 * c.accuracy_mean, 2),
-            "± std": _rounded(c.accuracy_std and 100 * c.accuracy_std, 2),
-            "validation %": _rounded(c.validation_mean and 100 * c.validation_mean, 2),
+            "test accuracy %": 100 * c.accuracy_mean,
+            "± std": None if c.accuracy_std is None else 100 * c.accuracy_std,
+            "validation %": None if c.validation_mean is None else 100 * c.validation_mean,
             "ε spent": format_number(c.epsilon_spent_mean, ".3f"),  # ∞ for runs without noise
-            "wall s / epoch": round(c.wall_seconds_per_epoch, 3),
+            "wall s / epoch": c.wall_seconds_per_epoch,
         }
         for c in stats
     ]
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    columns = {name: _fixed(2) for name in ("test accuracy %", "± std", "validation %")}
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={**columns, "wall s / epoch": _fixed(3)})
 
 
 def comparison_table(compared: Sequence[Comparison]) -> None:
@@ -95,7 +97,7 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
             "method": f"{method_info(c.method).label} vs {method_info(c.baseline).label}",
             "privacy": c.privacy,
             "ρ": c.rho,
-            "gain (points)": round(c.gain_points, 2),
+            "gain (points)": c.gain_points,
             "95% CI": "–" if c.ci_points[0] is None else f"{c.ci_points[0]:+.2f} to {c.ci_points[1]:+.2f}",
             "seed pairs": c.accuracy.n_pairs,
             "backward passes ×": c.backward_passes_ratio,
@@ -103,7 +105,7 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
         }
         for c in compared
     ]
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={"gain (points)": _fixed(2)})
 
 
 def job_panel() -> None:

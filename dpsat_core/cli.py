@@ -119,8 +119,23 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     return TrainConfig(**fields)
 
 
-def _stderr_progress(p: Progress) -> None:
-    print(f"\r[{p.stage}] {p.done}/{p.total} {p.message[:70]:<70}", end="", file=sys.stderr, flush=True)
+class _StderrProgress:
+    """One overwritten line on a terminal; in a pipe or a log, one line per stage and per finished stage."""
+
+    def __init__(self) -> None:
+        self.last: Optional[tuple[str, bool]] = None
+
+    def __call__(self, p: Progress) -> None:
+        if sys.stderr.isatty():
+            print(f"\r[{p.stage}] {p.done}/{p.total} {p.message[:70]:<70}", end="", file=sys.stderr, flush=True)
+            return
+        mark = (p.stage, p.done >= p.total)
+        if mark != self.last:
+            self.last = mark
+            print(f"[{p.stage}] {p.done}/{p.total} {p.message}", file=sys.stderr, flush=True)
+
+
+_stderr_progress = _StderrProgress()
 
 
 def _print_json(data: Any) -> None:

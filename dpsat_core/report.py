@@ -55,11 +55,12 @@ MEASURES = (
 )
 
 
-def question() -> str:
-    """The report's question, naming the compared methods and their baselines from the registry."""
+def question(present: Optional[set[str]] = None) -> str:
+    """The report's question, naming the compared methods (those `present`, default all) and their baselines."""
     pairs: dict[str, list[str]] = {}
     for m in compared_methods(private=True):
-        pairs.setdefault(METHODS[m.baseline].label, []).append(m.label)
+        if present is None or m.name in present:
+            pairs.setdefault(METHODS[m.baseline].label, []).append(m.label)
     against = "; ".join(f"{', '.join(labels)} against {base}" for base, labels in pairs.items())
     return (
         f"Does training towards flat minima ({against}) give better accuracy at the same privacy budget ε, "
@@ -212,11 +213,12 @@ def render_html(report: Report, *, static_images: bool) -> str:
         "".join("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in row) + "</tr>" for row in bottom_line_rows(report))
         or "<tr><td colspan='5'>no comparison yet</td></tr>"
     )
+    present = {c.method for c in report.stats}
     methods = "".join(
         f"<tr><td>{e(method_info(m).label)}</td><td>{e(method_info(m).extra_epsilon)}</td>"
         f"<td>{method_info(m).backward_passes_per_step}</td></tr>"
         for m in METHODS
-        if method_info(m).private
+        if m in present and method_info(m).private
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Pilot report: {e(report.dataset)}</title>
 <style>{STYLE}</style></head><body>
@@ -231,10 +233,9 @@ every number below is read from the run store.</small></p>
 <p><small>Accuracy gain: the mean of the per-seed differences (both methods see the same data and noise at a
 seed), with its 95% interval. Compute: measured side by side on this setting, or counted from the
 algorithm when not measured. Privacy cost: every method is held to the same budget ε.</small></p>
-<h2>The question</h2><p>{e(question())}</p>
+<h2>The question</h2><p>{e(question(present))}</p>
 </div>
 <h2>Data and settings</h2><p>{e(report.setting)}; δ = {report.delta if report.delta is not None else "–"};
-accountant {e(report.accountant)};
 {counted(report.seeds, "seed")} per cell.</p>
 <table><tr><th>method</th><th>extra privacy cost</th><th>backward passes per step</th></tr>{methods}</table>
 <h2>The evidence, per privacy budget</h2>{"".join(rows) or "<p>No private runs.</p>"}

@@ -237,3 +237,15 @@ def test_a_run_without_noise_shows_an_infinite_epsilon_not_a_blank(tmp_path, cap
     assert "ε spent=∞" in out
     code, out, _ = cli(capsys, "show", row["run_id"], "--json", "--store", db)
     assert json.loads(out)["epochs"][0]["epsilon_spent"] == "inf"
+
+
+def test_progress_in_a_pipe_is_one_line_per_stage_not_an_overwritten_line(capsys):
+    from dpsat_core.cli import _StderrProgress
+    from dpsat_core.progress import Progress
+
+    progress = _StderrProgress()
+    for done in range(4):
+        progress(Progress(stage="train", done=done, total=3, message=f"epoch {done}"))
+    progress(Progress(stage="hessian", done=0, total=1, message="λ"))
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.splitlines() == ["[train] 0/3 epoch 0", "[train] 3/3 epoch 3", "[hessian] 0/1 λ"]

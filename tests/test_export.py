@@ -178,3 +178,25 @@ def test_the_report_writes_an_infinite_epsilon_as_infinity(swept):
         dataclasses.replace(report, headline=(dataclasses.replace(row, cells=cells),)), static_images=False
     )
     assert "ε spent ∞" in page and "ε spent inf" not in page
+
+
+def test_the_report_names_only_the_methods_it_has_and_the_accountant_once(swept):
+    import dataclasses
+
+    report = build_report(swept)
+    page = render_html(report, static_images=False)
+    assert "DP-SAM" in page and page.count("PRV") == 1  # in the setting line only
+    without_sam = dataclasses.replace(
+        report,
+        stats=tuple(c for c in report.stats if c.method != "dpsam"),
+        headline=tuple(
+            dataclasses.replace(
+                row,
+                cells=tuple(c for c in row.cells if c.method != "dpsam"),
+                comparisons=tuple(c for c in row.comparisons if c.method != "dpsam"),
+            )
+            for row in report.headline
+        ),
+    )
+    page = render_html(without_sam, static_images=False)
+    assert "DP-SAM" not in page and "DP-SAT" in page
