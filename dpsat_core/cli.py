@@ -386,7 +386,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .serve import launch
 
     os.environ[STORE_ENV] = str(args.store)  # the dashboard's server reads the same store
-    return launch(port=args.port, address=args.address)
+    return launch(port=args.port, address=args.address, production=args.production)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -498,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("dashboard", cmd_dashboard, "start the Streamlit dashboard with the project's server settings")
     p.add_argument("--port", type=int, help="port to serve on (default: Streamlit's, 8501)")
     p.add_argument("--address", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument(
+        "--production",
+        action="store_true",
+        help="for a server others use: errors show no details or tracebacks (they go to the log), no file watcher",
+    )
     return parser
 
 
