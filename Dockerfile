@@ -5,6 +5,8 @@ FROM python:3.11-slim-bookworm
 # Where torch comes from: the CPU wheels by default; for a GPU image pass a CUDA index, e.g.
 # --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 (one PyTorch publishes for the pinned version).
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# true: also install Ray (requirements-ray.txt), so the dashboard can send sweeps to DPSAT_RAY_ADDRESS.
+ARG INSTALL_RAY=false
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -20,11 +22,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-COPY requirements.txt ./
+COPY requirements.txt requirements-ray.txt ./
 # torch first, alone, from TORCH_INDEX only, at the version requirements.txt pins; the rest then comes from PyPI
 # with torch already satisfied, so no other index can offer (or swap in) another torch build.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "$(grep -E '^torch==' requirements.txt)" \
-    && pip install --no-cache-dir -r requirements.txt
+    && pip install --no-cache-dir -r requirements.txt \
+    && if [ "${INSTALL_RAY}" = "true" ]; then pip install --no-cache-dir -r requirements-ray.txt; fi
 
 COPY pyproject.toml ./
 COPY .streamlit ./.streamlit

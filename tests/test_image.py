@@ -93,6 +93,9 @@ def test_torch_comes_alone_from_one_index_at_the_pinned_version():
     assert not any("extra-index-url" in run for run in runs), "an extra index could offer another torch build"
     pins = (ROOT / "requirements.txt").read_text().splitlines()
     assert sum(line.startswith("torch==") for line in pins) == 1  # what the grep in the image picks
+    # Ray only on request (it pulls no torch): the dashboard then sends sweeps to $DPSAT_RAY_ADDRESS
+    assert args["INSTALL_RAY"] == "INSTALL_RAY=false"
+    assert 'if [ "${INSTALL_RAY}" = "true" ]; then pip install --no-cache-dir -r requirements-ray.txt; fi' in installs[2]
 
 
 def test_the_image_runs_the_production_dashboard_as_a_user_with_its_store_on_a_volume():
@@ -138,8 +141,11 @@ def test_dockerignore_keeps_history_stores_uploads_and_environments_out_but_not_
         "tests/test_image.py",
     ):
         assert dockerignore_excludes(left_out, patterns), left_out
-    copied = [value.split()[0] for word, value in instructions(DOCKERFILE.read_text()) if word == "COPY"]
-    assert {"requirements.txt", "pyproject.toml", ".streamlit", "dpsat_core", "dashboard", "pages"} <= set(copied)
+    copied = [
+        src for word, value in instructions(DOCKERFILE.read_text()) if word == "COPY" for src in value.split()[:-1]
+    ]
+    assert {"requirements.txt", "requirements-ray.txt", "pyproject.toml", ".streamlit", "dpsat_core"} <= set(copied)
+    assert {"dashboard", "pages"} <= set(copied)
     for source in copied:  # each COPY source exists and reaches the build context
         assert (ROOT / source).exists() and not dockerignore_excludes(source, patterns), source
     tracked = subprocess.run(["git", "ls-files", *copied], cwd=ROOT, capture_output=True, text=True, check=True)
