@@ -14,18 +14,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .config import TrainConfig
-from .data import Dataset, load_config_dataset
 from .errors import ConfigError
-from .planning import RunPlan, plan_run
 from .progress import Progress, ProgressFn, StopFn
 from .store import RunStore
 
 if TYPE_CHECKING:
+    from .data import Dataset
+    from .planning import RunPlan
     from .sweeps import SweepResult
     from .training import TrainResult
 
@@ -53,8 +55,10 @@ class RayCluster:
             raise ConfigError("the Ray address is empty: give host:port, ray://host:port or auto")
 
     def describe(self) -> str:
-        """'the Ray cluster at ADDRESS, 1 GPU per run' for pages and the CLI."""
-        where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+        """'the Ray cluster at ADDRESS' for pages and messages (with the GPUs per run, when any)."""
+        where = (
+            f"the Ray cluster at {self.address}" if self.address else "the Ray cluster ($RAY_ADDRESS, else a local one)"
+        )
         return where + (f", {self.gpus_per_run:g} GPU per run" if self.gpus_per_run else "")
 
 
@@ -101,7 +105,7 @@ def capacity(ray: Any, cluster: RayCluster) -> int:
         gpus = resources.get("GPU", 0)
         if gpus < cluster.gpus_per_run:
             raise ConfigError(
-                f"{cluster.describe()} has {gpus:g} GPUs, fewer than one run asks for: "
+                f"each run asks for {cluster.gpus_per_run:g} GPU but the Ray cluster has {gpus:g}: "
                 "lower --gpus-per-run or add GPU nodes"
             )
         slots = min(slots, int(gpus / cluster.gpus_per_run))
@@ -109,27 +113,44 @@ def capacity(ray: Any, cluster: RayCluster) -> int:
 
 
 class _Channel:
-    """The sweep's one small actor: the cancel flag tasks poll, and the progress they report."""
+    """One small actor per connection, shared by its sweeps (an actor is a process: starting one per sweep
+    cost seconds): each sweep's cancel flag, which its tasks poll, and the progress they report."""
 
     def __init__(self) -> None:
-        self._stopped = False
-        self._reports: list[tuple] = []
+        self._stopped: set[str] = set()
+        self._reports: dict[str, list[tuple]] = {}
 
-    def stop(self) -> None:
-        self._stopped = True
+    def stop(self, sweep_id: str) -> None:
+        self._stopped.add(sweep_id)
 
-    def stopped(self) -> bool:
-        return self._stopped
+    def stopped(self, sweep_id: str) -> bool:
+        return sweep_id in self._stopped
 
-    def report(self, item: tuple) -> None:
-        self._reports.append(item)
+    def report(self, sweep_id: str, item: tuple) -> None:
+        self._reports.setdefault(sweep_id, []).append(item)
 
-    def drain(self) -> list[tuple]:
-        reports, self._reports = self._reports, []
-        return reports
+    def drain(self, sweep_id: str) -> list[tuple]:
+        return self._reports.pop(sweep_id, [])
+
+    def forget(self, sweep_id: str) -> None:
+        self._stopped.discard(sweep_id)
+        self._reports.pop(sweep_id, None)
 
 
-def train_task(config: dict, dataset: Dataset, plan: RunPlan, key: int, channel: Any) -> TrainResult:
+_CHANNELS: dict[str, Any] = {}  # Ray job id -> its channel actor
+_CHANNELS_LOCK = threading.Lock()  # the dashboard may start two sweeps at once
+
+
+def _channel(ray: Any) -> Any:
+    """This connection's channel actor, started on first use (a new connection gets a new one)."""
+    job = ray.get_runtime_context().get_job_id()
+    with _CHANNELS_LOCK:
+        if job not in _CHANNELS:
+            _CHANNELS[job] = ray.remote(num_cpus=0)(_Channel).remote()
+        return _CHANNELS[job]
+
+
+def train_task(config: dict, dataset: Dataset, plan: RunPlan, key: int, channel: Any, sweep_id: str) -> TrainResult:
     """Train one cell on a worker (no store there): the device is resolved on this machine, progress and the
     cancel check go through `channel` at most every POLL_SECONDS."""
     import ray
@@ -146,13 +167,13 @@ def train_task(config: dict, dataset: Dataset, plan: RunPlan, key: int, channel:
         now = time.monotonic()
         if now - last["report"] >= POLL_SECONDS or "epochs_done" in p.metrics:
             last["report"] = now
-            channel.report.remote((key, p.stage, p.done, p.total, p.message, dict(p.metrics)))
+            channel.report.remote(sweep_id, (key, p.stage, p.done, p.total, p.message, dict(p.metrics)))
 
     def should_stop() -> bool:
         now = time.monotonic()
         if not stopped[0] and now - last["stop"] >= POLL_SECONDS:
             last["stop"] = now
-            stopped[0] = ray.get(channel.stopped.remote())
+            stopped[0] = ray.get(channel.stopped.remote(sweep_id))
         return stopped[0]
 
     return train(cell, dataset=dataset, plan=plan, on_progress=forward, should_stop=should_stop)
@@ -175,13 +196,15 @@ def sweep_on_ray(
     """Train `todo` as Ray tasks, at most as many at once as the cluster holds; each row is claimed when its
     task is submitted and written when it returns. Cancelling lets running tasks stop at their next check
     (stored as cancelled, with the ε of their releases) and submits no more."""
+    from .data import load_config_dataset
+    from .planning import plan_run
     from .runner import store_result
     from .sweeps import CellOutcome, _cell_progress, _record, cell_label
 
     ray = connect(cluster)
     window = capacity(ray, cluster)
     task = ray.remote(train_task).options(num_cpus=1, num_gpus=cluster.gpus_per_run)
-    channel = ray.remote(num_cpus=0)(_Channel).remote()
+    channel, sweep_id = _channel(ray), uuid.uuid4().hex
     data_refs: dict[int, Any] = {}  # one object-store copy per data set object (the loader caches them)
     queued = list(enumerate(todo))
     running: dict[Any, tuple[int, TrainConfig, str]] = {}
@@ -190,7 +213,7 @@ def sweep_on_ray(
         while queued or running:
             if should_stop is not None and should_stop() and not stopping:
                 stopping = True
-                channel.stop.remote()
+                channel.stop.remote(sweep_id)
             while queued and not stopping and len(running) < window:
                 key, cell = queued.pop(0)
                 try:
@@ -201,11 +224,11 @@ def sweep_on_ray(
                     continue
                 ref = data_refs.setdefault(id(dataset), ray.put(dataset))
                 run_id = store.create_run(cell)
-                running[task.remote(cell.to_dict(), ref, plan, key, channel)] = (key, cell, run_id)
+                running[task.remote(cell.to_dict(), ref, plan, key, channel, sweep_id)] = (key, cell, run_id)
             if not running:
                 break
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
-            for key, *report in ray.get(channel.drain.remote()):
+            for key, *report in ray.get(channel.drain.remote(sweep_id)):
                 _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
             for ref in done:
                 key, cell, run_id = running.pop(ref)
@@ -227,6 +250,6 @@ def sweep_on_ray(
         for ref, (_, _, run_id) in running.items():  # the driver stopped early (Ctrl-C, an error): no row stays running
             ray.cancel(ref, force=True)
             store.fail(run_id, "interrupted: the sweep's driver stopped before this Ray task returned")
-        ray.kill(channel)
+        channel.forget.remote(sweep_id)
     if stopping:
         result.cancelled = True

@@ -95,7 +95,9 @@ def test_torch_comes_alone_from_one_index_at_the_pinned_version():
     assert sum(line.startswith("torch==") for line in pins) == 1  # what the grep in the image picks
     # Ray only on request (it pulls no torch): the dashboard then sends sweeps to $DPSAT_RAY_ADDRESS
     assert args["INSTALL_RAY"] == "INSTALL_RAY=false"
-    assert 'if [ "${INSTALL_RAY}" = "true" ]; then pip install --no-cache-dir -r requirements-ray.txt; fi' in installs[2]
+    assert (
+        'if [ "${INSTALL_RAY}" = "true" ]; then pip install --no-cache-dir -r requirements-ray.txt; fi' in installs[2]
+    )
 
 
 def test_the_image_runs_the_production_dashboard_as_a_user_with_its_store_on_a_volume():
