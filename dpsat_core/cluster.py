@@ -91,8 +91,11 @@ def connect(cluster: RayCluster) -> Any:
     if not ray.is_initialized():
         try:
             ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"cannot reach {cluster.describe()}: {exc}") from None
+        except Exception as exc:  # Ray raises many kinds here (connection, auth, a racing process): one line
+            raise ConfigError(
+                f"cannot reach {cluster.describe()}: {type(exc).__name__}: {exc} (a cluster with token "
+                "authentication also needs RAY_AUTH_MODE=token and its token here, e.g. RAY_AUTH_TOKEN)"
+            ) from None
     return ray
 
 
