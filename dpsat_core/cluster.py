@@ -208,7 +208,7 @@ def sweep_on_ray(
     window = capacity(ray, cluster)
     task = ray.remote(train_task).options(num_cpus=1, num_gpus=cluster.gpus_per_run)
     channel, sweep_id = _channel(ray), uuid.uuid4().hex
-    data_refs: dict[int, Any] = {}  # one object-store copy per data set object (the loader caches them)
+    shipped: dict[int, tuple[Dataset, Any]] = {}  # one object-store copy per data set (kept alive, so ids stay)
     queued = list(enumerate(todo))
     running: dict[Any, tuple[int, TrainConfig, str]] = {}
     finished, stopping = 0, False
@@ -225,9 +225,11 @@ def sweep_on_ray(
                 except ConfigError as exc:  # as `run` refuses it: no row
                     _record(result, CellOutcome(run_id="", status="error", error=f"{cell_label(cell)}: {exc}"))
                     continue
-                ref = data_refs.setdefault(id(dataset), ray.put(dataset))
+                if id(dataset) not in shipped:
+                    shipped[id(dataset)] = (dataset, ray.put(dataset))
+                data = shipped[id(dataset)][1]
                 run_id = store.create_run(cell)
-                running[task.remote(cell.to_dict(), ref, plan, key, channel, sweep_id)] = (key, cell, run_id)
+                running[task.remote(cell.to_dict(), data, plan, key, channel, sweep_id)] = (key, cell, run_id)
             if not running:
                 break
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
@@ -237,12 +239,13 @@ def sweep_on_ray(
                 key, cell, run_id = running.pop(ref)
                 label = cell_label(cell)
                 try:
-                    record = store_result(store, run_id, ray.get(ref))
+                    trained = ray.get(ref)
                 except Exception as exc:  # the task raised, or its worker died: the cell fails, the sweep goes on
                     reason = _task_error(exc)
                     store.fail(run_id, reason)
                     outcome = CellOutcome(run_id=run_id, status="failed", error=f"{label}: {reason}")
                 else:
+                    record = store_result(store, run_id, trained)
                     error = f"{label}: {record.reason}" if record.status == "failed" else ""
                     outcome = CellOutcome(run_id=record.run_id, status=record.status, error=error)
                 _record(result, outcome)

@@ -119,7 +119,14 @@ def test_the_image_runs_the_production_dashboard_as_a_user_with_its_store_on_a_v
     assert command[command.index("--address") + 1] == "0.0.0.0" and command[command.index("--port") + 1] == "8501"
 
 
-def test_production_flags_hide_error_details_and_the_default_does_not():
+def test_production_flags_hide_error_details_and_the_default_does_not(monkeypatch):
+    from dpsat_core import serve
+    from dpsat_core.cli import main
+
+    launched = []
+    monkeypatch.setattr(serve, "launch", lambda **kwargs: launched.append(kwargs) or 0)
+    assert main(["dashboard", "--production"]) == 0 and main(["dashboard"]) == 0
+    assert [k["production"] for k in launched] == [True, False]
     production = streamlit_command(production=True)
     assert "--client.showErrorDetails=none" in production and "--server.fileWatcherType=none" in production
     assert PRODUCTION_OPTIONS["client.showErrorDetails"] == "none"
