@@ -166,3 +166,23 @@ def test_the_dockerignore_matcher_follows_docker_rules():
     assert dockerignore_excludes("a/b/c.db", ["**/*.db"]) and not dockerignore_excludes("a/b/c.db", ["*.db"])
     assert dockerignore_excludes("build/lib/x.py", ["build"]) and not dockerignore_excludes("src/build.py", ["build"])
     assert not dockerignore_excludes("keep.db", ["*.db", "!keep.db"])
+
+
+def test_under_the_production_flags_a_crash_shows_users_no_message_or_traceback():
+    from streamlit import config
+    from streamlit.testing.v1 import AppTest
+
+    def app():
+        raise ValueError("secret detail /data/runs.db")
+
+    shown = {}
+    default = config.get_option("client.showErrorDetails")
+    try:
+        for value in (default, PRODUCTION_OPTIONS["client.showErrorDetails"]):
+            config.set_option("client.showErrorDetails", value)
+            (error,) = AppTest.from_function(app).run().exception
+            shown[value] = error.message + "".join(error.stack_trace)
+    finally:
+        config.set_option("client.showErrorDetails", default)
+    assert "secret detail" in shown[default]  # what a development server shows
+    assert "secret detail" not in shown["none"] and "redacted" in shown["none"]
