@@ -40,9 +40,7 @@ def outcomes(store: RunStore, run_ids) -> list[tuple]:
     return sorted((r.method, r.config.seed, r.status, r.test_accuracy, r.epsilon_spent, len(r.epochs)) for r in records)
 
 
-pytestmark = pytest.mark.ray
-
-
+@pytest.mark.ray
 def test_ray_cells_give_the_same_accuracies_epsilons_and_weights_as_the_local_executor(on_ray, tmp_path):
     ray_store, on_cluster = on_ray
     local_store = RunStore(tmp_path / "local.db")
@@ -57,6 +55,7 @@ def test_ray_cells_give_the_same_accuracies_epsilons_and_weights_as_the_local_ex
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@pytest.mark.ray
 def test_a_second_submission_reuses_the_done_cells(on_ray):
     store, first = on_ray
     second = sweep(GRID, store, cluster=RayCluster())
@@ -64,6 +63,7 @@ def test_a_second_submission_reuses_the_done_cells(on_ray):
     assert len(store.list_runs()) == 3
 
 
+@pytest.mark.ray
 def test_a_diverging_cell_fails_with_the_same_reasons_on_ray_and_locally(local_ray, tmp_path):
     diverging = SweepSpec(
         base=TrainConfig(**{**BASE.to_dict(), "lr": 1e38}), methods=("dpsgd",), epsilons=(3.0,), seeds=(0,)
@@ -74,6 +74,7 @@ def test_a_diverging_cell_fails_with_the_same_reasons_on_ray_and_locally(local_r
     assert on_cluster.errors[0].startswith("dpsgd ε=3 seed=0: training diverged") and "lower lr" in on_cluster.errors[0]
 
 
+@pytest.mark.ray
 def test_a_cell_that_raises_on_the_worker_is_reported_and_its_row_says_why(local_ray, tmp_path):
     # CUDA is the workers' business (this machine need not have it), so the check here passes and the
     # CPU-only worker raises: the cell fails with the worker's message, and no row is left running
@@ -92,6 +93,7 @@ def test_a_cell_that_raises_on_the_worker_is_reported_and_its_row_says_why(local
     assert result.problems().startswith("2 of the cells failed: sgd seed=")
 
 
+@pytest.mark.ray
 def test_cancelling_a_ray_sweep_submits_no_more_cells_and_leaves_no_row_running(local_ray, tmp_path):
     spec = SweepSpec(base=BASE, methods=("dpsgd",), epsilons=(3.0,), seeds=(1, 2, 3))  # σ calibrated once
     store = RunStore(tmp_path / "runs.db")
@@ -109,6 +111,7 @@ def test_cancelling_a_ray_sweep_submits_no_more_cells_and_leaves_no_row_running(
     assert {r.status for r in rows} <= {"done", "cancelled"}
 
 
+@pytest.mark.ray
 def test_the_cli_sweeps_on_ray_and_refuses_what_the_cluster_cannot_run(local_ray, tmp_path, capsys):
     db = str(tmp_path / "runs.db")
     args = ["sweep", "--dataset", "breast_cancer", "--methods", "sgd", "--seeds", "0", "--epochs", "1", "--store", db]
@@ -126,6 +129,7 @@ def test_the_cli_sweeps_on_ray_and_refuses_what_the_cluster_cannot_run(local_ray
     assert len(RunStore(db).list_runs()) == 1
 
 
+@pytest.mark.ray
 def test_the_train_page_sends_sweeps_to_the_configured_ray_address(local_ray, tmp_path, monkeypatch):
     db = tmp_path / "runs.db"
     monkeypatch.setenv("DPSAT_STORE", str(db))
