@@ -10,6 +10,7 @@ import streamlit as st
 
 from dpsat_core import DpsatError, RunStore, SweepResult, SweepSpec, TrainConfig, analyze, run_line, step_cost, sweep
 from dpsat_core.analysis import ANALYSES
+from dpsat_core.cluster import cluster_from_env
 from dpsat_core.figures import run_label
 from dpsat_core.methods import method_info
 from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
@@ -35,15 +36,17 @@ def _submit(kind: str, label: str, fn) -> str:
 
 
 def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
-    """Check the grid against its data now (errors reach the page), then train it in the background."""
-    check_sweep(spec)
+    """Check the grid against its data now (errors reach the page), then train it in the background: on the
+    Ray cluster `$DPSAT_RAY_ADDRESS` names when it is set, else on this server."""
+    cluster = cluster_from_env()
+    check_sweep(spec, device_here=cluster is None)
     store = get_store()
     count = len(spec.cells())
     methods = ", ".join(method_info(m).label for m in spec.methods)
     label = f"{counted(count, 'run')} on {Path(spec.base.dataset).name}: {methods}"
 
     def job(progress: ProgressFn, stop: StopFn) -> SweepResult:
-        result = sweep(spec, store, on_progress=progress, should_stop=stop)
+        result = sweep(spec, store, cluster=cluster, on_progress=progress, should_stop=stop)
         if result.problems():  # finished cells are stored; say what failed
             raise DpsatError(result.problems())
         if then_analyse and not result.cancelled:
@@ -52,6 +55,18 @@ def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
         return result
 
     return _submit("sweep", label, job)
+
+
+def sweep_target() -> str:
+    """Where sweeps from the pages train, in words for a caption: the Ray cluster `$DPSAT_RAY_ADDRESS` names,
+    or this server."""
+    try:
+        cluster = cluster_from_env()
+    except DpsatError as exc:
+        return f"Sweeps cannot start: {plain_text(exc)}"
+    if cluster is None:
+        return "Runs train on this server."
+    return f"Runs train on {plain_text(cluster.describe())} (set by `DPSAT_RAY_ADDRESS`); results are stored here."
 
 
 def start_default_comparison(dataset: str = "digits") -> str:

@@ -193,15 +193,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if record.status == "done" else 1
 
 
+def _cluster(args: argparse.Namespace) -> Any:
+    """The Ray cluster of `sweep --executor ray` (address: --address, else $DPSAT_RAY_ADDRESS), or None."""
+    from .cluster import ADDRESS_ENV, RayCluster
+
+    if args.executor != "ray":
+        if args.address is not None or args.gpus_per_run is not None:
+            raise ConfigError("--address and --gpus-per-run apply to --executor ray only")
+        return None
+    address = args.address or os.environ.get(ADDRESS_ENV) or None
+    return RayCluster(address=address, gpus_per_run=args.gpus_per_run or 0.0)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweeps import SweepSpec, check_sweep, sweep  # heavy: only for this command, so --help and runs start fast
 
     spec = SweepSpec(
         base=_config(args), methods=args.methods, epsilons=args.epsilons, seeds=args.seeds, rhos=args.rhos or ()
     )
-    check_sweep(spec)
+    cluster = _cluster(args)
+    check_sweep(spec, device_here=cluster is None)
     store = RunStore(args.store)
-    result = sweep(spec, store, workers=args.workers, on_progress=no_progress if args.json else _stderr_progress)
+    progress = no_progress if args.json else _stderr_progress
+    result = sweep(spec, store, workers=args.workers, cluster=cluster, on_progress=progress)
     if args.json:
         _print_json(
             {
@@ -401,7 +415,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .serve import launch
 
     os.environ[STORE_ENV] = str(args.store)  # the dashboard's server reads the same store
-    return launch(port=args.port, address=args.address)
+    return launch(port=args.port, address=args.address, production=args.production)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,8 +460,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=min(2, os.cpu_count() or 1),
-        help="worker processes (default: up to 2; 1 trains in this process)",
+        help="worker processes of the local executor (default: up to 2; 1 trains in this process)",
     )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: processes on this machine; ray: one Ray task per cell, results stored here",
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address (host:6379, ray://host:10001, auto; default $DPSAT_RAY_ADDRESS)"
+    )
+    p.add_argument("--gpus-per-run", type=float, help="GPUs each Ray task asks for (default 0; a fraction shares one)")
     p.add_argument("--json", action="store_true")
 
     p = command("runs", cmd_runs, "list stored runs")
@@ -513,6 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("dashboard", cmd_dashboard, "start the Streamlit dashboard with the project's server settings")
     p.add_argument("--port", type=int, help="port to serve on (default: Streamlit's, 8501)")
     p.add_argument("--address", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument(
+        "--production",
+        action="store_true",
+        help="for a server others use: errors show no details or tracebacks (they go to the log), no file watcher",
+    )
     return parser
 
 

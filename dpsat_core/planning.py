@@ -98,8 +98,9 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
     )
 
 
-def plan_run(config: TrainConfig, dataset: Dataset) -> RunPlan:
-    """Check `config` against `dataset` and fix its plan; raises `ConfigError` with the fix."""
+def plan_run(config: TrainConfig, dataset: Dataset, *, device_here: bool = True) -> RunPlan:
+    """Check `config` against `dataset` and fix its plan; raises `ConfigError` with the fix. With
+    `device_here=False` (a run trained on another machine) the device stays a name for that machine to resolve."""
     model = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
-    device = str(resolve_device(config.device))
+    device = str(resolve_device(config.device)) if device_here else config.device
     return RunPlan(privacy=plan_privacy(config, dataset.n_train), model=model, device=device)

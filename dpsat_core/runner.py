@@ -12,7 +12,7 @@ from .planning import plan_run
 from .progress import ProgressFn, StopFn, no_progress
 from .results import RunRecord
 from .store import RunStore
-from .training import train
+from .training import TrainResult, train
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,12 @@ def run(
         raise
     store.finish(run_id, result.summary(), result.state_dict)
     return RunOutcome(store.get(run_id), reused=False)
+
+
+def store_result(store: RunStore, run_id: str, result: TrainResult) -> RunRecord:
+    """Write a run trained away from the store (a Ray worker) into its row: its epochs, then its outcome and
+    weights, as `run` writes a run trained here."""
+    for metrics in result.epochs:
+        store.add_epoch(run_id, metrics)
+    store.finish(run_id, result.summary(), result.state_dict)
+    return store.get(run_id)

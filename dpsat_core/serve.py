@@ -24,6 +24,12 @@ SERVER_OPTIONS: dict[str, Any] = {
     # GIL, so each 1 s job-panel refresh in every open tab stalled the training thread
     "runner.postScriptGC": False,
 }
+# Added by `dpsat dashboard --production` (the Docker image's command): users see a generic message instead of
+# exception details and tracebacks (these go to the server's log), and no file watcher reruns edited code.
+PRODUCTION_OPTIONS: dict[str, Any] = {
+    "client.showErrorDetails": "none",
+    "server.fileWatcherType": "none",
+}
 
 
 class DashboardNotFound(DpsatError):
@@ -50,10 +56,12 @@ def _flag(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def streamlit_command(*, port: Optional[int] = None, address: str = "127.0.0.1") -> list[str]:
-    """The `python -m streamlit run …/app.py --key=value …` command line for SERVER_OPTIONS, address and port."""
+def streamlit_command(*, port: Optional[int] = None, address: str = "127.0.0.1", production: bool = False) -> list[str]:
+    """The `python -m streamlit run …/app.py --key=value …` command line for SERVER_OPTIONS (and
+    PRODUCTION_OPTIONS when `production`), address and port."""
+    options = {**SERVER_OPTIONS, **(PRODUCTION_OPTIONS if production else {})}
     command = [sys.executable, "-m", "streamlit", "run", str(app_path())]
-    command += [f"--{key}={_flag(value)}" for key, value in SERVER_OPTIONS.items()]
+    command += [f"--{key}={_flag(value)}" for key, value in options.items()]
     command.append(f"--server.address={address}")
     if port is not None:
         command.append(f"--server.port={port}")
@@ -69,9 +77,9 @@ def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
     timer.start()
 
 
-def launch(*, port: Optional[int] = None, address: str = "127.0.0.1") -> int:
+def launch(*, port: Optional[int] = None, address: str = "127.0.0.1", production: bool = False) -> int:
     """Run the dashboard until it stops; return Streamlit's exit code (130 after Ctrl-C, 143 after `kill`)."""
-    command = streamlit_command(port=port, address=address)
+    command = streamlit_command(port=port, address=address, production=production)
     with subprocess.Popen(command) as process:
         previous = signal.signal(signal.SIGTERM, lambda *_: _stop(process))
         try:

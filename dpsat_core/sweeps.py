@@ -1,4 +1,4 @@
-"""Sweeps: methods × ε values × seeds on a local process pool, each run stored as it finishes.
+"""Sweeps: methods × ε values × seeds on a local process pool (or a Ray cluster), each run stored as it finishes.
 
 Running the same sweep again trains only the cells not yet done (reuse is by
 config hash). Non-private methods ignore ε, so they get one cell per seed.
@@ -12,7 +12,7 @@ import os
 import queue
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .config import TrainConfig
 from .data import load_config_dataset
@@ -22,6 +22,9 @@ from .planning import plan_run
 from .progress import Progress, ProgressFn, StopFn, no_progress
 from .runner import reusable_run, run
 from .store import RunStore
+
+if TYPE_CHECKING:
+    from .cluster import RayCluster
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,14 +74,15 @@ def default_comparison(dataset: str = "digits") -> SweepSpec:
     )
 
 
-def check_sweep(spec: SweepSpec) -> None:
+def check_sweep(spec: SweepSpec, *, device_here: bool = True) -> None:
     """Plan every cell against its data before any training (the same checks as `run`: δ < 1/n, batch ≤ n,
     model fits, device present, ε reachable), so a page or the CLI can refuse the grid with one message
-    instead of failing cell by cell. Calibrations are cached, so the cells then reuse them."""
+    instead of failing cell by cell. Calibrations are cached, so the cells then reuse them. A sweep on a
+    Ray cluster passes `device_here=False`: its workers, not this machine, must have the device."""
     dataset = load_config_dataset(spec.base)
     for cell in spec.cells():
         try:
-            plan_run(cell, dataset)
+            plan_run(cell, dataset, device_here=device_here)
         except ConfigError as exc:
             raise ConfigError(f"{cell_label(cell)}: {exc}") from None
 
@@ -158,10 +162,12 @@ def sweep(
     store: RunStore,
     *,
     workers: int = 1,
+    cluster: Optional[RayCluster] = None,
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
 ) -> SweepResult:
-    """Train every cell not yet done; `workers > 1` uses a spawn process pool sharing the store file."""
+    """Train every cell not yet done; `workers > 1` uses a spawn process pool sharing the store file, a
+    `cluster` sends each cell to Ray as a task (`workers` then does not apply) and writes its result here."""
     result = SweepResult()
     todo = []
     for cell in spec.cells():
@@ -169,7 +175,11 @@ def sweep(
         (result.reused.append(done.run_id) if done else todo.append(cell))
     total = len(todo)
     on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
-    if workers <= 1:
+    if cluster is not None:
+        from .cluster import sweep_on_ray  # Ray is imported only for a sweep that uses it
+
+        sweep_on_ray(todo, store, result, cluster, on_progress, should_stop)
+    elif workers <= 1:
         _sweep_inline(todo, store, result, on_progress, should_stop)
     else:
         _sweep_pool(todo, store, result, workers, on_progress, should_stop)

@@ -24,7 +24,7 @@ from torch import nn
 from .accounting import PrivacySpent, epsilon_spent
 from .clipping import FastDPOptimizer
 from .config import TrainConfig
-from .data import Dataset, data_fingerprint, load_config_dataset
+from .data import Dataset, load_config_dataset
 from .gradients import Batch
 from .methods import method_info
 from .models import build_model, count_parameters
@@ -381,6 +381,6 @@ def _result(
         device=str(trainer.device),
         n_train=trainer.dataset.n_train,
         n_validation=trainer.dataset.n_val,
-        data_fingerprint=data_fingerprint(config.dataset),
+        data_fingerprint=trainer.dataset.fingerprint,
         state_dict=_weights(trainer.model),
     )

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard.actions import start_sweep
+from dashboard.actions import start_sweep, sweep_target
 from dashboard.state import current_dataset
 from dashboard.widgets import job_panel, plain_text, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
@@ -13,7 +13,8 @@ from dpsat_core.results import counted
 st.title("Train & sweep")
 dataset = current_dataset()
 st.caption(
-    f"Data set: **{plain_text(dataset['source'])}** (change it on the Data page). Runs already stored are reused."
+    f"Data set: **{plain_text(dataset['source'])}** (change it on the Data page). Runs already stored are reused. "
+    + sweep_target()
 )
 defaults = TrainConfig()
 

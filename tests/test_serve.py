@@ -146,7 +146,11 @@ def test_wheel_declares_requirements_txt_and_the_console_script(wheel):
         for line in (ROOT / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert metadata.get_all("Requires-Dist") == pins
+    requires = metadata.get_all("Requires-Dist")
+    assert [r for r in requires if "extra ==" not in r] == pins
+    # the optional Ray executor is an extra, from requirements-ray.txt: `pip install "dpsat-lab[ray]"`
+    assert [r for r in requires if "extra ==" in r] == ['ray[client]==2.60.0; extra == "ray"']
+    assert metadata.get_all("Provides-Extra") == ["ray"]
     assert "platformdirs==4.14.8" in pins
     scripts = wheel.read(info["entry_points.txt"]).decode()
     assert "dpsat = dpsat_core.cli:main_entry" in scripts.splitlines()

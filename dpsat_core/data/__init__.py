@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from pathlib import Path
@@ -38,17 +39,19 @@ def _load_cached(source: str, target: Optional[str], size: Optional[int], split:
     if source in BUILTIN:
         return BUILTIN[source](size=size, split=split)
     path = Path(source)
-    if path.is_dir():
-        return load_folder(path, split=split)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return load_csv(path, target=target, split=split)
-    if suffix == ".npz":
-        return load_npz(path, split=split)
-    raise DataError(
-        f"{path.name}: unsupported file type {suffix or '(none)'}: use {', '.join(FILE_TYPES)}, "
-        "or a folder of IDX/CIFAR files"
-    )
+    if path.is_dir():
+        loaded = load_folder(path, split=split)
+    elif suffix == ".csv":
+        loaded = load_csv(path, target=target, split=split)
+    elif suffix == ".npz":
+        loaded = load_npz(path, split=split)
+    else:
+        raise DataError(
+            f"{path.name}: unsupported file type {suffix or '(none)'}: use {', '.join(FILE_TYPES)}, "
+            "or a folder of IDX/CIFAR files"
+        )
+    return dataclasses.replace(loaded, fingerprint=data_fingerprint(source))
 
 
 def load_dataset(

@@ -51,6 +51,9 @@ class Dataset:
     feature_names: tuple[str, ...] = ()
     x_val: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     y_val: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    # digest of the file bytes it was read from (None for built-ins): travels with the data, so a run trained
+    # where the file is absent (a Ray worker) still records what it was trained on
+    fingerprint: Optional[str] = None
 
     @property
     def n_train(self) -> int:
