@@ -18,9 +18,10 @@ from .config import ACCOUNTANTS, CLIPPINGS, DEVICES, HESSIAN_BACKENDS, MODELS, T
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
 from .errors import ConfigError, DpsatError
+from .interrupts import StopRequest, stop_on_signals
 from .methods import METHODS, rho_methods
 from .progress import Progress, no_progress
-from .results import RunRecord, strict_json
+from .results import RunRecord, counted, strict_json
 from .results import format_number as _fmt
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
 
@@ -157,10 +158,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config(args, method=args.method, epsilon=args.epsilon, noise_multiplier=args.sigma, seed=args.seed)
     store = RunStore(args.store)
-    outcome = run(config, store, on_progress=no_progress if args.json else _stderr_progress, reuse=not args.no_reuse)
+    progress = no_progress if args.json else _stderr_progress
+    with stop_on_signals() as stop:
+        outcome = run(config, store, on_progress=progress, should_stop=stop, reuse=not args.no_reuse)
     record = outcome.record
     if not args.json:
         print(file=sys.stderr)
+    if stop():
+        print(f"stopped by {stop.name}: run {record.run_id} is stored as {record.status}; {_RESUME}", file=sys.stderr)
     if args.json:
         _print_json(
             {
@@ -175,7 +180,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if outcome.reused:
             print(f"reused finished run {record.run_id} with the same settings (pass --no-reuse to retrain)")
         _print_run(record)
-    return 0 if record.status == "done" else 1
+    return stop.exit_code if stop() else 0 if record.status == "done" else 1
+
+
+_RESUME = "run the same command again to resume (finished runs are reused)"
+
+
+def _stopped(stop: StopRequest, result: Any) -> str:
+    """What a sweep stopped by a signal did and left, and how to resume it."""
+    return (
+        f"stopped by {stop.name}: {counted(len(result.trained), 'run')} trained, {len(result.stopped)} cancelled"
+        f" while training (stored as cancelled), {counted(len(result.skipped), 'cell')} not started; {_RESUME}"
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -186,7 +202,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     check_sweep(spec)
     store = RunStore(args.store)
-    result = sweep(spec, store, workers=args.workers, on_progress=no_progress if args.json else _stderr_progress)
+    progress = no_progress if args.json else _stderr_progress
+    with stop_on_signals() as stop:
+        result = sweep(spec, store, workers=args.workers, on_progress=progress, should_stop=stop)
     if args.json:
         _print_json(
             {
@@ -195,6 +213,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 "failed": result.failed,
                 "errors": result.errors,
                 "cancelled": result.cancelled,
+                "stopped": result.stopped,
+                "skipped": result.skipped,
             }
         )
     else:
@@ -202,7 +222,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep: {len(result.trained)} trained, {len(result.reused)} reused, {len(result.failed)} failed")
         for error in result.errors:
             print(f"  error: {error}")
-        _print_table([store.get(r) for r in result.run_ids])
+        _print_table([store.get(r) for r in result.run_ids + result.stopped])
+    if stop():
+        print(_stopped(stop, result), file=sys.stderr)
+        return stop.exit_code
     return 0 if not (result.failed or result.errors) else 1
 
 
