@@ -13,7 +13,16 @@ import warnings
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
-from .compare import Comparison, comparisons, describe_setting, pick_setting, verdict
+from .compare import (
+    Comparison,
+    comparisons,
+    describe_setting,
+    diverged_left_out,
+    diverged_note,
+    pick_setting,
+    setting_key,
+    verdict,
+)
 from .config import ACCOUNTANTS, CLIPPINGS, DEVICES, HESSIAN_BACKENDS, MODELS, TrainConfig, parse_numbers
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
@@ -369,8 +378,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .probe import step_cost  # heavy: only for this command, so --help and runs start fast
 
     store = RunStore(args.store)
-    runs = pick_setting(store.list_runs(), dataset=args.dataset, setting=args.setting)
-    stats = analysed_cells(store, runs)
+    records = store.list_runs()
+    runs = pick_setting(records, dataset=args.dataset, setting=args.setting, include_diverged=args.include_diverged)
+    stats = analysed_cells(store, runs, include_diverged=args.include_diverged)
+    left_out = diverged_note(0 if args.include_diverged else diverged_left_out(records, setting_key(runs[0])))
     methods = [c.method for c in stats if c.private]
     progress = no_progress if args.json else _stderr_progress
     cost = step_cost(store, runs[0].config, methods, cached_only=args.no_probe, on_progress=progress)
@@ -378,9 +389,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     compared = comparisons(stats, cost=cost)
     if args.json:
+        if left_out:  # stdout stays one JSON document
+            print(f"note: {left_out}", file=sys.stderr)
         _print_json([_comparison_json(c) for c in compared])
         return 0
     print(f"setting {describe_setting(runs[0])} ({len(runs)} runs)")
+    if left_out:
+        print(f"  note: {left_out}")
     for c in compared:
         print(f"  {verdict(c)}")
     if not compared:
@@ -505,6 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON list: one object per compared cell")
     p.add_argument(
         "--no-probe", action="store_true", help="use a stored step-cost probe only; never measure (about 30 s)"
+    )
+    p.add_argument(
+        "--include-diverged",
+        action="store_true",
+        help="count runs whose training loss ended over 10× its start (left out by default)",
     )
 
     p = command("report", cmd_report, "write the pilot report (report.html and report.pdf) from the store")
