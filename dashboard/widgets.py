@@ -19,7 +19,7 @@ from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
 from dpsat_core.results import format_number
 
-from .state import get_jobs
+from .state import get_jobs, is_operator, may_touch, session_owner
 
 
 def download(where: DeltaGenerator, label: str, build: Callable[[], bytes], file_name: str, *, key: str) -> None:
@@ -125,8 +125,10 @@ def _job_panel() -> None:
         return
     title, clear = st.columns([6, 1])
     title.markdown("**Jobs**")
-    if any(not j.active for j in jobs) and clear.button("Clear finished", key="jobs-clear"):
-        get_jobs().clear_finished()
+    # every session sees every job; it cancels and clears only its own (an operator: all)
+    acting_for = None if is_operator() else session_owner()
+    if any(not j.active and may_touch(j.owner) for j in jobs) and clear.button("Clear finished", key="jobs-clear"):
+        get_jobs().clear_finished(owner=acting_for)
         jobs = get_jobs().jobs()
     for job in jobs[:6]:
         extra = []
@@ -138,11 +140,12 @@ def _job_panel() -> None:
             extra[0] = f"after epoch {job.metrics['epochs_done']}: {extra[0]}"
         run = f" · {job.metrics['run']}" if job.active and "run" in job.metrics else ""
         status = "" if job.message.startswith(job.status) or job.message == "finished" else f" · {job.status}"
-        text = f"{job.label}{status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
+        whose = "" if job.owner == session_owner() else " · another session's"
+        text = f"{job.label}{whose}{status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
         cols = st.columns([6, 1])
         cols[0].progress(job.fraction, text=plain_text(text))
-        if job.active and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):
-            get_jobs().cancel(job.job_id)
+        if job.active and may_touch(job.owner) and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):
+            get_jobs().cancel(job.job_id, by=acting_for)
         if job.error:
             st.error(plain_text(f"{job.label}: {job.error}"))
     if finished_now:

@@ -424,6 +424,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .serve import launch
 
     os.environ[STORE_ENV] = str(args.store)  # the dashboard's server reads the same store
+    if args.operator:
+        os.environ["DPSAT_OPERATOR"] = "1"  # every session may cancel and clear every job
     return launch(port=args.port, address=args.address)
 
 
@@ -541,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("dashboard", cmd_dashboard, "start the Streamlit dashboard with the project's server settings")
     p.add_argument("--port", type=int, help="port to serve on (default: Streamlit's, 8501)")
     p.add_argument("--address", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument(
+        "--operator",
+        action="store_true",
+        help="let every session cancel and clear every job (default: only its own; or set DPSAT_OPERATOR=1)",
+    )
     return parser
 
 

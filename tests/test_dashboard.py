@@ -483,3 +483,48 @@ def test_the_runs_table_makes_formula_cells_inert_for_its_csv_download(tmp_path,
     at = open_page("runs")
     (row,) = at.dataframe[0].value.to_dict("records")
     assert row["dataset"] == "'" + config.dataset and row["ε spent"] == "1.900" and row["test accuracy %"] == 75.0
+
+
+def test_two_sessions_see_each_others_jobs_but_cancel_and_clear_only_their_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    monkeypatch.delenv("DPSAT_OPERATOR", raising=False)
+    a, b = open_page("train"), open_page("train")  # two browser sessions on one server: one job manager
+    owner_a, owner_b = a.session_state["session_owner"], b.session_state["session_owner"]
+    assert owner_a != owner_b
+    release = threading.Event()
+    running = get_jobs().submit("x", "a's long job", lambda progress, stop: release.wait(60), owner=owner_a)
+    finished = get_jobs().submit("x", "a's quick job", lambda progress, stop: None, owner=owner_a)
+    assert get_jobs().wait(finished, timeout=60).status == "done"
+    a.run()
+    b.run()
+    texts = [p.proto.text for p in b.get("progress")]
+    assert any(t.startswith("a's long job · another session's") for t in texts), texts  # B sees A's jobs
+    assert not [x for x in b.button if x.key in (f"cancel-{running}", "jobs-clear")]  # but may not touch them
+    assert {f"cancel-{running}", "jobs-clear"} <= {x.key for x in a.button}
+    a.button(key=f"cancel-{running}").click().run()
+    release.set()
+    assert get_jobs().wait(running, timeout=60).status == "cancelled"
+    a.run()
+    a.button(key="jobs-clear").click().run()
+    assert get_jobs().jobs() == [] and not a.exception
+    # an operator's session may cancel anyone's job
+    monkeypatch.setenv("DPSAT_OPERATOR", "1")
+    hold = threading.Event()
+    other = get_jobs().submit("x", "b's job", lambda progress, stop: hold.wait(60), owner=owner_b)
+    a.run()
+    a.button(key=f"cancel-{other}").click().run()
+    hold.set()
+    assert get_jobs().wait(other, timeout=60).status == "cancelled"
+
+
+def test_a_job_started_from_a_page_belongs_to_its_session(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("train")
+    at.checkbox(key="train-method-dpsam").uncheck()
+    at.checkbox(key="train-method-dpsat").uncheck()
+    at.text_input(key="train-epsilons").input("3")
+    at.text_input(key="train-seeds").input("0")
+    at.number_input(key="train-epochs").set_value(1)
+    at.button(key="train-start").click().run()
+    (job,) = get_jobs().jobs()
+    assert job.owner == at.session_state["session_owner"]
