@@ -13,7 +13,16 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from dpsat_core import RunRecord, method_info, method_table
-from dpsat_core.compare import CellStats, Comparison, conclusion, describe_setting, runs_by_setting
+from dpsat_core.compare import (
+    CellStats,
+    Comparison,
+    conclusion,
+    describe_setting,
+    diverged_left_out,
+    diverged_note,
+    runs_by_setting,
+    setting_key,
+)
 from dpsat_core.errors import DpsatError
 from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
@@ -159,16 +168,22 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
     if not datasets:
         return []
     dataset = st.selectbox("Data set", datasets, key=f"{key}-dataset")
-    ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])
-    if len(ordered) == 1:
-        return ordered[0]
-    labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
-    chosen = st.selectbox(
-        "Setting (runs are compared only within one)",
-        range(len(ordered)),
-        format_func=labels.__getitem__,
-        key=f"{key}-setting",
-    )
+    ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])  # diverged runs left out
+    if not ordered:
+        st.caption(plain_text(diverged_note(sum(r.diverged for r in done if r.config.dataset == dataset))))
+        return []
+    chosen = 0
+    if len(ordered) > 1:
+        labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
+        chosen = st.selectbox(
+            "Setting (runs are compared only within one)",
+            range(len(ordered)),
+            format_func=labels.__getitem__,
+            key=f"{key}-setting",
+        )
+    note = diverged_note(diverged_left_out(done, setting_key(ordered[chosen][0])))
+    if note:
+        st.caption(plain_text(note))
     return ordered[chosen]
 
 

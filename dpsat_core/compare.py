@@ -72,7 +72,7 @@ def diverged_note(count: int) -> str:
         return ""
     return (
         f"{counted(count, 'diverged run')} left out: training loss ended over {DIVERGENCE_FACTOR:g}× its start "
-        "(compare --include-diverged to count them)"
+        "(`dpsat compare --include-diverged` counts them)"
     )
 
 

@@ -528,3 +528,17 @@ def test_a_job_started_from_a_page_belongs_to_its_session(tmp_path, monkeypatch)
     at.button(key="train-start").click().run()
     (job,) = get_jobs().jobs()
     assert job.owner == at.session_state["session_owner"]
+
+
+def test_pages_leave_diverged_runs_out_and_say_how_many(tmp_path, monkeypatch):
+    from tests.factories import summary
+
+    store = RunStore(tmp_path / "runs.db")
+    for method, seed, loss in (("dpsgd", 0, 0.4), ("dpsgd", 1, 0.4), ("dpsat", 0, 0.4), ("dpsat", 1, 1e7)):
+        config = TrainConfig(method=method, epsilon=3.0, seed=seed, epochs=1).normalized()
+        done = summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0)
+        store.finish(store.create_run(config), dataclasses.replace(done, train_loss=loss), {})
+    monkeypatch.setenv("DPSAT_STORE", str(store.path))
+    at = open_page("privacy_utility")
+    assert not at.exception
+    assert any(c.value.startswith("1 diverged run left out") for c in at.caption), [c.value for c in at.caption]
