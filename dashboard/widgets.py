@@ -169,7 +169,7 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
         return []
     dataset = st.selectbox("Data set", datasets, key=f"{key}-dataset")
     ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])  # diverged runs left out
-    if not ordered:
+    if not ordered:  # every finished run of this data set diverged
         st.caption(plain_text(diverged_note(sum(r.diverged for r in done if r.config.dataset == dataset))))
         return []
     chosen = 0

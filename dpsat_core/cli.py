@@ -29,7 +29,7 @@ from .data.builtin import BUILTIN
 from .errors import ConfigError, DpsatError
 from .interrupts import StopRequest, stop_on_signals
 from .methods import METHODS, rho_methods
-from .progress import Progress, no_progress
+from .progress import Cancelled, Progress, no_progress
 from .results import RunRecord, counted, strict_json
 from .results import format_number as _fmt
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
@@ -169,7 +169,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
     progress = no_progress if args.json else _stderr_progress
     with stop_on_signals() as stop:
-        outcome = run(config, store, on_progress=progress, should_stop=stop, reuse=not args.no_reuse)
+        try:
+            outcome = run(config, store, on_progress=progress, should_stop=stop, reuse=not args.no_reuse)
+        except Cancelled:  # stopped before it trained (while planning, or waiting for the same settings elsewhere)
+            print(f"\nstopped by {stop.name} before training: nothing was stored; {_RESUME}", file=sys.stderr)
+            return stop.exit_code
     record = outcome.record
     if not args.json:
         print(file=sys.stderr)

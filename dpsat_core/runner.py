@@ -16,7 +16,7 @@ from .config import TrainConfig
 from .data import data_fingerprint, load_config_dataset
 from .devices import resolve_device
 from .planning import plan_run
-from .progress import ProgressFn, StopFn, no_progress
+from .progress import ProgressFn, StopFn, check_stop, no_progress
 from .results import RunRecord
 from .store import INTERRUPTED, ClaimHeld, RunStore
 from .training import train
@@ -66,6 +66,7 @@ def run(
         if plan is None:
             dataset = load_config_dataset(config)
             plan = plan_run(config, dataset)  # raises ConfigError before any row is written
+        check_stop(should_stop)  # stopped while planning or waiting: claim nothing
         try:
             run_id = store.create_run(config, unless_done_since=looked if reuse else None)
             break
