@@ -18,7 +18,7 @@ from dpsat_core.report import build_report, write_report
 from dpsat_core.results import counted
 from dpsat_core.sweeps import check_sweep, default_comparison
 
-from .state import get_jobs, get_store
+from .state import get_jobs, get_store, session_owner
 from .widgets import plain_text
 
 # What the Overview's panels draw, computed right after the one-click comparison so no further click is needed.
@@ -27,7 +27,7 @@ OVERVIEW_ANALYSES = ("slice", "adaptive")
 
 def _submit(kind: str, label: str, fn) -> str:
     """Queue a job, and say so where the user is looking (a toast), not only in the job panel below."""
-    job_id = get_jobs().submit(kind, label, fn)
+    job_id = get_jobs().submit(kind, label, fn, owner=session_owner())
     st.toast(
         f"Started: {plain_text(label)}. Progress is under **Jobs** at the bottom of the page.",
         icon=":material/hourglass_top:",

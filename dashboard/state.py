@@ -4,10 +4,13 @@ Session-state keys used across pages:
 - "dataset": {"source": str, "target": str | None, "size": int | None}, the data set the
   Data page chose (default: the built-in digits).
 - "watched_jobs": ids of jobs this session saw running (to rerun when they finish).
+- "session_owner": this session's id, the owner of the jobs it submits (a reload starts a new session).
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import streamlit as st
@@ -19,6 +22,7 @@ from dpsat_core.store import default_store_path
 from .uploads import Upload, receive_upload
 
 DEFAULT_DATASET = {"source": "digits", "target": None, "size": None}
+OPERATOR_ENV = "DPSAT_OPERATOR"
 
 
 @st.cache_resource
@@ -35,6 +39,21 @@ def get_store() -> RunStore:
 def get_jobs() -> JobManager:
     """One job manager per server: jobs survive reruns, reloads and other tabs."""
     return JobManager(max_workers=2)
+
+
+def session_owner() -> str:
+    """This browser session's id: the jobs it submits are its own to cancel and clear."""
+    return st.session_state.setdefault("session_owner", uuid.uuid4().hex[:12])
+
+
+def is_operator() -> bool:
+    """`$DPSAT_OPERATOR` set (`dpsat dashboard --operator`): every session may cancel and clear every job."""
+    return os.environ.get(OPERATOR_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def may_touch(owner: str) -> bool:
+    """Whether this session may cancel or clear a job of `owner`."""
+    return is_operator() or owner == session_owner()
 
 
 def uploads_dir() -> Path:

@@ -13,13 +13,22 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from dpsat_core import RunRecord, method_info, method_table
-from dpsat_core.compare import CellStats, Comparison, conclusion, describe_setting, runs_by_setting
+from dpsat_core.compare import (
+    CellStats,
+    Comparison,
+    conclusion,
+    describe_setting,
+    diverged_left_out,
+    diverged_note,
+    runs_by_setting,
+    setting_key,
+)
 from dpsat_core.errors import DpsatError
 from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
 from dpsat_core.results import format_number
 
-from .state import get_jobs
+from .state import get_jobs, is_operator, may_touch, session_owner
 
 
 def download(where: DeltaGenerator, label: str, build: Callable[[], bytes], file_name: str, *, key: str) -> None:
@@ -127,8 +136,10 @@ def _job_panel() -> None:
         return
     title, clear = st.columns([6, 1])
     title.markdown("**Jobs**")
-    if any(not j.active for j in jobs) and clear.button("Clear finished", key="jobs-clear"):
-        get_jobs().clear_finished()
+    # every session sees every job; it cancels and clears only its own (an operator: all)
+    acting_for = None if is_operator() else session_owner()
+    if any(not j.active and may_touch(j.owner) for j in jobs) and clear.button("Clear finished", key="jobs-clear"):
+        get_jobs().clear_finished(owner=acting_for)
         jobs = get_jobs().jobs()
     for job in jobs[:6]:
         extra = []
@@ -140,11 +151,12 @@ def _job_panel() -> None:
             extra[0] = f"after epoch {job.metrics['epochs_done']}: {extra[0]}"
         run = f" · {job.metrics['run']}" if job.active and "run" in job.metrics else ""
         status = "" if job.message.startswith(job.status) or job.message == "finished" else f" · {job.status}"
-        text = f"{job.label}{status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
+        whose = "" if job.owner == session_owner() else " · another session's"
+        text = f"{job.label}{whose}{status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
         cols = st.columns([6, 1])
         cols[0].progress(job.fraction, text=plain_text(text))
-        if job.active and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):
-            get_jobs().cancel(job.job_id)
+        if job.active and may_touch(job.owner) and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):
+            get_jobs().cancel(job.job_id, by=acting_for)
         if job.error:
             st.error(plain_text(f"{job.label}: {job.error}"))
     if finished_now:
@@ -158,16 +170,22 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
     if not datasets:
         return []
     dataset = st.selectbox("Data set", datasets, key=f"{key}-dataset")
-    ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])
-    if len(ordered) == 1:
-        return ordered[0]
-    labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
-    chosen = st.selectbox(
-        "Setting (runs are compared only within one)",
-        range(len(ordered)),
-        format_func=labels.__getitem__,
-        key=f"{key}-setting",
-    )
+    ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])  # diverged runs left out
+    if not ordered:  # every finished run of this data set diverged
+        st.caption(plain_text(diverged_note(sum(r.diverged for r in done if r.config.dataset == dataset))))
+        return []
+    chosen = 0
+    if len(ordered) > 1:
+        labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
+        chosen = st.selectbox(
+            "Setting (runs are compared only within one)",
+            range(len(ordered)),
+            format_func=labels.__getitem__,
+            key=f"{key}-setting",
+        )
+    note = diverged_note(diverged_left_out(done, setting_key(ordered[chosen][0])))
+    if note:
+        st.caption(plain_text(note))
     return ordered[chosen]
 
 

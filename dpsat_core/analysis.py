@@ -235,7 +235,8 @@ def iter_run_surface(
         yield surface
 
 
-def analysed_cells(store: RunStore, runs: Sequence[RunRecord]) -> list[CellStats]:
+def analysed_cells(store: RunStore, runs: Sequence[RunRecord], *, include_diverged: bool = False) -> list[CellStats]:
     """`compare.group_runs` of `runs` with every stored sharpness analysis they have (Hessian, adaptive)."""
     ids = [r.run_id for r in runs]
-    return group_runs(runs, cached_analyses(store, ids, "hessian"), cached_analyses(store, ids, "adaptive"))
+    hessian, adaptive = cached_analyses(store, ids, "hessian"), cached_analyses(store, ids, "adaptive")
+    return group_runs(runs, hessian, adaptive, include_diverged=include_diverged)

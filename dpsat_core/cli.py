@@ -13,14 +13,24 @@ import warnings
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
-from .compare import Comparison, comparisons, describe_setting, pick_setting, verdict
+from .compare import (
+    Comparison,
+    comparisons,
+    describe_setting,
+    diverged_left_out,
+    diverged_note,
+    pick_setting,
+    setting_key,
+    verdict,
+)
 from .config import ACCOUNTANTS, CLIPPINGS, DEVICES, HESSIAN_BACKENDS, MODELS, TrainConfig, parse_numbers
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
 from .errors import ConfigError, DpsatError
+from .interrupts import StopRequest, stop_on_signals
 from .methods import METHODS, rho_methods
-from .progress import Progress, no_progress
-from .results import RunRecord, strict_json
+from .progress import Cancelled, Progress, no_progress
+from .results import RunRecord, counted, strict_json
 from .results import format_number as _fmt
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
 
@@ -172,10 +182,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config(args, method=args.method, epsilon=args.epsilon, noise_multiplier=args.sigma, seed=args.seed)
     store = RunStore(args.store)
-    outcome = run(config, store, on_progress=no_progress if args.json else _stderr_progress, reuse=not args.no_reuse)
+    progress = no_progress if args.json else _stderr_progress
+    with stop_on_signals() as stop:
+        try:
+            outcome = run(config, store, on_progress=progress, should_stop=stop, reuse=not args.no_reuse)
+        except Cancelled:  # stopped before it trained (while planning, or waiting for the same settings elsewhere)
+            print(f"\nstopped by {stop.name} before training: nothing was stored; {_RESUME}", file=sys.stderr)
+            return stop.exit_code
     record = outcome.record
     if not args.json:
         print(file=sys.stderr)
+    if stop():
+        print(f"stopped by {stop.name}: run {record.run_id} is stored as {record.status}; {_RESUME}", file=sys.stderr)
     if args.json:
         _print_json(
             {
@@ -190,7 +208,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if outcome.reused:
             print(f"reused finished run {record.run_id} with the same settings (pass --no-reuse to retrain)")
         _print_run(record)
-    return 0 if record.status == "done" else 1
+    return stop.exit_code if stop() else 0 if record.status == "done" else 1
+
+
+_RESUME = "run the same command again to resume (finished runs are reused)"
+
+
+def _stopped(stop: StopRequest, result: Any) -> str:
+    """What a sweep stopped by a signal did and left, and how to resume it."""
+    return (
+        f"stopped by {stop.name}: {counted(len(result.trained), 'run')} trained, {len(result.stopped)} cancelled"
+        f" while training (stored as cancelled), {counted(len(result.skipped), 'cell')} not started; {_RESUME}"
+    )
 
 
 def _cluster(args: argparse.Namespace) -> Any:
@@ -215,7 +244,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_sweep(spec, device_here=cluster is None)
     store = RunStore(args.store)
     progress = no_progress if args.json else _stderr_progress
-    result = sweep(spec, store, workers=args.workers, cluster=cluster, on_progress=progress)
+    with stop_on_signals() as stop:
+        result = sweep(spec, store, workers=args.workers, cluster=cluster, on_progress=progress, should_stop=stop)
     if args.json:
         _print_json(
             {
@@ -224,6 +254,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 "failed": result.failed,
                 "errors": result.errors,
                 "cancelled": result.cancelled,
+                "stopped": result.stopped,
+                "skipped": result.skipped,
             }
         )
     else:
@@ -231,7 +263,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep: {len(result.trained)} trained, {len(result.reused)} reused, {len(result.failed)} failed")
         for error in result.errors:
             print(f"  error: {error}")
-        _print_table([store.get(r) for r in result.run_ids])
+        _print_table([store.get(r) for r in result.run_ids + result.stopped])
+    if stop():
+        print(_stopped(stop, result), file=sys.stderr)
+        return stop.exit_code
     return 0 if not (result.failed or result.errors) else 1
 
 
@@ -375,8 +410,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .probe import step_cost  # heavy: only for this command, so --help and runs start fast
 
     store = RunStore(args.store)
-    runs = pick_setting(store.list_runs(), dataset=args.dataset, setting=args.setting)
-    stats = analysed_cells(store, runs)
+    records = store.list_runs()
+    runs = pick_setting(records, dataset=args.dataset, setting=args.setting, include_diverged=args.include_diverged)
+    stats = analysed_cells(store, runs, include_diverged=args.include_diverged)
+    left_out = diverged_note(0 if args.include_diverged else diverged_left_out(records, setting_key(runs[0])))
     methods = [c.method for c in stats if c.private]
     progress = no_progress if args.json else _stderr_progress
     cost = step_cost(store, runs[0].config, methods, cached_only=args.no_probe, on_progress=progress)
@@ -384,9 +421,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     compared = comparisons(stats, cost=cost)
     if args.json:
+        if left_out:  # stdout stays one JSON document
+            print(f"note: {left_out}", file=sys.stderr)
         _print_json([_comparison_json(c) for c in compared])
         return 0
     print(f"setting {describe_setting(runs[0])} ({len(runs)} runs)")
+    if left_out:
+        print(f"  note: {left_out}")
     for c in compared:
         print(f"  {verdict(c)}")
     if not compared:
@@ -415,6 +456,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .serve import launch
 
     os.environ[STORE_ENV] = str(args.store)  # the dashboard's server reads the same store
+    if args.operator:
+        os.environ["DPSAT_OPERATOR"] = "1"  # every session may cancel and clear every job
     return launch(port=args.port, address=args.address, production=args.production)
 
 
@@ -522,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-probe", action="store_true", help="use a stored step-cost probe only; never measure (about 30 s)"
     )
+    p.add_argument(
+        "--include-diverged",
+        action="store_true",
+        help="count runs whose training loss ended over 10× its start (left out by default)",
+    )
 
     p = command("report", cmd_report, "write the pilot report (report.html and report.pdf) from the store")
     p.add_argument("--out", required=True, help="folder for report.html and report.pdf")
@@ -541,6 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--production",
         action="store_true",
         help="for a server others use: errors show no details or tracebacks (they go to the log), no file watcher",
+    )
+    p.add_argument(
+        "--operator",
+        action="store_true",
+        help="let every session cancel and clear every job (default: only its own; or set DPSAT_OPERATOR=1)",
     )
     return parser
 

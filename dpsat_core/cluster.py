@@ -199,9 +199,11 @@ def sweep_on_ray(
     """Train `todo` as Ray tasks, at most as many at once as the cluster holds; each row is claimed when its
     task is submitted and written when it returns. Cancelling lets running tasks stop at their next check
     (stored as cancelled, with the ε of their releases) and submits no more."""
+    from .claims import wait_for_claim
     from .data import load_config_dataset
     from .planning import plan_run
     from .runner import store_result
+    from .store import ClaimHeld
     from .sweeps import CellOutcome, _cell_progress, _record, cell_label
 
     ray = connect(cluster)
@@ -223,16 +225,25 @@ def sweep_on_ray(
                     dataset = load_config_dataset(cell)
                     plan = plan_run(cell, dataset, device_here=False)
                 except ConfigError as exc:  # as `run` refuses it: no row
-                    _record(result, CellOutcome(run_id="", status="error", error=f"{cell_label(cell)}: {exc}"))
+                    _record(result, CellOutcome(run_id="", status="error", error=f"{cell_label(cell)}: {exc}"), cell)
                     continue
                 if id(dataset) not in shipped:
                     shipped[id(dataset)] = (dataset, ray.put(dataset))
                 data = shipped[id(dataset)][1]
-                run_id = store.create_run(cell)
+                try:
+                    run_id = store.create_run(cell)
+                except ClaimHeld as held:  # trained elsewhere now: wait for it and count it as reused
+                    other = wait_for_claim(store, held.run_id, should_stop=should_stop)
+                    status = "done" if other.status == "done" else "error"
+                    error = "" if status == "done" else f"{cell_label(cell)}: {other.reason}"
+                    _record(result, CellOutcome(run_id=other.run_id, status=status, error=error, reused=True), cell)
+                    continue
                 running[task.remote(cell.to_dict(), data, plan, key, channel, sweep_id)] = (key, cell, run_id)
             if not running:
                 break
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
+            for _, _, run_id in running.values():  # the driver holds the claims of its tasks' rows
+                store.heartbeat(run_id)
             for key, *report in ray.get(channel.drain.remote(sweep_id)):
                 _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
             for ref in done:
@@ -248,7 +259,7 @@ def sweep_on_ray(
                     record = store_result(store, run_id, trained)
                     error = f"{label}: {record.reason}" if record.status == "failed" else ""
                     outcome = CellOutcome(run_id=record.run_id, status=record.status, error=error)
-                _record(result, outcome)
+                _record(result, outcome, cell)
                 if outcome.status != "cancelled":
                     finished += 1
                     on_progress(Progress("sweep", finished, len(todo), f"{label} finished"))

@@ -4,8 +4,9 @@ Runs are comparable when everything but method, ε, σ, ρ and seed is equal: th
 "setting". A cell is one method at one privacy level (target ε, or σ for runs
 trained with σ) and one ρ, over seeds; duplicate runs of one config count once.
 At the same seed a method and its baseline see the same batches and noise draws,
-so the gain is the mean *paired* difference with a Student-t interval. Pages, the
-CLI and reports use these numbers, never re-derive them.
+so the gain is the mean *paired* difference with a Student-t interval. Runs that
+diverged (`divergence.py`) are left out unless asked (`include_diverged`). Pages,
+the CLI and reports use these numbers, never re-derive them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from .config import ADDED_LATER, TrainConfig
+from .divergence import DIVERGENCE_FACTOR
 from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
 from .results import AdaptiveSharpness, CostProbe, HessianSpectrum, MethodCost, RunRecord, counted
@@ -39,22 +41,39 @@ def setting_key(run: RunRecord | TrainConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def latest_per_config(records: Sequence[RunRecord]) -> list[RunRecord]:
-    """Finished runs with duplicates of one config (same hash) reduced to the newest, oldest first."""
+def latest_per_config(records: Sequence[RunRecord], *, include_diverged: bool = False) -> list[RunRecord]:
+    """Finished runs with duplicates of one config (same hash) reduced to the newest, oldest first; diverged
+    runs only when asked."""
     newest: dict[str, RunRecord] = {}
     for r in records:
-        if r.status == "done" and r.summary is not None:
+        if r.status == "done" and r.summary is not None and (include_diverged or not r.diverged):
             if r.config_hash not in newest or r.created > newest[r.config_hash].created:
                 newest[r.config_hash] = r
     return sorted(newest.values(), key=lambda r: r.created)
 
 
-def runs_by_setting(records: Sequence[RunRecord]) -> list[list[RunRecord]]:
-    """Finished runs (one per config) grouped by `setting_key`, the largest group first."""
+def runs_by_setting(records: Sequence[RunRecord], *, include_diverged: bool = False) -> list[list[RunRecord]]:
+    """Finished runs (one per config; diverged ones only when asked) grouped by `setting_key`, the largest
+    group first."""
     groups: dict[str, list[RunRecord]] = defaultdict(list)
-    for r in latest_per_config(records):
+    for r in latest_per_config(records, include_diverged=include_diverged):
         groups[setting_key(r)].append(r)
     return sorted(groups.values(), key=len, reverse=True)
+
+
+def diverged_left_out(records: Sequence[RunRecord], setting: str) -> int:
+    """How many finished configs of `setting` (a setting key) a comparison leaves out as diverged."""
+    return sum(1 for r in latest_per_config(records, include_diverged=True) if r.diverged and setting_key(r) == setting)
+
+
+def diverged_note(count: int) -> str:
+    """'2 diverged runs left out (…)', or '' when none were."""
+    if not count:
+        return ""
+    return (
+        f"{counted(count, 'diverged run')} left out: training loss ended over {DIVERGENCE_FACTOR:g}× its start "
+        "(`dpsat compare --include-diverged` counts them)"
+    )
 
 
 def describe_setting(record: RunRecord) -> str:
@@ -147,12 +166,15 @@ def group_runs(
     records: Sequence[RunRecord],
     spectra: Optional[Mapping[str, HessianSpectrum]] = None,
     adaptive: Optional[Mapping[str, AdaptiveSharpness]] = None,
+    *,
+    include_diverged: bool = False,
 ) -> list[CellStats]:
-    """Finished runs (duplicates of a config counted once) grouped into cells, in method order, then
-    target ε, then σ, then ρ; Hessian spectra and adaptive sharpness by run id when known."""
+    """Finished runs (duplicates of a config counted once, diverged ones only when asked) grouped into cells,
+    in method order, then target ε, then σ, then ρ; Hessian spectra and adaptive sharpness by run id when
+    known."""
     spectra, adaptive = spectra or {}, adaptive or {}
     cells: dict[tuple, dict[int, RunRecord]] = defaultdict(dict)
-    for r in latest_per_config(records):
+    for r in latest_per_config(records, include_diverged=include_diverged):
         if r.test_accuracy is not None:
             cells[_cell_key(r)][r.config.seed] = r
     order = list(METHODS)
@@ -442,11 +464,17 @@ def verdict(c: Comparison) -> str:
 
 
 def pick_setting(
-    records: Sequence[RunRecord], *, dataset: Optional[str] = None, setting: Optional[str] = None
+    records: Sequence[RunRecord],
+    *,
+    dataset: Optional[str] = None,
+    setting: Optional[str] = None,
+    include_diverged: bool = False,
 ) -> list[RunRecord]:
     """The finished runs of one setting: `setting` (a key or its prefix), else the one with the most runs
-    (of `dataset`, if given); a `StoreError` says what is missing."""
-    groups = runs_by_setting([r for r in records if dataset is None or r.config.dataset == dataset])
+    (of `dataset`, if given); diverged runs only when asked. A `StoreError` says what is missing."""
+    groups = runs_by_setting(
+        [r for r in records if dataset is None or r.config.dataset == dataset], include_diverged=include_diverged
+    )
     if setting is not None:
         groups = [g for g in groups if setting_key(g[0]).startswith(setting)]
     if not groups:

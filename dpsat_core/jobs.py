@@ -1,7 +1,10 @@
 """Background jobs: a thread pool that runs training, sweeps and analyses and keeps their progress.
 
 No UI code here: a job is a function `(on_progress, should_stop) -> result`; the
-dashboard polls `JobManager.jobs()` and draws what it finds.
+dashboard polls `JobManager.jobs()` and draws what it finds. A job belongs to the
+session that submitted it (`owner`): every session sees every job, but only its
+owner cancels or clears it (`owner=None` in `cancel`/`clear_finished` acts for an
+operator, on all jobs).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class JobView:
     job_id: str
     kind: str
     label: str
+    owner: str
     status: str
     fraction: float
     message: str
@@ -41,11 +45,16 @@ class JobView:
         return self.status not in FINISHED
 
 
+class NotYourJob(DpsatError):
+    """A session tried to cancel a job another session submitted."""
+
+
 @dataclass
 class _Job:
     job_id: str
     kind: str
     label: str
+    owner: str = ""
     status: str = "queued"
     fraction: float = 0.0
     message: str = "waiting for a worker"
@@ -61,6 +70,7 @@ class _Job:
             job_id=self.job_id,
             kind=self.kind,
             label=self.label,
+            owner=self.owner,
             status=self.status,
             fraction=self.fraction,
             message=self.message,
@@ -79,8 +89,9 @@ class JobManager:
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
 
-    def submit(self, kind: str, label: str, fn: JobFn) -> str:
-        job = _Job(uuid.uuid4().hex[:10], kind, label)
+    def submit(self, kind: str, label: str, fn: JobFn, *, owner: str = "") -> str:
+        """Queue `fn` as a job of `owner` (a session id; '' for scripts) and return its id."""
+        job = _Job(uuid.uuid4().hex[:10], kind, label, owner)
         with self._lock:
             self._jobs[job.job_id] = job
         self._executor.submit(self._run, job, fn)
@@ -115,11 +126,17 @@ class JobManager:
         finally:
             job.finished = time.time()
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, *, by: Optional[str] = None) -> None:
+        """Ask a job to stop; `by` (a session id) must own it (`NotYourJob` otherwise); None: any job."""
         with self._lock:
             job = self._jobs.get(job_id)
-        if job is not None:
-            job.stop.set()
+        if job is None:
+            return
+        if by is not None and job.owner != by:
+            raise NotYourJob(
+                f"job {job.label!r} belongs to another session: only that session (or an operator) may cancel it"
+            )
+        job.stop.set()
 
     def jobs(self) -> list[JobView]:
         """All jobs, newest first (by submission order: clock stamps can tie)."""
@@ -134,9 +151,14 @@ class JobManager:
         with self._lock:
             return self._jobs[job_id].result
 
-    def clear_finished(self) -> None:
+    def clear_finished(self, *, owner: Optional[str] = None) -> None:
+        """Forget the finished jobs of `owner` (a session id); None: everyone's."""
         with self._lock:
-            self._jobs = {k: j for k, j in self._jobs.items() if j.status not in FINISHED}
+            self._jobs = {
+                k: j
+                for k, j in self._jobs.items()
+                if j.status not in FINISHED or (owner is not None and j.owner != owner)
+            }
 
     def wait(self, job_id: str, timeout: float = 600.0) -> JobView:
         """Block until the job ends (for scripts and tests)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
 from .config import TrainConfig
+from .divergence import diverged
 
 R = TypeVar("R", bound="JsonRecord")
 
@@ -130,6 +131,14 @@ class RunSummary(JsonRecord):
     data_fingerprint: Optional[str] = None  # digest of a file data set's bytes (None for built-ins, old runs)
     validation_accuracy: Optional[float] = None  # for choosing ρ, lr or C; None without a validation split
     n_validation: int = 0
+    initial_train_loss: Optional[float] = None  # before the first step (None in runs stored before it was kept)
+
+    @property
+    def diverged(self) -> bool:
+        """Finished far above its start loss (`divergence.diverged`): kept out of comparisons unless asked."""
+        return self.status == "done" and diverged(
+            initial_loss=self.initial_train_loss, final_loss=self.train_loss, n_classes=self.model.n_classes
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSummary":
@@ -175,6 +184,10 @@ class RunRecord:
     @property
     def test_accuracy(self) -> Optional[float]:
         return None if self.summary is None else self.summary.test_accuracy
+
+    @property
+    def diverged(self) -> bool:
+        return self.summary is not None and self.summary.diverged
 
     @property
     def validation_accuracy(self) -> Optional[float]:

@@ -1,17 +1,24 @@
-"""Train a config into the store, or reuse the finished run with the same config hash."""
+"""Train a config into the store, or reuse the finished run with the same config hash.
+
+Training starts only with a claim on the config hash (`RunStore.create_run`): a
+second trainer of the same config, in this process or another, waits for the
+first and reuses its result, or trains it itself if the first was interrupted.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Optional
 
+from .claims import keep_alive, wait_for_claim
 from .config import TrainConfig
 from .data import data_fingerprint, load_config_dataset
 from .devices import resolve_device
 from .planning import plan_run
-from .progress import ProgressFn, StopFn, no_progress
+from .progress import ProgressFn, StopFn, check_stop, no_progress
 from .results import RunRecord
-from .store import RunStore
+from .store import INTERRUPTED, ClaimHeld, RunStore
 from .training import TrainResult, train
 
 
@@ -43,25 +50,42 @@ def run(
     should_stop: Optional[StopFn] = None,
     reuse: bool = True,
 ) -> RunOutcome:
-    """Plan against the data first (bad input leaves no row), then train, streaming epochs to the store."""
+    """Plan against the data first (bad input leaves no row), claim the config, then train, streaming epochs to
+    the store and renewing the claim's lease. A claim held elsewhere is waited for (`Cancelled` if stopped
+    meanwhile): its finished run is reused, its failure returned (these very settings failed), and a claim that
+    was interrupted or cancelled is trained here."""
     config = config.normalized()
     resolve_device(config.device)  # CUDA asked for but absent is an error even when a finished run exists
-    if reuse:
-        existing = reusable_run(store, config)
-        if existing is not None:
-            return RunOutcome(existing, reused=True)
-    dataset = load_config_dataset(config)
-    plan = plan_run(config, dataset)  # raises ConfigError before any row is written
-    run_id = store.create_run(config)
+    dataset, plan = None, None
+    while True:
+        looked = time.time()
+        if reuse:
+            existing = reusable_run(store, config)
+            if existing is not None:
+                return RunOutcome(existing, reused=True)
+        if plan is None:
+            dataset = load_config_dataset(config)
+            plan = plan_run(config, dataset)  # raises ConfigError before any row is written
+        check_stop(should_stop)  # stopped while planning or waiting: claim nothing
+        try:
+            run_id = store.create_run(config, unless_done_since=looked if reuse else None)
+            break
+        except ClaimHeld as held:
+            if held.status != "running":
+                continue  # finished since we looked: reuse it (if its data still match)
+            other = wait_for_claim(store, held.run_id, on_progress=on_progress, should_stop=should_stop)
+            if reuse and other.status == "failed" and not other.reason.startswith(INTERRUPTED):
+                return RunOutcome(other, reused=True)
     try:
-        result = train(
-            config,
-            on_progress=on_progress,
-            should_stop=should_stop,
-            dataset=dataset,
-            plan=plan,
-            on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
-        )
+        with keep_alive(store, run_id):
+            result = train(
+                config,
+                on_progress=on_progress,
+                should_stop=should_stop,
+                dataset=dataset,
+                plan=plan,
+                on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
+            )
     except BaseException as exc:
         store.fail(run_id, f"{type(exc).__name__}: {exc}")
         raise

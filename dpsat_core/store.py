@@ -3,12 +3,17 @@ step-cost probes.
 
 Each operation opens its own short connection, so threads (the dashboard's job
 manager) and processes (sweep workers) can share one file safely.
+
+A `running` row is a claim on its config hash: at most one per hash (a partial
+unique index), kept alive by its trainer's heartbeat. A claim whose heartbeat is
+older than the lease is interrupted (marked failed) whenever runs are read.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -28,13 +33,16 @@ if TYPE_CHECKING:
 STORE_ENV = "DPSAT_STORE"
 APP_NAME = "dpsat-lab"
 STATUSES = ("running", "done", "failed", "cancelled")
+LEASE_ENV = "DPSAT_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 60.0
+INTERRUPTED = "interrupted"  # how the reason of a run whose trainer vanished begins
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, config_hash TEXT NOT NULL, config TEXT NOT NULL,
     method TEXT NOT NULL, dataset TEXT NOT NULL, target_epsilon REAL, seed INTEGER NOT NULL,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', summary TEXT NOT NULL DEFAULT '{}',
-    weights BLOB, host TEXT, pid INTEGER, created REAL NOT NULL, updated REAL NOT NULL
+    weights BLOB, host TEXT, pid INTEGER, created REAL NOT NULL, updated REAL NOT NULL, heartbeat REAL
 );
 CREATE INDEX IF NOT EXISTS runs_hash ON runs (config_hash, status);
 CREATE TABLE IF NOT EXISTS epochs (
@@ -63,25 +71,71 @@ def default_store_path() -> str:
     return str(user_data_path(APP_NAME, appauthor=False) / "runs.db")
 
 
-def _pid_alive(pid: int) -> bool:
+# One `running` row per config hash: the claim a trainer takes before training. Done rows are not in it: stores
+# written before it may hold several, and `--no-reuse` keeps an older result beside the new one on purpose.
+_CLAIM_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS runs_claim ON runs (config_hash) WHERE status='running'"
+
+
+def default_lease_seconds() -> float:
+    """`$DPSAT_LEASE_SECONDS`, else 60: how long a running run may go without a heartbeat before it counts as
+    interrupted."""
+    text = os.environ.get(LEASE_ENV)
+    if not text:
+        return DEFAULT_LEASE_SECONDS
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise StoreError(f"{LEASE_ENV} must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+class ClaimHeld(StoreError):
+    """Another run holds the claim on this config hash (`status` 'running'), or finished it since the caller
+    last looked ('done')."""
+
+    def __init__(self, run_id: str, status: str):
+        super().__init__(f"run {run_id} of the same settings is {status}")
+        self.run_id, self.status = run_id, status
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store written by an older version up to date: the heartbeat column, and the claim index once
+    duplicate running rows (possible before it) are resolved: the newest stays, the others are interrupted."""
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+    if "heartbeat" not in columns:
+        db.execute("ALTER TABLE runs ADD COLUMN heartbeat REAL")
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name='runs_claim'").fetchone() is not None:
+        return
+    db.execute(
+        "UPDATE runs SET status='failed', reason=?, updated=? WHERE status='running' AND EXISTS (SELECT 1 FROM runs"
+        " AS newer WHERE newer.config_hash=runs.config_hash AND newer.status='running' AND (newer.created,"
+        " newer.run_id) > (runs.created, runs.run_id))",
+        (f"{INTERRUPTED}: a newer run of the same settings held the claim when the store was upgraded", time.time()),
+    )
+    db.execute(_CLAIM_INDEX)
 
 
 class RunStore:
     """A run store in one SQLite file; created (with its folder) on first use."""
 
-    def __init__(self, path: Optional[str | os.PathLike] = None):
+    def __init__(self, path: Optional[str | os.PathLike] = None, *, lease_seconds: Optional[float] = None):
         self.path = Path(default_store_path() if path is None else path).expanduser()
+        self.lease_seconds = default_lease_seconds() if lease_seconds is None else lease_seconds
+        if not (math.isfinite(self.lease_seconds) and self.lease_seconds > 0):
+            raise StoreError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            _migrate(db)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often a trainer renews its lease: a quarter of the lease (at most 5 s), so a few missed beats
+        (a busy machine) never end a live run."""
+        return min(5.0, self.lease_seconds / 4)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -101,30 +155,60 @@ class RunStore:
             db.close()
 
     # --- writing a run -------------------------------------------------------------------------
-    def create_run(self, config: TrainConfig) -> str:
-        """Record a new run as `running` and return its id."""
+    def create_run(self, config: TrainConfig, *, unless_done_since: Optional[float] = None) -> str:
+        """Claim `config`'s hash with a new `running` run and return its id, atomically: `ClaimHeld` when another
+        live run holds the claim, or (given `unless_done_since`, a time.time()) when a run of this config
+        finished since then, so the caller can reuse it instead of training it again."""
         self.reap_interrupted()
         run_id = uuid.uuid4().hex[:12]
-        now = time.time()
+        config_hash = config.config_hash()
+        while True:
+            now = time.time()
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")  # the done check and the insert see one state of the store
+                if unless_done_since is not None:
+                    row = db.execute(
+                        "SELECT run_id FROM runs WHERE config_hash=? AND status='done' AND updated>=?"
+                        " ORDER BY updated DESC LIMIT 1",
+                        (config_hash, unless_done_since),
+                    ).fetchone()
+                    if row is not None:
+                        raise ClaimHeld(row["run_id"], "done")
+                try:
+                    db.execute(
+                        "INSERT INTO runs (run_id, config_hash, config, method, dataset, target_epsilon, seed, status,"
+                        " host, pid, created, updated, heartbeat) VALUES (?,?,?,?,?,?,?,'running',?,?,?,?,?)",
+                        (
+                            run_id,
+                            config_hash,
+                            json.dumps(config.to_dict()),
+                            config.method,
+                            config.dataset,
+                            config.epsilon,
+                            config.seed,
+                            socket.gethostname(),
+                            os.getpid(),
+                            now,
+                            now,
+                            now,
+                        ),
+                    )
+                    return run_id
+                except sqlite3.IntegrityError:
+                    owner = db.execute(
+                        "SELECT run_id FROM runs WHERE config_hash=? AND status='running'", (config_hash,)
+                    ).fetchone()
+                    if owner is not None:
+                        raise ClaimHeld(owner["run_id"], "running") from None
+            # (the claim ended between the insert and the look-up: try again)
+
+    def heartbeat(self, run_id: str) -> bool:
+        """Renew a running run's lease; False once it is no longer running (finished, or judged interrupted)."""
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO runs (run_id, config_hash, config, method, dataset, target_epsilon, seed, status,"
-                " host, pid, created, updated) VALUES (?,?,?,?,?,?,?,'running',?,?,?,?)",
-                (
-                    run_id,
-                    config.config_hash(),
-                    json.dumps(config.to_dict()),
-                    config.method,
-                    config.dataset,
-                    config.epsilon,
-                    config.seed,
-                    socket.gethostname(),
-                    os.getpid(),
-                    now,
-                    now,
-                ),
-            )
-        return run_id
+            changed = db.execute(
+                "UPDATE runs SET heartbeat=? WHERE run_id=? AND status='running'", (time.time(), run_id)
+            ).rowcount
+        return changed > 0
 
     def add_epoch(self, run_id: str, metrics: EpochMetrics) -> None:
         with self._connect() as db:
@@ -132,7 +216,12 @@ class RunStore:
                 "INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?,?,?)",
                 (run_id, metrics.epoch, json.dumps(metrics.to_dict())),
             )
-            db.execute("UPDATE runs SET updated=? WHERE run_id=?", (time.time(), run_id))
+            now = time.time()
+            db.execute(
+                "UPDATE runs SET updated=?, heartbeat=CASE WHEN status='running' THEN ? ELSE heartbeat END"
+                " WHERE run_id=?",
+                (now, now, run_id),
+            )
 
     def finish(self, run_id: str, summary: RunSummary, weights: dict[str, torch.Tensor]) -> None:
         """Store the outcome: status, reason, summary and weights (kept for failed runs too, for diagnosis)."""
@@ -160,23 +249,27 @@ class RunStore:
             )
 
     def reap_interrupted(self) -> int:
-        """Mark `running` runs whose process on this host has ended as failed; return how many."""
-        host = socket.gethostname()
+        """Mark `running` runs whose lease expired (no heartbeat for `lease_seconds`: their trainer was killed,
+        or its machine or container is gone) as failed, interrupted; return how many. Runs stored before leases
+        existed count from their last update."""
+        now = time.time()
+        stale = "status='running' AND COALESCE(heartbeat, updated) < ?"
         with self._connect() as db:
-            rows = db.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=?", (host,)).fetchall()
-            dead = [r["run_id"] for r in rows if r["pid"] is not None and not _pid_alive(r["pid"])]
-            for run_id in dead:
-                db.execute(
-                    "UPDATE runs SET status='failed', reason='interrupted: its process ended', updated=?"
-                    " WHERE run_id=?",
-                    (time.time(), run_id),
-                )
-        return len(dead)
+            # a read first, so the usual case (nothing expired) takes no write lock
+            if db.execute(f"SELECT 1 FROM runs WHERE {stale} LIMIT 1", (now - self.lease_seconds,)).fetchone() is None:
+                return 0
+            reason = (
+                f"{INTERRUPTED}: its trainer stopped renewing its lease (no heartbeat for {self.lease_seconds:g} s)"
+            )
+            return db.execute(
+                f"UPDATE runs SET status='failed', reason=?, updated=? WHERE {stale}",
+                (reason, now, now - self.lease_seconds),
+            ).rowcount
 
     def delete(self, run_id: str) -> None:
         """Delete a finished (or failed, or cancelled) run; a run still training is refused, since deleting
         its row under it would kill its trainer: cancel it first."""
-        self.reap_interrupted()  # a run whose process died is no longer running
+        self.reap_interrupted()  # a run whose lease expired is no longer running
         with self._connect() as db:
             row = db.execute("SELECT status FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if row is None:
@@ -214,6 +307,7 @@ class RunStore:
         return [EpochMetrics.from_dict(json.loads(r["metrics"])) for r in rows]
 
     def get(self, run_id: str) -> RunRecord:
+        self.reap_interrupted()
         with self._connect() as db:
             row = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if row is None:
@@ -230,6 +324,7 @@ class RunStore:
     ) -> list[RunRecord]:
         """Runs, oldest first, optionally filtered; `with_epochs` loads every run's per-epoch metrics (runs without
         a summary always get theirs)."""
+        self.reap_interrupted()
         clauses, args = [], []
         for column, value in (("status", status), ("dataset", dataset), ("method", method)):
             if value is not None:

@@ -1,7 +1,9 @@
 """Sweeps: methods × ε values × seeds on a local process pool (or a Ray cluster), each run stored as it finishes.
 
 Running the same sweep again trains only the cells not yet done (reuse is by
-config hash). Non-private methods ignore ε, so they get one cell per seed.
+config hash), so a stopped sweep resumes by being run again. Non-private methods
+ignore ε, so they get one cell per seed. Pool workers die with the sweep
+process (`workers.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import os
 import queue
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .config import TrainConfig
 from .data import load_config_dataset
 from .errors import ConfigError
 from .methods import METHODS, method_info
 from .planning import plan_run
-from .progress import Progress, ProgressFn, StopFn, no_progress
+from .progress import Cancelled, Progress, ProgressFn, StopFn, no_progress
 from .runner import reusable_run, run
 from .store import RunStore
 
@@ -89,13 +91,16 @@ def check_sweep(spec: SweepSpec, *, device_here: bool = True) -> None:
 
 @dataclass
 class SweepResult:
-    """Run ids of the grid, split by what happened to each cell."""
+    """Run ids of the grid, split by what happened to each cell; a stopped sweep lists the runs it cancelled
+    midway (stored as cancelled) and the cells it never started."""
 
     reused: list[str] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     cancelled: bool = False
+    stopped: list[str] = field(default_factory=list)  # run ids cancelled while training
+    skipped: list[str] = field(default_factory=list)  # labels of cells never started
 
     @property
     def run_ids(self) -> list[str]:
@@ -124,8 +129,9 @@ class CellOutcome:
     """What happened to one cell: its run id ('' when no run was written), status and error reason."""
 
     run_id: str
-    status: str  # a run status, or "error" when the cell raised before or while training
+    status: str  # a run status; "error" when the cell raised before or while training; "skipped": never started
     error: str
+    reused: bool = False  # finished by another trainer of the same settings while this one waited
 
 
 def run_cell(
@@ -134,18 +140,37 @@ def run_cell(
     """Train one cell (in this process or a worker): the same outcome, reasons and messages either way."""
     label = cell_label(cell)
     try:
-        record = run(cell, store, on_progress=on_progress, should_stop=should_stop).record
+        outcome = run(cell, store, on_progress=on_progress, should_stop=should_stop)
+    except Cancelled:  # stopped while it waited for another trainer of the same settings
+        return CellOutcome(run_id="", status="skipped", error="")
     except Exception as exc:  # reported, and the other cells keep going
         return CellOutcome(run_id="", status="error", error=f"{label}: {exc}")
+    record = outcome.record
     error = f"{label}: {record.reason}" if record.status == "failed" else ""
-    return CellOutcome(run_id=record.run_id, status=record.status, error=error)
+    return CellOutcome(run_id=record.run_id, status=record.status, error=error, reused=outcome.reused)
 
 
-def _cell_worker(config: dict, key: int, store_path: str, threads: int, reports, stop) -> CellOutcome:
-    """Train one cell in a worker process; progress goes to the parent through `reports`, tagged with `key`."""
+_worker: dict[str, Any] = {}  # a pool worker's channel to its parent: progress queue and stop event
+
+
+def _init_worker(parent_pid: int, threads: int, reports: Any, stop: Any) -> None:
+    """First thing in each pool worker: die with the parent, share the cores, keep the parent's channel."""
+    from .workers import die_with_parent
+
+    die_with_parent(parent_pid)
     import torch
 
     torch.set_num_threads(threads)
+    _worker.update(reports=reports, stop=stop)
+
+
+def _cell_worker(config: dict, key: int, store_path: str) -> CellOutcome:
+    """Train one cell in a worker process; progress goes to the parent through the queue, tagged with `key`."""
+    from .workers import stopping, training
+
+    reports, stop = _worker["reports"], _worker["stop"]
+    if stop.is_set() or stopping():  # queued before the sweep was stopped: never started
+        return CellOutcome(run_id="", status="skipped", error="")
     cell = TrainConfig.from_dict(config)
 
     def forward(p: Progress) -> None:
@@ -154,7 +179,10 @@ def _cell_worker(config: dict, key: int, store_path: str, threads: int, reports,
         except Exception:  # a full or closed queue must never stop training
             pass
 
-    return run_cell(cell, RunStore(store_path), on_progress=forward, should_stop=stop.is_set)
+    with training():
+        return run_cell(
+            cell, RunStore(store_path), on_progress=forward, should_stop=lambda: stopping() or stop.is_set()
+        )
 
 
 def sweep(
@@ -186,11 +214,15 @@ def sweep(
     return result
 
 
-def _record(result: SweepResult, outcome: CellOutcome) -> None:
+def _record(result: SweepResult, outcome: CellOutcome, cell: TrainConfig) -> None:
     if outcome.status == "done":
-        result.trained.append(outcome.run_id)
+        (result.reused if outcome.reused else result.trained).append(outcome.run_id)
+    elif outcome.status == "skipped":
+        result.cancelled = True
+        result.skipped.append(cell_label(cell))
     elif outcome.status == "cancelled":
         result.cancelled = True
+        result.stopped.append(outcome.run_id)
     else:
         if outcome.run_id:
             result.failed.append(outcome.run_id)
@@ -217,12 +249,14 @@ def _sweep_inline(
     for i, cell in enumerate(todo):
         if should_stop is not None and should_stop():
             result.cancelled = True
+            result.skipped.extend(cell_label(c) for c in todo[i:])
             return
         label = cell_label(cell)
         progress = _cell_progress(on_progress, i, len(todo), label)
         outcome = run_cell(cell, store, on_progress=progress, should_stop=should_stop)
-        _record(result, outcome)
-        if outcome.status == "cancelled":  # the bar stays where the sweep stopped
+        _record(result, outcome, cell)
+        if outcome.status in ("cancelled", "skipped"):  # the bar stays where the sweep stopped
+            result.skipped.extend(cell_label(c) for c in todo[i + 1 :])
             return
         on_progress(Progress("sweep", i + 1, len(todo), f"{label} finished"))
 
@@ -237,35 +271,40 @@ def _sweep_pool(
 ) -> None:
     context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with context.Manager() as manager:
-        reports, stop = manager.Queue(), manager.Event()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            pending: dict[Future, TrainConfig] = {
-                pool.submit(_cell_worker, cell.to_dict(), key, str(store.path), threads, reports, stop): cell
-                for key, cell in enumerate(todo)
-            }
-            finished = 0
-            while pending:
-                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                if should_stop is not None and should_stop() and not stop.is_set():
-                    stop.set()
-                    for future in pending:
-                        future.cancel()
-                while True:
-                    try:
-                        key, *report = reports.get_nowait()
-                    except queue.Empty:
-                        break
-                    _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
-                for future in done:
-                    cell = pending.pop(future)
-                    if future.cancelled():
-                        result.cancelled = True
-                        continue
+    # a plain queue and event handed to each worker at start (no manager process, which would outlive a killed sweep)
+    reports, stop = context.Queue(), context.Event()
+    initargs = (os.getpid(), threads, reports, stop)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
+        pending: dict[Future, TrainConfig] = {
+            pool.submit(_cell_worker, cell.to_dict(), key, str(store.path)): cell for key, cell in enumerate(todo)
+        }
+        finished = 0
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            if should_stop is not None and should_stop() and not stop.is_set():
+                stop.set()
+                for future in pending:
+                    future.cancel()
+            while True:
+                try:
+                    key, *report = reports.get_nowait()
+                except queue.Empty:
+                    break
+                _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
+            for future in done:
+                cell = pending.pop(future)
+                if future.cancelled():
+                    _record(result, CellOutcome(run_id="", status="skipped", error=""), cell)
+                    continue
+                try:
                     outcome = future.result()
-                    _record(result, outcome)
-                    if outcome.status != "cancelled":
-                        finished += 1
-                        on_progress(Progress("sweep", finished, len(todo), f"{cell_label(cell)} finished"))
+                except Exception as exc:  # its worker process ended (killed, out of memory): the others go on
+                    outcome = CellOutcome(
+                        run_id="", status="error", error=f"{cell_label(cell)}: its worker process ended ({exc})"
+                    )
+                _record(result, outcome, cell)
+                if outcome.status not in ("cancelled", "skipped"):
+                    finished += 1
+                    on_progress(Progress("sweep", finished, len(todo), f"{cell_label(cell)} finished"))
     if should_stop is not None and should_stop():
         result.cancelled = True

@@ -25,6 +25,7 @@ from .accounting import PrivacySpent, epsilon_spent
 from .clipping import FastDPOptimizer
 from .config import TrainConfig
 from .data import Dataset, load_config_dataset
+from .divergence import divergence_reason
 from .gradients import Batch
 from .methods import method_info
 from .models import build_model, count_parameters
@@ -61,6 +62,7 @@ class TrainResult:
     n_train: int
     n_validation: int
     data_fingerprint: Optional[str]
+    initial_train_loss: Optional[float] = None  # before the first step: what divergence is judged against
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     @property
@@ -99,6 +101,7 @@ class TrainResult:
             device=self.device,
             n_train=self.n_train,
             data_fingerprint=self.data_fingerprint,
+            initial_train_loss=None if self.initial_train_loss is None else json_float(self.initial_train_loss),
         )
 
 
@@ -129,6 +132,7 @@ class Trainer:
     y_train: torch.Tensor
     releases: int = 0
     steps: int = 0  # steps finished
+    initial_train_loss: Optional[float] = None  # on the training-loss subset, before the first step
 
     def draw(self) -> Batch:
         idx = self.sampler.indices().to(self.device)
@@ -284,6 +288,7 @@ def _train(
     epochs: list[EpochMetrics] = []
     privacy: Optional[PrivacySpent] = None
     status, reason, step, seconds = "done", "", 0, 0.0
+    trainer.initial_train_loss = evaluate(trainer.model, trainer.x_train[subset], trainer.y_train[subset])[0]
     trainer.model.train()
     for epoch in range(1, config.epochs + 1):
         for _ in range(steps_per_epoch):
@@ -348,6 +353,13 @@ def _train(
             f"method {config.method!r} made {trainer.releases} noisy releases in {step} steps but its registry "
             f"entry declares {per_step} per step, so σ was calibrated for the wrong count: fix releases_per_step"
         )
+    if status == "done" and epochs:  # finished, but maybe far above where it started
+        reason = divergence_reason(
+            initial_loss=trainer.initial_train_loss,
+            final_loss=epochs[-1].train_loss,
+            n_classes=trainer.spec.n_classes,
+            lr=config.lr,
+        )
     # the last epoch's ε is the result's unless releases happened since (cancel, divergence)
     if privacy is None or privacy.releases != trainer.releases:
         privacy = _privacy_now(trainer)
@@ -382,5 +394,6 @@ def _result(
         n_train=trainer.dataset.n_train,
         n_validation=trainer.dataset.n_val,
         data_fingerprint=trainer.dataset.fingerprint,
+        initial_train_loss=trainer.initial_train_loss,
         state_dict=_weights(trainer.model),
     )

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from dpsat_core import RunStore, TrainConfig
 from dpsat_core.cli import build_parser, main
 
 TRAIN_KEYS = {
@@ -249,3 +250,22 @@ def test_progress_in_a_pipe_is_one_line_per_stage_not_an_overwritten_line(capsys
     progress(Progress(stage="hessian", done=0, total=1, message="λ"))
     err = capsys.readouterr().err
     assert "\r" not in err and err.splitlines() == ["[train] 0/3 epoch 0", "[train] 3/3 epoch 3", "[hessian] 0/1 λ"]
+
+
+def test_compare_leaves_diverged_runs_out_unless_asked_and_says_how_many(tmp_path, capsys):
+    import dataclasses
+
+    from tests.factories import summary
+
+    store = RunStore(tmp_path / "runs.db")
+    for method, seed, loss in (("dpsgd", 0, 0.4), ("dpsgd", 1, 0.4), ("dpsat", 0, 0.4), ("dpsat", 1, 1e7)):
+        config = TrainConfig(method=method, epsilon=3.0, seed=seed, epochs=1).normalized()
+        done = summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0)
+        store.finish(store.create_run(config), dataclasses.replace(done, train_loss=loss), {})
+    args = ["compare", "--json", "--no-probe", "--store", str(store.path)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert [r["n_pairs"] for r in json.loads(out)] == [1] and "1 diverged run left out" in err
+    assert main([*args, "--include-diverged"]) == 0
+    out, err = capsys.readouterr()
+    assert [r["n_pairs"] for r in json.loads(out)] == [2] and "diverged" not in err

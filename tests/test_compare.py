@@ -1,6 +1,7 @@
 """Cells and paired comparisons: checked against scipy on hand-made records."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from dpsat_core.compare import (
     comparisons,
     comparisons_at,
     describe_setting,
+    diverged_left_out,
+    diverged_note,
     group_runs,
     headline_comparisons,
     paired_difference,
@@ -159,3 +162,22 @@ def test_settings_separate_incomparable_runs_and_the_default_epsilon_is_the_best
     ]
     assert best_epsilon(group_runs(runs)) == 3.0
     assert best_epsilon(group_runs([record("sgd", None, 0, 0.9)])) is None
+
+
+def _diverged(r):
+    """`r` as if its training loss had ended 100× above ln(classes)."""
+    return dataclasses.replace(r, summary=dataclasses.replace(r.summary, train_loss=100 * math.log(10)))
+
+
+def test_diverged_runs_are_left_out_of_comparisons_unless_asked():
+    runs = [record(m, 3.0, s, acc) for m, s, acc in (("dpsgd", 0, 0.80), ("dpsgd", 1, 0.82), ("dpsat", 0, 0.83))]
+    runs.append(_diverged(record("dpsat", 3.0, 1, 0.15)))
+    assert [r.diverged for r in runs] == [False, False, False, True]
+    kept = {c.method: c.seeds for c in group_runs(runs)}
+    assert kept == {"dpsgd": 2, "dpsat": 1}
+    assert {c.method: c.seeds for c in group_runs(runs, include_diverged=True)} == {"dpsgd": 2, "dpsat": 2}
+    assert diverged_left_out(runs, setting_key(runs[0])) == 1
+    assert diverged_note(1).startswith("1 diverged run left out") and diverged_note(0) == ""
+    # judged against the stored start loss when there is one: 4.6 is over 10× a start of 0.3, not of ln(10)
+    start = dataclasses.replace(runs[0].summary, train_loss=4.6)
+    assert not start.diverged and dataclasses.replace(start, initial_train_loss=0.3).diverged

@@ -421,8 +421,6 @@ def test_a_saved_upload_is_kept_while_a_run_uses_it(tmp_path, monkeypatch):
 
 def test_the_runs_page_shows_infinite_and_partial_epsilons(tmp_path, monkeypatch):
     import sqlite3
-    import subprocess
-    import sys
 
     from dpsat_core import EpochMetrics, run
 
@@ -435,9 +433,8 @@ def test_the_runs_page_shows_infinite_and_partial_epsilons(tmp_path, monkeypatch
     killed = store.create_run(dataclasses.replace(base, seed=7))
     metrics = dict(train_loss=0.5, test_loss=0.5, test_accuracy=0.9, seconds=1.0, steps=6, releases=6)
     store.add_epoch(killed, EpochMetrics(epoch=1, epsilon_spent=1.25, **metrics))
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
-    with sqlite3.connect(db) as connection:
-        connection.execute("UPDATE runs SET pid=? WHERE run_id=?", (dead, killed))
+    with sqlite3.connect(db) as connection:  # its trainer was killed long ago: its lease expired
+        connection.execute("UPDATE runs SET heartbeat=0 WHERE run_id=?", (killed,))
     store.reap_interrupted()
     monkeypatch.setenv("DPSAT_STORE", str(db))
     at = open_page("runs")
@@ -486,3 +483,62 @@ def test_the_runs_table_makes_formula_cells_inert_for_its_csv_download(tmp_path,
     at = open_page("runs")
     (row,) = at.dataframe[0].value.to_dict("records")
     assert row["dataset"] == "'" + config.dataset and row["ε spent"] == "1.900" and row["test accuracy %"] == 75.0
+
+
+def test_two_sessions_see_each_others_jobs_but_cancel_and_clear_only_their_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    monkeypatch.delenv("DPSAT_OPERATOR", raising=False)
+    a, b = open_page("train"), open_page("train")  # two browser sessions on one server: one job manager
+    owner_a, owner_b = a.session_state["session_owner"], b.session_state["session_owner"]
+    assert owner_a != owner_b
+    release = threading.Event()
+    running = get_jobs().submit("x", "a's long job", lambda progress, stop: release.wait(60), owner=owner_a)
+    finished = get_jobs().submit("x", "a's quick job", lambda progress, stop: None, owner=owner_a)
+    assert get_jobs().wait(finished, timeout=60).status == "done"
+    a.run()
+    b.run()
+    texts = [p.proto.text for p in b.get("progress")]
+    assert any(t.startswith("a's long job · another session's") for t in texts), texts  # B sees A's jobs
+    assert not [x for x in b.button if x.key in (f"cancel-{running}", "jobs-clear")]  # but may not touch them
+    assert {f"cancel-{running}", "jobs-clear"} <= {x.key for x in a.button}
+    a.button(key=f"cancel-{running}").click().run()
+    release.set()
+    assert get_jobs().wait(running, timeout=60).status == "cancelled"
+    a.run()
+    a.button(key="jobs-clear").click().run()
+    assert get_jobs().jobs() == [] and not a.exception
+    # an operator's session may cancel anyone's job
+    monkeypatch.setenv("DPSAT_OPERATOR", "1")
+    hold = threading.Event()
+    other = get_jobs().submit("x", "b's job", lambda progress, stop: hold.wait(60), owner=owner_b)
+    a.run()
+    a.button(key=f"cancel-{other}").click().run()
+    hold.set()
+    assert get_jobs().wait(other, timeout=60).status == "cancelled"
+
+
+def test_a_job_started_from_a_page_belongs_to_its_session(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("train")
+    at.checkbox(key="train-method-dpsam").uncheck()
+    at.checkbox(key="train-method-dpsat").uncheck()
+    at.text_input(key="train-epsilons").input("3")
+    at.text_input(key="train-seeds").input("0")
+    at.number_input(key="train-epochs").set_value(1)
+    at.button(key="train-start").click().run()
+    (job,) = get_jobs().jobs()
+    assert job.owner == at.session_state["session_owner"]
+
+
+def test_pages_leave_diverged_runs_out_and_say_how_many(tmp_path, monkeypatch):
+    from tests.factories import summary
+
+    store = RunStore(tmp_path / "runs.db")
+    for method, seed, loss in (("dpsgd", 0, 0.4), ("dpsgd", 1, 0.4), ("dpsat", 0, 0.4), ("dpsat", 1, 1e7)):
+        config = TrainConfig(method=method, epsilon=3.0, seed=seed, epochs=1).normalized()
+        done = summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0)
+        store.finish(store.create_run(config), dataclasses.replace(done, train_loss=loss), {})
+    monkeypatch.setenv("DPSAT_STORE", str(store.path))
+    at = open_page("privacy_utility")
+    assert not at.exception
+    assert any(c.value.startswith("1 diverged run left out") for c in at.caption), [c.value for c in at.caption]

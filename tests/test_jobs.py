@@ -1,8 +1,10 @@
 import threading
 import time
 
+import pytest
+
 from dpsat_core import ConfigError, Progress
-from dpsat_core.jobs import JobManager
+from dpsat_core.jobs import JobManager, NotYourJob
 from dpsat_core.progress import check_stop
 
 
@@ -55,4 +57,25 @@ def test_a_running_sweep_shows_only_the_current_runs_numbers():
     job = jobs.submit("sweep", "two runs", sweep_like)
     assert step.wait(30) and jobs.wait(job).status == "done"
     assert seen[0]["epsilon_spent"] == 0.9 and seen[1] == {"cell": "b", "loss": 2.0}  # nothing left from run a
+    jobs.shutdown()
+
+
+def test_a_session_cancels_and_clears_only_its_own_jobs():
+    jobs = JobManager(max_workers=2)
+    release = threading.Event()
+    a = jobs.submit("x", "a's", lambda progress, stop: release.wait(60) and not stop(), owner="A")
+    b = jobs.submit("x", "b's", lambda progress, stop: 1, owner="B")
+    assert jobs.wait(b).status == "done"
+    with pytest.raises(NotYourJob, match="belongs to another session"):
+        jobs.cancel(a, by="B")
+    assert jobs.get(a).active  # untouched
+    jobs.clear_finished(owner="A")  # A has nothing finished: B's finished job stays
+    assert [j.owner for j in jobs.jobs()] == ["B", "A"]
+    jobs.cancel(a, by="A")
+    release.set()
+    assert jobs.wait(a).status == "cancelled"
+    jobs.clear_finished(owner="B")
+    assert [j.owner for j in jobs.jobs()] == ["A"]
+    jobs.clear_finished()  # an operator: everyone's
+    assert jobs.jobs() == []
     jobs.shutdown()

@@ -1,13 +1,17 @@
+import dataclasses
+import json
 import os
 import sqlite3
 import subprocess
-import sys
+import threading
+import time
 
 import pytest
 import torch
 
 from dpsat_core import RunStore, StoreError, TrainConfig, build_model, run
-from dpsat_core.store import _pid_alive
+from dpsat_core.claims import keep_alive
+from dpsat_core.store import ClaimHeld
 
 
 def test_round_trip_of_config_metrics_and_weights(store, quick):
@@ -63,17 +67,124 @@ def test_analyses_are_stored_with_the_run_and_deleted_with_it(store, quick):
         assert db.execute("SELECT COUNT(*) FROM analyses").fetchone()[0] == 0
 
 
-def test_runs_of_a_dead_process_are_marked_interrupted(store, quick):
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(child.stdout)
-    assert not _pid_alive(dead_pid) and _pid_alive(os.getpid())
-    run_id = store.create_run(quick)
+def _expire(store: RunStore, run_id: str) -> None:
+    """Make `run_id`'s last heartbeat older than the lease, as if its trainer had been killed long ago."""
     with sqlite3.connect(store.path) as db:
-        db.execute("UPDATE runs SET pid=? WHERE run_id=?", (dead_pid, run_id))
-    live_id = store.create_run(quick)
-    assert store.reap_interrupted() == 0  # the first call (inside create_run) already reaped it
-    assert store.get(run_id).status == "failed" and "interrupted" in store.get(run_id).reason
-    assert store.get(live_id).status == "running"
+        db.execute("UPDATE runs SET heartbeat=? WHERE run_id=?", (time.time() - 2 * store.lease_seconds, run_id))
+
+
+def test_a_run_whose_lease_expired_is_interrupted_when_runs_are_read(store, quick):
+    expired = store.create_run(quick)
+    live = store.create_run(dataclasses.replace(quick, seed=1))
+    _expire(store, expired)
+    (listed,) = [r for r in store.list_runs() if r.run_id == expired]  # listing reaps it, on any host
+    assert listed.status == "failed" and listed.reason.startswith("interrupted: its trainer stopped renewing")
+    assert store.get(live).status == "running"  # its lease is fresh
+    assert store.reap_interrupted() == 0
+
+
+def test_a_heartbeat_keeps_a_short_lease_alive_and_stops_with_its_run(tmp_path, quick):
+    store = RunStore(tmp_path / "runs.db", lease_seconds=0.4)
+    run_id = store.create_run(quick)
+    beats = []
+    real = store.heartbeat
+    store.heartbeat = lambda i: beats.append(i) or real(i)  # counts the beats the thread sends
+    with keep_alive(store, run_id):
+        deadline = time.time() + 60
+        while len(beats) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(beats) >= 3 and store.get(run_id).status == "running"
+    after = time.time()
+    while store.get(run_id).status == "running" and time.time() < after + 60:  # no more beats: it expires
+        time.sleep(0.1)
+    record = store.get(run_id)
+    assert record.status == "failed" and "no heartbeat for 0.4 s" in record.reason
+    assert not store.heartbeat(run_id)  # an interrupted run is not revived
+
+
+def test_a_config_is_claimed_once_while_it_runs_and_reclaimed_after_an_interruption(store, quick):
+    first = store.create_run(quick)
+    with pytest.raises(ClaimHeld) as held:
+        store.create_run(quick)
+    assert held.value.run_id == first and held.value.status == "running"
+    other_seed = store.create_run(dataclasses.replace(quick, seed=1))  # the seed is in the hash: its own claim
+    assert other_seed != first
+    _expire(store, first)
+    second = store.create_run(quick)  # the interrupted claim is taken over
+    assert store.get(first).status == "failed" and store.get(second).status == "running"
+
+
+def test_a_claim_is_refused_when_the_config_finished_since_the_caller_looked(store, quick):
+    from tests.factories import summary
+
+    looked = time.time()
+    done = store.create_run(quick)
+    store.finish(done, summary(quick, accuracy=0.9, epsilon_spent=3.9, seconds_per_epoch=1.0), {})
+    with pytest.raises(ClaimHeld) as held:
+        store.create_run(quick, unless_done_since=looked)
+    assert (held.value.run_id, held.value.status) == (done, "done")
+    store.create_run(quick, unless_done_since=time.time() + 1)  # an older finished run (say, stale data) does not
+
+
+def test_two_identical_runs_at_once_train_once_and_the_second_reuses_it(store, quick):
+    config = dataclasses.replace(quick, epochs=2)
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def train_it():
+        barrier.wait()
+        outcomes.append(run(config, store))
+
+    threads = [threading.Thread(target=train_it) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(o.reused for o in outcomes) == [False, True]
+    assert outcomes[0].record.run_id == outcomes[1].record.run_id
+    assert [r.status for r in store.list_runs()] == ["done"]
+
+
+def test_an_old_store_with_duplicate_running_rows_opens_and_keeps_the_newest_claim(tmp_path, quick):
+    path = tmp_path / "old.db"
+    columns = (
+        "run_id TEXT PRIMARY KEY, config_hash TEXT NOT NULL, config TEXT NOT NULL, method TEXT NOT NULL, dataset"
+        " TEXT NOT NULL, target_epsilon REAL, seed INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL"
+        " DEFAULT '', summary TEXT NOT NULL DEFAULT '{}', weights BLOB, host TEXT, pid INTEGER, created REAL NOT"
+        " NULL, updated REAL NOT NULL"
+    )
+    config = quick.normalized()
+    now = time.time()
+    with sqlite3.connect(path) as db:  # the runs table as the version before claims wrote it
+        db.execute(f"CREATE TABLE runs ({columns})")
+        for run_id, created, status in (
+            ("old", now - 9, "running"),
+            ("new", now - 1, "running"),
+            ("d1", 1, "done"),
+            ("d2", 2, "done"),
+        ):
+            db.execute(
+                "INSERT INTO runs (run_id, config_hash, config, method, dataset, seed, status, created, updated)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    config.config_hash(),
+                    json.dumps(config.to_dict()),
+                    "dpsgd",
+                    config.dataset,
+                    0,
+                    status,
+                    created,
+                    created,
+                ),
+            )
+    store = RunStore(path)
+    status = {r.run_id: (r.status, r.reason) for r in store.list_runs()}
+    assert status["new"] == ("running", "") and status["d1"][0] == status["d2"][0] == "done"
+    assert status["old"][0] == "failed" and "newer run of the same settings held the claim" in status["old"][1]
+    with pytest.raises(ClaimHeld):
+        store.create_run(quick)
+    RunStore(path)  # opening it again changes nothing
+    assert {r.run_id: r.status for r in store.list_runs()}["new"] == "running"
 
 
 def test_a_running_run_is_not_deleted_under_its_trainer_but_a_dead_one_is(store, quick):
@@ -81,8 +192,7 @@ def test_a_running_run_is_not_deleted_under_its_trainer_but_a_dead_one_is(store,
     with pytest.raises(StoreError, match="still training: cancel it first"):
         store.delete(live_id)
     assert store.get(live_id).status == "running"
-    with sqlite3.connect(store.path) as db:  # its process dies: it is interrupted, and may be deleted
-        db.execute("UPDATE runs SET pid=? WHERE run_id=?", (_dead_pid(), live_id))
+    _expire(store, live_id)  # its trainer died long ago: it is interrupted, and may be deleted
     store.delete(live_id)
     with pytest.raises(StoreError, match="no run"):
         store.get(live_id)
@@ -96,17 +206,11 @@ def test_a_killed_run_shows_the_epsilon_of_what_it_stored(store, quick):
         metrics = dict(train_loss=0.5, test_loss=0.5, test_accuracy=0.9, seconds=epoch, steps=6 * epoch)
         store.add_epoch(run_id, EpochMetrics(epoch=epoch, epsilon_spent=spent, releases=6 * epoch, **metrics))
     assert store.get(run_id).epsilon_spent == 1.3  # while it runs: ε so far
-    with sqlite3.connect(store.path) as db:  # its process dies without writing a summary
-        db.execute("UPDATE runs SET pid=? WHERE run_id=?", (_dead_pid(), run_id))
+    _expire(store, run_id)  # its process died without writing a summary
     store.reap_interrupted()
     (listed,) = store.list_runs()  # listed without asking for epochs: still its last epoch's ε
     assert listed.status == "failed" and listed.summary is None and listed.epsilon_spent == 1.3
     assert listed.to_dict()["epsilon_spent"] == 1.3
-
-
-def _dead_pid() -> int:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(child.stdout)
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path):

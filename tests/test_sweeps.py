@@ -1,4 +1,10 @@
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +114,101 @@ def test_the_sweep_bar_moves_within_a_run_and_stays_where_a_cancel_stopped_it(st
     assert result.cancelled and not result.trained
     assert 0 < max(fractions) < 1  # it moved during the one run, and never claimed the run was finished
     assert fractions[-1] == max(fractions) and "finished" not in seen[-1].message
+
+
+def test_two_identical_sweeps_at_once_train_each_cell_once(store):
+    spec = SweepSpec(base=BASE, methods=("sgd", "dpsgd"), epsilons=(3.0,), seeds=(0, 1))
+    cells = spec.cells()
+    assert len({c.config_hash() for c in cells}) == 4  # the seed is in the config: each seed is its own claim
+    results, barrier = [], threading.Barrier(2)
+
+    def run_sweep():
+        barrier.wait()
+        results.append(sweep(spec, store))
+
+    threads = [threading.Thread(target=run_sweep) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    a, b = results
+    assert not (a.errors or b.errors)
+    assert not set(a.trained) & set(b.trained)  # no cell trained by both
+    assert sorted(a.trained + b.trained) == sorted(r.run_id for r in store.list_runs())
+    assert sorted(a.run_ids) == sorted(b.run_ids)  # each sweep ends with every cell, trained or reused
+    assert [r.status for r in store.list_runs()] == ["done"] * 4
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of `pid`'s child processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its new parent to reap it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(condition, timeout: float = 180.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _start_long_sweep(path: Path, epsilons: str) -> tuple[subprocess.Popen, list[int]]:
+    """A 2-worker CLI sweep of long DP-SGD cells, once both workers are training: (process, its children)."""
+    args = ["sweep", "--dataset", "breast_cancer", "--methods", "dpsgd", "--epsilons", epsilons, "--seeds", "0"]
+    args += ["--epochs", "400", "--batch-size", "64", "--accountant", "rdp", "--workers", "2", "--store", str(path)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dpsat_core", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    store = RunStore(path)
+    started = _wait_for(lambda: process.poll() is None and len(store.list_runs(status="running")) == 2)
+    assert started, process.communicate()[1][-2000:] if process.poll() is not None else "no two running cells"
+    children = _children(process.pid)
+    assert len(children) >= 2  # the workers (and multiprocessing's resource tracker)
+    return process, children
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_of_a_killed_sweep_stop_their_cells_and_exit(tmp_path):
+    path = tmp_path / "runs.db"
+    process, children = _start_long_sweep(path, "1,2")
+    process.kill()  # SIGKILL: the sweep process cannot clean up anything itself
+    process.communicate()
+    assert _wait_for(lambda: not any(_alive(pid) for pid in children), timeout=120), [
+        pid for pid in children if _alive(pid)
+    ]
+    runs = RunStore(path).list_runs()
+    assert len(runs) == 2 and {r.status for r in runs} == {"cancelled"}  # each worker stored its cell as cancelled
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_resume(tmp_path):
+    path = tmp_path / "runs.db"
+    process, children = _start_long_sweep(path, "1,2,3")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert (
+        "stopped by SIGTERM: 0 runs trained, 2 cancelled while training (stored as cancelled), 1 cell not started"
+        in err
+    )
+    assert "run the same command again to resume" in err
+    runs = RunStore(path).list_runs()
+    assert sorted(r.status for r in runs) == ["cancelled", "cancelled"]  # the queued third cell never started
+    assert _wait_for(lambda: not any(_alive(pid) for pid in children), timeout=120)

@@ -93,3 +93,21 @@ def test_a_crash_mid_run_is_stored_failed_with_the_epsilon_of_the_releases_made(
     )
     assert record.epsilon_spent == pytest.approx(expected.epsilon) and 0 < record.epsilon_spent < 4.0
     assert record.epsilon_spent > record.epochs[0].epsilon_spent  # two releases after the last epoch count too
+
+
+def test_a_run_whose_loss_ends_far_above_its_start_is_flagged_diverged_with_the_reason(store):
+    from dpsat_core import build_model, evaluate, run
+    from dpsat_core.data import load_config_dataset
+
+    blown = run(TrainConfig(dataset="breast_cancer", method="dpsgd", lr=1e6, epochs=1, batch_size=64), store).record
+    s = blown.summary
+    assert blown.status == "done" and blown.diverged  # every release was made and charged: it finished
+    assert blown.reason.startswith("diverged: training loss ended at") and "lower lr, now 1e+06" in blown.reason
+    assert s.train_loss > 10 * s.initial_train_loss
+    # the start loss is the fresh model's (same seed) on the first training rows, evaluated independently
+    data = load_config_dataset(blown.config)
+    fresh = build_model(s.model, seed=blown.config.seed)
+    x, y = torch.tensor(data.x_train[:4096]), torch.tensor(data.y_train[:4096])
+    assert math.isclose(evaluate(fresh, x, y)[0], s.initial_train_loss, rel_tol=1e-6)
+    calm = run(TrainConfig(dataset="breast_cancer", method="dpsgd", epochs=1, batch_size=64), store).record
+    assert not calm.diverged and calm.reason == "" and calm.summary.initial_train_loss == s.initial_train_loss
