@@ -40,10 +40,11 @@ def setting_key(run: RunRecord | TrainConfig) -> str:
 
 
 def latest_per_config(records: Sequence[RunRecord]) -> list[RunRecord]:
-    """Finished runs with duplicates of one config (same hash) reduced to the newest, oldest first."""
+    """Finished runs with duplicates of one config (same hash) reduced to the newest, oldest first; audit runs
+    (trained on canaries) are left out, so no comparison, page or report counts them."""
     newest: dict[str, RunRecord] = {}
     for r in records:
-        if r.status == "done" and r.summary is not None:
+        if r.status == "done" and r.summary is not None and not r.config.audit:
             if r.config_hash not in newest or r.created > newest[r.config_hash].created:
                 newest[r.config_hash] = r
     return sorted(newest.values(), key=lambda r: r.created)

@@ -1,0 +1,224 @@
+"""Empirical privacy audit of one private run: canaries in, membership guesses out, a lower bound on ε.
+
+The one-run method of Steinke, Nasr & Jagielski (NeurIPS 2023): m canaries are each included
+independently with probability 1/2, the run trains once, the auditor scores every canary, and
+`audit_bound` turns the guesses into an ε lower bound at 95% confidence (δ included, grid choice
+Bonferroni-corrected). Two modes:
+
+- **white-box**: m Dirac gradient canaries, canary i = C·eᵢ in a block of m coordinates that no real
+  example's gradient touches (a bias-free Linear layer fed zeros, added to the model's output: the
+  forward pass is unchanged). Each included canary is Poisson-sampled at the run's rate q for every
+  release and added to the *clipped sum* of the method's own private path (the fast engine or
+  Opacus's hooks), before the optimizer's own noise, scaling and release count. The auditor observes
+  every release (DP-SAM's two per step included) and scores canary i by Σₜ ⟨g̃ₜ, eᵢ⟩.
+- **black-box**: m training rows given a wrong label; the included ones are trained on, the others
+  are left out; the auditor sees the final model only and scores each canary by its negative loss.
+
+The AUC is the loss-threshold membership attack's on the canaries (in white-box mode: the same
+threshold attack on the gradient score).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from .audit_bound import audit_bound, membership_auc
+from .config import DEFAULT_CANARIES, TrainConfig
+from .data import Dataset, load_config_dataset
+from .devices import resolve_device
+from .errors import ConfigError
+from .models import build_model
+from .planning import plan_run
+from .progress import ProgressFn, StopFn, no_progress
+from .results import AuditResult, RunRecord
+from .store import RunStore
+from .training import TrainResult, train
+
+# Canary inclusion and canary sampling get their own streams, apart from the model's, the noise's and the
+# batches' (training.NOISE_SEED_OFFSET, SAMPLING_SEED_OFFSET).
+AUDIT_SEED_OFFSET = 15485863
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """The stored audit run, and its audit result (None when the run did not finish)."""
+
+    record: RunRecord
+    result: Optional[AuditResult]
+
+
+class _Audited(nn.Module):
+    """The model plus a canary block: a bias-free Linear(m → 1) on zeros, whose output (0) is added to the
+    logits, so predictions and real per-example gradients are unchanged and the block's coordinates carry
+    only canaries and noise."""
+
+    def __init__(self, model: nn.Module, canaries: int):
+        super().__init__()
+        self.model = model
+        self.canary = nn.Linear(canaries, 1, bias=False)
+        nn.init.zeros_(self.canary.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return logits + self.canary(logits.new_zeros(len(x), self.canary.in_features))
+
+
+class GradientCanaries:
+    """White-box instrument for `training.train`: inserts the included canaries into each release's clipped
+    sum (each Poisson-sampled at rate q) and accumulates the released gradient on the canary block."""
+
+    def __init__(self, included: np.ndarray, *, clip_norm: float, sample_rate: float, seed: int):
+        self.included = torch.as_tensor(included, dtype=torch.bool)
+        self.clip_norm, self.sample_rate = clip_norm, sample_rate
+        self.generator = torch.Generator().manual_seed(seed)
+        self.scores = torch.zeros(len(included), dtype=torch.float64)
+        self.observed = 0
+        self.module: Optional[_Audited] = None
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        self.module = _Audited(model, len(self.included))
+        return self.module
+
+    def attach(self, optimizer: DPOptimizer) -> None:
+        if self.module is None:
+            raise RuntimeError("wrap() the model before attach()")
+        weight = self.module.canary.weight
+        add_noise, previous_hook = optimizer.add_noise, optimizer.step_hook
+
+        def insert_then_noise() -> None:
+            sampled = self.included & (torch.rand(len(self.included), generator=self.generator) < self.sample_rate)
+            weight.summed_grad.add_(sampled.to(weight.dtype).to(weight.device)[None], alpha=self.clip_norm)
+            add_noise()  # the optimizer's own noise on every coordinate, canary block included
+
+        def observe(opt: DPOptimizer) -> None:
+            if previous_hook is not None:
+                previous_hook(opt)  # the trainer's release count (and so the accountant's ε)
+            self.scores += weight.grad[0].detach().to("cpu", torch.float64)
+            self.observed += 1
+
+        optimizer.add_noise = insert_then_noise
+        optimizer.step_hook = observe
+
+
+def _check_canaries(config: TrainConfig, dataset: Dataset) -> None:
+    if config.canaries > dataset.n_train:
+        raise ConfigError(
+            f"canaries={config.canaries} exceeds the {dataset.n_train} training examples of {config.dataset}: "
+            f"use at most {dataset.n_train}"
+        )
+
+
+def _mislabelled(
+    dataset: Dataset, canaries: int, included: np.ndarray, seed: int
+) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """Black-box canaries: m training rows with a wrong label (uniform over the other classes); the
+    included ones stay in the training set, the others leave it. Returns the data set, the canaries'
+    rows (of the original training split) and their wrong labels."""
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(dataset.n_train)[:canaries]
+    shift = rng.integers(1, dataset.n_classes, size=canaries)
+    wrong = ((dataset.y_train[rows] + shift) % dataset.n_classes).astype(dataset.y_train.dtype)
+    keep = np.ones(dataset.n_train, dtype=bool)
+    keep[rows] = False
+    x = np.concatenate([dataset.x_train[keep], dataset.x_train[rows[included]]])
+    y = np.concatenate([dataset.y_train[keep], wrong[included]])
+    return dataclasses.replace(dataset, x_train=x, y_train=y), rows, wrong
+
+
+@torch.no_grad()
+def _negative_losses(result: TrainResult, x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    model = build_model(result.model, seed=seed)
+    model.load_state_dict(result.state_dict)
+    model.eval()
+    logits = model(torch.as_tensor(x))
+    return -F.cross_entropy(logits, torch.as_tensor(y), reduction="none").double().numpy()
+
+
+def audit(
+    config: TrainConfig,
+    store: RunStore,
+    *,
+    mode: str = "whitebox",
+    canaries: int = DEFAULT_CANARIES,
+    on_progress: ProgressFn = no_progress,
+    should_stop: Optional[StopFn] = None,
+) -> AuditOutcome:
+    """Train `config` once as an audit run with `canaries` canaries (`mode` "whitebox" or "blackbox"), store
+    it (marked as an audit run, kept out of comparisons) with its `AuditResult`, and return both.
+
+    Bad input (a non-private method, an unknown mode, fewer than 10 canaries, more canaries than training
+    rows, anything `plan_run` refuses) raises `ConfigError` before anything is stored.
+    """
+    config = dataclasses.replace(config, audit_mode=mode, canaries=canaries).normalized()
+    resolve_device(config.device)
+    start = time.perf_counter()
+    seed = config.seed + AUDIT_SEED_OFFSET
+    included = np.random.default_rng(seed).random(canaries) < 0.5
+    original = load_config_dataset(config)
+    _check_canaries(config, original)
+    dataset: Dataset = original
+    instrument: Optional[GradientCanaries] = None
+    if mode == "blackbox":
+        dataset, rows, wrong = _mislabelled(original, canaries, included, seed + 1)
+    plan = plan_run(config, dataset)  # raises ConfigError before any row is written
+    if mode == "whitebox":
+        instrument = GradientCanaries(
+            included, clip_norm=config.clip_norm, sample_rate=plan.privacy.sample_rate, seed=seed + 2
+        )
+    run_id = store.create_run(config)
+    try:
+        result = train(
+            config,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            dataset=dataset,
+            plan=plan,
+            instrument=instrument,
+            on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
+        )
+    except BaseException as exc:
+        store.fail(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    store.finish(run_id, result.summary(), result.state_dict)
+    record = store.get(run_id)
+    if result.status != "done":
+        return AuditOutcome(record, None)
+    if instrument is not None:
+        scores = instrument.scores.numpy()
+    else:
+        scores = _negative_losses(result, original.x_train[rows], wrong, config.seed)
+    bound = audit_bound(scores, included, delta=plan.privacy.delta, seed=seed + 3)
+    auc, auc_stderr = membership_auc(scores, included)
+    summary = record.summary
+    outcome = AuditResult(
+        run_id=run_id,
+        method=config.method,
+        dataset=config.dataset,
+        mode=mode,
+        canaries=canaries,
+        included=int(included.sum()),
+        guesses=bound.guesses,
+        correct=bound.correct,
+        guessed_in=bound.guessed_in,
+        guessed_out=bound.guessed_out,
+        epsilon_lower_bound=bound.epsilon_lower_bound,
+        confidence=bound.confidence,
+        epsilon_spent=summary.epsilon_spent,
+        target_epsilon=summary.target_epsilon,
+        delta=plan.privacy.delta,
+        auc=auc,
+        auc_stderr=auc_stderr,
+        releases=result.releases,
+        seconds=time.perf_counter() - start,
+    )
+    store.save_audit(outcome)
+    return AuditOutcome(record, outcome)
