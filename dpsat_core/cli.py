@@ -191,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit  # heavy: only for this command, so --help and runs start fast
+    from .auditing import audit  # heavy: only for this command, so --help and runs start fast
 
     config = _config(args, method=args.method, epsilon=args.epsilon, noise_multiplier=args.sigma, seed=args.seed)
     outcome = audit(
@@ -260,7 +260,7 @@ def _print_table(records: Sequence[RunRecord]) -> None:
         print(
             f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} "
             f"{_fmt(r.target_epsilon, 'g'):>8} {rho:>5} {_fmt(r.epsilon_spent, '.3f'):>7} "
-            f"{_fmt(r.test_accuracy, '.4f'):>7}"
+            f"{_fmt(r.test_accuracy, '.4f'):>7}" + (f"  audit run ({r.config.audit_mode})" if r.config.audit else "")
         )
 
 

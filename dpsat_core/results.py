@@ -361,6 +361,20 @@ class AuditResult(JsonRecord):
     releases: int
     seconds: float  # the whole audit: training, scoring and the bound
 
+    def gap_text(self) -> str:
+        """One sentence on what the distance between the accountant's ε and this lower bound means."""
+        bound, spent = self.epsilon_lower_bound, format_number(self.epsilon_spent, ".2f")
+        if self.epsilon_spent is not None and bound > self.epsilon_spent:
+            return (
+                f"The audit shows ε ≥ {bound:.2f} at {self.confidence:.0%} confidence, above the accountant's "
+                f"ε = {spent}: the mechanism leaks more than its accounting says — do not rely on this run's ε."
+            )
+        return (
+            f"The accountant proves ε ≤ {spent} for every data set and attacker; this {self.mode} audit shows "
+            f"ε ≥ {bound:.2f} at {self.confidence:.0%} confidence for one run: the true ε lies between, and the gap "
+            f"is what this attack could not demonstrate, not a leak it found."
+        )
+
     def cli_dict(self) -> dict[str, Any]:
         """The keys `dpsat audit --json` prints."""
         keys = ("run_id", "method", "mode", "canaries", "guesses", "correct", "epsilon_lower_bound", "confidence")

@@ -37,7 +37,7 @@ from .data import Dataset, load_config_dataset
 from .devices import resolve_device
 from .errors import ConfigError
 from .models import build_model
-from .planning import plan_run
+from .planning import RunPlan, plan_run
 from .progress import ProgressFn, StopFn, no_progress
 from .results import AuditResult, RunRecord
 from .store import RunStore
@@ -109,14 +109,6 @@ class GradientCanaries:
         optimizer.step_hook = observe
 
 
-def _check_canaries(config: TrainConfig, dataset: Dataset) -> None:
-    if config.canaries > dataset.n_train:
-        raise ConfigError(
-            f"canaries={config.canaries} exceeds the {dataset.n_train} training examples of {config.dataset}: "
-            f"use at most {dataset.n_train}"
-        )
-
-
 def _mislabelled(
     dataset: Dataset, canaries: int, included: np.ndarray, seed: int
 ) -> tuple[Dataset, np.ndarray, np.ndarray]:
@@ -143,6 +135,112 @@ def _negative_losses(result: TrainResult, x: np.ndarray, y: np.ndarray, seed: in
     return -F.cross_entropy(logits, torch.as_tensor(y), reduction="none").double().numpy()
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AuditPlan:
+    """An audit checked against its data, before anything is stored: the audit config, the data set it
+    trains on (black-box: with the included canaries, without the others), its run plan, which canaries
+    are included, and the black-box canaries' inputs and wrong labels."""
+
+    config: TrainConfig
+    dataset: Dataset
+    run_plan: RunPlan
+    included: np.ndarray
+    canary_x: Optional[np.ndarray] = None
+    canary_y: Optional[np.ndarray] = None
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed + AUDIT_SEED_OFFSET
+
+
+def plan_audit(config: TrainConfig, *, mode: str = "whitebox", canaries: int = DEFAULT_CANARIES) -> AuditPlan:
+    """Check an audit of `config` and prepare its canaries; bad input (a non-private method, an unknown mode,
+    fewer than 10 canaries, more canaries than training rows, anything `plan_run` refuses) raises
+    `ConfigError`."""
+    config = dataclasses.replace(config, audit_mode=mode, canaries=canaries).normalized()
+    resolve_device(config.device)
+    seed = config.seed + AUDIT_SEED_OFFSET
+    included = np.random.default_rng(seed).random(canaries) < 0.5
+    original = load_config_dataset(config)
+    if canaries > original.n_train:
+        raise ConfigError(
+            f"canaries={canaries} exceeds the {original.n_train} training examples of {config.dataset}: "
+            f"use at most {original.n_train}"
+        )
+    if mode == "whitebox":
+        return AuditPlan(config=config, dataset=original, run_plan=plan_run(config, original), included=included)
+    dataset, rows, wrong = _mislabelled(original, canaries, included, seed + 1)
+    return AuditPlan(
+        config=config,
+        dataset=dataset,
+        run_plan=plan_run(config, dataset),
+        included=included,
+        canary_x=original.x_train[rows],
+        canary_y=wrong,
+    )
+
+
+def run_audit(
+    plan: AuditPlan, store: RunStore, *, on_progress: ProgressFn = no_progress, should_stop: Optional[StopFn] = None
+) -> AuditOutcome:
+    """Train the planned audit run into `store` (marked as an audit run, kept out of comparisons), score the
+    canaries, and store its `AuditResult` beside it."""
+    start = time.perf_counter()
+    config, privacy = plan.config, plan.run_plan.privacy
+    instrument = None
+    if config.audit_mode == "whitebox":
+        instrument = GradientCanaries(
+            plan.included, clip_norm=config.clip_norm, sample_rate=privacy.sample_rate, seed=plan.seed + 2
+        )
+    run_id = store.create_run(config)
+    try:
+        result = train(
+            config,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            dataset=plan.dataset,
+            plan=plan.run_plan,
+            instrument=instrument,
+            on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
+        )
+    except BaseException as exc:
+        store.fail(run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    store.finish(run_id, result.summary(), result.state_dict)
+    record = store.get(run_id)
+    if result.status != "done" or record.summary is None:
+        return AuditOutcome(record, None)
+    if instrument is not None:
+        scores = instrument.scores.numpy()
+    else:
+        scores = _negative_losses(result, plan.canary_x, plan.canary_y, config.seed)
+    bound = audit_bound(scores, plan.included, delta=privacy.delta, seed=plan.seed + 3)
+    auc, auc_stderr = membership_auc(scores, plan.included)
+    outcome = AuditResult(
+        run_id=run_id,
+        method=config.method,
+        dataset=config.dataset,
+        mode=config.audit_mode,
+        canaries=config.canaries,
+        included=int(plan.included.sum()),
+        guesses=bound.guesses,
+        correct=bound.correct,
+        guessed_in=bound.guessed_in,
+        guessed_out=bound.guessed_out,
+        epsilon_lower_bound=bound.epsilon_lower_bound,
+        confidence=bound.confidence,
+        epsilon_spent=record.summary.epsilon_spent,
+        target_epsilon=record.summary.target_epsilon,
+        delta=privacy.delta,
+        auc=auc,
+        auc_stderr=auc_stderr,
+        releases=result.releases,
+        seconds=time.perf_counter() - start,
+    )
+    store.save_audit(outcome)
+    return AuditOutcome(record, outcome)
+
+
 def audit(
     config: TrainConfig,
     store: RunStore,
@@ -152,73 +250,8 @@ def audit(
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
 ) -> AuditOutcome:
-    """Train `config` once as an audit run with `canaries` canaries (`mode` "whitebox" or "blackbox"), store
-    it (marked as an audit run, kept out of comparisons) with its `AuditResult`, and return both.
-
-    Bad input (a non-private method, an unknown mode, fewer than 10 canaries, more canaries than training
-    rows, anything `plan_run` refuses) raises `ConfigError` before anything is stored.
-    """
-    config = dataclasses.replace(config, audit_mode=mode, canaries=canaries).normalized()
-    resolve_device(config.device)
-    start = time.perf_counter()
-    seed = config.seed + AUDIT_SEED_OFFSET
-    included = np.random.default_rng(seed).random(canaries) < 0.5
-    original = load_config_dataset(config)
-    _check_canaries(config, original)
-    dataset: Dataset = original
-    instrument: Optional[GradientCanaries] = None
-    if mode == "blackbox":
-        dataset, rows, wrong = _mislabelled(original, canaries, included, seed + 1)
-    plan = plan_run(config, dataset)  # raises ConfigError before any row is written
-    if mode == "whitebox":
-        instrument = GradientCanaries(
-            included, clip_norm=config.clip_norm, sample_rate=plan.privacy.sample_rate, seed=seed + 2
-        )
-    run_id = store.create_run(config)
-    try:
-        result = train(
-            config,
-            on_progress=on_progress,
-            should_stop=should_stop,
-            dataset=dataset,
-            plan=plan,
-            instrument=instrument,
-            on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
-        )
-    except BaseException as exc:
-        store.fail(run_id, f"{type(exc).__name__}: {exc}")
-        raise
-    store.finish(run_id, result.summary(), result.state_dict)
-    record = store.get(run_id)
-    if result.status != "done":
-        return AuditOutcome(record, None)
-    if instrument is not None:
-        scores = instrument.scores.numpy()
-    else:
-        scores = _negative_losses(result, original.x_train[rows], wrong, config.seed)
-    bound = audit_bound(scores, included, delta=plan.privacy.delta, seed=seed + 3)
-    auc, auc_stderr = membership_auc(scores, included)
-    summary = record.summary
-    outcome = AuditResult(
-        run_id=run_id,
-        method=config.method,
-        dataset=config.dataset,
-        mode=mode,
-        canaries=canaries,
-        included=int(included.sum()),
-        guesses=bound.guesses,
-        correct=bound.correct,
-        guessed_in=bound.guessed_in,
-        guessed_out=bound.guessed_out,
-        epsilon_lower_bound=bound.epsilon_lower_bound,
-        confidence=bound.confidence,
-        epsilon_spent=summary.epsilon_spent,
-        target_epsilon=summary.target_epsilon,
-        delta=plan.privacy.delta,
-        auc=auc,
-        auc_stderr=auc_stderr,
-        releases=result.releases,
-        seconds=time.perf_counter() - start,
+    """Audit `config` with `canaries` canaries in `mode` ("whitebox" or "blackbox"): `plan_audit` (bad input
+    raises `ConfigError` before anything is stored), then `run_audit`."""
+    return run_audit(
+        plan_audit(config, mode=mode, canaries=canaries), store, on_progress=on_progress, should_stop=should_stop
     )
-    store.save_audit(outcome)
-    return AuditOutcome(record, outcome)
