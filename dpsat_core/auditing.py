@@ -64,7 +64,7 @@ class _Audited(nn.Module):
     def __init__(self, model: nn.Module, canaries: int):
         super().__init__()
         self.model = model
-        self.canary = nn.Linear(canaries, 1, bias=False)
+        self.canary = torch.nn.utils.skip_init(nn.Linear, canaries, 1, bias=False)  # no draw from the global RNG
         nn.init.zeros_(self.canary.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
