@@ -78,7 +78,8 @@ def start_audit(config: TrainConfig, *, mode: str, canaries: int) -> str:
     run and bound its ε in the background."""
     plan = plan_audit(config, mode=mode, canaries=canaries)
     store = get_store()
-    label = f"{mode} audit of {method_info(plan.config.method).label} on {Path(config.dataset).name}, {canaries} canaries"
+    method = method_info(plan.config.method).label
+    label = f"{mode} audit of {method} on {Path(config.dataset).name}, {canaries} canaries"
 
     def job(progress: ProgressFn, stop: StopFn) -> AuditOutcome:
         outcome = run_audit(plan, store, on_progress=progress, should_stop=stop)

@@ -212,8 +212,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         _print_json(result.cli_dict())
     else:
         print(
-            f"audit run {result.run_id}: {result.method} on {result.dataset}, {result.mode}, {result.canaries} canaries "
-            f"({result.included} trained on), {result.releases} releases observed\n"
+            f"audit run {result.run_id}: {result.method} on {result.dataset}, {result.mode}, "
+            f"{result.canaries} canaries ({result.included} trained on), {result.releases} releases observed\n"
             f"  {result.correct} of {result.guesses} guesses right → ε ≥ {result.epsilon_lower_bound:.3f} "
             f"at {result.confidence:.0%} confidence (δ={result.delta:g}); the accountant's ε = "
             f"{_fmt(result.epsilon_spent, '.3f')}\n"
@@ -493,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
         "training rows, final model only",
     )
     p.add_argument(
-        "--canaries", type=int, default=DEFAULT_CANARIES, help=f"canaries, each trained on with probability 1/2 (≥ {MIN_CANARIES})"
+        "--canaries",
+        type=int,
+        default=DEFAULT_CANARIES,
+        help=f"canaries, each trained on with probability 1/2 (≥ {MIN_CANARIES})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -167,9 +167,7 @@ class TrainConfig:
                 f"method {self.method!r} makes no noisy releases, so there is no ε to audit: audit one of {private}"
             )
         if not isinstance(self.canaries, int) or isinstance(self.canaries, bool) or self.canaries < MIN_CANARIES:
-            raise ConfigError(
-                f"canaries must be a whole number ≥ {MIN_CANARIES}, got {self.canaries!r}: e.g. 1000"
-            )
+            raise ConfigError(f"canaries must be a whole number ≥ {MIN_CANARIES}, got {self.canaries!r}: e.g. 1000")
 
     @property
     def audit(self) -> bool:

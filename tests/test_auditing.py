@@ -87,4 +87,5 @@ def test_audit_runs_are_marked_stored_and_never_compared(tmp_path):
     assert "Empirical privacy audits" in page and html.escape(result.run_id) in page
     assert f"{result.epsilon_lower_bound:.2f}" in page
     store.delete(record.run_id)  # the audit result goes with its run
-    assert store.audits() == [] and "Empirical privacy audits" not in render_html(build_report(store), static_images=False)
+    assert store.audits() == []
+    assert "Empirical privacy audits" not in render_html(build_report(store), static_images=False)
