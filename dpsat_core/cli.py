@@ -213,7 +213,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         print(
             f"audit run {result.run_id}: {result.method} on {result.dataset}, {result.mode}, "
-            f"{result.canaries} canaries ({result.included} trained on), {result.releases} releases observed\n"
+            f"{result.canaries} canaries ({result.included} trained on), {result.releases} noisy releases\n"
             f"  {result.correct} of {result.guesses} guesses right → ε ≥ {result.epsilon_lower_bound:.3f} "
             f"at {result.confidence:.0%} confidence (δ={result.delta:g}); the accountant's ε = "
             f"{_fmt(result.epsilon_spent, '.3f')}\n"
