@@ -8,7 +8,20 @@ from typing import Sequence
 
 import streamlit as st
 
-from dpsat_core import DpsatError, RunStore, SweepResult, SweepSpec, TrainConfig, analyze, run_line, step_cost, sweep
+from dpsat_core import (
+    AuditOutcome,
+    DpsatError,
+    RunStore,
+    SweepResult,
+    SweepSpec,
+    TrainConfig,
+    analyze,
+    plan_audit,
+    run_audit,
+    run_line,
+    step_cost,
+    sweep,
+)
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.cluster import cluster_from_env
 from dpsat_core.figures import run_label
@@ -73,6 +86,23 @@ def start_default_comparison(dataset: str = "digits") -> str:
     """The one-click comparison (`dpsat_core.sweeps.default_comparison`) in the background, then the
     analyses the Overview draws."""
     return start_sweep(default_comparison(dataset), then_analyse=OVERVIEW_ANALYSES)
+
+
+def start_audit(config: TrainConfig, *, mode: str, canaries: int) -> str:
+    """Check the audit against its data now (errors reach the page, nothing is stored), then train the audit
+    run and bound its ε in the background."""
+    plan = plan_audit(config, mode=mode, canaries=canaries)
+    store = get_store()
+    method = method_info(plan.config.method).label
+    label = f"{mode} audit of {method} on {Path(config.dataset).name}, {canaries} canaries"
+
+    def job(progress: ProgressFn, stop: StopFn) -> AuditOutcome:
+        outcome = run_audit(plan, store, on_progress=progress, should_stop=stop)
+        if outcome.result is None and outcome.record.status != "cancelled":
+            raise DpsatError(f"the audit run {outcome.record.status}: {outcome.record.reason}")
+        return outcome
+
+    return _submit("audit", label, job)
 
 
 def start_probe(config: TrainConfig, methods: Sequence[str]) -> str:

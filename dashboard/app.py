@@ -17,6 +17,7 @@ page = st.navigation(
         st.Page(PAGES / "privacy_utility.py", title="Privacy–utility"),
         st.Page(PAGES / "sharpness.py", title="Sharpness"),
         st.Page(PAGES / "landscape.py", title="Landscape"),
+        st.Page(PAGES / "audit.py", title="Privacy audit"),
         st.Page(PAGES / "runs.py", title="Runs"),
     ]
 )

@@ -165,7 +165,7 @@ def _job_panel() -> None:
 
 def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]:
     """Pick a data set, then one comparable setting; returns the finished runs of that setting."""
-    done = [r for r in records if r.status == "done"]
+    done = [r for r in records if r.status == "done" and not r.config.audit]  # audit runs are never compared
     datasets = sorted({r.config.dataset for r in done})
     if not datasets:
         return []

@@ -1,4 +1,5 @@
-"""Command line: `dpsat` (or `python -m dpsat_core`) train|sweep|runs|show|analyze|report|export|delete|dashboard.
+"""Command line: `dpsat` (or `python -m dpsat_core`)
+train|sweep|audit|runs|show|analyze|report|export|delete|dashboard.
 
 Errors caused by input print one line to stderr and exit with status 2.
 """
@@ -23,7 +24,18 @@ from .compare import (
     setting_key,
     verdict,
 )
-from .config import ACCOUNTANTS, CLIPPINGS, DEVICES, HESSIAN_BACKENDS, MODELS, TrainConfig, parse_numbers
+from .config import (
+    ACCOUNTANTS,
+    AUDIT_MODES,
+    CLIPPINGS,
+    DEFAULT_CANARIES,
+    DEVICES,
+    HESSIAN_BACKENDS,
+    MIN_CANARIES,
+    MODELS,
+    TrainConfig,
+    parse_numbers,
+)
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
 from .errors import ConfigError, DpsatError
@@ -234,6 +246,38 @@ def _cluster(args: argparse.Namespace) -> Any:
     return RayCluster(address=address, gpus_per_run=args.gpus_per_run or 0.0)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .auditing import audit  # heavy: only for this command, so --help and runs start fast
+
+    config = _config(args, method=args.method, epsilon=args.epsilon, noise_multiplier=args.sigma, seed=args.seed)
+    outcome = audit(
+        config,
+        RunStore(args.store),
+        mode=args.mode,
+        canaries=args.canaries,
+        on_progress=no_progress if args.json else _stderr_progress,
+    )
+    result = outcome.result
+    if not args.json:
+        print(file=sys.stderr)
+    if result is None:
+        record = outcome.record
+        print(f"audit run {record.run_id} ended {record.status} ({record.reason}): no bound", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(result.cli_dict())
+    else:
+        print(
+            f"audit run {result.run_id}: {result.method} on {result.dataset}, {result.mode}, "
+            f"{result.canaries} canaries ({result.included} trained on), {result.releases} noisy releases\n"
+            f"  {result.correct} of {result.guesses} guesses right → ε ≥ {result.epsilon_lower_bound:.3f} "
+            f"at {result.confidence:.0%} confidence (δ={result.delta:g}); the accountant's ε = "
+            f"{_fmt(result.epsilon_spent, '.3f')}\n"
+            f"  membership AUC on the canaries: {result.auc:.3f} ± {result.auc_stderr:.3f} (standard error)"
+        )
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweeps import SweepSpec, check_sweep, sweep  # heavy: only for this command, so --help and runs start fast
 
@@ -280,7 +324,7 @@ def _print_table(records: Sequence[RunRecord]) -> None:
         print(
             f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} "
             f"{_fmt(r.target_epsilon, 'g'):>8} {rho:>5} {_fmt(r.epsilon_spent, '.3f'):>7} "
-            f"{_fmt(r.test_accuracy, '.4f'):>7}"
+            f"{_fmt(r.test_accuracy, '.4f'):>7}" + (f"  audit run ({r.config.audit_mode})" if r.config.audit else "")
         )
 
 
@@ -516,6 +560,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gpus-per-run", type=float, help="GPUs each Ray task asks for (default 0; a fraction shares one)")
     p.add_argument("--json", action="store_true")
+
+    p = command(
+        "audit",
+        cmd_audit,
+        "train one audit run with canaries and bound its ε from below at 95%% confidence (Steinke et al. 2023)",
+    )
+    _add_training_options(p, with_method=True)
+    p.add_argument(
+        "--mode",
+        default=AUDIT_MODES[0],
+        choices=AUDIT_MODES,
+        help="whitebox: gradient canaries, every released noisy gradient observed; blackbox: mislabelled "
+        "training rows, final model only",
+    )
+    p.add_argument(
+        "--canaries",
+        type=int,
+        default=DEFAULT_CANARIES,
+        help=f"canaries, each trained on with probability 1/2 (≥ {MIN_CANARIES})",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = command("runs", cmd_runs, "list stored runs")
     p.add_argument("--status", choices=STATUSES)

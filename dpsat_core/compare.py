@@ -43,10 +43,10 @@ def setting_key(run: RunRecord | TrainConfig) -> str:
 
 def latest_per_config(records: Sequence[RunRecord], *, include_diverged: bool = False) -> list[RunRecord]:
     """Finished runs with duplicates of one config (same hash) reduced to the newest, oldest first; diverged
-    runs only when asked."""
+    runs only when asked; audit runs (trained on canaries) never, so no comparison, page or report counts them."""
     newest: dict[str, RunRecord] = {}
     for r in records:
-        if r.status == "done" and r.summary is not None and (include_diverged or not r.diverged):
+        if r.status == "done" and r.summary is not None and not r.config.audit and (include_diverged or not r.diverged):
             if r.config_hash not in newest or r.created > newest[r.config_hash].created:
                 newest[r.config_hash] = r
     return sorted(newest.values(), key=lambda r: r.created)

@@ -21,6 +21,10 @@ CLIPPINGS = ("fast", "hooks")
 MODELS = ("auto", "cnn", "mlp")
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" picks one GPU
 HESSIAN_BACKENDS = ("lanczos", "pyhessian")
+# Empirical privacy audits (dpsat_core.audit): what the auditor observes. "" is an ordinary run.
+AUDIT_MODES = ("whitebox", "blackbox")
+MIN_CANARIES = 10
+DEFAULT_CANARIES = 1000
 DEFAULT_EPSILON = 3.0
 MAX_VALIDATION_FRACTION = 0.5  # of the training rows; the rest is trained on
 # Settings that change memory use or placement but not the algorithm: left out of the hash.
@@ -48,7 +52,7 @@ _HASHED_SINCE_V1 = (
     "dataset_size",
     "split_seed",
 )
-ADDED_LATER: dict[str, Any] = {"validation_fraction": 0.0, "clipping": "hooks"}
+ADDED_LATER: dict[str, Any] = {"validation_fraction": 0.0, "clipping": "hooks", "audit_mode": "", "canaries": 0}
 
 
 def _finite(name: str, value: float, *, low: float, low_inclusive: bool, fix: str) -> None:
@@ -71,7 +75,8 @@ class TrainConfig:
     σ directly, never both; with neither, the target is ε = 3. `delta=None` means
     1/n rounded down to a power of ten. `validation_fraction` of the training rows is held out
     (by `split_seed`) to choose ρ, lr or C on; test accuracy stays for the verdicts. `clipping` picks
-    the per-example clipping engine of private methods (see `CLIPPINGS`).
+    the per-example clipping engine of private methods (see `CLIPPINGS`). `audit_mode` and `canaries` mark an
+    audit run (`dpsat_core.audit`): it trained on canaries, so it is kept out of every comparison.
     """
 
     dataset: str = "digits"
@@ -93,6 +98,8 @@ class TrainConfig:
     split_seed: int = 0
     validation_fraction: float = 0.1
     clipping: str = "fast"
+    audit_mode: str = ""
+    canaries: int = 0
     max_physical_batch_size: int = 1024
     device: str = "auto"
 
@@ -114,6 +121,7 @@ class TrainConfig:
             raise ConfigError(f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
         if self.clipping not in CLIPPINGS:
             raise ConfigError(f"unknown clipping {self.clipping!r}: choose one of {', '.join(CLIPPINGS)}")
+        self._check_audit()
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
         if not valid_device_name(self.device):
@@ -145,6 +153,26 @@ class TrainConfig:
                 )
             if self.epsilon is None and self.noise_multiplier is None:
                 object.__setattr__(self, "epsilon", DEFAULT_EPSILON)
+
+    def _check_audit(self) -> None:
+        if self.audit_mode == "":
+            if self.canaries != 0:
+                raise ConfigError(f"canaries={self.canaries!r} needs an audit mode: {' or '.join(AUDIT_MODES)}")
+            return
+        if self.audit_mode not in AUDIT_MODES:
+            raise ConfigError(f"unknown audit mode {self.audit_mode!r}: choose one of {', '.join(AUDIT_MODES)}")
+        if not self.private:
+            private = ", ".join(name for name, m in METHODS.items() if m.private)
+            raise ConfigError(
+                f"method {self.method!r} makes no noisy releases, so there is no ε to audit: audit one of {private}"
+            )
+        if not isinstance(self.canaries, int) or isinstance(self.canaries, bool) or self.canaries < MIN_CANARIES:
+            raise ConfigError(f"canaries must be a whole number ≥ {MIN_CANARIES}, got {self.canaries!r}: e.g. 1000")
+
+    @property
+    def audit(self) -> bool:
+        """True for an audit run (trained on canaries; never compared with ordinary runs)."""
+        return self.audit_mode != ""
 
     @property
     def private(self) -> bool:

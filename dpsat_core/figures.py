@@ -40,12 +40,13 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
 
 def run_label(record: RunRecord) -> str:
     """The label every figure and picker uses for one run: method, privacy level (target ε or σ), ρ for
-    the methods that use it, seed. Runs of one setting never share a label."""
+    the methods that use it, seed, and the audit for audit runs. Runs of one setting never share a label."""
     config = record.config
     info = method_info(record.method)
     privacy = f" {privacy_label(config.epsilon, config.noise_multiplier)}" if config.private else ""
     rho = f" ρ={config.rho:g}" if info.uses_rho else ""
-    return f"{info.label}{privacy}{rho} s{config.seed}"
+    audit = f" · audit ({config.audit_mode}, {config.canaries} canaries)" if config.audit else ""
+    return f"{info.label}{privacy}{rho} s{config.seed}{audit}"
 
 
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")

@@ -33,7 +33,7 @@ from .compare import (
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
 from .probe import step_cost
-from .results import counted, format_number
+from .results import AuditResult, counted, format_number
 from .store import RunStore
 
 STYLE = """
@@ -89,6 +89,7 @@ class Report:
     headline: tuple[HeadlineRow, ...]
     caveat: str
     created: str
+    audits: tuple[AuditResult, ...] = ()  # empirical privacy audits on the report's data set
 
 
 def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Optional[str] = None) -> Report:
@@ -116,6 +117,7 @@ def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Opt
         headline=tuple(headline),
         caveat=caveat(headline_comparisons(compared)),
         created=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        audits=tuple(a for a in store.audits() if a.dataset == runs[0].config.dataset),
     )
 
 
@@ -182,6 +184,34 @@ def _pct(value: Optional[float], std: Optional[float] = None) -> str:
     return f"{100 * value:.1f}%" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
+# What an audit's lower bound means beside the accountant's ε, said once in the report.
+AUDIT_MEANING = (
+    "An audit trains one run with canaries, each included with probability 1/2, guesses which were included and "
+    "turns the correct guesses into a lower bound on ε at 95% confidence (Steinke, Nasr & Jagielski 2023). The "
+    "accountant's ε is an upper bound for every data set and attacker; the true ε of the mechanism lies between "
+    "the two. A gap is what the attack could not demonstrate, not a leak; a lower bound above the accountant's ε "
+    "would mean the mechanism is broken. Audit runs trained on canaries and are left out of every comparison above."
+)
+
+
+def audit_section(audits: tuple[AuditResult, ...]) -> str:
+    """The report's audit section (empty without audits): one row per audit, the bound beside the accountant's ε."""
+    if not audits:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(method_info(a.method).label)}</td><td>{e(a.mode)}</td><td>{a.canaries:,}</td>"
+        f"<td>{format_number(a.epsilon_spent, '.2f')}</td><td>{a.epsilon_lower_bound:.2f}</td>"
+        f"<td>{a.correct} of {a.guesses}</td><td>{a.auc:.3f} ± {a.auc_stderr:.3f}</td><td>{e(a.run_id)}</td></tr>"
+        for a in audits
+    )
+    return (
+        "<section><h2>Empirical privacy audits</h2><table><tr><th>method</th><th>mode</th><th>canaries</th>"
+        "<th>accountant's ε (upper bound)</th><th>audit's ε lower bound (95%)</th><th>guesses right</th>"
+        f"<th>membership AUC ± s.e.</th><th>run</th></tr>{rows}</table><p>{e(AUDIT_MEANING)}</p></section>"
+    )
+
+
 def render_html(report: Report, *, static_images: bool) -> str:
     e = html.escape
     rows = []
@@ -243,6 +273,7 @@ algorithm when not measured. Privacy cost: every method is held to the same budg
 <p class="caveat"><strong>Caveat.</strong> {e(report.caveat)}</p>
 <p>{e(MEASURES)}</p>
 {"".join(parts)}
+{audit_section(report.audits)}
 </body></html>"""
 
 

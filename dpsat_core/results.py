@@ -344,3 +344,51 @@ class CostProbe(JsonRecord):
     def ratio(self) -> dict[str, float]:
         """Method → median ratio to its reference, for the methods that have one."""
         return {c.method: c.ratio for c in self.costs if c.ratio is not None}
+
+
+# --- empirical privacy audits ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditResult(JsonRecord):
+    """One audit run's outcome: the guesses, the ε lower bound at `confidence` (Steinke, Nasr & Jagielski
+    2023), the accountant's ε of the same run, and the membership AUC of the canary scores."""
+
+    run_id: str
+    method: str
+    dataset: str
+    mode: str  # "whitebox" or "blackbox"
+    canaries: int
+    included: int  # canaries trained on (each with probability 1/2)
+    guesses: int
+    correct: int
+    guessed_in: int
+    guessed_out: int
+    epsilon_lower_bound: float
+    confidence: float
+    epsilon_spent: Optional[float]  # the accountant's; inf for σ = 0
+    target_epsilon: Optional[float]
+    delta: float
+    auc: float
+    auc_stderr: float
+    releases: int
+    seconds: float  # the whole audit: training, scoring and the bound
+
+    def gap_text(self) -> str:
+        """One sentence on what the distance between the accountant's ε and this lower bound means."""
+        bound, spent = self.epsilon_lower_bound, format_number(self.epsilon_spent, ".2f")
+        if self.epsilon_spent is not None and bound > self.epsilon_spent:
+            return (
+                f"The audit shows ε ≥ {bound:.2f} at {self.confidence:.0%} confidence, above the accountant's "
+                f"ε = {spent}: the mechanism leaks more than its accounting says — do not rely on this run's ε."
+            )
+        return (
+            f"The accountant proves ε ≤ {spent} for every data set and attacker; this {self.mode} audit shows "
+            f"ε ≥ {bound:.2f} at {self.confidence:.0%} confidence for one run: the true ε lies between, and the gap "
+            f"is what this attack could not demonstrate, not a leak it found."
+        )
+
+    def cli_dict(self) -> dict[str, Any]:
+        """The keys `dpsat audit --json` prints."""
+        keys = ("run_id", "method", "mode", "canaries", "guesses", "correct", "epsilon_lower_bound", "confidence")
+        return {**{k: getattr(self, k) for k in keys}, "epsilon_spent": self.epsilon_spent, "auc": self.auc}

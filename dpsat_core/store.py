@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 from .config import TrainConfig
 from .errors import StoreError
-from .results import CostProbe, EpochMetrics, RunRecord, RunSummary
+from .results import AuditResult, CostProbe, EpochMetrics, RunRecord, RunSummary
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +36,8 @@ STATUSES = ("running", "done", "failed", "cancelled")
 LEASE_ENV = "DPSAT_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
 INTERRUPTED = "interrupted"  # how the reason of a run whose trainer vanished begins
+# An audit's result is kept beside its run in the analyses table (deleted with the run).
+_AUDIT_KIND, _AUDIT_KEY = "audit", "one-run"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -382,6 +384,18 @@ class RunStore:
                 (kind, key, json.dumps(ids)),
             ).fetchall()
         return {r["run_id"]: json.loads(r["result"]) for r in rows}
+
+    # --- empirical privacy audits ----------------------------------------------------------------------
+    def save_audit(self, result: AuditResult) -> None:
+        self.save_analysis(result.run_id, _AUDIT_KIND, _AUDIT_KEY, result.to_dict())
+
+    def audits(self) -> list[AuditResult]:
+        """Every stored audit result, oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT result FROM analyses WHERE kind=? AND key=? ORDER BY created", (_AUDIT_KIND, _AUDIT_KEY)
+            ).fetchall()
+        return [AuditResult.from_dict(json.loads(r["result"])) for r in rows]
 
     # --- step-cost probes (one per setting and device) -----------------------------------------------
     def save_probe(self, probe: CostProbe) -> None:

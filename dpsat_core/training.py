@@ -13,7 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,15 @@ EVAL_BATCH = 2048
 # offset by distinct primes so the three random streams never coincide.
 NOISE_SEED_OFFSET = 7919
 SAMPLING_SEED_OFFSET = 104729
+
+
+class Instrument(Protocol):
+    """What an audit adds to a private run (`dpsat_core.audit`): a module around the model, and hooks on the
+    optimizer's release (insert into the clipped sum before the noise; observe the released gradient)."""
+
+    def wrap(self, model: nn.Module) -> nn.Module: ...
+
+    def attach(self, optimizer: DPOptimizer) -> None: ...
 
 
 @dataclass(kw_only=True)
@@ -147,8 +156,15 @@ class Trainer:
         self.releases += 1
 
 
-def prepare(config: TrainConfig, dataset: Optional[Dataset] = None, plan: Optional[RunPlan] = None) -> Trainer:
-    """Build model, optimizer and method step for `config` (loading its data set and planning it unless given)."""
+def prepare(
+    config: TrainConfig,
+    dataset: Optional[Dataset] = None,
+    plan: Optional[RunPlan] = None,
+    *,
+    instrument: Optional[Instrument] = None,
+) -> Trainer:
+    """Build model, optimizer and method step for `config` (loading its data set and planning it unless given);
+    an `instrument` (audits only) wraps the trained module and hooks the private optimizer's releases."""
     dataset = dataset or load_config_dataset(config)
     run_plan = plan or plan_run(config, dataset)
     privacy = run_plan.privacy
@@ -156,7 +172,8 @@ def prepare(config: TrainConfig, dataset: Optional[Dataset] = None, plan: Option
     spec = run_plan.model
     model = build_model(spec, seed=config.seed).to(device)
     info = method_info(config.method)
-    base = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    module = model if instrument is None else instrument.wrap(model).to(device)
+    base = torch.optim.SGD(module.parameters(), lr=config.lr, momentum=config.momentum)
     if info.private:
         noise = torch.Generator(device=device).manual_seed(config.seed + NOISE_SEED_OFFSET)
         options = dict(
@@ -169,10 +186,10 @@ def prepare(config: TrainConfig, dataset: Optional[Dataset] = None, plan: Option
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             if config.clipping == "fast":
-                trained: nn.Module = model
-                optimizer = FastDPOptimizer(base, module=model, **options)
+                trained: nn.Module = module
+                optimizer = FastDPOptimizer(base, module=module, **options)
             else:
-                trained = GradSampleModule(model, loss_reduction="mean")
+                trained = GradSampleModule(module, loss_reduction="mean")
                 optimizer = DPOptimizer(base, **options)
     else:
         trained, optimizer = model, base
@@ -191,6 +208,8 @@ def prepare(config: TrainConfig, dataset: Optional[Dataset] = None, plan: Option
     )
     if info.private:
         optimizer.attach_step_hook(trainer._count_release)
+        if instrument is not None:
+            instrument.attach(optimizer)
     return trainer
 
 
@@ -241,6 +260,7 @@ def train(
     on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
     dataset: Optional[Dataset] = None,
     plan: Optional[RunPlan] = None,
+    instrument: Optional[Instrument] = None,
 ) -> TrainResult:
     """Train `config` to the end, or until it diverges or crashes (status failed) or `should_stop()` (cancelled).
 
@@ -248,7 +268,7 @@ def train(
     what ε it spent. A crash (an exception while training) is logged with its traceback.
     """
     with quiet_hooks():
-        trainer = prepare(config, dataset, plan)
+        trainer = prepare(config, dataset, plan, instrument=instrument)
         finished: list[EpochMetrics] = []
 
         def keep(metrics: EpochMetrics) -> None:

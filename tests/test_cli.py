@@ -269,3 +269,50 @@ def test_compare_leaves_diverged_runs_out_unless_asked_and_says_how_many(tmp_pat
     assert main([*args, "--include-diverged"]) == 0
     out, err = capsys.readouterr()
     assert [r["n_pairs"] for r in json.loads(out)] == [2] and "diverged" not in err
+
+
+AUDIT = ("audit", "--dataset", "breast_cancer", "--method", "dpsat", "--sigma", "1", "--epochs", "1")
+
+
+def test_audit_json_has_exactly_the_documented_keys_and_is_marked_in_runs(tmp_path, capsys):
+    db = str(tmp_path / "r.db")
+    code, out, _ = cli(capsys, *AUDIT, "--batch-size", "64", "--canaries", "100", "--json", "--store", db)
+    assert code == 0
+    row = json.loads(out)
+    assert set(row) == {
+        "run_id",
+        "method",
+        "mode",
+        "canaries",
+        "guesses",
+        "correct",
+        "epsilon_lower_bound",
+        "confidence",
+        "epsilon_spent",
+        "auc",
+    }
+    assert row["method"] == "dpsat" and row["mode"] == "whitebox" and row["canaries"] == 100
+    assert 0 <= row["correct"] <= row["guesses"] <= 100 and row["confidence"] == 0.95
+    assert 0 <= row["epsilon_lower_bound"] <= row["epsilon_spent"]
+    code, out, _ = cli(capsys, "runs", "--store", db)
+    assert row["run_id"] in out and "audit run (whitebox)" in out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--canaries", "9"), "error: canaries must be a whole number ≥ 10, got 9: e.g. 1000"),
+        ((), "error: canaries=1000 exceeds the 409 training examples of breast_cancer: use at most 409"),
+        (("--method", "sam", "--canaries", "100"), "error: method 'sam' makes no noisy releases, so there is no ε"),
+        (("--mode", "greybox"), "error: argument --mode: invalid choice: 'greybox'"),
+    ],
+)
+def test_bad_audit_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra, message):
+    db = tmp_path / "r.db"
+    try:
+        code = main([*AUDIT, *extra, "--store", str(db)])
+    except SystemExit as exc:  # a usage error exits from argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith(message)
+    assert not db.exists() or RunStore(db).list_runs() == []

@@ -82,8 +82,23 @@ def test_every_config_field_has_a_place_in_the_hash():
     assert {f.name for f in dataclasses.fields(TrainConfig)} == placed
     # the first version's hash, recomputed by hand: stored runs keep being found
     cfg = TrainConfig(method="dpsat", epsilon=2.0)
-    first = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "max_physical_batch_size")}
+    # (an ordinary run's audit fields, at the values they were introduced with, stay out of it)
+    first = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in ("device", "max_physical_batch_size", "audit_mode", "canaries")
+    }
     assert cfg.config_hash() == hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_an_audit_config_hashes_apart_from_its_ordinary_run():
+    ordinary = TrainConfig(method="dpsgd", epsilon=2.0)
+    audited = dataclasses.replace(ordinary, audit_mode="whitebox", canaries=1000)
+    assert audited.audit and not ordinary.audit
+    fewer = dataclasses.replace(audited, canaries=500)
+    assert len({ordinary.config_hash(), audited.config_hash(), fewer.config_hash()}) == 3
+    with pytest.raises(ConfigError, match="canaries=5 needs an audit mode"):
+        TrainConfig(canaries=5)
 
 
 def test_round_trip_through_a_dict_and_unknown_fields_are_refused():

@@ -18,7 +18,7 @@ from dpsat_core.analysis import run_adaptive_sharpness, run_hessian, run_noise_r
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
-PAGES = ["overview", "data", "train", "privacy_utility", "sharpness", "landscape", "runs"]
+PAGES = ["overview", "data", "train", "privacy_utility", "sharpness", "landscape", "runs", "audit"]
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +175,31 @@ def test_bad_settings_are_explained_on_the_train_page(tmp_path, monkeypatch):
     at.button(key="train-start").click().run()
     assert "ρ values must be comma-separated numbers; 'wide'" in at.error[0].value
     assert get_jobs().jobs() == []
+
+
+def test_an_audit_from_its_page_runs_in_the_background_and_shows_both_epsilons(tmp_path, monkeypatch):
+    db = tmp_path / "runs.db"
+    monkeypatch.setenv("DPSAT_STORE", str(db))
+    at = open_page("audit")
+    assert any("No audits yet" in i.value for i in at.info)
+    at.number_input(key="audit-canaries").set_value(5000)  # digits has 1,293 training rows
+    at.button(key="audit-start").click().run()
+    (error,) = at.error
+    assert "canaries=5000 exceeds the 1293 training examples of digits" in error.value
+    assert get_jobs().jobs() == [] and RunStore(db).list_runs() == []  # bad input: no job, nothing stored
+    at.number_input(key="audit-canaries").set_value(100)
+    at.number_input(key="audit-epochs").set_value(1)
+    at.button(key="audit-start").click().run()
+    assert not at.exception and not at.error
+    view = get_jobs().wait(get_jobs().jobs()[0].job_id, timeout=300)
+    assert view.status == "done", view
+    at.run()
+    (result,) = RunStore(db).audits()
+    accountant, bound = at.metric
+    assert accountant.value == f"{result.epsilon_spent:.2f}" and bound.value == f"{result.epsilon_lower_bound:.2f}"
+    assert "Audit's ε lower bound (95% confidence)" in bound.label
+    assert any(result.gap_text() in m.value for m in at.markdown)
+    assert RunStore(db).get(result.run_id).config.audit_mode == "whitebox"
 
 
 def test_the_data_page_checks_and_selects_a_built_in_data_set(tmp_path, monkeypatch):
