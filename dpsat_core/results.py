@@ -16,6 +16,11 @@ from typing import Any, Optional, TypeVar
 from .config import TrainConfig
 
 R = TypeVar("R", bound="JsonRecord")
+# How runs with `preprocessing="fitted"` (every run before private scaling) were scaled: not covered by ε.
+FITTED_SCALING = (
+    "standardised with the training rows' mean and std, and a table's category levels and classes taken from all "
+    "rows, without noise: not covered by ε"
+)
 
 
 class JsonRecord:
@@ -130,6 +135,8 @@ class RunSummary(JsonRecord):
     data_fingerprint: Optional[str] = None  # digest of a file data set's bytes (None for built-ins, old runs)
     validation_accuracy: Optional[float] = None  # for choosing ρ, lr or C; None without a validation split
     n_validation: int = 0
+    scaling: str = ""  # how the features were scaled and what of it ε covers ("" in runs from before it was kept)
+    statistics_noise_multiplier: Optional[float] = None  # of the released scaling statistics (None: none released)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSummary":
@@ -175,6 +182,22 @@ class RunRecord:
     @property
     def test_accuracy(self) -> Optional[float]:
         return None if self.summary is None else self.summary.test_accuracy
+
+    @property
+    def privacy_note(self) -> str:
+        """What this run's ε covers of its pipeline, in words, and what it does not."""
+        if not self.config.private:
+            return "No ε: a non-private run (a reference)."
+        if self.config.preprocessing == "fitted":
+            return (
+                "ε covers the training's noisy gradient releases only: the features were " + FITTED_SCALING + "."
+            )
+        scaling = self.summary.scaling if self.summary is not None else ""
+        if self.summary is not None and self.summary.statistics_noise_multiplier is not None:
+            return f"ε covers the training's noisy gradient releases and the preprocessing statistics: {scaling}."
+        return "ε covers the training's noisy gradient releases; the scaling read nothing private" + (
+            f": {scaling}." if scaling else "."
+        )
 
     @property
     def validation_accuracy(self) -> Optional[float]:

@@ -61,6 +61,7 @@ class TrainResult:
     n_train: int
     n_validation: int
     data_fingerprint: Optional[str]
+    scaling: str  # how the features were scaled (`Dataset.scaling`)
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
     @property
@@ -99,6 +100,8 @@ class TrainResult:
             device=self.device,
             n_train=self.n_train,
             data_fingerprint=self.data_fingerprint,
+            scaling=self.scaling,
+            statistics_noise_multiplier=self.plan.prior[0][0] if self.plan.prior else None,
         )
 
 
@@ -214,6 +217,7 @@ def _privacy_now(trainer: Trainer) -> Optional[PrivacySpent]:
         releases=trainer.releases,
         delta=plan.delta,
         accountant=plan.accountant,
+        prior=plan.prior,
     )
 
 
@@ -381,6 +385,7 @@ def _result(
         device=str(trainer.device),
         n_train=trainer.dataset.n_train,
         n_validation=trainer.dataset.n_val,
-        data_fingerprint=data_fingerprint(config.dataset),
+        data_fingerprint=data_fingerprint(config.dataset, config.schema),
+        scaling=trainer.dataset.scaling,
         state_dict=_weights(trainer.model),
     )
