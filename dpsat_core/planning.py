@@ -107,7 +107,9 @@ def plan_privacy(config: TrainConfig, n_train: int, *, prior: History = ()) -> P
 
 
 def statistics_share(config: TrainConfig) -> str:
-    """What part of the budget the released scaling statistics take, in words."""
+    """What part of the budget the released scaling statistics take, in words ("" for a non-private run)."""
+    if not config.private:
+        return ""
     of = f"the target ε={config.epsilon:g}" if config.noise_multiplier is None else "the training releases' ε"
     return f"{config.preprocessing_share:.0%} of {of} on their own, composed with training by the accountant"
 

@@ -215,6 +215,7 @@ class RunRecord:
             "target_epsilon": self.target_epsilon,
             "epsilon_spent": self.epsilon_spent,
             "test_accuracy": self.test_accuracy,
+            "privacy_note": self.privacy_note,
             "config_hash": self.config_hash,
             "created": self.created,
             "updated": self.updated,

@@ -105,6 +105,8 @@ def load_schema(path: str | Path) -> Schema:
     if default is not None and (not isinstance(default, dict) or set(default) != {"min", "max"}):
         raise _fail(name, f"'default' needs min and max, got {default!r}")
     classes = data.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) < 2):
+        raise _fail(name, f"'classes' must list at least two classes (a classifier needs ≥ 2), got {classes!r}")
     return Schema(
         name=name,
         bounds=bounds,
