@@ -59,9 +59,11 @@ def _in_use() -> set[str]:
     """Uploaded files that must not be pruned: those stored runs were trained with, and this session's choice."""
     chosen = current_dataset()
     runs = get_store().list_runs()
-    return {r.config.dataset for r in runs} | {r.config.schema for r in runs if r.config.schema} | {
-        p for p in (chosen["source"], chosen.get("schema")) if p
-    }
+    return (
+        {r.config.dataset for r in runs}
+        | {r.config.schema for r in runs if r.config.schema}
+        | {p for p in (chosen["source"], chosen.get("schema")) if p}
+    )
 
 
 def current_dataset() -> dict:

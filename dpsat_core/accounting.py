@@ -17,16 +17,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-# Earlier releases composed before the training's: ((noise multiplier, sample rate, count), ...), as Opacus's
-# accountants keep their `history`.
-History = tuple[tuple[float, float, int], ...]
-
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from .config import ACCOUNTANTS
 from .errors import ConfigError
 
+# Earlier releases composed before the training's: ((noise multiplier, sample rate, count), ...), as Opacus's
+# accountants keep their `history`.
+History = tuple[tuple[float, float, int], ...]
 EPSILON_TOLERANCE = 0.01  # how far below the target a calibrated σ may leave ε
 MAX_NOISE_MULTIPLIER = 1e6  # where Opacus's search gives up too
 PRV_FALLBACK_NOTE = "PRV accountant failed at this budget; ε computed with RDP (looser, still valid)"
@@ -174,7 +173,6 @@ def calibrate_noise(
         if accountant != "prv" or not _is_prv_failure(exc):
             raise
     return Calibration(solve("rdp"), "rdp", PRV_FALLBACK_NOTE)
-
 
 
 def _solve_after(

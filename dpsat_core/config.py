@@ -133,9 +133,7 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown preprocessing {self.preprocessing!r}: choose one of {', '.join(PREPROCESSINGS)}"
             )
-        _finite(
-            "preprocessing_share", self.preprocessing_share, low=0, low_inclusive=False, fix="e.g. 0.05 (5% of ε)"
-        )
+        _finite("preprocessing_share", self.preprocessing_share, low=0, low_inclusive=False, fix="e.g. 0.05 (5% of ε)")
         if self.preprocessing_share > MAX_PREPROCESSING_SHARE:
             raise ConfigError(
                 f"preprocessing_share must be ≤ {MAX_PREPROCESSING_SHARE}, got {self.preprocessing_share!r}: e.g. 0.05"

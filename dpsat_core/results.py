@@ -189,11 +189,14 @@ class RunRecord:
         if not self.config.private:
             return "No ε: a non-private run (a reference)."
         if self.config.preprocessing == "fitted":
+            return "ε covers the training's noisy gradient releases only: the features were " + FITTED_SCALING + "."
+        if self.summary is None:
             return (
-                "ε covers the training's noisy gradient releases only: the features were " + FITTED_SCALING + "."
+                "ε covers the training's noisy gradient releases and any scaling statistics released for columns "
+                "without public bounds (the details are stored when the run ends)."
             )
-        scaling = self.summary.scaling if self.summary is not None else ""
-        if self.summary is not None and self.summary.statistics_noise_multiplier is not None:
+        scaling = self.summary.scaling
+        if self.summary.statistics_noise_multiplier is not None:
             return f"ε covers the training's noisy gradient releases and the preprocessing statistics: {scaling}."
         return "ε covers the training's noisy gradient releases; the scaling read nothing private" + (
             f": {scaling}." if scaling else "."

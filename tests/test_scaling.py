@@ -55,9 +55,7 @@ def test_removing_one_training_row_changes_no_fixed_scale_preprocessing():
             keep = np.arange(len(labels)) != drop
             x, y = bunch.data[keep], labels[keep]
             rows = split_rows(encode_labels(y, "bc")[0], split, "bc")
-            data = finish(
-                "bc", "tabular", x, y, split=split, preprocessing=preprocessing, bounds=BREAST_CANCER_BOUNDS
-            )
+            data = finish("bc", "tabular", x, y, split=split, preprocessing=preprocessing, bounds=BREAST_CANCER_BOUNDS)
             maps[preprocessing, drop] = by_row([x[r] for r in rows], data)
     for preprocessing, changed in (("private", False), ("fitted", True)):
         full, less = maps[preprocessing, None], maps[preprocessing, first_train_row]
@@ -149,7 +147,9 @@ def test_a_schema_with_bad_content_is_one_clear_error(tmp_path, content, message
     schema = write(tmp_path / "s.json", content)
     with pytest.raises(DataError, match=message):
         load_dataset(path, target="label", schema=schema)
-    code = main(["train", "--dataset", path, "--target", "label", "--schema", schema, "--store", str(tmp_path / "r.db")])
+    code = main(
+        ["train", "--dataset", path, "--target", "label", "--schema", schema, "--store", str(tmp_path / "r.db")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: schema s.json: ") and err.count("\n") == 1
     assert not (tmp_path / "r.db").exists() or not RunStore(tmp_path / "r.db").list_runs()
@@ -273,3 +273,12 @@ def test_runs_stored_before_private_scaling_keep_their_hash_and_say_their_scalin
     dpsgd = next(r for r in records if r.method == "dpsgd")
     assert "not covered by ε" in dpsgd.privacy_note and "mean and std" in dpsgd.privacy_note
     assert TrainConfig().preprocessing == "private"
+
+
+def test_breast_cancer_bounds_are_the_documented_table():
+    import re
+
+    from sklearn.datasets import load_breast_cancer
+
+    rows = re.findall(r"^[a-z ()]+:\s+([\d.]+)\s+([\d.]+)$", load_breast_cancer().DESCR, re.MULTILINE)
+    assert tuple((float(low), float(high)) for low, high in rows) == BREAST_CANCER_BOUNDS

@@ -108,7 +108,9 @@ def load_dataset(
                 f"or a path to a {' or '.join(FILE_TYPES)} file or a data folder"
             )
         stat = path.stat()
-        return _load_cached(str(path), target, None, split, (stat.st_mtime_ns, stat.st_size), preprocessing, *schema_key)
+        return _load_cached(
+            str(path), target, None, split, (stat.st_mtime_ns, stat.st_size), preprocessing, *schema_key
+        )
     return _load_cached(source, None, size, split, (), preprocessing, *schema_key)
 
 

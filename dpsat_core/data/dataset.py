@@ -311,7 +311,11 @@ def _public_bounds(
         bound = bounds[0] if bounds else None
         if bound is None:
             return parts, "", tuple(range(parts[0].shape[1]))
-        return [bounds_transform(p, *bound) for p in parts], f"pixels mapped from public bounds in {source} to [−1, 1]", ()
+        return (
+            [bounds_transform(p, *bound) for p in parts],
+            f"pixels mapped from public bounds in {source} to [−1, 1]",
+            (),
+        )
     width = parts[0].shape[1]
     numeric = np.ones(width, bool) if numeric is None else np.asarray(numeric, bool)
     bounds = list(bounds) if bounds is not None else [None] * width

@@ -154,7 +154,14 @@ def load_csv(
     if preprocessing == "fitted":
         x, names, numeric = _encode_table(frame, path.name)
         return finish(
-            path.stem, "tabular", x, values, split=split, feature_names=names, standardize=numeric, preprocessing="fitted"
+            path.stem,
+            "tabular",
+            x,
+            values,
+            split=split,
+            feature_names=names,
+            standardize=numeric,
+            preprocessing="fitted",
         )
     _check_schema_columns(schema, [str(c) for c in frame.columns], path.name)
     rows = split_rows(encode_labels(values, path.name)[0], split, path.name)
@@ -248,7 +255,9 @@ def load_npz(path: Path, *, split: Split, preprocessing: str = "private", schema
     default = None if schema is None else schema.default_bounds
     common = dict(split=split, classes=None if schema is None else schema.classes)
     if kind == "image" and x.dtype == np.uint8 and default is None:
-        return finish(path.stem, kind, x / 255.0, y, fixed="fixed scale: bytes / 255, independent of the data", **common)
+        return finish(
+            path.stem, kind, x / 255.0, y, fixed="fixed scale: bytes / 255, independent of the data", **common
+        )
     width = 1 if kind == "image" else x.shape[1]
     source = f"schema {schema.name}" if schema is not None else ""
     return finish(path.stem, kind, x, y, bounds=[default] * width, bounds_source=source, **common)
