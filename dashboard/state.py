@@ -1,8 +1,8 @@
 """Shared server state: the run store and the job manager (one per server), and session keys.
 
 Session-state keys used across pages:
-- "dataset": {"source": str, "target": str | None, "size": int | None}, the data set the
-  Data page chose (default: the built-in digits).
+- "dataset": {"source": str, "target": str | None, "size": int | None, "schema": str | None}, the data
+  set the Data page chose, with its schema file if one was given (default: the built-in digits).
 - "watched_jobs": ids of jobs this session saw running (to rerun when they finish).
 - "session_owner": this session's id, the owner of the jobs it submits (a reload starts a new session).
 """
@@ -19,9 +19,9 @@ from dpsat_core import RunStore
 from dpsat_core.jobs import JobManager
 from dpsat_core.store import default_store_path
 
-from .uploads import Upload, receive_upload
+from .uploads import Upload, receive_schema, receive_upload
 
-DEFAULT_DATASET = {"source": "digits", "target": None, "size": None}
+DEFAULT_DATASET = {"source": "digits", "target": None, "size": None, "schema": None}
 OPERATOR_ENV = "DPSAT_OPERATOR"
 
 
@@ -66,8 +66,23 @@ def uploads_dir() -> Path:
 def save_upload(name: str, content: bytes) -> Upload:
     """Save and check an uploaded file in this server's uploads folder (`uploads.receive_upload`); the files
     stored runs were trained on, and this session's selected data set, are never pruned."""
-    in_use = {r.config.dataset for r in get_store().list_runs()} | {current_dataset()["source"]}
-    return receive_upload(uploads_dir(), name, content, keep=in_use)
+    return receive_upload(uploads_dir(), name, content, keep=_in_use())
+
+
+def save_schema(name: str, content: bytes) -> Path:
+    """Save and check an uploaded schema file beside the uploaded data (`uploads.receive_schema`)."""
+    return receive_schema(uploads_dir(), name, content, keep=_in_use())
+
+
+def _in_use() -> set[str]:
+    """Uploaded files that must not be pruned: those stored runs were trained with, and this session's choice."""
+    chosen = current_dataset()
+    runs = get_store().list_runs()
+    return (
+        {r.config.dataset for r in runs}
+        | {r.config.schema for r in runs if r.config.schema}
+        | {p for p in (chosen["source"], chosen.get("schema")) if p}
+    )
 
 
 def current_dataset() -> dict:

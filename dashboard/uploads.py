@@ -16,7 +16,7 @@ from typing import Collection, Optional
 
 import pandas as pd
 
-from dpsat_core.data import FILE_TYPES, npz_arrays, read_csv
+from dpsat_core.data import FILE_TYPES, SCHEMA_TYPES, load_schema, npz_arrays, read_csv
 from dpsat_core.errors import DataError
 
 BUDGET_BYTES = 1024**3  # all uploads together (one upload is at most the server's 50 MB)
@@ -33,14 +33,14 @@ class Upload:
     preview: Optional[pd.DataFrame]
 
 
-def safe_name(name: str) -> str:
+def safe_name(name: str, types: tuple[str, ...] = FILE_TYPES) -> str:
     """The upload's name reduced to letters, digits, '.', '_' and '-' (at most `MAX_NAME_CHARS`), or a
-    `DataError` for a name no browser sends (a NUL byte) or a type the loaders cannot read."""
+    `DataError` for a name no browser sends (a NUL byte) or a type the loaders cannot read (`types`)."""
     if "\0" in name:
         raise DataError(f"the file name {name!r} contains a NUL byte: rename the file and upload it again")
     suffix = Path(name).suffix.lower()
-    if suffix not in FILE_TYPES:
-        raise DataError(f"{name!r} is not a {' or '.join(FILE_TYPES)} file: upload one of those")
+    if suffix not in types:
+        raise DataError(f"{name!r} is not a {' or '.join(types)} file: upload one of those")
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", name[: -len(suffix)])[: MAX_NAME_CHARS - len(suffix)]
     return stem + suffix
 
@@ -61,6 +61,21 @@ def receive_upload(folder: Path, name: str, content: bytes, *, keep: Collection[
             path.unlink(missing_ok=True)
         raise
     return Upload(path, preview)
+
+
+def receive_schema(folder: Path, name: str, content: bytes, *, keep: Collection[str] = ()) -> Path:
+    """Save a schema (JSON or TOML) like a data file and check it (`load_schema`); a bad one is deleted and its
+    `DataError` raised."""
+    path = folder / f"{hashlib.sha256(content).hexdigest()[:8]}-{safe_name(name, SCHEMA_TYPES)}"
+    path.write_bytes(content)
+    prune_uploads(folder, keep=[*keep, str(path)])
+    try:
+        load_schema(path)
+    except DataError:
+        if path.resolve() not in _resolved(keep):
+            path.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _resolved(paths: Collection[str]) -> set[Path]:

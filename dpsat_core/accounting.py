@@ -2,7 +2,9 @@
 
 A run's privacy is the composition of `releases` Poisson-subsampled Gaussian
 mechanisms at noise multiplier σ and sample rate q (DP-SAM makes two releases a
-step, on independent batches). Opacus's PRV accountant is the default; it can
+step, on independent batches), after any `prior` releases (the private scaling
+statistics of a user table: full-data Gaussian releases, sample rate 1), composed by
+the same accountant as one heterogeneous history, never by adding ε's. Opacus's PRV accountant is the default; it can
 fail for large ε (Opacus issue 604), where we fall back to RDP and say so.
 """
 
@@ -21,6 +23,11 @@ from opacus.accountants.utils import get_noise_multiplier
 from .config import ACCOUNTANTS
 from .errors import ConfigError
 
+# Earlier releases composed before the training's: ((noise multiplier, sample rate, count), ...), as Opacus's
+# accountants keep their `history`.
+History = tuple[tuple[float, float, int], ...]
+EPSILON_TOLERANCE = 0.01  # how far below the target a calibrated σ may leave ε
+MAX_NOISE_MULTIPLIER = 1e6  # where Opacus's search gives up too
 PRV_FALLBACK_NOTE = "PRV accountant failed at this budget; ε computed with RDP (looser, still valid)"
 # What Opacus 1.6's PRV code raises where its discretisation breaks down (large ε, Opacus #604; tiny δ):
 # RuntimeError("Cannot compute epsilon"), RuntimeError("Discrete mean differs significantly from
@@ -46,6 +53,7 @@ class PrivacySpent:
     releases: int
     accountant: str
     note: str = ""
+    prior: History = ()  # releases composed before training's (the private preprocessing statistics)
 
 
 @contextmanager
@@ -60,26 +68,33 @@ def _quiet_one_blas_thread() -> Iterator[None]:
 
 
 def _epsilon_with(
-    accountant: str, *, noise_multiplier: float, sample_rate: float, releases: int, delta: float
+    accountant: str, *, noise_multiplier: float, sample_rate: float, releases: int, delta: float, prior: History = ()
 ) -> float:
     acc = create_accountant(mechanism=accountant)
-    acc.history = [(noise_multiplier, sample_rate, releases)]
+    acc.history = [*prior, *([(noise_multiplier, sample_rate, releases)] if releases else [])]
     with _quiet_one_blas_thread():
         return float(acc.get_epsilon(delta=delta))
 
 
 @functools.lru_cache(maxsize=4096)
 def epsilon_spent(
-    *, noise_multiplier: float, sample_rate: float, releases: int, delta: float, accountant: str = "prv"
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    releases: int,
+    delta: float,
+    accountant: str = "prv",
+    prior: History = (),
 ) -> PrivacySpent:
-    """ε after `releases` subsampled Gaussian releases; inf when σ = 0, 0 before any release. Cached (it is
-    pure): the seeds of one ε, and every run's per-epoch ε at one setting, ask for the same numbers."""
+    """ε after the `prior` releases and `releases` subsampled Gaussian releases; inf when a σ is 0, 0 before any
+    release. Cached (it is pure): the seeds of one ε, and every run's per-epoch ε at one setting, ask for the
+    same numbers."""
     if accountant not in ACCOUNTANTS:
         raise ConfigError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
-    common = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, releases=releases)
-    if releases == 0:
+    common = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, releases=releases, prior=prior)
+    if releases == 0 and not prior:
         return PrivacySpent(epsilon=0.0, delta=delta, accountant=accountant, **common)
-    if noise_multiplier == 0:
+    if (releases and noise_multiplier == 0) or any(sigma == 0 for sigma, _, _ in prior):
         return PrivacySpent(epsilon=math.inf, delta=delta, accountant=accountant, **common)
     if accountant == "prv":
         try:
@@ -105,9 +120,16 @@ class Calibration:
 
 @functools.lru_cache(maxsize=256)
 def calibrate_noise(
-    *, target_epsilon: float, delta: float, sample_rate: float, releases: int, accountant: str = "prv"
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    releases: int,
+    accountant: str = "prv",
+    prior: History = (),
 ) -> Calibration:
-    """Smallest σ (to 0.01 in ε) whose ε after `releases` releases stays ≤ target (cached: it is pure)."""
+    """Smallest σ (to 0.01 in ε) whose ε after the `prior` releases and `releases` releases at σ stays ≤ target
+    (cached: it is pure)."""
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon!r}")
     if releases < 1:
@@ -116,14 +138,25 @@ def calibrate_noise(
     def solve(mechanism: str) -> float:
         try:
             with _quiet_one_blas_thread():
-                return get_noise_multiplier(
+                alone = get_noise_multiplier(
                     target_epsilon=target_epsilon,
                     target_delta=delta,
                     sample_rate=sample_rate,
                     steps=releases,
                     accountant=mechanism,
-                    epsilon_tolerance=0.01,
+                    epsilon_tolerance=EPSILON_TOLERANCE,
                 )
+            if not prior:
+                return alone
+            return _solve_after(
+                mechanism,
+                prior,
+                start=alone,
+                target_epsilon=target_epsilon,
+                delta=delta,
+                sample_rate=sample_rate,
+                releases=releases,
+            )
         except ValueError as exc:  # Opacus's "The privacy budget is too low.", from either accountant
             if "too low" in str(exc):
                 raise ConfigError(
@@ -140,3 +173,42 @@ def calibrate_noise(
         if accountant != "prv" or not _is_prv_failure(exc):
             raise
     return Calibration(solve("rdp"), "rdp", PRV_FALLBACK_NOTE)
+
+
+def _solve_after(
+    mechanism: str,
+    prior: History,
+    *,
+    start: float,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    releases: int,
+) -> float:
+    """The smallest σ (to `EPSILON_TOLERANCE` below the target, as Opacus's `get_noise_multiplier` searches) for the
+    composed history `prior` + (σ, q, releases), which Opacus's function cannot take. `start` is the σ of the
+    releases alone: composing more releases only raises ε, so the answer is at least `start`."""
+
+    def epsilon(sigma: float) -> float:
+        return _epsilon_with(
+            mechanism, noise_multiplier=sigma, sample_rate=sample_rate, releases=releases, delta=delta, prior=prior
+        )
+
+    alone = _epsilon_with(mechanism, noise_multiplier=1.0, sample_rate=1.0, releases=0, delta=delta, prior=prior)
+    if alone >= target_epsilon:
+        raise ValueError("The privacy budget is too low.")  # the prior alone spends it: no σ is enough
+    low, high, step = start, start, 0.05 * start
+    eps_high = epsilon(high)
+    while eps_high > target_epsilon:
+        low, high, step = high, high + step, 2 * step
+        eps_high = epsilon(high)
+        if high > MAX_NOISE_MULTIPLIER:
+            raise ValueError("The privacy budget is too low.")
+    while target_epsilon - eps_high > EPSILON_TOLERANCE:
+        sigma = (low + high) / 2
+        eps = epsilon(sigma)
+        if eps < target_epsilon:
+            high, eps_high = sigma, eps
+        else:
+            low = sigma
+    return high

@@ -33,6 +33,7 @@ from .config import (
     HESSIAN_BACKENDS,
     MIN_CANARIES,
     MODELS,
+    PREPROCESSINGS,
     TrainConfig,
     parse_numbers,
 )
@@ -78,6 +79,25 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
         "(a CSV needs --target), or a folder of IDX/CIFAR-10 files",
     )
     p.add_argument("--target", help="label column of a CSV file")
+    p.add_argument(
+        "--schema",
+        help="JSON or TOML file of public facts about your table: column bounds (min, max), categories, classes; "
+        "columns without bounds are scaled by statistics released with noise and charged to ε",
+    )
+    p.add_argument(
+        "--preprocessing-share",
+        type=float,
+        default=d.preprocessing_share,
+        help="share of ε for the released scaling statistics of numeric columns without public bounds "
+        f"(default {d.preprocessing_share:g}; composed with training, so the run's total ε stays the target)",
+    )
+    p.add_argument(
+        "--preprocessing",
+        default=d.preprocessing,
+        choices=PREPROCESSINGS,
+        help="private: fixed scales, schema bounds or noisy statistics, all covered by ε; "
+        "fitted: earlier versions' scaling from the training rows without noise (not covered by ε)",
+    )
     p.add_argument("--dataset-size", type=int, help="examples to generate for mnist1d/synthetic")
     if with_method:
         p.add_argument("--method", default=d.method, choices=list(METHODS))
@@ -121,6 +141,9 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     fields = dict(
         dataset=args.dataset,
         target=args.target,
+        schema=args.schema,
+        preprocessing_share=args.preprocessing_share,
+        preprocessing=args.preprocessing,
         dataset_size=args.dataset_size,
         delta=args.delta,
         epochs=args.epochs,
@@ -178,6 +201,7 @@ def _print_run(record: RunRecord) -> None:
             f"δ={s.delta:g}, σ={s.noise_multiplier:.4f}, q={s.sample_rate:.4f}, "
             f"{s.steps} steps, {s.releases} releases, {s.accountant}"
         )
+    print(f"  ε covers: {record.privacy_note}")
     print(
         f"  {'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>8} {'val acc':>7} {'ε spent':>7} "
         f"{'seconds':>8}"
@@ -214,6 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 **(record.summary.to_dict() if record.summary else {}),
                 "status": record.status,
                 "reason": record.reason,
+                "privacy_note": record.privacy_note,
             }
         )
     else:

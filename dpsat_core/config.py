@@ -25,6 +25,12 @@ HESSIAN_BACKENDS = ("lanczos", "pyhessian")
 AUDIT_MODES = ("whitebox", "blackbox")
 MIN_CANARIES = 10
 DEFAULT_CANARIES = 1000
+# How features are scaled: "private" (fixed scales for built-ins, public bounds from a schema, else statistics
+# released by a Gaussian mechanism and charged to ε) or "fitted" (what every run before it did: mean/std of the
+# training rows, category levels and classes from all rows, none of it covered by ε).
+PREPROCESSINGS = ("private", "fitted")
+DEFAULT_PREPROCESSING_SHARE = 0.05  # of the target ε, for the released scaling statistics of a user table
+MAX_PREPROCESSING_SHARE = 0.5
 DEFAULT_EPSILON = 3.0
 MAX_VALIDATION_FRACTION = 0.5  # of the training rows; the rest is trained on
 # Settings that change memory use or placement but not the algorithm: left out of the hash.
@@ -52,7 +58,15 @@ _HASHED_SINCE_V1 = (
     "dataset_size",
     "split_seed",
 )
-ADDED_LATER: dict[str, Any] = {"validation_fraction": 0.0, "clipping": "hooks", "audit_mode": "", "canaries": 0}
+ADDED_LATER: dict[str, Any] = {
+    "validation_fraction": 0.0,
+    "clipping": "hooks",
+    "preprocessing": "fitted",
+    "schema": None,
+    "preprocessing_share": DEFAULT_PREPROCESSING_SHARE,
+    "audit_mode": "",
+    "canaries": 0,
+}
 
 
 def _finite(name: str, value: float, *, low: float, low_inclusive: bool, fix: str) -> None:
@@ -100,6 +114,9 @@ class TrainConfig:
     clipping: str = "fast"
     audit_mode: str = ""
     canaries: int = 0
+    preprocessing: str = "private"
+    schema: Optional[str] = None
+    preprocessing_share: float = DEFAULT_PREPROCESSING_SHARE
     max_physical_batch_size: int = 1024
     device: str = "auto"
 
@@ -121,6 +138,19 @@ class TrainConfig:
             raise ConfigError(f"unknown accountant {self.accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
         if self.clipping not in CLIPPINGS:
             raise ConfigError(f"unknown clipping {self.clipping!r}: choose one of {', '.join(CLIPPINGS)}")
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ConfigError(
+                f"unknown preprocessing {self.preprocessing!r}: choose one of {', '.join(PREPROCESSINGS)}"
+            )
+        _finite("preprocessing_share", self.preprocessing_share, low=0, low_inclusive=False, fix="e.g. 0.05 (5% of ε)")
+        if self.preprocessing_share > MAX_PREPROCESSING_SHARE:
+            raise ConfigError(
+                f"preprocessing_share must be ≤ {MAX_PREPROCESSING_SHARE}, got {self.preprocessing_share!r}: e.g. 0.05"
+            )
+        if self.schema is not None and (not isinstance(self.schema, str) or not self.schema.strip()):
+            raise ConfigError(f"schema must be a path to a JSON or TOML file, got {self.schema!r}")
+        if self.schema is not None and self.preprocessing == "fitted":
+            raise ConfigError("a schema needs preprocessing='private' (fitted scaling ignores it): drop one of them")
         self._check_audit()
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
@@ -184,6 +214,8 @@ class TrainConfig:
         changes: dict[str, Any] = {}
         if not info.private:
             changes.update(epsilon=None, noise_multiplier=None, delta=None, accountant="prv")
+        if not info.private or self.preprocessing == "fitted":  # no statistic is released with noise
+            changes["preprocessing_share"] = DEFAULT_PREPROCESSING_SHARE
         if not info.uses_rho:
             changes["rho"] = 0.0
         return dataclasses.replace(self, **changes) if changes else self

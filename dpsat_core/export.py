@@ -105,6 +105,7 @@ def results_rows(
                 "delta": s and s.delta,
                 "noise_multiplier": s and s.noise_multiplier,
                 "releases": s and s.releases,
+                "privacy_note": r.privacy_note,
                 "test_accuracy": r.test_accuracy,
                 "lambda_max": spectrum.lambda_max if spectrum else None,
                 "trace": spectrum.trace if spectrum else None,

@@ -7,12 +7,14 @@ present, ε reachable) happens before anything is written to a store.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .accounting import calibrate_noise, epsilon_spent
+from .accounting import History, calibrate_noise, epsilon_spent
 from .config import TrainConfig, resolve_for_data
 from .data import Dataset
+from .data.scaling import STATISTICS_RELEASES
 from .devices import resolve_device
 from .methods import method_info
 from .models import model_spec
@@ -32,6 +34,7 @@ class PrivacyPlan:
     planned_epsilon: Optional[float]  # ε after all planned releases (≤ the target; for σ runs, what σ gives)
     accountant: Optional[str]
     note: str = ""
+    prior: History = ()  # releases before training (the scaling statistics), composed into every ε
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,8 +46,9 @@ class RunPlan:
     device: str
 
 
-def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
-    """Fix σ (calibrated for all planned releases when a target ε is given), q, δ and steps."""
+def plan_privacy(config: TrainConfig, n_train: int, *, prior: History = ()) -> PrivacyPlan:
+    """Fix σ (calibrated for all planned releases after the `prior` ones when a target ε is given, so that
+    their composition is the target), q, δ and steps."""
     delta = resolve_for_data(config, n_train)
     sample_rate = config.batch_size / n_train
     steps = config.epochs * max(1, round(n_train / config.batch_size))
@@ -68,6 +72,7 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
             releases=releases,
             delta=delta,
             accountant=config.accountant,
+            prior=prior,
         )
         return PrivacyPlan(
             noise_multiplier=config.noise_multiplier,
@@ -77,6 +82,7 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
             planned_epsilon=planned.epsilon,
             accountant=planned.accountant,
             note=planned.note,
+            prior=prior,
             **common,
         )
     calibration = calibrate_noise(
@@ -85,6 +91,7 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
         sample_rate=sample_rate,
         releases=releases,
         accountant=config.accountant,
+        prior=prior,
     )
     return PrivacyPlan(
         noise_multiplier=calibration.noise_multiplier,
@@ -94,13 +101,49 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
         planned_epsilon=config.epsilon,
         accountant=calibration.accountant,
         note=calibration.note,
+        prior=prior,
         **common,
     )
 
 
+def statistics_share(config: TrainConfig) -> str:
+    """What part of the budget the released scaling statistics take, in words ("" for a non-private run)."""
+    if not config.private:
+        return ""
+    of = f"the target ε={config.epsilon:g}" if config.noise_multiplier is None else "the training releases' ε"
+    return f"{config.preprocessing_share:.0%} of {of} on their own, composed with training by the accountant"
+
+
+def statistics_noise(config: TrainConfig, n_train: int) -> Optional[float]:
+    """The noise multiplier of the scaling statistics a private run releases: calibrated so that they alone spend
+    `preprocessing_share` of the target ε (with σ given: of the training releases' ε), at the run's δ. None for
+    a non-private run, which computes them without noise and claims no ε."""
+    if not config.private:
+        return None
+    delta = resolve_for_data(config, n_train)
+    if config.noise_multiplier is None:
+        budget = config.preprocessing_share * config.epsilon
+    else:
+        budget = config.preprocessing_share * plan_privacy(config, n_train).planned_epsilon
+        if not math.isfinite(budget):  # σ = 0: no privacy anywhere, so no noise on the statistics either
+            return 0.0
+    return calibrate_noise(
+        target_epsilon=budget,
+        delta=delta,
+        sample_rate=1.0,
+        releases=STATISTICS_RELEASES,
+        accountant=config.accountant,
+    ).noise_multiplier
+
+
 def plan_run(config: TrainConfig, dataset: Dataset, *, device_here: bool = True) -> RunPlan:
-    """Check `config` against `dataset` and fix its plan; raises `ConfigError` with the fix. With
-    `device_here=False` (a run trained on another machine) the device stays a name for that machine to resolve."""
+    """Check `config` against `dataset` (as `load_config_dataset` gives it) and fix its plan, composing any
+    released scaling statistics into its ε; raises `ConfigError` with the fix. With `device_here=False` (a run
+    trained on another machine) the device stays a name for that machine to resolve."""
+    if dataset.pending:  # a programming error: the features' scale has not been released yet
+        raise RuntimeError(f"{dataset.name}: {len(dataset.pending)} features are unscaled: use load_config_dataset")
+    noise = dataset.statistics_noise
+    prior = () if noise is None or not config.private else ((noise, 1.0, STATISTICS_RELEASES),)
     model = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
     device = str(resolve_device(config.device)) if device_here else config.device
-    return RunPlan(privacy=plan_privacy(config, dataset.n_train), model=model, device=device)
+    return RunPlan(privacy=plan_privacy(config, dataset.n_train, prior=prior), model=model, device=device)

@@ -90,6 +90,7 @@ class Report:
     caveat: str
     created: str
     audits: tuple[AuditResult, ...] = ()  # empirical privacy audits on the report's data set
+    privacy_notes: tuple[str, ...] = ()  # what the private runs' ε covers (`RunRecord.privacy_note`), each once
 
 
 def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Optional[str] = None) -> Report:
@@ -118,6 +119,7 @@ def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Opt
         caveat=caveat(headline_comparisons(compared)),
         created=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         audits=tuple(a for a in store.audits() if a.dataset == runs[0].config.dataset),
+        privacy_notes=tuple(dict.fromkeys(r.privacy_note for r in runs if r.config.private)),
     )
 
 
@@ -267,6 +269,7 @@ algorithm when not measured. Privacy cost: every method is held to the same budg
 </div>
 <h2>Data and settings</h2><p>{e(report.setting)}; δ = {report.delta if report.delta is not None else "–"};
 {counted(report.seeds, "seed")} per cell.</p>
+{"".join(f"<p><small>{e(note)}</small></p>" for note in report.privacy_notes)}
 <table><tr><th>method</th><th>extra privacy cost</th><th>backward passes per step</th></tr>{methods}</table>
 <h2>The evidence, per privacy budget</h2>{"".join(rows) or "<p>No private runs.</p>"}
 {f"<p>Non-private reference:</p><ul>{ceiling}</ul>" if ceiling else ""}

@@ -17,6 +17,11 @@ from .config import TrainConfig
 from .divergence import diverged
 
 R = TypeVar("R", bound="JsonRecord")
+# How runs with `preprocessing="fitted"` (every run before private scaling) were scaled: not covered by ε.
+FITTED_SCALING = (
+    "standardised with the training rows' mean and std, and a table's category levels and classes taken from all "
+    "rows, without noise: not covered by ε"
+)
 
 
 class JsonRecord:
@@ -140,6 +145,9 @@ class RunSummary(JsonRecord):
             initial_loss=self.initial_train_loss, final_loss=self.train_loss, n_classes=self.model.n_classes
         )
 
+    scaling: str = ""  # how the features were scaled and what of it ε covers ("" in runs from before it was kept)
+    statistics_noise_multiplier: Optional[float] = None  # of the released scaling statistics (None: none released)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSummary":
         data = dict(data)
@@ -189,6 +197,24 @@ class RunRecord:
     def diverged(self) -> bool:
         return self.summary is not None and self.summary.diverged
 
+    def privacy_note(self) -> str:
+        """What this run's ε covers of its pipeline, in words, and what it does not."""
+        if not self.config.private:
+            return "No ε: a non-private run (a reference)."
+        if self.config.preprocessing == "fitted":
+            return "ε covers the training's noisy gradient releases only: the features were " + FITTED_SCALING + "."
+        if self.summary is None:
+            return (
+                "ε covers the training's noisy gradient releases and any scaling statistics released for columns "
+                "without public bounds (the details are stored when the run ends)."
+            )
+        scaling = self.summary.scaling
+        if self.summary.statistics_noise_multiplier is not None:
+            return f"ε covers the training's noisy gradient releases and the preprocessing statistics: {scaling}."
+        return "ε covers the training's noisy gradient releases; the scaling read nothing private" + (
+            f": {scaling}." if scaling else "."
+        )
+
     @property
     def validation_accuracy(self) -> Optional[float]:
         return None if self.summary is None else self.summary.validation_accuracy
@@ -205,6 +231,7 @@ class RunRecord:
             "target_epsilon": self.target_epsilon,
             "epsilon_spent": self.epsilon_spent,
             "test_accuracy": self.test_accuracy,
+            "privacy_note": self.privacy_note,
             "config_hash": self.config_hash,
             "created": self.created,
             "updated": self.updated,

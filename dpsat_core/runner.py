@@ -37,7 +37,7 @@ def reusable_run(store: RunStore, config: TrainConfig) -> Optional[RunRecord]:
     if run_id is None:
         return None
     record = store.get(run_id)
-    if record.summary is None or record.summary.data_fingerprint != data_fingerprint(config.dataset):
+    if record.summary is None or record.summary.data_fingerprint != data_fingerprint(config.dataset, config.schema):
         return None
     return record if record.summary.n_train == load_config_dataset(config).n_train else None
 

@@ -71,6 +71,7 @@ class TrainResult:
     n_train: int
     n_validation: int
     data_fingerprint: Optional[str]
+    scaling: str  # how the features were scaled (`Dataset.scaling`)
     initial_train_loss: Optional[float] = None  # before the first step: what divergence is judged against
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
@@ -111,6 +112,8 @@ class TrainResult:
             n_train=self.n_train,
             data_fingerprint=self.data_fingerprint,
             initial_train_loss=None if self.initial_train_loss is None else json_float(self.initial_train_loss),
+            scaling=self.scaling,
+            statistics_noise_multiplier=self.plan.prior[0][0] if self.plan.prior else None,
         )
 
 
@@ -237,6 +240,7 @@ def _privacy_now(trainer: Trainer) -> Optional[PrivacySpent]:
         releases=trainer.releases,
         delta=plan.delta,
         accountant=plan.accountant,
+        prior=plan.prior,
     )
 
 
@@ -415,5 +419,6 @@ def _result(
         n_validation=trainer.dataset.n_val,
         data_fingerprint=trainer.dataset.fingerprint,
         initial_train_loss=trainer.initial_train_loss,
+        scaling=trainer.dataset.scaling,
         state_dict=_weights(trainer.model),
     )

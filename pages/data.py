@@ -1,9 +1,10 @@
-"""Data: pick a built-in data set or upload a CSV/NPZ; preview it; every problem explained here."""
+"""Data: pick a built-in data set or upload a CSV/NPZ (and its schema); preview it; say what ε covers of its
+preprocessing; every problem explained here."""
 
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import current_dataset, save_upload
+from dashboard.state import current_dataset, save_schema, save_upload
 from dashboard.widgets import plain_text, show_error
 from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, load_dataset
 from dpsat_core.data import DEFAULT_SIZES, FILE_TYPES
@@ -14,7 +15,7 @@ MAX_UPLOAD_MB = SERVER_OPTIONS["server.maxUploadSize"]
 st.title("Data")
 st.caption(f"Selected for training: **{plain_text(current_dataset()['source'])}**")
 kind = st.radio("Source", ["Built-in", "Upload a file"], horizontal=True, key="data-kind")
-size, target = None, None
+size, target, schema = None, None, None
 if kind == "Built-in":
     source = st.selectbox("Data set", list(BUILTIN_DATASETS), key="data-builtin")
     if source in DEFAULT_SIZES:
@@ -40,9 +41,22 @@ else:
         st.dataframe(received.preview, hide_index=True)
         columns = [str(c) for c in received.preview.columns]
         target = st.selectbox("Target (label) column", columns, index=len(columns) - 1, key="data-target")
+    schema_upload = st.file_uploader(
+        "Schema (optional, JSON or TOML): public column bounds, category levels and classes, so that scaling "
+        "reads nothing private (format in the README)",
+        key="data-schema",
+    )
+    if schema_upload is not None:
+        try:
+            schema = str(save_schema(schema_upload.name, schema_upload.getvalue()))
+        except DpsatError as exc:
+            show_error(exc)
+            st.stop()
 
 try:
-    data = load_dataset(source, target=target, size=size, validation_fraction=TrainConfig().validation_fraction)
+    data = load_dataset(
+        source, target=target, size=size, validation_fraction=TrainConfig().validation_fraction, schema=schema
+    )
 except DpsatError as exc:
     show_error(exc)
     st.stop()
@@ -59,7 +73,21 @@ st.caption(
     "held out for validation (change the share on the Train page). Only the training rows are trained on; "
     "validation accuracy is for choosing ρ, lr or C, and verdicts report test accuracy."
 )
+st.markdown("**What a private run's ε covers of the preprocessing**")
+if data.pending:
+    share = TrainConfig().preprocessing_share
+    st.info(
+        f"{len(data.pending)} numeric feature group(s) have no public bounds: a private run releases their scale "
+        f"(a clipped mean and std per column) with Gaussian noise, which takes {share:.0%} of its ε on its own "
+        "(the share is a Train page setting); the accountant composes it with training, so the run's total ε is "
+        "still its target. Give their ranges in a schema to spend nothing on scaling."
+    )
+if data.scaling:
+    st.caption(
+        plain_text(f"Scaling: {data.scaling}.")
+        + " Classes and category levels come from the schema or the training rows only."
+    )
 st.bar_chart(pd.DataFrame({"examples": info["class_counts"]}, index=list(data.class_names)))
 if st.button("Use this data set", type="primary", key="data-use"):
-    st.session_state["dataset"] = {"source": source, "target": target, "size": size}
+    st.session_state["dataset"] = {"source": source, "target": target, "size": size, "schema": schema}
     st.success(f"Training will use {plain_text(data.name)}.")

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import get_store
-from dashboard.widgets import chart, download, job_panel, show_error
+from dashboard.widgets import chart, download, job_panel, plain_text, show_error
 from dpsat_core import DpsatError, cached_analyses, figures, method_info
 from dpsat_core.export import inert_cell, results_csv, results_json
 from dpsat_core.results import counted, format_number
@@ -70,6 +70,7 @@ if selected:
                 st.rerun()
     record = store.get(selected[0])
     st.subheader(f"Run {record.run_id}: {figures.run_label(record)}")
+    st.caption(plain_text(record.privacy_note))
     chart(figures.training_curves([record]), key="runs-curve")
     epochs = pd.DataFrame([e.to_dict() for e in record.epochs])
     if not epochs.empty:

@@ -6,7 +6,7 @@ from dashboard.actions import start_sweep, sweep_target
 from dashboard.state import current_dataset
 from dashboard.widgets import job_panel, plain_text, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
-from dpsat_core.config import ACCOUNTANTS, DEVICES, MAX_VALIDATION_FRACTION, parse_numbers
+from dpsat_core.config import ACCOUNTANTS, DEVICES, MAX_PREPROCESSING_SHARE, MAX_VALIDATION_FRACTION, parse_numbers
 from dpsat_core.methods import rho_methods
 from dpsat_core.results import counted
 
@@ -47,12 +47,24 @@ with st.expander("Advanced settings"):
         help="Share of the non-test rows held out (by the split seed) to choose ρ, lr or C on. "
         "Verdicts use test accuracy, which plays no part in that choice.",
     )
+    share = b.number_input(
+        "ε share for scaling statistics",
+        0.01,
+        MAX_PREPROCESSING_SHARE,
+        defaults.preprocessing_share,
+        step=0.01,
+        key="train-share",
+        help="Only for a table whose numeric columns have no public bounds (see the Data page): the share of each "
+        "private run's ε its released scaling statistics take on their own, composed with training.",
+    )
 
 if st.button("Start training", type="primary", key="train-start"):
     try:
         base = TrainConfig(
             dataset=dataset["source"],
             target=dataset["target"],
+            schema=dataset.get("schema"),
+            preprocessing_share=share,
             dataset_size=dataset["size"],
             epochs=int(epochs),
             clip_norm=clip,

@@ -285,6 +285,26 @@ def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch
     assert Path(chosen["source"]).parent == tmp_path / "dpsat_uploads"
 
 
+def test_a_schema_given_on_the_data_page_scales_from_public_bounds_and_a_bad_one_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("data")
+    at.radio(key="data-kind").set_value("Upload a file").run()
+    at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
+    at.selectbox(key="data-target").select("label").run()
+    assert "1 numeric feature group(s) have no public bounds" in at.info[0].value  # age: released with noise
+    at.get("file_uploader")[1].upload("bad.json", b'{"columns": {"age": {"min": 9}}}', "application/json").run()
+    assert [e.value for e in at.error] == [
+        at.error[0].value
+    ] and "bad.json: column 'age' needs either min and max" in _as_rendered(at.error[0].value)
+    assert not any(n.endswith("bad.json") for n in _uploads(tmp_path))  # a bad schema is not kept
+    schema = b'{"columns": {"age": {"min": 0, "max": 100}}, "classes": ["no", "yes"]}'
+    at.get("file_uploader")[1].upload("s.json", schema, "application/json").run()
+    assert not at.error and not at.info  # nothing left to release
+    assert any("public bounds in schema" in _as_rendered(c.value) for c in at.caption)
+    at.button(key="data-use").click().run()
+    assert Path(at.session_state["dataset"]["schema"]).read_bytes() == schema
+
+
 def test_an_uploaded_csv_with_text_in_a_numeric_column_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
     at = open_page("data")

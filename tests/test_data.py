@@ -26,8 +26,8 @@ def table(rows=40):
     return "\n".join(lines) + "\n"
 
 
-def test_csv_standardises_numbers_and_one_hot_encodes_categories(tmp_path):
-    data = load_dataset(write_csv(tmp_path / "t.csv", table()), target="label")
+def test_csv_standardises_numbers_and_one_hot_encodes_categories(tmp_path):  # fitted: how earlier runs scaled
+    data = load_dataset(write_csv(tmp_path / "t.csv", table()), target="label", preprocessing="fitted")
     assert data.kind == "tabular" and data.class_names == ("no", "yes")
     assert data.feature_names == ("age", "colour=blue", "colour=green", "colour=red", "score")
     assert data.n_train == 32 and len(data.y_test) == 8
@@ -310,9 +310,12 @@ def test_the_validation_split_is_held_out_of_training_and_leaves_the_test_set_al
     assert ids["plain"]["test"] == ids["held"]["test"]
     assert ids["held"]["train"] | ids["held"]["val"] == ids["plain"]["train"]
     assert not ids["held"]["train"] & ids["held"]["val"] and len(ids["held"]["val"]) == 40
-    # scaled with training rows only, and both classes in the validation set (stratified)
-    assert abs(held.x_train.mean()) < 1e-5 and abs(held.x_train.std() - 1) < 1e-5
+    # both classes in the validation set (stratified); fitted scaling (earlier runs') splits the same rows and
+    # standardises with training rows only
     assert set(held.y_val.tolist()) == {0, 1}
+    fitted = load_dataset(str(path), split_seed=3, validation_fraction=0.25, preprocessing="fitted")
+    assert _row_ids(fitted) == ids["held"] and held.pending == (0,) and fitted.pending == ()
+    assert abs(fitted.x_train.mean()) < 1e-5 and abs(fitted.x_train.std() - 1) < 1e-5
 
 
 def _row_ids(data) -> dict[str, set[int]]:

@@ -93,6 +93,9 @@ def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
         assert html.escape(accuracy) in first_page and html.escape(reading) in first_page
     assert not any(jargon in first_page for jargon in ("σ", "PRV", "clip"))  # no unexplained jargon up front
     assert "break-after:avoid" in page and "λ_max is the largest curvature" in page
+    # what ε covers, once: breast_cancer's documented bounds read nothing private
+    assert report.privacy_notes == (swept.list_runs(method="dpsgd")[0].privacy_note,)
+    assert html.escape(report.privacy_notes[0]) in page and "read nothing private" in report.privacy_notes[0]
 
 
 def test_every_report_figure_labels_its_axes(swept):

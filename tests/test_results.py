@@ -43,6 +43,7 @@ def test_a_store_written_by_the_wave1_code_opens_typed_and_its_runs_are_reused(t
     # default, which trains on fewer rows with the fast clipping engine)
     assert dpsgd.config.validation_fraction == 0.0 and TrainConfig().validation_fraction > 0
     assert dpsgd.config.clipping == "hooks" and TrainConfig().clipping == "fast"
+    assert dpsgd.config.preprocessing == "fitted" and TrainConfig().preprocessing == "private"
     config = TrainConfig(
         dataset="breast_cancer",
         method="dpsgd",
@@ -51,11 +52,13 @@ def test_a_store_written_by_the_wave1_code_opens_typed_and_its_runs_are_reused(t
         batch_size=64,
         validation_fraction=0.0,
         clipping="hooks",
+        preprocessing="fitted",
     )
     outcome = run(config, store)
     assert outcome.reused and outcome.record.run_id == dpsgd.run_id
     assert config.config_hash() != dataclasses.replace(config, validation_fraction=0.1).config_hash()
     assert config.config_hash() != dataclasses.replace(config, clipping="fast").config_hash()
+    assert config.config_hash() != dataclasses.replace(config, preprocessing="private").config_hash()
     # analyses cached by the old code are found under the same settings
     assert set(cached_analyses(store, [dpsgd.run_id, sgd.run_id], "slice")) == {dpsgd.run_id}
     hessian = cached_analyses(store, [dpsgd.run_id], "hessian", k=2, trace_probes=4, n_samples=64)

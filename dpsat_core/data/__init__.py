@@ -10,11 +10,16 @@ from typing import TYPE_CHECKING, Optional
 
 from ..errors import DataError
 from .builtin import BUILTIN, DEFAULT_SIZES
-from .dataset import MAX_VALIDATION_FRACTION, Dataset, Split
+from .dataset import MAX_VALIDATION_FRACTION, Dataset, Split, release_scaling
+from .schema import SCHEMA_TYPES, Schema, load_schema
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
 from .files import load_csv, load_folder, load_npz, npz_arrays, read_csv
+
+# The released scaling statistics draw their noise from the run's seed plus this prime (training's noise and
+# sampling use other offsets), so the runs of one seed share one release and stay paired.
+STATISTICS_SEED_OFFSET = 15485863
 
 __all__ = [
     "BUILTIN",
@@ -22,10 +27,13 @@ __all__ = [
     "FILE_TYPES",
     "MAX_VALIDATION_FRACTION",
     "Dataset",
+    "SCHEMA_TYPES",
+    "Schema",
     "Split",
     "data_fingerprint",
     "load_config_dataset",
     "load_dataset",
+    "load_schema",
     "npz_arrays",
     "read_csv",
 ]
@@ -35,23 +43,38 @@ FILE_TYPES = (".csv", ".npz")
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(source: str, target: Optional[str], size: Optional[int], split: Split, stamp: tuple) -> Dataset:
+def _load_cached(
+    source: str,
+    target: Optional[str],
+    size: Optional[int],
+    split: Split,
+    stamp: tuple,
+    preprocessing: str,
+    schema_path: Optional[str],
+    schema_stamp: tuple,
+) -> Dataset:
+    schema = None if schema_path is None else load_schema(schema_path)
+    if schema is not None and (source in BUILTIN or Path(source).is_dir()):
+        raise DataError(
+            f"schema {schema.name}: a schema describes your own CSV or NPZ file; built-in data sets and image "
+            "folders use fixed scales or documented bounds already: drop the schema"
+        )
     if source in BUILTIN:
-        return BUILTIN[source](size=size, split=split)
+        return BUILTIN[source](size=size, split=split, preprocessing=preprocessing)
     path = Path(source)
     suffix = path.suffix.lower()
     if path.is_dir():
-        loaded = load_folder(path, split=split)
+        loaded = load_folder(path, split=split, preprocessing=preprocessing)
     elif suffix == ".csv":
-        loaded = load_csv(path, target=target, split=split)
+        loaded = load_csv(path, target=target, split=split, preprocessing=preprocessing, schema=schema)
     elif suffix == ".npz":
-        loaded = load_npz(path, split=split)
+        loaded = load_npz(path, split=split, preprocessing=preprocessing, schema=schema)
     else:
         raise DataError(
             f"{path.name}: unsupported file type {suffix or '(none)'}: use {', '.join(FILE_TYPES)}, "
             "or a folder of IDX/CIFAR files"
         )
-    return dataclasses.replace(loaded, fingerprint=data_fingerprint(source))
+    return dataclasses.replace(loaded, fingerprint=data_fingerprint(source, schema_path))
 
 
 def load_dataset(
@@ -61,14 +84,23 @@ def load_dataset(
     size: Optional[int] = None,
     split_seed: int = 0,
     validation_fraction: float = 0.0,
+    preprocessing: str = "private",
+    schema: Optional[str] = None,
 ) -> Dataset:
     """Load a built-in data set by name (digits, breast_cancer, mnist1d, synthetic) or a file/folder,
     split into train, validation (`validation_fraction` of the training rows) and test by `split_seed`.
 
+    `preprocessing` "private" scales with nothing read from the rows (fixed scales, or the public bounds of
+    `schema`, a JSON/TOML file); numeric features without public bounds stay raw, listed in `pending`, until a
+    run releases their scale (`load_config_dataset`). "fitted" is the scaling of earlier versions.
     Results are cached per process (arrays are read-only); a file's cache entry
     is keyed by its modification time and size, so an edited file is re-read.
     """
     split = Split(split_seed, validation_fraction)
+    schema_key: tuple = (None, ())
+    if schema is not None:
+        schema_path = Path(schema).expanduser()
+        schema_key = (str(schema_path), _stamp(schema_path) if schema_path.is_file() else ())
     if source not in BUILTIN:
         if "\0" in source:  # the OS cannot open such a path: say so instead of numpy's or pathlib's ValueError
             raise DataError(f"data set path {source!r} contains a NUL byte: rename the file")
@@ -79,29 +111,49 @@ def load_dataset(
                 f"or a path to a {' or '.join(FILE_TYPES)} file or a data folder"
             )
         stat = path.stat()
-        return _load_cached(str(path), target, None, split, (stat.st_mtime_ns, stat.st_size))
-    return _load_cached(source, None, size, split, ())
+        return _load_cached(
+            str(path), target, None, split, (stat.st_mtime_ns, stat.st_size), preprocessing, *schema_key
+        )
+    return _load_cached(source, None, size, split, (), preprocessing, *schema_key)
 
 
 def load_config_dataset(config: "TrainConfig") -> Dataset:
-    """The data set a config names, split as it says (its `split_seed` and `validation_fraction`)."""
-    return load_dataset(
+    """The data set a config names, split and scaled as it says: features without public bounds are scaled by
+    statistics released with the noise its privacy plan gives them (`planning.statistics_noise`)."""
+    dataset = load_dataset(
         config.dataset,
         target=config.target,
         size=config.dataset_size,
         split_seed=config.split_seed,
         validation_fraction=config.validation_fraction,
+        preprocessing=config.preprocessing,
+        schema=config.schema,
+    )
+    if not dataset.pending:
+        return dataset
+    from ..planning import statistics_noise, statistics_share  # the accountant: only for tables that need it
+
+    return release_scaling(
+        dataset,
+        noise_multiplier=statistics_noise(config, dataset.n_train),
+        seed=config.seed + STATISTICS_SEED_OFFSET,
+        share=statistics_share(config),
     )
 
 
-def data_fingerprint(source: str) -> Optional[str]:
-    """A digest of the bytes behind a file or folder data set (None for built-ins, which are fixed by name,
-    size and split seed): a stored run is reused only while its data is unchanged."""
+def data_fingerprint(source: str, schema: Optional[str] = None) -> Optional[str]:
+    """A digest of the bytes behind a file or folder data set and its schema (None for built-ins, which are fixed
+    by name, size and split seed): a stored run is reused only while its data and schema are unchanged."""
     if source in BUILTIN:
         return None
     path = Path(source).expanduser()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     stamps = tuple((str(p.relative_to(path) if path.is_dir() else p.name), *_stamp(p)) for p in files)
+    if schema is not None:  # a schema's bounds, levels and classes change the run as much as its data
+        schema_path = Path(schema).expanduser()
+        if not schema_path.is_file():
+            raise DataError(f"schema {schema}: no such file")
+        files, stamps = [*files, schema_path], (*stamps, ("schema:" + schema_path.name, *_stamp(schema_path)))
     return _digest(tuple(files), stamps)
 
 

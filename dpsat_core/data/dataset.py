@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -10,8 +11,12 @@ import numpy as np
 
 from ..config import MAX_VALIDATION_FRACTION
 from ..errors import DataError
+from ..results import FITTED_SCALING
+from .scaling import STATISTICS_RELEASES, bounds_transform, release_statistics
 
 TEST_FRACTION = 0.2
+# A public bound per feature (a table column, or every pixel of an image), or None where none is known.
+Bounds = Optional[Sequence[Optional[tuple[float, float]]]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,12 @@ class Dataset:
     # digest of the file bytes it was read from (None for built-ins): travels with the data, so a run trained
     # where the file is absent (a Ray worker) still records what it was trained on
     fingerprint: Optional[str] = None
+    scaling: str = FITTED_SCALING  # how the features were scaled, and whether a run's ε covers it
+    # Feature groups (table columns, or image channels) still raw: their scale is released with noise per run
+    # (`load_config_dataset`), so a Dataset with pending groups is not ready to train on.
+    pending: tuple[int, ...] = ()
+    # The noise multiplier of the scaling statistics released for a private run (None: nothing released).
+    statistics_noise: Optional[float] = None
 
     @property
     def n_train(self) -> int:
@@ -82,6 +93,8 @@ class Dataset:
             "n_classes": self.n_classes,
             "input_shape": list(self.input_shape),
             "class_counts": np.bincount(self.y_train, minlength=self.n_classes).tolist(),
+            "scaling": self.scaling,
+            "pending": len(self.pending),
         }
 
 
@@ -149,14 +162,42 @@ def finish(
     test: Optional[tuple[np.ndarray, np.ndarray]] = None,
     feature_names: Sequence[str] = (),
     standardize: Optional[np.ndarray] = None,
+    preprocessing: str = "private",
+    fixed: str = "",
+    bounds: Bounds = None,
+    classes: Optional[Sequence[str]] = None,
+    rows: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
+    bounds_source: str = "",
 ) -> Dataset:
     """Validate, encode labels, split off a test set (stratified, by the split's seed) unless one is given,
-    hold out the split's validation fraction of the training rows (same seed), and scale."""
+    hold out the split's validation fraction of the training rows (same seed), and scale.
+
+    `preprocessing="fitted"` is what every earlier version did (`FITTED_NOTE`). "private" reads nothing from the
+    rows to scale: `fixed` describes a data-independent scale already applied to `x`; else numeric columns
+    (`standardize` True, or every feature) with public `bounds` (from `bounds_source`) map to [−1, 1] and the
+    others stay raw, pending a noisy release; classes are `classes` (a schema's) or the training rows'.
+    `rows` gives the (train, validation, test) row indices when the caller split first (to encode on them)."""
     if len(x) == 0:
         raise DataError(f"{name}: no examples found")
     if len(x) != len(labels):
         raise DataError(f"{name}: {len(x)} examples but {len(labels)} labels")
     x = _check_features(np.asarray(x), name)
+    if preprocessing == "private":
+        return _finish_private(
+            name,
+            kind,
+            x,
+            np.asarray(labels),
+            split=split,
+            test=test,
+            feature_names=feature_names,
+            numeric=standardize,
+            fixed=fixed,
+            bounds=bounds,
+            classes=classes,
+            rows=rows,
+            bounds_source=bounds_source,
+        )
     if test is None:
         y, class_names = encode_labels(labels, name)
         if len(y) < 10:
@@ -183,6 +224,115 @@ def finish(
     return Dataset(name, kind, x_train, y_train, x_test, y_test, class_names, tuple(feature_names), x_val, y_val)
 
 
+def split_rows(codes: np.ndarray, split: Split, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of (train, validation, test): the rows `finish` has always drawn for these label codes."""
+    if len(codes) < 10:
+        raise DataError(f"{name}: only {len(codes)} examples; at least 10 are needed to train and test")
+    train, test, train_codes, _ = _split(np.arange(len(codes)), codes, TEST_FRACTION, split.seed)
+    train, val = _validation_rows(train, train_codes, split, name)
+    return train, val, test
+
+
+def _validation_rows(rows: np.ndarray, codes: np.ndarray, split: Split, name: str) -> tuple[np.ndarray, np.ndarray]:
+    fraction = split.validation_fraction
+    if not fraction:
+        return rows, rows[:0]
+    if len(rows) - math.ceil(fraction * len(rows)) < 2:
+        raise DataError(
+            f"{name}: {len(rows)} training examples are too few to hold out a validation fraction of "
+            f"{fraction:g}: use 0 (no validation set) or more data"
+        )
+    train, val, _, _ = _split(rows, codes, fraction, split.seed)
+    return train, val
+
+
+def _class_codes(
+    labels: np.ndarray, train: np.ndarray, classes: Optional[Sequence[str]], name: str
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Codes of every row over the schema's `classes`, or over the classes of the training rows `train` only: a
+    label no training row has (or the schema lacks) is an error, never a new output of the model."""
+    codes, names = encode_labels(labels, name)
+    known = tuple(classes) if classes is not None else tuple(names[c] for c in np.unique(codes[train]))
+    if len(known) < 2:
+        raise DataError(f"{name}: the training rows hold only class {known[0] if known else 'none'}: need ≥ 2")
+    index = {c: i for i, c in enumerate(known)}
+    unseen = sorted({names[c] for c in np.unique(codes)} - set(index))
+    if unseen:
+        where = "the schema's classes" if classes is not None else "any training row"
+        raise DataError(
+            f"{name}: label(s) {unseen[:5]} are not among {where}: "
+            + ("add them to 'classes'" if classes is not None else "drop those rows, or list every class in a schema")
+        )
+    return np.array([index[names[c]] for c in codes], dtype=np.int64), known
+
+
+def _finish_private(
+    name: str,
+    kind: str,
+    x: np.ndarray,
+    labels: np.ndarray,
+    *,
+    split: Split,
+    test: Optional[tuple[np.ndarray, np.ndarray]],
+    feature_names: Sequence[str],
+    numeric: Optional[np.ndarray],
+    fixed: str,
+    bounds: Bounds,
+    classes: Optional[Sequence[str]],
+    rows: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    bounds_source: str,
+) -> Dataset:
+    if test is not None:
+        x_test_raw = _check_features(np.asarray(test[0]), f"{name} (test)")
+        all_labels = np.concatenate([labels, np.asarray(test[1])])
+        given = np.arange(len(x))
+        train, val = _validation_rows(given, encode_labels(labels, name)[0], split, name)
+        codes, class_names = _class_codes(all_labels, train, classes, name)
+        x_all, test_rows = np.concatenate([x, x_test_raw]), np.arange(len(x), len(all_labels))
+    else:
+        train, val, test_rows = rows if rows is not None else split_rows(encode_labels(labels, name)[0], split, name)
+        codes, class_names = _class_codes(labels, train, classes, name)
+        x_all = x
+    parts = [x_all[train], x_all[val], x_all[test_rows]]
+    note, pending = fixed, ()
+    if not fixed:
+        parts, note, pending = _public_bounds(parts, kind, numeric, bounds, bounds_source)
+    x_train, x_val, x_test = (p.astype(np.float32) for p in parts)
+    y_train, y_val, y_test = codes[train], codes[val], codes[test_rows]
+    _freeze(x_train, x_val, x_test, y_train, y_val, y_test)
+    return Dataset(
+        name, kind, x_train, y_train, x_test, y_test, class_names, tuple(feature_names), x_val, y_val, note, pending
+    )
+
+
+def _public_bounds(
+    parts: list[np.ndarray], kind: str, numeric: Optional[np.ndarray], bounds: Bounds, source: str
+) -> tuple[list[np.ndarray], str, tuple[int, ...]]:
+    """Scale the features that have public bounds to [−1, 1]; the other numeric groups (table columns, image
+    channels) are left raw and returned as pending. One-hot columns stay 0/1."""
+    if kind == "image":  # one bound for every pixel, or the channels are pending
+        bound = bounds[0] if bounds else None
+        if bound is None:
+            return parts, "", tuple(range(parts[0].shape[1]))
+        return (
+            [bounds_transform(p, *bound) for p in parts],
+            f"pixels mapped from public bounds in {source} to [−1, 1]",
+            (),
+        )
+    width = parts[0].shape[1]
+    numeric = np.ones(width, bool) if numeric is None else np.asarray(numeric, bool)
+    bounds = list(bounds) if bounds is not None else [None] * width
+    scaled = [p.astype(np.float64, copy=True) for p in parts]
+    for column in np.flatnonzero(numeric):
+        if bounds[column] is not None:
+            for p in scaled:
+                p[:, column] = bounds_transform(p[:, column], *bounds[column])
+    pending = tuple(int(c) for c in np.flatnonzero(numeric) if bounds[c] is None)
+    bounded = int(numeric.sum()) - len(pending)
+    note = f"{bounded} numeric column(s) mapped from public bounds in {source} to [−1, 1]" if bounded else ""
+    return scaled, note, pending
+
+
 def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> list[np.ndarray]:
     """A seeded split holding out ⌈fraction·n⌉ rows, stratified by class where every class has two examples.
     The fraction goes to scikit-learn as given: with no validation share this is the split of every
@@ -194,3 +344,42 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> list[np.
     if stratify is not None and math.ceil(fraction * len(y)) < np.count_nonzero(counts):
         stratify = None  # too few held out to hold one of each class
     return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
+
+
+def release_scaling(dataset: Dataset, *, noise_multiplier: Optional[float], seed: int, share: str) -> Dataset:
+    """The data set with its pending groups scaled by statistics released from its training rows (noise
+    multiplier `noise_multiplier`, or none for a non-private run; `share` says what ε part they take)."""
+    if not dataset.pending:
+        return dataset
+    pending = list(dataset.pending)
+
+    def groups(x: np.ndarray) -> np.ndarray:
+        return x[:, pending].reshape(len(x), len(pending), -1).astype(np.float64)
+
+    release = release_statistics(
+        groups(dataset.x_train), noise_multiplier=noise_multiplier, rng=np.random.default_rng(seed)
+    )
+    parts = []
+    for x in (dataset.x_train, dataset.x_val, dataset.x_test):
+        out = x.astype(np.float32, copy=True)
+        out[:, pending] = release.apply(groups(x)).reshape(out[:, pending].shape)
+        parts.append(out)
+    _freeze(*parts)
+    what = f"{len(pending)} {'channel' if dataset.kind == 'image' else 'numeric column'}(s)"
+    if noise_multiplier is None:
+        released = f"{what} scaled by statistics of the training rows without noise (a non-private run: no ε)"
+    else:
+        released = (
+            f"{what} scaled by statistics released from the training rows with Gaussian noise "
+            f"({STATISTICS_RELEASES} releases at noise multiplier {noise_multiplier:.3g}, {share}; covered by ε)"
+        )
+    note = "; ".join(n for n in (dataset.scaling, released) if n)
+    return dataclasses.replace(
+        dataset,
+        x_train=parts[0],
+        x_val=parts[1],
+        x_test=parts[2],
+        scaling=note,
+        pending=(),
+        statistics_noise=noise_multiplier,
+    )

@@ -17,7 +17,8 @@ from ..errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
-from .dataset import Dataset, Split, finish
+from .dataset import Dataset, Split, encode_labels, finish, split_rows
+from .schema import Schema
 
 MAX_FILE_BYTES = 512 * 1024**2
 # What the arrays of one file may take once unpacked (a .gz or a compressed .npz): a 63 KB archive can declare
@@ -51,10 +52,16 @@ def _rows(mask: pd.Series) -> str:
     return ", ".join(str(i + 1) for i in np.flatnonzero(mask.to_numpy())[:5])
 
 
-def _encode_table(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Numeric columns kept (to be standardised), categories one-hot; anything else is an error."""
+def _encode_table(
+    frame: pd.DataFrame, source: str, *, levels_from: Optional[np.ndarray] = None, schema: Optional[Schema] = None
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Numeric columns kept (to be scaled), categories one-hot; anything else is an error. The levels of a
+    category are the schema's, else those of the rows `levels_from` (the training rows), else of all rows (what
+    fitted preprocessing always did); a value outside them encodes as all zeros, so no row outside the training
+    rows changes the model's input width."""
     import pandas as pd
 
+    categories = schema.categories if schema is not None else {}
     blocks, names, numeric_mask = [], [], []
     for column in frame.columns:
         values = frame[column]
@@ -64,26 +71,32 @@ def _encode_table(frame: pd.DataFrame, source: str) -> tuple[np.ndarray, list[st
                 f"{source}: column {column!r} has {int(missing.sum())} missing values (rows {_rows(missing)}): "
                 "fill or drop them"
             )
-        if values.dtype.kind in "biuf":
+        if values.dtype.kind in "biuf" and str(column) not in categories:
             blocks.append(values.to_numpy(dtype=np.float64)[:, None])
             names.append(str(column))
             numeric_mask.append(True)
             continue
+        if schema is not None and str(column) in schema.bounds:
+            raise DataError(f"schema {schema.name}: column {column!r} holds text, so min and max do not apply to it")
         as_numbers = pd.to_numeric(values, errors="coerce")
         text = as_numbers.isna()
-        if text.mean() < 0.5:
+        if str(column) not in categories and text.mean() < 0.5:
             first = values[text].iloc[0]
             raise DataError(
                 f"{source}: column {column!r} is numeric but holds text in {int(text.sum())} rows "
                 f"(rows {_rows(text)}, e.g. {first!r}): fix or drop those rows"
             )
-        levels = sorted(values.astype(str).unique())
-        if len(levels) > MAX_CATEGORIES or len(levels) > 0.5 * len(values):
-            raise DataError(
-                f"{source}: column {column!r} looks like free text ({len(levels)} distinct values): "
-                f"drop it, or encode it as numbers"
-            )
         strings = values.astype(str).to_numpy()
+        if str(column) in categories:
+            levels = list(categories[str(column)])
+        else:
+            seen = strings if levels_from is None else strings[levels_from]
+            levels = sorted(np.unique(seen).tolist())
+            if len(levels) > MAX_CATEGORIES or len(levels) > 0.5 * len(seen):
+                raise DataError(
+                    f"{source}: column {column!r} looks like free text ({len(levels)} distinct values): "
+                    f"drop it, encode it as numbers, or list its categories in a schema"
+                )
         blocks.append(np.stack([strings == level for level in levels], axis=1).astype(np.float64))
         names.extend(f"{column}={level}" for level in levels)
         numeric_mask.extend([False] * len(levels))
@@ -111,8 +124,18 @@ def read_csv(path: Path, *, rows: Optional[int] = None) -> pd.DataFrame:
         raise DataError(f"{path.name} is not a readable CSV: {_first_line(exc)}") from None
 
 
-def load_csv(path: Path, *, target: str | None, split: Split) -> Dataset:
-    """A CSV table with a header row; `target` names the label column."""
+def _check_schema_columns(schema: Optional[Schema], columns: list[str], name: str) -> None:
+    named = set(schema.bounds) | set(schema.categories) if schema is not None else set()
+    unknown = sorted(named - set(columns))
+    if unknown:
+        raise DataError(f"schema {schema.name}: column(s) {unknown} are not in {name} (columns: {', '.join(columns)})")
+
+
+def load_csv(
+    path: Path, *, target: str | None, split: Split, preprocessing: str = "private", schema: Optional[Schema] = None
+) -> Dataset:
+    """A CSV table with a header row; `target` names the label column. With private preprocessing the rows are
+    split first, and category levels come from the schema or the training rows only."""
     frame = read_csv(path)
     if frame.empty:
         raise DataError(f"{path.name} has a header but no rows")
@@ -127,15 +150,35 @@ def load_csv(path: Path, *, target: str | None, split: Split) -> Dataset:
             f"{path.name}: target column {target!r} has {int(labels.isna().sum())} missing labels "
             f"(rows {_rows(labels.isna())}): drop those rows"
         )
-    x, names, numeric = _encode_table(frame, path.name)
+    values = labels.astype(str).to_numpy() if labels.dtype == object else labels.to_numpy()
+    if preprocessing == "fitted":
+        x, names, numeric = _encode_table(frame, path.name)
+        return finish(
+            path.stem,
+            "tabular",
+            x,
+            values,
+            split=split,
+            feature_names=names,
+            standardize=numeric,
+            preprocessing="fitted",
+        )
+    _check_schema_columns(schema, [str(c) for c in frame.columns], path.name)
+    rows = split_rows(encode_labels(values, path.name)[0], split, path.name)
+    x, names, numeric = _encode_table(frame, path.name, levels_from=rows[0], schema=schema)
+    bounds = [schema.bounds_of(n) if schema is not None and is_number else None for n, is_number in zip(names, numeric)]
     return finish(
         path.stem,
         "tabular",
         x,
-        labels.astype(str).to_numpy() if labels.dtype == object else labels.to_numpy(),
+        values,
         split=split,
         feature_names=names,
         standardize=numeric,
+        bounds=bounds,
+        classes=None if schema is None else schema.classes,
+        rows=rows,
+        bounds_source=f"schema {schema.name}" if schema is not None else "",
     )
 
 
@@ -192,8 +235,9 @@ def npz_arrays(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return arrays
 
 
-def load_npz(path: Path, *, split: Split) -> Dataset:
-    """An .npz with arrays `x` (n,d), (n,H,W), (n,H,W,C) or (n,C,H,W) and `y` (n,)."""
+def load_npz(path: Path, *, split: Split, preprocessing: str = "private", schema: Optional[Schema] = None) -> Dataset:
+    """An .npz with arrays `x` (n,d), (n,H,W), (n,H,W,C) or (n,C,H,W) and `y` (n,). Private preprocessing: uint8
+    images / 255; otherwise the schema's default bounds, else released statistics."""
     npz_arrays(path)  # declared sizes first: nothing is decompressed beyond the cap
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -203,7 +247,20 @@ def load_npz(path: Path, *, split: Split) -> Dataset:
     if x.ndim < 2 or x.ndim > 4:
         raise DataError(f"{path.name}: x must be (n, features) or images (n, H, W[, C]); got shape {x.shape}")
     kind = "tabular" if x.ndim == 2 else "image"
-    return finish(path.stem, kind, _as_images(x) if kind == "image" else x, y, split=split)
+    if kind == "image":
+        x = _as_images(x)
+    if preprocessing == "fitted":
+        return finish(path.stem, kind, x, y, split=split, preprocessing="fitted")
+    _check_schema_columns(schema, [], path.name)
+    default = None if schema is None else schema.default_bounds
+    common = dict(split=split, classes=None if schema is None else schema.classes)
+    if kind == "image" and x.dtype == np.uint8 and default is None:
+        return finish(
+            path.stem, kind, x / 255.0, y, fixed="fixed scale: bytes / 255, independent of the data", **common
+        )
+    width = 1 if kind == "image" else x.shape[1]
+    source = f"schema {schema.name}" if schema is not None else ""
+    return finish(path.stem, kind, x, y, bounds=[default] * width, bounds_source=source, **common)
 
 
 def _open(path: Path) -> bytes:
@@ -246,7 +303,10 @@ def _find(folder: Path, pattern: str) -> Path:
     return matches[0]
 
 
-def load_idx_folder(folder: Path, *, split: Split) -> Dataset:
+PIXELS_NOTE = "fixed scale: pixel bytes / 255, independent of the data"
+
+
+def load_idx_folder(folder: Path, *, split: Split, preprocessing: str = "private") -> Dataset:
     """MNIST or FashionMNIST: train/t10k images and labels, `*-ubyte` or `*-ubyte.gz`."""
     parts = {
         key: read_idx(_find(folder, f"{prefix}-{kind}-idx{dim}-ubyte*"), ndim=dim)
@@ -264,6 +324,8 @@ def load_idx_folder(folder: Path, *, split: Split) -> Dataset:
         parts["ytr"],
         split=split,
         test=(parts["xte"][:, None] / 255.0, parts["yte"]),
+        preprocessing=preprocessing,
+        fixed=PIXELS_NOTE,
     )
 
 
@@ -319,22 +381,31 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.astype(np.uint8).reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar_folder(folder: Path, *, split: Split) -> Dataset:
+def load_cifar_folder(folder: Path, *, split: Split, preprocessing: str = "private") -> Dataset:
     """CIFAR-10 python batches: data_batch_* for training, test_batch for testing."""
     train = [_cifar_batch(p) for p in sorted(folder.glob("data_batch_*"))]
     x_test, y_test = _cifar_batch(_find(folder, "test_batch"))
     x = np.concatenate([b[0] for b in train]) / 255.0
     y = np.concatenate([b[1] for b in train])
-    return finish(folder.name, "image", x, y, split=split, test=(x_test / 255.0, y_test))
+    return finish(
+        folder.name,
+        "image",
+        x,
+        y,
+        split=split,
+        test=(x_test / 255.0, y_test),
+        preprocessing=preprocessing,
+        fixed=PIXELS_NOTE,
+    )
 
 
-def load_folder(folder: Path, *, split: Split) -> Dataset:
+def load_folder(folder: Path, *, split: Split, preprocessing: str = "private") -> Dataset:
     """Pick the loader by what the folder holds (CIFAR may sit in `cifar-10-batches-py/`)."""
     if any(folder.glob("*-idx3-ubyte*")):
-        return load_idx_folder(folder, split=split)
+        return load_idx_folder(folder, split=split, preprocessing=preprocessing)
     for candidate in (folder, folder / "cifar-10-batches-py"):
         if any(candidate.glob("data_batch_*")):
-            return load_cifar_folder(candidate, split=split)
+            return load_cifar_folder(candidate, split=split, preprocessing=preprocessing)
     raise DataError(
         f"{folder}: found neither MNIST-style IDX files (train-images-idx3-ubyte…) nor CIFAR-10 batches (data_batch_1…)"
     )
