@@ -137,6 +137,8 @@ class RunSummary(JsonRecord):
     validation_accuracy: Optional[float] = None  # for choosing ρ, lr or C; None without a validation split
     n_validation: int = 0
     initial_train_loss: Optional[float] = None  # before the first step (None in runs stored before it was kept)
+    scaling: str = ""  # how the features were scaled and what of it ε covers ("" in runs from before it was kept)
+    statistics_noise_multiplier: Optional[float] = None  # of the released scaling statistics (None: none released)
 
     @property
     def diverged(self) -> bool:
@@ -144,9 +146,6 @@ class RunSummary(JsonRecord):
         return self.status == "done" and diverged(
             initial_loss=self.initial_train_loss, final_loss=self.train_loss, n_classes=self.model.n_classes
         )
-
-    scaling: str = ""  # how the features were scaled and what of it ε covers ("" in runs from before it was kept)
-    statistics_noise_multiplier: Optional[float] = None  # of the released scaling statistics (None: none released)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSummary":
