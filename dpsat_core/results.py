@@ -196,6 +196,7 @@ class RunRecord:
     def diverged(self) -> bool:
         return self.summary is not None and self.summary.diverged
 
+    @property
     def privacy_note(self) -> str:
         """What this run's ε covers of its pipeline, in words, and what it does not."""
         if not self.config.private:

@@ -168,15 +168,15 @@ def test_cluster_settings_are_checked_and_read_from_the_environment(monkeypatch)
 
 def test_a_run_records_its_data_fingerprint_where_the_file_is_absent(tmp_path):
     # what a Ray worker sees: the data set arrives as an object, the file stays on the driver's machine
-    from dpsat_core.data import data_fingerprint, load_dataset
+    from dpsat_core.data import data_fingerprint, load_config_dataset
     from dpsat_core.training import train
 
     path = tmp_path / "table.csv"
     rows = [f"{i % 7},{(i * 3) % 11},{i % 2}" for i in range(80)]
     path.write_text("a,b,label\n" + "\n".join(rows) + "\n")
-    dataset = load_dataset(str(path), target="label")
+    config = TrainConfig(dataset=str(path), target="label", method="sgd", epochs=1, batch_size=16)
+    dataset = load_config_dataset(config)  # scaled as the driver ships it
     expected = data_fingerprint(str(path))
     assert dataset.fingerprint == expected is not None
     path.unlink()
-    config = TrainConfig(dataset=str(path), target="label", method="sgd", epochs=1, batch_size=16)
     assert train(config, dataset=dataset).summary().data_fingerprint == expected

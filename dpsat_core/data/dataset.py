@@ -56,15 +56,15 @@ class Dataset:
     feature_names: tuple[str, ...] = ()
     x_val: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     y_val: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-    # digest of the file bytes it was read from (None for built-ins): travels with the data, so a run trained
-    # where the file is absent (a Ray worker) still records what it was trained on
-    fingerprint: Optional[str] = None
     scaling: str = FITTED_SCALING  # how the features were scaled, and whether a run's ε covers it
     # Feature groups (table columns, or image channels) still raw: their scale is released with noise per run
     # (`load_config_dataset`), so a Dataset with pending groups is not ready to train on.
     pending: tuple[int, ...] = ()
     # The noise multiplier of the scaling statistics released for a private run (None: nothing released).
     statistics_noise: Optional[float] = None
+    # digest of the file bytes it was read from (None for built-ins): travels with the data, so a run trained
+    # where the file is absent (a Ray worker) still records what it was trained on
+    fingerprint: Optional[str] = None
 
     @property
     def n_train(self) -> int:
