@@ -4,16 +4,23 @@ A run's privacy is the composition of `releases` Poisson-subsampled Gaussian
 mechanisms at noise multiplier σ and sample rate q (DP-SAM makes two releases a
 step, on independent batches). Opacus's PRV accountant is the default; it can
 fail for large ε (Opacus issue 604), where we fall back to RDP and say so.
+
+Answers are cached per process, and (through `recorded_epsilon` and
+`recorded_calibration`) in an answer book, the run store, shared by every run and
+process that uses it: a stored answer is the accountant's own, as it computed it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from importlib.metadata import version
+from typing import Any, Iterator, Optional, Protocol
 
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -140,3 +147,74 @@ def calibrate_noise(
         if accountant != "prv" or not _is_prv_failure(exc):
             raise
     return Calibration(solve("rdp"), "rdp", PRV_FALLBACK_NOTE)
+
+
+class AnswerBook(Protocol):
+    """Where accountant answers are kept between runs and processes (the run store implements it)."""
+
+    def find_accounting(self, question: str) -> Optional[dict[str, Any]]: ...
+
+    def save_accounting(self, question: str, answer: dict[str, Any]) -> None: ...
+
+
+@functools.lru_cache(maxsize=1)
+def _opacus_version() -> str:
+    return version("opacus")
+
+
+def _question(kind: str, **fields: Any) -> str:
+    """The book's key for one question: its kind, every input, and the Opacus version that answers it (a newer
+    Opacus may answer differently, so its answers are asked afresh)."""
+    return json.dumps({"kind": kind, "opacus": _opacus_version(), **fields}, sort_keys=True)
+
+
+def recorded_epsilon(
+    book: Optional[AnswerBook],
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    releases: int,
+    delta: float,
+    accountant: str,
+) -> PrivacySpent:
+    """`epsilon_spent`, read from `book` when it holds the answer, else computed and written there."""
+    question = dict(
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        releases=releases,
+        delta=delta,
+        accountant=accountant,
+    )
+    if book is None:
+        return epsilon_spent(**question)
+    key = _question("epsilon", **question)
+    found = book.find_accounting(key)
+    if found is not None:
+        return PrivacySpent(**found)
+    spent = epsilon_spent(**question)
+    book.save_accounting(key, dataclasses.asdict(spent))
+    return spent
+
+
+def recorded_calibration(
+    book: Optional[AnswerBook],
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    releases: int,
+    accountant: str,
+) -> Calibration:
+    """`calibrate_noise`, read from `book` when it holds the answer, else computed and written there."""
+    question = dict(
+        target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, releases=releases, accountant=accountant
+    )
+    if book is None:
+        return calibrate_noise(**question)
+    key = _question("calibration", **question)
+    found = book.find_accounting(key)
+    if found is not None:
+        return Calibration(**found)
+    calibration = calibrate_noise(**question)
+    book.save_accounting(key, dataclasses.asdict(calibration))
+    return calibration

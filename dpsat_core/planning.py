@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .accounting import calibrate_noise, epsilon_spent
+from .accounting import AnswerBook, recorded_calibration, recorded_epsilon
 from .config import TrainConfig, resolve_for_data
 from .data import Dataset
 from .devices import resolve_device
@@ -43,8 +43,9 @@ class RunPlan:
     device: str
 
 
-def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
-    """Fix σ (calibrated for all planned releases when a target ε is given), q, δ and steps."""
+def plan_privacy(config: TrainConfig, n_train: int, book: Optional[AnswerBook] = None) -> PrivacyPlan:
+    """Fix σ (calibrated for all planned releases when a target ε is given), q, δ and steps; accountant answers
+    come from `book` (the run store) when it holds them."""
     delta = resolve_for_data(config, n_train)
     sample_rate = config.batch_size / n_train
     steps = config.epochs * max(1, round(n_train / config.batch_size))
@@ -62,7 +63,8 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
         )
     releases = steps * info.releases_per_step
     if config.noise_multiplier is not None:  # account the whole run now: an accountant failure stops it here
-        planned = epsilon_spent(
+        planned = recorded_epsilon(
+            book,
             noise_multiplier=config.noise_multiplier,
             sample_rate=sample_rate,
             releases=releases,
@@ -79,7 +81,8 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
             note=planned.note,
             **common,
         )
-    calibration = calibrate_noise(
+    calibration = recorded_calibration(
+        book,
         target_epsilon=config.epsilon,
         delta=delta,
         sample_rate=sample_rate,
@@ -98,8 +101,9 @@ def plan_privacy(config: TrainConfig, n_train: int) -> PrivacyPlan:
     )
 
 
-def plan_run(config: TrainConfig, dataset: Dataset) -> RunPlan:
-    """Check `config` against `dataset` and fix its plan; raises `ConfigError` with the fix."""
+def plan_run(config: TrainConfig, dataset: Dataset, book: Optional[AnswerBook] = None) -> RunPlan:
+    """Check `config` against `dataset` and fix its plan (accountant answers from `book` when it has them);
+    raises `ConfigError` with the fix."""
     model = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
     device = str(resolve_device(config.device))
-    return RunPlan(privacy=plan_privacy(config, dataset.n_train), model=model, device=device)
+    return RunPlan(privacy=plan_privacy(config, dataset.n_train, book), model=model, device=device)

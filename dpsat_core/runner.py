@@ -51,7 +51,7 @@ def run(
         if existing is not None:
             return RunOutcome(existing, reused=True)
     dataset = load_config_dataset(config)
-    plan = plan_run(config, dataset)  # raises ConfigError before any row is written
+    plan = plan_run(config, dataset, store)  # raises ConfigError before any row is written
     run_id = store.create_run(config)
     try:
         result = train(
@@ -60,6 +60,7 @@ def run(
             should_stop=should_stop,
             dataset=dataset,
             plan=plan,
+            book=store,
             on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
         )
     except BaseException as exc:

@@ -2,6 +2,8 @@
 
 Running the same sweep again trains only the cells not yet done (reuse is by
 config hash). Non-private methods ignore ε, so they get one cell per seed.
+The parent calibrates σ for every cell into the store before any worker starts;
+workers (and every later run) read σ and per-epoch ε from the store's answers.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from .config import TrainConfig
-from .data import load_config_dataset
-from .errors import ConfigError
+from .errors import ConfigError, DpsatError
 from .methods import METHODS, method_info
-from .planning import plan_run
 from .progress import Progress, ProgressFn, StopFn, no_progress
-from .runner import reusable_run, run
 from .store import RunStore
+
+# Planning and training (torch, Opacus, the data loaders) are imported where a sweep is checked or run, so a
+# page can describe the default comparison before any heavy import.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,14 +73,16 @@ def default_comparison(dataset: str = "digits") -> SweepSpec:
     )
 
 
-def check_sweep(spec: SweepSpec) -> None:
+def check_sweep(spec: SweepSpec, store: Optional[RunStore] = None) -> None:
     """Plan every cell against its data before any training (the same checks as `run`: δ < 1/n, batch ≤ n,
     model fits, device present, ε reachable), so a page or the CLI can refuse the grid with one message
-    instead of failing cell by cell. Calibrations are cached, so the cells then reuse them."""
+    instead of failing cell by cell. Calibrations are kept in `store` (and cached), so the cells reuse them."""
+    from .data import load_config_dataset
+    from .planning import plan_run
     dataset = load_config_dataset(spec.base)
     for cell in spec.cells():
         try:
-            plan_run(cell, dataset)
+            plan_run(cell, dataset, store)
         except ConfigError as exc:
             raise ConfigError(f"{cell_label(cell)}: {exc}") from None
 
@@ -128,6 +132,7 @@ def run_cell(
     cell: TrainConfig, store: RunStore, *, on_progress: ProgressFn, should_stop: Optional[StopFn]
 ) -> CellOutcome:
     """Train one cell (in this process or a worker): the same outcome, reasons and messages either way."""
+    from .runner import run
     label = cell_label(cell)
     try:
         record = run(cell, store, on_progress=on_progress, should_stop=should_stop).record
@@ -162,6 +167,7 @@ def sweep(
     should_stop: Optional[StopFn] = None,
 ) -> SweepResult:
     """Train every cell not yet done; `workers > 1` uses a spawn process pool sharing the store file."""
+    from .runner import reusable_run
     result = SweepResult()
     todo = []
     for cell in spec.cells():
@@ -169,11 +175,24 @@ def sweep(
         (result.reused.append(done.run_id) if done else todo.append(cell))
     total = len(todo)
     on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
+    calibrate_cells(todo, store)
     if workers <= 1:
         _sweep_inline(todo, store, result, on_progress, should_stop)
     else:
         _sweep_pool(todo, store, result, workers, on_progress, should_stop)
     return result
+
+
+def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore) -> None:
+    """Calibrate σ for every cell here, once, into the store, so workers read it instead of each recomputing
+    it; a cell that cannot be planned is left for its run to report."""
+    from .data import load_config_dataset
+    from .planning import plan_privacy
+    for cell in cells:
+        try:
+            plan_privacy(cell, load_config_dataset(cell).n_train, store)
+        except DpsatError:
+            continue
 
 
 def _record(result: SweepResult, outcome: CellOutcome) -> None:

@@ -159,3 +159,14 @@ def test_settings_separate_incomparable_runs_and_the_default_epsilon_is_the_best
     ]
     assert best_epsilon(group_runs(runs)) == 3.0
     assert best_epsilon(group_runs([record("sgd", None, 0, 0.9)])) is None
+
+
+def test_the_pure_python_t_quantile_is_scipys_and_refuses_bad_input():
+    from dpsat_core.student_t import t_quantile
+
+    for dof in [*range(1, 40), 99, 400]:
+        for p in (0.5, 0.8, 0.95, 0.975, 0.995, 0.9995):
+            assert t_quantile(dof, p) == pytest.approx(scipy_stats.t.ppf(p, dof), rel=1e-11, abs=1e-12)
+    for dof, p in ((0, 0.9), (2.5, 0.9), (3, 1.0), (3, 0.4)):
+        with pytest.raises(ValueError):
+            t_quantile(dof, p)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -108,3 +109,31 @@ def test_the_sweep_bar_moves_within_a_run_and_stays_where_a_cancel_stopped_it(st
     assert result.cancelled and not result.trained
     assert 0 < max(fractions) < 1  # it moved during the one run, and never claimed the run was finished
     assert fractions[-1] == max(fractions) and "finished" not in seen[-1].message
+
+
+def test_accountant_answers_live_in_the_store_equal_fresh_ones_and_a_second_sweep_asks_none(store, monkeypatch):
+    import dpsat_core.accounting as accounting
+    from dpsat_core import epsilon_spent
+
+    asked = []
+    real_epsilon, real_sigma = accounting._epsilon_with, accounting.get_noise_multiplier
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: asked.append("ε") or real_epsilon(*a, **k))
+    monkeypatch.setattr(accounting, "get_noise_multiplier", lambda **k: asked.append("σ") or real_sigma(**k))
+    base = dataclasses.replace(BASE, accountant="rdp")  # RDP: the same path as PRV, and quicker
+    spec = SweepSpec(base=base, methods=("dpsgd",), epsilons=(2.5,), seeds=(0,))
+    first = sweep(spec, store)
+    assert len(first.trained) == 1 and "σ" in asked and "ε" in asked
+    accounting.epsilon_spent.cache_clear(), accounting.calibrate_noise.cache_clear()
+    asked.clear()
+    again = sweep(dataclasses.replace(spec, seeds=(1,)), store)  # new runs, the same questions
+    assert len(again.trained) == 1 and asked == []  # every answer came from the store, none from an accountant
+    monkeypatch.setattr(accounting, "_epsilon_with", real_epsilon)
+    for record in (store.get(r) for r in again.trained):
+        fresh = epsilon_spent(
+            noise_multiplier=record.summary.noise_multiplier,
+            sample_rate=record.summary.sample_rate,
+            releases=record.summary.releases,
+            delta=record.summary.delta,
+            accountant=record.config.accountant,
+        )
+        assert record.epsilon_spent == fresh.epsilon and record.summary.accountant == fresh.accountant
