@@ -79,6 +79,7 @@ def check_sweep(spec: SweepSpec, store: Optional[RunStore] = None) -> None:
     instead of failing cell by cell. Calibrations are kept in `store` (and cached), so the cells reuse them."""
     from .data import load_config_dataset
     from .planning import plan_run
+
     dataset = load_config_dataset(spec.base)
     for cell in spec.cells():
         try:
@@ -133,6 +134,7 @@ def run_cell(
 ) -> CellOutcome:
     """Train one cell (in this process or a worker): the same outcome, reasons and messages either way."""
     from .runner import run
+
     label = cell_label(cell)
     try:
         record = run(cell, store, on_progress=on_progress, should_stop=should_stop).record
@@ -168,6 +170,7 @@ def sweep(
 ) -> SweepResult:
     """Train every cell not yet done; `workers > 1` uses a spawn process pool sharing the store file."""
     from .runner import reusable_run
+
     result = SweepResult()
     todo = []
     for cell in spec.cells():
@@ -188,6 +191,7 @@ def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore) -> None:
     it; a cell that cannot be planned is left for its run to report."""
     from .data import load_config_dataset
     from .planning import plan_privacy
+
     for cell in cells:
         try:
             plan_privacy(cell, load_config_dataset(cell).n_train, store)
