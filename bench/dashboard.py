@@ -1,13 +1,16 @@
-"""The one-click comparison in the real dashboard (Chromium, 1 and 4 tabs open) against the same grid as a CLI sweep.
+"""The one-click comparison's grid in the real dashboard (Chromium, 1 and 4 tabs open) against the same grid as a
+CLI sweep.
 
-    python bench/dashboard.py [--json] [--idle-seconds 20]
+    python bench/dashboard.py [--json] [--epochs 5] [--idle-seconds 20]
 
-In one run, each on a fresh store: the grid of `default_comparison("digits")` as
+In one run, each on a fresh store: the grid of `default_comparison("digits")` (its
+methods, ε values and seeds; `--epochs` per run, 5 as the button trains) as
 `dpsat sweep` (its default 2 workers; wall time of the whole command, imports
-included); the same grid started by the Overview's button in a new server with one
-tab open, then with four (three more tabs opened on the Overview once the job runs,
-so each refreshes its job panel); the dashboard's time runs from the click to the
-last of its runs stored as done. Also: a cold server to the Overview's title
+included); the same grid started from Train & sweep (the same `start_sweep` job the
+Overview's button starts, without the analyses that follow it) in a new server with
+one tab open, then with four (three more tabs opened on the Overview once the job
+runs, so each refreshes its job panel); the dashboard's time runs from the click to
+the last of its runs stored as done. Also: a cold server to the Overview's title
 (`first_page_seconds`) and the server's CPU use with one tab and no job for
 `--idle-seconds` (`idle_cpu_cores`). One pass of each, in this order: on a shared
 machine read the ratios with the load average it prints.
@@ -16,6 +19,7 @@ machine read the ratios with the load average it prints.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sqlite3
@@ -29,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.browser import TITLE, cold_title_seconds, launch_chromium, served  # noqa: E402
-from dpsat_core.sweeps import default_comparison  # noqa: E402
+from dpsat_core.methods import METHODS  # noqa: E402
+from dpsat_core.sweeps import SweepSpec, default_comparison  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,9 +53,14 @@ def done_runs(store: Path) -> int:
         return 0
 
 
-def cli_sweep(store: Path) -> float:
-    """Wall seconds of `dpsat sweep` over the default comparison's grid."""
+def grid(epochs: int) -> SweepSpec:
+    """The default comparison's grid at `epochs` epochs a run."""
     spec = default_comparison("digits")
+    return dataclasses.replace(spec, base=dataclasses.replace(spec.base, epochs=epochs))
+
+
+def cli_sweep(store: Path, spec: SweepSpec) -> float:
+    """Wall seconds of `dpsat sweep` over `spec`'s grid."""
     command = [sys.executable, "-m", "dpsat_core", "sweep", "--dataset", "digits", "--store", str(store)]
     command += ["--methods", ",".join(spec.methods), "--epsilons", ",".join(f"{e:g}" for e in spec.epsilons)]
     command += ["--seeds", ",".join(map(str, spec.seeds)), "--epochs", str(spec.base.epochs), "--json"]
@@ -59,19 +69,33 @@ def cli_sweep(store: Path) -> float:
     return time.perf_counter() - start
 
 
-def dashboard_sweep(browser, store: Path, tabs: int, cells: int) -> float:
-    """Seconds from clicking the Overview's button to all `cells` runs stored, with `tabs` tabs open."""
+def dashboard_sweep(browser, store: Path, tabs: int, spec: SweepSpec) -> float:
+    """Seconds from clicking Start training (`spec`'s grid) to all its runs stored, with `tabs` tabs open."""
     from playwright.sync_api import expect
 
+    cells = len(spec.cells())
     with served(store) as (url, _):
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         first = context.new_page()
         first.goto(url)
         expect(first.get_by_text(TITLE)).to_be_visible(timeout=120_000)
-        button = first.get_by_role("button", name="Run the default comparison")
+        first.get_by_role("link", name="Train & sweep").click()
+        expect(first.get_by_role("heading", name="Train & sweep")).to_be_visible(timeout=120_000)
+        for name, info in METHODS.items():
+            if info.private != (name in spec.methods):  # private methods start ticked
+                first.get_by_text(info.label, exact=True).click()
+        for label, value in (
+            ("Target ε values (comma-separated)", ", ".join(f"{e:g}" for e in spec.epsilons)),
+            ("Seeds (comma-separated)", ", ".join(map(str, spec.seeds))),
+            ("Epochs", str(spec.base.epochs)),
+        ):
+            field = first.get_by_label(label)
+            field.fill(value)
+            field.press("Enter")
+            expect(field).to_have_value(value)
         start = time.perf_counter()
-        button.click()
-        expect(first.get_by_text("Started:")).to_be_visible(timeout=120_000)
+        first.get_by_role("button", name="Start training").click()
+        expect(first.get_by_text(f"Started {cells} runs")).to_be_visible(timeout=120_000)
         for _ in range(tabs - 1):  # opened while the job runs: their job panels refresh every second
             context.new_page().goto(url)
         while done_runs(store) < cells:
@@ -99,12 +123,13 @@ def idle_cores(browser, store: Path, seconds: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5, help="epochs a run (the button trains 5)")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    cells = len(default_comparison("digits").cells())
+    spec = grid(args.epochs)
     with tempfile.TemporaryDirectory() as folder, sync_playwright() as p:
         root = Path(folder)
         stores = {name: root / name / "runs.db" for name in ("cli", "tab1", "tab4", "cold", "idle")}
@@ -112,13 +137,14 @@ def main() -> None:
             store.parent.mkdir()
         browser = launch_chromium(p)
         first_page = cold_title_seconds(browser, stores["cold"])
-        cli = cli_sweep(stores["cli"])
-        one_tab = dashboard_sweep(browser, stores["tab1"], 1, cells)
-        four_tabs = dashboard_sweep(browser, stores["tab4"], 4, cells)
+        cli = cli_sweep(stores["cli"], spec)
+        one_tab = dashboard_sweep(browser, stores["tab1"], 1, spec)
+        four_tabs = dashboard_sweep(browser, stores["tab4"], 4, spec)
         idle = idle_cores(browser, stores["idle"], args.idle_seconds)
         browser.close()
     report = {
-        "runs": cells,
+        "runs": len(spec.cells()),
+        "epochs": args.epochs,
         "cli_seconds": round(cli, 2),
         "dashboard_1tab_seconds": round(one_tab, 2),
         "dashboard_4tabs_seconds": round(four_tabs, 2),

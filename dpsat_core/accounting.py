@@ -23,10 +23,28 @@ from importlib.metadata import version
 from typing import Any, Iterator, Optional, Protocol
 
 from opacus.accountants import create_accountant
+from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.utils import get_noise_multiplier
 
 from .config import ACCOUNTANTS
 from .errors import ConfigError
+
+RDP_MEMO_SIZE = 1 << 16
+
+
+def _memoize_opacus_rdp() -> None:
+    """Memoise Opacus's per-order RDP of the subsampled Gaussian, a pure function of (q, σ, α), once per process.
+
+    Every PRV `get_epsilon` computes it at ~60 fractional orders in Python, twice, to size its domain (92% of the
+    call); the same (q, σ) comes back at every epoch of a run and in both of those passes. Memoised, the answers
+    are the same floats (tests/test_accounting.py compares them with an untouched Opacus) at 7× fewer seconds
+    for a run's per-epoch ε.
+    """
+    if not hasattr(opacus_rdp._compute_rdp, "cache_info"):
+        opacus_rdp._compute_rdp = functools.lru_cache(maxsize=RDP_MEMO_SIZE)(opacus_rdp._compute_rdp)
+
+
+_memoize_opacus_rdp()
 
 PRV_FALLBACK_NOTE = "PRV accountant failed at this budget; ε computed with RDP (looser, still valid)"
 # What Opacus 1.6's PRV code raises where its discretisation breaks down (large ε, Opacus #604; tiny δ):

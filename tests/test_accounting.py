@@ -212,3 +212,37 @@ def test_a_recorded_answer_is_the_accountants_and_is_read_back_without_asking_ag
     assert recorded_calibration(store, **target) == calibration == Calibration(calibration.noise_multiplier, "rdp")
     with pytest.raises(ConfigError, match="unknown accountant"):  # bad questions are not stored answers
         recorded_epsilon(store, **{**question, "accountant": "gdp"})
+
+
+def test_memoised_rdp_orders_give_untouched_opacus_answers_bit_for_bit():
+    import json
+    import subprocess
+    import sys
+
+    questions = [(1.1, 0.18, 30), (1.1, 0.18, 60), (0.7, 0.05, 200)]
+    untouched = subprocess.run(  # Opacus as shipped (dpsat_core never loaded), on one BLAS thread as ours runs
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, warnings; warnings.simplefilter('ignore')\n"
+            "from threadpoolctl import threadpool_limits\n"
+            "from opacus.accountants import PRVAccountant, RDPAccountant\n"
+            "out = []\n"
+            "with threadpool_limits(limits=1, user_api='blas'):\n"
+            "    for s, q, t in json.loads(sys.argv[1]):\n"
+            "        for acc in (PRVAccountant(), RDPAccountant()):\n"
+            "            acc.history = [(s, q, t)]; out.append(acc.get_epsilon(delta=1e-5))\n"
+            "print(json.dumps(out))",
+            json.dumps(questions),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ours = [
+        epsilon_spent(noise_multiplier=s, sample_rate=q, releases=t, delta=1e-5, accountant=name).epsilon
+        for s, q, t in questions
+        for name in ("prv", "rdp")
+    ]
+    assert ours == json.loads(untouched.stdout)
+    assert accounting.opacus_rdp._compute_rdp.cache_info().hits > 0  # the second epoch reused the first's orders
