@@ -52,7 +52,11 @@ def served(store: Path, *, app: Optional[Path] = None, timeout: float = 120) -> 
         yield url, proc
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # still finishing a background job: stop it
+            proc.kill()
+            proc.wait(timeout=20)
 
 
 def launch_chromium(playwright):
@@ -73,5 +77,5 @@ def cold_title_seconds(browser, store: Path, *, title: str = TITLE, app: Optiona
         page.goto(url)
         expect(page.get_by_text(title)).to_be_visible(timeout=120_000)
         seconds = time.perf_counter() - start
-    page.close()
+        page.close()
     return seconds

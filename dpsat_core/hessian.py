@@ -168,7 +168,8 @@ def top_eigenvalues(
     Eigenvalue errors are about residual²/gap, so tol = 1e-3 gives ~1e-6 relative. Not restarting keeps every
     product in the Krylov space (implicitly restarted `eigsh` with 20 vectors discarded part of it: 35 products
     for k=5 on a 400k-parameter CNN where this needs fewer; bench/sharpness.py). An exhausted Krylov space
-    (an invariant subspace, e.g. a repeated eigenvalue) continues from a fresh random direction.
+    (an invariant subspace: it holds one copy of a repeated eigenvalue) continues from a fresh random direction,
+    and the test is trusted again only after k steps that did not exhaust their space.
     """
     if not 1 <= k < op.size:
         raise ConfigError(f"k must be between 1 and {op.size - 1} (the number of parameters − 1), got {k}")
@@ -178,7 +179,7 @@ def top_eigenvalues(
     alphas: list[float] = []
     betas: list[float] = []  # betas[j] couples basis[j] and basis[j + 1]; 0 after a fresh direction
     q = _orthonormal(torch.from_numpy(rng.standard_normal(op.size)), basis)
-    values = np.zeros(0)
+    values, block_start = np.zeros(0), 0
     for _ in range(limit):
         basis.append(q)
         w = op(q.to(op.device, op.dtype)).to(torch.float64).cpu()
@@ -186,14 +187,17 @@ def top_eigenvalues(
         beta = _orthonormal_residual(w, basis)
         values, vectors = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
         scale = max(float(np.max(np.abs(values))), np.finfo(np.float64).tiny)
+        if beta[0] <= 1e-10 * scale:  # an invariant Krylov space holds one copy of a repeated eigenvalue
+            if len(basis) == op.size:
+                break
+            betas.append(0.0)  # so never stop on it: go on from a new direction, uncoupled, for ≥ k steps
+            q, block_start = _orthonormal(torch.from_numpy(rng.standard_normal(op.size)), basis), len(basis)
+            continue
         residuals = beta[0] * np.abs(vectors[-1, -k:])
-        if len(basis) >= k and np.all(residuals <= tol * np.maximum(np.abs(values[-k:]), 1e-12 * scale)):
+        if len(basis) - block_start >= k and np.all(residuals <= tol * np.maximum(np.abs(values[-k:]), 1e-12 * scale)):
             break
-        if beta[0] > 1e-10 * scale:
-            q, coupling = beta[1], beta[0]
-        else:  # the Krylov space is invariant: go on from a new direction, uncoupled
-            q, coupling = _orthonormal(torch.from_numpy(rng.standard_normal(op.size)), basis), 0.0
-        betas.append(coupling)
+        betas.append(beta[0])
+        q = beta[1]
     return sorted((float(v) for v in values[-k:]), reverse=True)
 
 
