@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.sparse.linalg import LinearOperator
+from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, grad, linearize, vjp
 
@@ -159,64 +159,25 @@ class ScaledOperator(FlatOperator):
         return self.scale * self.op(self.scale * flat)
 
 
-def top_eigenvalues(
-    op: FlatOperator, k: int, *, tol: float = 1e-3, seed: int = 0, max_products: Optional[int] = None
-) -> list[float]:
-    """The k algebraically largest eigenvalues, descending: Lanczos with full re-orthogonalisation and no restart,
-    stopped as soon as every top-k Ritz pair has residual ‖Hv − θv‖ ≤ tol·|θ| (ARPACK's test).
+def top_eigenvalues(op: FlatOperator, k: int, *, tol: float = 1e-3, seed: int = 0) -> list[float]:
+    """The k algebraically largest eigenvalues, descending (implicitly restarted Lanczos).
 
-    Eigenvalue errors are about residual²/gap, so tol = 1e-3 gives ~1e-6 relative. Not restarting keeps every
-    product in the Krylov space (implicitly restarted `eigsh` with 20 vectors discarded part of it: 35 products
-    for k=5 on a 400k-parameter CNN where this needs fewer; bench/sharpness.py). An exhausted Krylov space
-    (an invariant subspace: it holds one copy of a repeated eigenvalue) continues from a fresh random direction,
-    and the test is trusted again only after k steps that did not exhaust their space.
+    `tol` bounds the Ritz residuals; eigenvalue errors are about its square
+    (measured 5e-7 relative at 1e-3 on a 400k-parameter CNN, 33 products for k=5).
     """
     if not 1 <= k < op.size:
         raise ConfigError(f"k must be between 1 and {op.size - 1} (the number of parameters − 1), got {k}")
-    rng = np.random.default_rng(seed)
-    limit = op.size if max_products is None else min(max_products, op.size)
-    basis: list[torch.Tensor] = []
-    alphas: list[float] = []
-    betas: list[float] = []  # betas[j] couples basis[j] and basis[j + 1]; 0 after a fresh direction
-    q = _orthonormal(torch.from_numpy(rng.standard_normal(op.size)), basis)
-    values, block_start = np.zeros(0), 0
-    for _ in range(limit):
-        basis.append(q)
-        w = op(q.to(op.device, op.dtype)).to(torch.float64).cpu()
-        alphas.append(float(torch.dot(w, q)))
-        beta = _orthonormal_residual(w, basis)
-        values, vectors = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
-        scale = max(float(np.max(np.abs(values))), np.finfo(np.float64).tiny)
-        if beta[0] <= 1e-10 * scale:  # an invariant Krylov space holds one copy of a repeated eigenvalue
-            if len(basis) == op.size:
-                break
-            betas.append(0.0)  # so never stop on it: go on from a new direction, uncoupled, for ≥ k steps
-            q, block_start = _orthonormal(torch.from_numpy(rng.standard_normal(op.size)), basis), len(basis)
-            continue
-        residuals = beta[0] * np.abs(vectors[-1, -k:])
-        if len(basis) - block_start >= k and np.all(residuals <= tol * np.maximum(np.abs(values[-k:]), 1e-12 * scale)):
-            break
-        betas.append(beta[0])
-        q = beta[1]
-    return sorted((float(v) for v in values[-k:]), reverse=True)
-
-
-def _orthonormal(v: torch.Tensor, basis: list[torch.Tensor]) -> torch.Tensor:
-    """`v` with the span of `basis` removed (twice: classical Gram–Schmidt needs it), normalised."""
-    if basis:
-        stacked = torch.stack(basis)
-        for _ in range(2):
-            v = v - stacked.T @ (stacked @ v)
-    return v / v.norm()
-
-
-def _orthonormal_residual(w: torch.Tensor, basis: list[torch.Tensor]) -> tuple[float, torch.Tensor]:
-    """(‖r‖, r/‖r‖) for r = w with the span of `basis` removed twice (full re-orthogonalisation)."""
-    stacked = torch.stack(basis)
-    for _ in range(2):
-        w = w - stacked.T @ (stacked @ w)
-    norm = float(w.norm())
-    return norm, w / norm if norm > 0 else w
+    start = np.random.default_rng(seed).standard_normal(op.size)
+    values = eigsh(
+        op.as_scipy(),
+        k=k,
+        which="LA",
+        tol=tol,
+        v0=start,
+        ncv=min(op.size, max(2 * k + 1, 20)),
+        return_eigenvectors=False,
+    )
+    return sorted((float(v) for v in values), reverse=True)
 
 
 def hutchinson_trace(

@@ -194,24 +194,3 @@ def test_an_empty_evaluation_set_is_refused_before_lanczos(backend):
         hessian_spectrum(model, x[:0], y[:0], backend=backend)
     with pytest.raises(ConfigError, match="got 40 examples and 39 labels"):
         adaptive_sharpness(model, x, y[:-1])
-
-
-class DiagonalOperator(hessian_module.FlatOperator):
-    """A diagonal 'Hessian' with known, repeated eigenvalues; counts its products."""
-
-    def __init__(self, diagonal):
-        self.diagonal = torch.tensor(diagonal, dtype=torch.float64)
-        self.size, self.device, self.dtype = len(diagonal), torch.device("cpu"), torch.float64
-        self.products = 0
-
-    def __call__(self, flat):
-        self.products += 1
-        return self.diagonal * flat
-
-
-def test_lanczos_finds_repeated_eigenvalues_and_stops_early_on_a_clear_gap():
-    repeated = DiagonalOperator([5.0, 5.0, 5.0, 2.0, 1.0, -7.0] + [0.0] * 30)  # the Krylov space of one start
-    assert top_eigenvalues(repeated, 4) == pytest.approx([5.0, 5.0, 5.0, 2.0], abs=1e-9)  # holds one 5 and one 0
-    gap = DiagonalOperator(list(np.linspace(0.0, 1.0, 2000)) + [50.0, 40.0])
-    assert top_eigenvalues(gap, 2, tol=1e-6) == pytest.approx([50.0, 40.0], rel=1e-9)
-    assert gap.products < 40  # converged long before the Krylov space filled (2,002 products)
