@@ -1,11 +1,16 @@
-"""First paint of every dashboard page with a store of 100 runs (script time in AppTest, per page).
+"""First paint of every dashboard page with a store of 100 runs (script time in AppTest, per page), and a cold
+server to the Overview's title in Chromium.
 
-    python bench/first_paint.py [--runs 100] [--json]
+    python bench/first_paint.py [--runs 100] [--repeats 3] [--no-browser] [--json]
 
 One real run is trained, then copied into 100 runs over methods × ε × seeds
 (metrics and weights are the real run's). Each page is opened in a fresh
 AppTest after a warm-up of the app, so imports are not counted; the time is
 the server-side script run, which is what delays the first paint.
+
+In the browser: a new server process is started (as `dpsat dashboard` starts it) and
+Chromium opens it; the time runs from the process start to the Overview's title
+visible (median of `--repeats`), beside the same for a bare one-title Streamlit app.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -55,9 +61,33 @@ def build_store(path: Path, runs: int) -> None:
             db.executemany("INSERT INTO epochs VALUES (?,?,?)", [(run_id, e, m) for e, m in epochs])
 
 
+def browser_first_paint(store: Path, repeats: int) -> dict:
+    """Median seconds from a cold server to the Overview's title in Chromium, and to a bare app's title."""
+    from playwright.sync_api import sync_playwright
+
+    from bench.browser import cold_title_seconds, launch_chromium
+
+    bare = store.parent / "bare_app.py"
+    bare.write_text('import streamlit as st\n\nst.title("A bare Streamlit app")\n')
+    overview, reference = [], []
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        for _ in range(repeats):
+            overview.append(cold_title_seconds(browser, store))
+            reference.append(cold_title_seconds(browser, store, title="A bare Streamlit app", app=bare))
+        browser.close()
+    return {
+        "cold_to_overview_title_seconds": round(statistics.median(overview), 2),
+        "cold_to_overview_title_all": [round(s, 2) for s in overview],
+        "cold_to_bare_app_title_seconds": round(statistics.median(reference), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-browser", action="store_true", help="only the AppTest script times")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,13 +106,18 @@ def main() -> None:
                 at.switch_page(f"../pages/{page}.py").run()
             seconds[page] = round(time.perf_counter() - start, 3)
             assert not at.exception, at.exception
-    report = {"runs": args.runs, "seconds": seconds, "max_seconds": max(seconds.values())}
+        report = {"runs": args.runs, "seconds": seconds, "max_seconds": max(seconds.values())}
+        if not args.no_browser:
+            report |= browser_first_paint(path, args.repeats)
     if args.json:
         print(json.dumps(report))
     else:
         print(f"first paint with {args.runs} runs (server script time):")
         for page, s in seconds.items():
             print(f"  {page:<16} {s:.2f} s")
+        for key in ("cold_to_overview_title_seconds", "cold_to_bare_app_title_seconds"):
+            if key in report:
+                print(f"{key}: {report[key]} s")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Sharpness benchmark: Lanczos vs PyHessian top-5, and the 2D landscape vs a copy-the-model-per-point loop.
 
-    python bench/sharpness.py [--json] [--samples 1024]
+    python bench/sharpness.py [--json] [--samples 1024] [--repeats 2] [--pyhessian-tols 1e-4,5e-5,2e-5,1e-5]
+                              [--hessian-only]
 
 Hessian: a ~400k-parameter tanh CNN (widths 48/96/192 on 3×32×32 inputs),
-briefly trained on random images. PyHessian runs twice: with its defaults
-(tol 1e-3, 100 iterations), and at tol 1e-5, the first setting whose error is
-≤ 0.1%; the speedup at equal accuracy is the headline. The reference is `eigsh`
-at tol 1e-10. Landscape: the default
-digits CNN after 3 epochs of DP-SGD, 21×21 grid on 1,024 training examples.
+briefly trained on random images. The reference is scipy's `eigsh` (implicitly
+restarted Lanczos, ARPACK) at tol 1e-10. Ours (the same `eigsh`) runs at the
+default tol (1e-3) and a coarser one; PyHessian runs with its defaults (tol 1e-3, 100
+iterations) and on the tolerance grid (1,000 iterations). Each setting runs
+`--repeats` times (median seconds). The headline: PyHessian's cheapest setting
+with ≤ 0.1% error against our default, both at ≤ 0.1% error. Landscape: the
+default digits CNN after 3 epochs of DP-SGD, 21×21 grid on 1,024 training examples.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 import warnings
@@ -25,10 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from scipy.sparse.linalg import eigsh  # noqa: E402
 
 from dpsat_core import TrainConfig, build_model, train  # noqa: E402
 from dpsat_core.data import load_dataset  # noqa: E402
 from dpsat_core.hessian import HessianOperator, top_eigenvalues  # noqa: E402
+
+ACCURACY = 1e-3  # "equal accuracy": at most 0.1% relative error on every one of the top 5
+OUR_TOLS = (1e-3, 1e-2)
 from dpsat_core.landscape import LossEvaluator, iter_surface, random_direction  # noqa: E402
 from dpsat_core.models import TanhCNN, count_parameters  # noqa: E402
 
@@ -51,7 +59,14 @@ def _max_rel(a, b) -> float:
     return float(np.max(np.abs(np.subtract(a, b)) / np.abs(b)))
 
 
-def hessian_case(samples: int) -> dict:
+def _ours(model, x, y, tol: float) -> tuple[list[float], float, int]:
+    begin = time.perf_counter()
+    op = HessianOperator(model, x, y)
+    values = top_eigenvalues(op, 5, tol=tol)
+    return values, time.perf_counter() - begin, op.products
+
+
+def hessian_case(samples: int, repeats: int, pyhessian_tols: list[float]) -> dict:
     torch.manual_seed(0)
     model = TanhCNN((3, 32, 32), 10, widths=(48, 96, 192))
     x, y = torch.randn(samples, 3, 32, 32), torch.randint(0, 10, (samples,))
@@ -60,28 +75,40 @@ def hessian_case(samples: int) -> dict:
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    start = time.perf_counter()
     op = HessianOperator(model, x, y)
-    ours = top_eigenvalues(op, 5)
-    lanczos = time.perf_counter() - start
-    products = op.products
-    reference = top_eigenvalues(op, 5, tol=1e-10)
-    default, default_seconds = _pyhessian_top5(model, x, y)  # its defaults: tol 1e-3, 100 iterations
-    matched, matched_seconds = _pyhessian_top5(model, x, y, tol=1e-5, maxIter=1000)  # first tol under 0.1% error
+    start = np.random.default_rng(0).standard_normal(op.size)
+    reference = sorted(eigsh(op.as_scipy(), k=5, which="LA", tol=1e-10, v0=start, return_eigenvectors=False))[::-1]
+    ours = {}
+    for tol in OUR_TOLS:
+        runs = [_ours(model, x, y, tol) for _ in range(repeats)]
+        ours[f"{tol:g}"] = {
+            "seconds": round(statistics.median(r[1] for r in runs), 2),
+            "products": runs[0][2],
+            "max_rel_error": _max_rel(runs[0][0], reference),
+        }
+    pyhessian = {}
+    for label, settings in [("defaults", {})] + [(f"{t:g}", {"tol": t, "maxIter": 1000}) for t in pyhessian_tols]:
+        runs = [_pyhessian_top5(model, x, y, **settings) for _ in range(repeats)]
+        pyhessian[label] = {
+            "seconds": round(statistics.median(r[1] for r in runs), 2),
+            "max_rel_error": _max_rel(runs[0][0], reference),
+        }
+    accurate = [v for k, v in pyhessian.items() if k != "defaults" and v["max_rel_error"] <= ACCURACY]
+    matched = min(accurate, key=lambda v: v["seconds"]) if accurate else None
+    default = ours[f"{OUR_TOLS[0]:g}"]
     return {
         "n_params": count_parameters(model),
         "hessian_samples": samples,
         "hvp_mode": op.mode,
-        "lanczos_products": products,
-        "lanczos_seconds": round(lanczos, 2),
-        "pyhessian_seconds": round(matched_seconds, 2),
-        "pyhessian_default_seconds": round(default_seconds, 2),
-        "lanczos_speedup_vs_pyhessian": round(matched_seconds / lanczos, 2),
-        "lanczos_speedup_vs_pyhessian_defaults": round(default_seconds / lanczos, 2),
-        "max_rel_eig_diff": _max_rel(ours, matched),
-        "max_rel_error_vs_reference": _max_rel(ours, reference),
-        "pyhessian_max_rel_error_vs_reference": _max_rel(matched, reference),
-        "pyhessian_default_max_rel_error_vs_reference": _max_rel(default, reference),
+        "repeats": repeats,
+        "lanczos": ours,
+        "pyhessian": pyhessian,
+        "lanczos_products": default["products"],
+        "lanczos_seconds": default["seconds"],
+        "max_rel_error_vs_reference": default["max_rel_error"],
+        "pyhessian_seconds": None if matched is None else matched["seconds"],
+        "lanczos_speedup_vs_pyhessian": None if matched is None else round(matched["seconds"] / default["seconds"], 2),
+        "lanczos_speedup_vs_pyhessian_defaults": round(pyhessian["defaults"]["seconds"] / default["seconds"], 2),
     }
 
 
@@ -124,42 +151,19 @@ def main() -> None:
     parser.add_argument(
         "--hessian-samples", type=int, default=256, help="examples for the Hessian (memory: ~2 GB at 256)"
     )
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--pyhessian-tols", default="1e-4,5e-5,2e-5,1e-5", help="PyHessian's tolerance grid")
+    parser.add_argument("--hessian-only", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    tols = [float(t) for t in args.pyhessian_tols.split(",")]
     report = {
-        **hessian_case(args.hessian_samples),
-        **landscape_case(args.samples),
+        **hessian_case(args.hessian_samples, args.repeats, tols),
+        **({} if args.hessian_only else landscape_case(args.samples)),
         "device": "cpu",
         "threads": torch.get_num_threads(),
     }
-    if args.json:
-        print(json.dumps(report))
-        return
-    print(
-        f"Hessian top-5, {report['n_params']:,}-parameter CNN, {report['hessian_samples']} samples, "
-        f"{report['threads']} threads, HVP mode {report['hvp_mode']}:"
-    )
-    print(
-        f"  Lanczos {report['lanczos_seconds']:.1f} s ({report['lanczos_products']} products), "
-        f"error vs eigsh(tol=1e-10) {report['max_rel_error_vs_reference']:.1e}"
-    )
-    print(
-        f"  PyHessian defaults {report['pyhessian_default_seconds']:.1f} s, error "
-        f"{report['pyhessian_default_max_rel_error_vs_reference']:.2%} "
-        f"→ Lanczos {report['lanczos_speedup_vs_pyhessian_defaults']:.1f}× faster"
-    )
-    print(
-        f"  PyHessian tol=1e-5 (≤ 0.1% error) {report['pyhessian_seconds']:.1f} s, error "
-        f"{report['pyhessian_max_rel_error_vs_reference']:.3%} "
-        f"→ Lanczos {report['lanczos_speedup_vs_pyhessian']:.1f}× faster; "
-        f"max difference {report['max_rel_eig_diff']:.3%}"
-    )
-    print(
-        f"Landscape 21×21, default digits CNN, {args.samples} samples: "
-        f"coarse {report['landscape_coarse_seconds']:.2f} s, "
-        f"full {report['landscape_seconds']:.2f} s; copy-per-point loop {report['landscape_loop_seconds']:.2f} s "
-        f"({report['landscape_speedup']:.1f}×); max |diff| {report['landscape_max_abs_diff_vs_loop']:.1e}"
-    )
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

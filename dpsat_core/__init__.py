@@ -21,6 +21,8 @@ _EXPORTS = {
     "PrivacySpent": "accounting",
     "calibrate_noise": "accounting",
     "epsilon_spent": "accounting",
+    "recorded_calibration": "accounting",
+    "recorded_epsilon": "accounting",
     "ANALYSES": "analysis",
     "AuditBound": "audit_bound",
     "audit_bound": "audit_bound",

@@ -223,7 +223,7 @@ def sweep_on_ray(
                 key, cell = queued.pop(0)
                 try:
                     dataset = load_config_dataset(cell)
-                    plan = plan_run(cell, dataset, device_here=False)
+                    plan = plan_run(cell, dataset, store, device_here=False)
                 except ConfigError as exc:  # as `run` refuses it: no row
                     _record(result, CellOutcome(run_id="", status="error", error=f"{cell_label(cell)}: {exc}"), cell)
                     continue

@@ -25,6 +25,7 @@ from .divergence import DIVERGENCE_FACTOR
 from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
 from .results import AdaptiveSharpness, CostProbe, HessianSpectrum, MethodCost, RunRecord, counted
+from .student_t import t_quantile
 
 _VARYING = ("method", "epsilon", "noise_multiplier", "rho", "seed", "device", "max_physical_batch_size")
 CONFIDENCE = 0.95
@@ -262,9 +263,7 @@ def paired_difference(differences: Sequence[float], *, confidence: float = CONFI
     mean = statistics.fmean(differences)
     if n < 2:
         return PairedDifference(n_pairs=n, mean=mean, ci_low=None, ci_high=None)
-    from scipy.special import stdtrit  # the t quantile; lighter than scipy.stats (0.2 s vs 0.6 s cold)
-
-    half = float(stdtrit(n - 1, (1 + confidence) / 2)) * statistics.stdev(differences) / math.sqrt(n)
+    half = t_quantile(n - 1, (1 + confidence) / 2) * statistics.stdev(differences) / math.sqrt(n)
     return PairedDifference(n_pairs=n, mean=mean, ci_low=mean - half, ci_high=mean + half)
 
 

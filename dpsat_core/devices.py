@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import platform
-
-import torch
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import DEVICES, valid_device_name
 from .errors import ConfigError
 from .results import counted
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Return the device for `name`; asking for CUDA on a machine without it is an error."""
     if not valid_device_name(name):
         raise ConfigError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)} (or cuda:N)")
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -24,11 +30,27 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def describe_device(device: torch.device) -> str:
     """The device with its hardware name and, on CPU, torch's thread count: what a measured cost depends on."""
+    import torch
+
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    threads = torch.get_num_threads()
-    return f"{device.type} ({_cpu_name()}, {counted(threads, 'thread')})"
+    return cpu_label(torch.get_num_threads())
+
+
+def cpu_label(threads: int) -> str:
+    """`describe_device` of the CPU running `threads` torch threads."""
+    return f"cpu ({_cpu_name()}, {counted(threads, 'thread')})"
+
+
+def cuda_impossible() -> bool:
+    """True when the installed torch is a CPU-only build (no CUDA or ROCm library in its files), read without
+    importing torch: there `auto` can only mean the CPU."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return False
+    lib = Path(spec.origin).parent / "lib"
+    return lib.is_dir() and not any(lib.glob("libtorch_cuda*")) and not any(lib.glob("libtorch_hip*"))
 
 
 def _cpu_name() -> str:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .accounting import History, calibrate_noise, epsilon_spent
+from .accounting import AnswerBook, History, calibrate_noise, recorded_calibration, recorded_epsilon
 from .config import TrainConfig, resolve_for_data
 from .data import Dataset
 from .data.scaling import STATISTICS_RELEASES
@@ -46,9 +46,12 @@ class RunPlan:
     device: str
 
 
-def plan_privacy(config: TrainConfig, n_train: int, *, prior: History = ()) -> PrivacyPlan:
+def plan_privacy(
+    config: TrainConfig, n_train: int, book: Optional[AnswerBook] = None, *, prior: History = ()
+) -> PrivacyPlan:
     """Fix σ (calibrated for all planned releases after the `prior` ones when a target ε is given, so that
-    their composition is the target), q, δ and steps."""
+    their composition is the target), q, δ and steps; accountant answers come from `book` (the run store)
+    when it holds them."""
     delta = resolve_for_data(config, n_train)
     sample_rate = config.batch_size / n_train
     steps = config.epochs * max(1, round(n_train / config.batch_size))
@@ -66,7 +69,8 @@ def plan_privacy(config: TrainConfig, n_train: int, *, prior: History = ()) -> P
         )
     releases = steps * info.releases_per_step
     if config.noise_multiplier is not None:  # account the whole run now: an accountant failure stops it here
-        planned = epsilon_spent(
+        planned = recorded_epsilon(
+            book,
             noise_multiplier=config.noise_multiplier,
             sample_rate=sample_rate,
             releases=releases,
@@ -85,7 +89,8 @@ def plan_privacy(config: TrainConfig, n_train: int, *, prior: History = ()) -> P
             prior=prior,
             **common,
         )
-    calibration = calibrate_noise(
+    calibration = recorded_calibration(
+        book,
         target_epsilon=config.epsilon,
         delta=delta,
         sample_rate=sample_rate,
@@ -136,9 +141,12 @@ def statistics_noise(config: TrainConfig, n_train: int) -> Optional[float]:
     ).noise_multiplier
 
 
-def plan_run(config: TrainConfig, dataset: Dataset, *, device_here: bool = True) -> RunPlan:
+def plan_run(
+    config: TrainConfig, dataset: Dataset, book: Optional[AnswerBook] = None, *, device_here: bool = True
+) -> RunPlan:
     """Check `config` against `dataset` (as `load_config_dataset` gives it) and fix its plan, composing any
-    released scaling statistics into its ε; raises `ConfigError` with the fix. With `device_here=False` (a run
+    released scaling statistics into its ε (accountant answers from `book` when it has them); raises
+    `ConfigError` with the fix. With `device_here=False` (a run
     trained on another machine) the device stays a name for that machine to resolve."""
     if dataset.pending:  # a programming error: the features' scale has not been released yet
         raise RuntimeError(f"{dataset.name}: {len(dataset.pending)} features are unscaled: use load_config_dataset")
@@ -146,4 +154,4 @@ def plan_run(config: TrainConfig, dataset: Dataset, *, device_here: bool = True)
     prior = () if noise is None or not config.private else ((noise, 1.0, STATISTICS_RELEASES),)
     model = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
     device = str(resolve_device(config.device)) if device_here else config.device
-    return RunPlan(privacy=plan_privacy(config, dataset.n_train, prior=prior), model=model, device=device)
+    return RunPlan(privacy=plan_privacy(config, dataset.n_train, book, prior=prior), model=model, device=device)

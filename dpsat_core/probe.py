@@ -21,17 +21,18 @@ import random
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from .compare import setting_key
 from .config import TrainConfig
-from .devices import describe_device, resolve_device
+from .devices import cpu_label, cuda_impossible, describe_device, resolve_device
 from .methods import METHODS, method_info
 from .progress import Progress, ProgressFn, StopFn, check_stop, no_progress
 from .results import CostProbe, MethodCost
 from .store import RunStore
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_ROUNDS = 100
 DEFAULT_WARMUP = 5
@@ -71,6 +72,8 @@ def _torch_threads(threads: int) -> Iterator[int]:
     """Run with `threads` torch threads, then restore the process's count."""
     if threads < 1:
         raise ValueError(f"threads must be ≥ 1, got {threads}")
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -103,6 +106,8 @@ def probe_step_cost(
     names = with_references(methods)
     if not names:
         raise ValueError("probe at least one method")
+    import torch
+
     from .data import load_config_dataset
     from .training import prepare, quiet_hooks  # Opacus: only when measuring
 
@@ -196,6 +201,15 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return q1, q3
 
 
+def probe_device_label(device: str, threads: int) -> str:
+    """The device label a probe on `device` with `threads` threads is stored under; without importing torch
+    where it can only be the CPU (so a page can read stored probes before any heavy import)."""
+    if threads >= 1 and (device == "cpu" or (device == "auto" and cuda_impossible())):
+        return cpu_label(threads)
+    with _torch_threads(threads):
+        return describe_device(resolve_device(device))
+
+
 def step_cost(
     store: RunStore,
     config: TrainConfig,
@@ -217,8 +231,7 @@ def step_cost(
     row never loses a method.
     """
     config = dataclasses.replace(config, device=config.device if device is None else device)
-    with _torch_threads(threads):
-        label = describe_device(resolve_device(config.device))
+    label = probe_device_label(config.device, threads)
     wanted = with_references(methods)
     stored = store.find_probe(probe_setting(config), label)
     if stored is not None and not recompute and set(wanted) <= set(stored.methods):

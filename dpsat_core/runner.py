@@ -65,7 +65,7 @@ def run(
                 return RunOutcome(existing, reused=True)
         if plan is None:
             dataset = load_config_dataset(config)
-            plan = plan_run(config, dataset)  # raises ConfigError before any row is written
+            plan = plan_run(config, dataset, store)  # raises ConfigError before any row is written
         check_stop(should_stop)  # stopped while planning or waiting: claim nothing
         try:
             run_id = store.create_run(config, unless_done_since=looked if reuse else None)
@@ -84,6 +84,7 @@ def run(
                 should_stop=should_stop,
                 dataset=dataset,
                 plan=plan,
+                book=store,
                 on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
             )
     except BaseException as exc:

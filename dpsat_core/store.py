@@ -1,5 +1,5 @@
-"""The run store: one SQLite file (WAL) holding configs, status, per-epoch metrics, weights, analyses and
-step-cost probes.
+"""The run store: one SQLite file (WAL) holding configs, status, per-epoch metrics, weights, analyses,
+step-cost probes and accountant answers.
 
 Each operation opens its own short connection, so threads (the dashboard's job
 manager) and processes (sweep workers) can share one file safely.
@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS analyses (
 CREATE TABLE IF NOT EXISTS probes (
     setting TEXT NOT NULL, device TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (setting, device)
+);
+CREATE TABLE IF NOT EXISTS accounting (
+    question TEXT PRIMARY KEY, answer TEXT NOT NULL, created REAL NOT NULL
 );
 """
 
@@ -411,3 +414,18 @@ class RunStore:
         with self._connect() as db:
             row = db.execute("SELECT result FROM probes WHERE setting=? AND device=?", (setting, device)).fetchone()
         return None if row is None else CostProbe.from_dict(json.loads(row["result"]))
+
+    # --- accountant answers (ε and σ calibrations, shared by runs and processes) ------------------------
+    def find_accounting(self, question: str) -> Optional[dict[str, Any]]:
+        """The stored answer to one accountant question (`dpsat_core.accounting`'s key), if any."""
+        with self._connect() as db:
+            row = db.execute("SELECT answer FROM accounting WHERE question=?", (question,)).fetchone()
+        return None if row is None else json.loads(row["answer"])
+
+    def save_accounting(self, question: str, answer: dict[str, Any]) -> None:
+        """Keep an accountant's answer (a pure function of the question, so a second writer writes the same)."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO accounting (question, answer, created) VALUES (?,?,?)",
+                (question, json.dumps(answer), time.time()),
+            )

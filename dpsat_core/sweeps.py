@@ -3,7 +3,9 @@
 Running the same sweep again trains only the cells not yet done (reuse is by
 config hash), so a stopped sweep resumes by being run again. Non-private methods
 ignore ε, so they get one cell per seed. Pool workers die with the sweep
-process (`workers.die_with_parent`).
+process (`workers.die_with_parent`). The parent calibrates σ for every cell into
+the store before any worker starts; workers (and every later run) read σ and
+per-epoch ε from the store's answers.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .config import TrainConfig
-from .data import load_config_dataset
-from .errors import ConfigError
+from .errors import ConfigError, DpsatError
 from .methods import METHODS, method_info
-from .planning import plan_run
 from .progress import Cancelled, Progress, ProgressFn, StopFn, no_progress
-from .runner import reusable_run, run
 from .store import RunStore
 
 if TYPE_CHECKING:
     from .cluster import RayCluster
+
+# Planning and training (torch, Opacus, the data loaders) are imported where a sweep is checked or run, so a
+# page can describe the default comparison before any heavy import.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,15 +78,18 @@ def default_comparison(dataset: str = "digits") -> SweepSpec:
     )
 
 
-def check_sweep(spec: SweepSpec, *, device_here: bool = True) -> None:
+def check_sweep(spec: SweepSpec, store: Optional[RunStore] = None, *, device_here: bool = True) -> None:
     """Plan every cell against its data before any training (the same checks as `run`: δ < 1/n, batch ≤ n,
     model fits, device present, ε reachable), so a page or the CLI can refuse the grid with one message
-    instead of failing cell by cell. Calibrations are cached, so the cells then reuse them. A sweep on a
-    Ray cluster passes `device_here=False`: its workers, not this machine, must have the device."""
+    instead of failing cell by cell. Calibrations are kept in `store` (and cached), so the cells reuse them.
+    A sweep on a Ray cluster passes `device_here=False`: its workers, not this machine, must have the device."""
+    from .data import load_config_dataset
+    from .planning import plan_run
+
     dataset = load_config_dataset(spec.base)
     for cell in spec.cells():
         try:
-            plan_run(cell, dataset, device_here=device_here)
+            plan_run(cell, dataset, store, device_here=device_here)
         except ConfigError as exc:
             raise ConfigError(f"{cell_label(cell)}: {exc}") from None
 
@@ -138,6 +143,8 @@ def run_cell(
     cell: TrainConfig, store: RunStore, *, on_progress: ProgressFn, should_stop: Optional[StopFn]
 ) -> CellOutcome:
     """Train one cell (in this process or a worker): the same outcome, reasons and messages either way."""
+    from .runner import run
+
     label = cell_label(cell)
     try:
         outcome = run(cell, store, on_progress=on_progress, should_stop=should_stop)
@@ -196,6 +203,8 @@ def sweep(
 ) -> SweepResult:
     """Train every cell not yet done; `workers > 1` uses a spawn process pool sharing the store file, a
     `cluster` sends each cell to Ray as a task (`workers` then does not apply) and writes its result here."""
+    from .runner import reusable_run
+
     result = SweepResult()
     todo = []
     for cell in spec.cells():
@@ -203,6 +212,7 @@ def sweep(
         (result.reused.append(done.run_id) if done else todo.append(cell))
     total = len(todo)
     on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
+    calibrate_cells(todo, store)
     if cluster is not None:
         from .cluster import sweep_on_ray  # Ray is imported only for a sweep that uses it
 
@@ -212,6 +222,19 @@ def sweep(
     else:
         _sweep_pool(todo, store, result, workers, on_progress, should_stop)
     return result
+
+
+def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore) -> None:
+    """Calibrate σ for every cell here, once, into the store, so workers read it instead of each recomputing
+    it; a cell that cannot be planned is left for its run to report."""
+    from .data import load_config_dataset
+    from .planning import plan_run
+
+    for cell in cells:
+        try:  # the whole plan, so a table's released statistics are composed in as the run will compose them
+            plan_run(cell, load_config_dataset(cell), store, device_here=False)
+        except DpsatError:
+            continue
 
 
 def _record(result: SweepResult, outcome: CellOutcome, cell: TrainConfig) -> None:

@@ -21,7 +21,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from .accounting import PrivacySpent, epsilon_spent
+from .accounting import AnswerBook, PrivacySpent, recorded_epsilon
 from .clipping import FastDPOptimizer
 from .config import TrainConfig
 from .data import Dataset, load_config_dataset
@@ -145,6 +145,7 @@ class Trainer:
     releases: int = 0
     steps: int = 0  # steps finished
     initial_train_loss: Optional[float] = None  # on the training-loss subset, before the first step
+    book: Optional[AnswerBook] = None  # where accountant answers are kept between runs (the run store)
 
     def draw(self) -> Batch:
         idx = self.sampler.indices().to(self.device)
@@ -163,13 +164,15 @@ def prepare(
     config: TrainConfig,
     dataset: Optional[Dataset] = None,
     plan: Optional[RunPlan] = None,
+    book: Optional[AnswerBook] = None,
     *,
     instrument: Optional[Instrument] = None,
 ) -> Trainer:
-    """Build model, optimizer and method step for `config` (loading its data set and planning it unless given);
-    an `instrument` (audits only) wraps the trained module and hooks the private optimizer's releases."""
+    """Build model, optimizer and method step for `config` (loading its data set and planning it unless given;
+    accountant answers from `book` when it holds them); an `instrument` (audits only) wraps the trained module
+    and hooks the private optimizer's releases."""
     dataset = dataset or load_config_dataset(config)
-    run_plan = plan or plan_run(config, dataset)
+    run_plan = plan or plan_run(config, dataset, book)
     privacy = run_plan.privacy
     device = torch.device(run_plan.device)
     spec = run_plan.model
@@ -208,6 +211,7 @@ def prepare(
         sampler=PoissonSampler(dataset.n_train, privacy.sample_rate, seed=config.seed + SAMPLING_SEED_OFFSET),
         x_train=torch.tensor(dataset.x_train, device=device),
         y_train=torch.tensor(dataset.y_train, device=device),
+        book=book,
     )
     if info.private:
         optimizer.attach_step_hook(trainer._count_release)
@@ -234,7 +238,8 @@ def _privacy_now(trainer: Trainer) -> Optional[PrivacySpent]:
     plan = trainer.plan
     if plan.noise_multiplier is None:
         return None
-    return epsilon_spent(
+    return recorded_epsilon(
+        trainer.book,
         noise_multiplier=plan.noise_multiplier,
         sample_rate=plan.sample_rate,
         releases=trainer.releases,
@@ -264,15 +269,17 @@ def train(
     on_epoch: Optional[Callable[[EpochMetrics], None]] = None,
     dataset: Optional[Dataset] = None,
     plan: Optional[RunPlan] = None,
+    book: Optional[AnswerBook] = None,
     instrument: Optional[Instrument] = None,
 ) -> TrainResult:
-    """Train `config` to the end, or until it diverges or crashes (status failed) or `should_stop()` (cancelled).
+    """Train `config` to the end, or until it diverges or crashes (status failed) or `should_stop()` (cancelled);
+    accountant answers (σ, ε per epoch) come from `book` (the run store) when it holds them.
 
     A failed or cancelled run is charged for the releases it made, so its result (and the stored run) says
     what ε it spent. A crash (an exception while training) is logged with its traceback.
     """
     with quiet_hooks():
-        trainer = prepare(config, dataset, plan, instrument=instrument)
+        trainer = prepare(config, dataset, plan, book, instrument=instrument)
         finished: list[EpochMetrics] = []
 
         def keep(metrics: EpochMetrics) -> None:

@@ -8,7 +8,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 
 import dpsat_core.accounting as accounting
-from dpsat_core import TrainConfig, calibrate_noise, epsilon_spent, prepare, train
+from dpsat_core import Calibration, ConfigError, TrainConfig, calibrate_noise, epsilon_spent, prepare, train
 
 
 @pytest.fixture(autouse=True)
@@ -190,3 +190,59 @@ def test_the_accountant_runs_once_per_question_on_one_blas_thread(monkeypatch):
     with accounting._quiet_one_blas_thread():
         inside = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     assert inside and all(n == 1 for n in inside)
+
+
+def test_a_recorded_answer_is_the_accountants_and_is_read_back_without_asking_again(tmp_path, monkeypatch):
+    from dpsat_core import RunStore
+    from dpsat_core.accounting import recorded_calibration, recorded_epsilon
+
+    store = RunStore(tmp_path / "runs.db")
+    question = dict(noise_multiplier=1.3, sample_rate=0.05, releases=60, delta=1e-5, accountant="prv")
+    fresh = epsilon_spent(**question)
+    assert recorded_epsilon(store, **question) == fresh
+    epsilon_spent.cache_clear()
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("the accountant was asked again"))
+    assert recorded_epsilon(RunStore(store.path), **question) == fresh  # another process: the same file
+    assert math.isinf(recorded_epsilon(store, **{**question, "noise_multiplier": 0.0}).epsilon)  # ∞ survives JSON
+    target = dict(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, releases=60, accountant="rdp")
+    monkeypatch.undo()
+    calibration = recorded_calibration(store, **target)
+    calibrate_noise.cache_clear()
+    monkeypatch.setattr(accounting, "get_noise_multiplier", lambda **k: pytest.fail("calibrated again"))
+    assert recorded_calibration(store, **target) == calibration == Calibration(calibration.noise_multiplier, "rdp")
+    with pytest.raises(ConfigError, match="unknown accountant"):  # bad questions are not stored answers
+        recorded_epsilon(store, **{**question, "accountant": "gdp"})
+
+
+def test_memoised_rdp_orders_give_untouched_opacus_answers_bit_for_bit():
+    import json
+    import subprocess
+    import sys
+
+    questions = [(1.1, 0.18, 30), (1.1, 0.18, 60), (0.7, 0.05, 200)]
+    untouched = subprocess.run(  # Opacus as shipped (dpsat_core never loaded), on one BLAS thread as ours runs
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, warnings; warnings.simplefilter('ignore')\n"
+            "from threadpoolctl import threadpool_limits\n"
+            "from opacus.accountants import PRVAccountant, RDPAccountant\n"
+            "out = []\n"
+            "with threadpool_limits(limits=1, user_api='blas'):\n"
+            "    for s, q, t in json.loads(sys.argv[1]):\n"
+            "        for acc in (PRVAccountant(), RDPAccountant()):\n"
+            "            acc.history = [(s, q, t)]; out.append(acc.get_epsilon(delta=1e-5))\n"
+            "print(json.dumps(out))",
+            json.dumps(questions),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ours = [
+        epsilon_spent(noise_multiplier=s, sample_rate=q, releases=t, delta=1e-5, accountant=name).epsilon
+        for s, q, t in questions
+        for name in ("prv", "rdp")
+    ]
+    assert ours == json.loads(untouched.stdout)
+    assert accounting.opacus_rdp._compute_rdp.cache_info().hits > 0  # the second epoch reused the first's orders

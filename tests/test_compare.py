@@ -181,3 +181,14 @@ def test_diverged_runs_are_left_out_of_comparisons_unless_asked():
     # judged against the stored start loss when there is one: 4.6 is over 10× a start of 0.3, not of ln(10)
     start = dataclasses.replace(runs[0].summary, train_loss=4.6)
     assert not start.diverged and dataclasses.replace(start, initial_train_loss=0.3).diverged
+
+
+def test_the_pure_python_t_quantile_is_scipys_and_refuses_bad_input():
+    from dpsat_core.student_t import t_quantile
+
+    for dof in [*range(1, 40), 99, 400]:
+        for p in (0.5, 0.8, 0.95, 0.975, 0.995, 0.9995):
+            assert t_quantile(dof, p) == pytest.approx(scipy_stats.t.ppf(p, dof), rel=1e-11, abs=1e-12)
+    for dof, p in ((0, 0.9), (2.5, 0.9), (3, 1.0), (3, 0.4)):
+        with pytest.raises(ValueError):
+            t_quantile(dof, p)

@@ -3,8 +3,11 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import dpsat_core
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fresh_python(code: str) -> str:
@@ -66,3 +69,26 @@ def test_importing_every_module_installs_no_warnings_filter():
         """
     )
     assert out == "True []"  # third-party packages did install filters (the check works); we did not
+
+
+def test_the_overview_draws_from_the_store_without_torch_opacus_sklearn_or_scipy(tmp_path):
+    from dpsat_core import RunStore
+    from tests.factories import record
+
+    store = RunStore(tmp_path / "runs.db")
+    for method, eps in (("sgd", None), ("dpsgd", 1.0), ("dpsat", 1.0), ("dpsgd", 3.0), ("dpsat", 3.0)):
+        for seed in (0, 1):
+            made = record(method, eps, seed, acc=0.8 + 0.01 * seed)
+            store.finish(store.create_run(made.config), made.summary, {})
+    out = fresh_python(
+        f"""
+        import os, sys
+        os.environ["DPSAT_STORE"] = {str(store.path)!r}
+        from streamlit.testing.v1 import AppTest
+        at = AppTest.from_file({str(ROOT / "dashboard" / "app.py")!r}, default_timeout=60).run()
+        assert not at.exception, at.exception
+        assert at.title[0].value.startswith("Do flat minima help") and len(at.get("plotly_chart")) >= 1
+        print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "opacus", "sklearn", "scipy"}}))
+        """
+    )
+    assert out == "[]"  # the first paint waits for no heavy import (bench/first_paint.py times it)

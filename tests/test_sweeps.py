@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import signal
 import subprocess
@@ -212,3 +213,31 @@ def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_resume(tmp_path):
     runs = RunStore(path).list_runs()
     assert sorted(r.status for r in runs) == ["cancelled", "cancelled"]  # the queued third cell never started
     assert _wait_for(lambda: not any(_alive(pid) for pid in children), timeout=120)
+
+
+def test_accountant_answers_live_in_the_store_equal_fresh_ones_and_a_second_sweep_asks_none(store, monkeypatch):
+    import dpsat_core.accounting as accounting
+    from dpsat_core import epsilon_spent
+
+    asked = []
+    real_epsilon, real_sigma = accounting._epsilon_with, accounting.get_noise_multiplier
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: asked.append("ε") or real_epsilon(*a, **k))
+    monkeypatch.setattr(accounting, "get_noise_multiplier", lambda **k: asked.append("σ") or real_sigma(**k))
+    base = dataclasses.replace(BASE, accountant="rdp")  # RDP: the same path as PRV, and quicker
+    spec = SweepSpec(base=base, methods=("dpsgd",), epsilons=(2.5,), seeds=(0,))
+    first = sweep(spec, store)
+    assert len(first.trained) == 1 and "σ" in asked and "ε" in asked
+    accounting.epsilon_spent.cache_clear(), accounting.calibrate_noise.cache_clear()
+    asked.clear()
+    again = sweep(dataclasses.replace(spec, seeds=(1,)), store)  # new runs, the same questions
+    assert len(again.trained) == 1 and asked == []  # every answer came from the store, none from an accountant
+    monkeypatch.setattr(accounting, "_epsilon_with", real_epsilon)
+    for record in (store.get(r) for r in again.trained):
+        fresh = epsilon_spent(
+            noise_multiplier=record.summary.noise_multiplier,
+            sample_rate=record.summary.sample_rate,
+            releases=record.summary.releases,
+            delta=record.summary.delta,
+            accountant=record.config.accountant,
+        )
+        assert record.epsilon_spent == fresh.epsilon and record.summary.accountant == fresh.accountant

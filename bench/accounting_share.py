@@ -1,0 +1,108 @@
+"""Accounting's share of the one-click comparison's compute, as the CLI sweep runs it (2 worker processes).
+
+    python bench/accounting_share.py [--json] [--epochs 5]
+
+Trains `default_comparison("digits")` (20 runs) into a fresh store with the sweep's
+own process pool, then the same grid again with new seeds (new runs, the same
+accountant questions). In every process (parent and workers) the time inside the
+accountant (Opacus's `get_epsilon` through `_epsilon_with`, and `get_noise_multiplier`)
+is summed; compute is the time the workers spend in their cells plus the parent's
+accounting. Runs against any checkout whose `dpsat_core` is on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LOG_ENV = "DPSAT_BENCH_ACCOUNTING_LOG"
+
+
+def _timed(fn, seconds: list[float]):
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    return wrapper
+
+
+def _instrument(seconds: list[float]) -> None:
+    """Time every accountant call made in this process."""
+    import dpsat_core.accounting as accounting
+
+    accounting._epsilon_with = _timed(accounting._epsilon_with, seconds)
+    accounting.get_noise_multiplier = _timed(accounting.get_noise_multiplier, seconds)
+
+
+def timed_cell_worker(*args):
+    """The sweep's worker, timed: busy and accountant seconds go to the log file as one JSON line."""
+    import dpsat_core.sweeps as sweeps
+
+    seconds: list[float] = []
+    _instrument(seconds)
+    start = time.perf_counter()
+    outcome = sweeps._cell_worker(*args)
+    busy = time.perf_counter() - start
+    with open(os.environ[LOG_ENV], "a") as log:
+        log.write(json.dumps({"busy": busy, "accounting": sum(seconds), "calls": len(seconds)}) + "\n")
+    return outcome
+
+
+def measure(epochs: int, seeds: tuple[int, ...], store_path: Path, log_path: Path, parent: list[float]) -> dict:
+    """Sweep the comparison at `seeds`; `parent` collects this process's accountant seconds."""
+    import dpsat_core.sweeps as sweeps
+
+    spec = sweeps.default_comparison("digits")
+    spec = dataclasses.replace(spec, base=dataclasses.replace(spec.base, epochs=epochs), seeds=seeds)
+    before = len(parent)
+    log_path.write_text("")
+    start = time.perf_counter()
+    sweeps.check_sweep(spec)
+    result = sweeps.sweep(spec, sweeps.RunStore(store_path), workers=2)
+    wall = time.perf_counter() - start
+    cells = [json.loads(line) for line in log_path.read_text().splitlines()]
+    own = parent[before:]
+    compute = sum(c["busy"] for c in cells) + sum(own)
+    accounting = sum(own) + sum(c["accounting"] for c in cells)
+    return {
+        "runs": len(result.trained),
+        "wall_seconds": round(wall, 2),
+        "compute_seconds": round(compute, 2),
+        "accounting_seconds": round(accounting, 2),
+        "accountant_calls": len(own) + sum(c["calls"] for c in cells),
+        "accounting_share": round(accounting / compute, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # workers import this module by name
+    import accounting_share
+
+    import dpsat_core.sweeps as sweeps
+
+    parent: list[float] = []
+    _instrument(parent)
+    sweeps._cell_worker = accounting_share.timed_cell_worker  # what the pool submits, looked up at call time
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ[LOG_ENV] = str(Path(folder) / "cells.jsonl")
+        for name, seeds in (("first_sweep", (0, 1)), ("second_sweep_new_seeds", (2, 3))):
+            out[name] = measure(args.epochs, seeds, Path(folder) / "runs.db", Path(os.environ[LOG_ENV]), parent)
+    print(json.dumps(out, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    main()
