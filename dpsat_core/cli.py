@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
+from .caveats import TRAINING_DATA, randomness_note
 from .compare import Comparison, comparisons, describe_setting, pick_setting, verdict
 from .config import ACCOUNTANTS, CLIPPINGS, DEVICES, HESSIAN_BACKENDS, MODELS, TrainConfig, parse_numbers
 from .data import FILE_TYPES
@@ -62,7 +63,7 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
         p.add_argument("--epsilon", type=float, help="target ε (σ is calibrated); default 3 for private methods")
         p.add_argument("--sigma", type=float, help="noise multiplier σ instead of a target ε")
         p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--delta", type=float, help="δ (default: 1/n rounded down to a power of ten)")
+    p.add_argument("--delta", type=float, help="δ (default: the largest power of ten ≤ 1/(10n))")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="expected batch size under Poisson sampling")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
@@ -93,6 +94,12 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     p.add_argument(
         "--device", default=d.device, help=f"one of {', '.join(DEVICES)} or cuda:N (auto: CUDA when present)"
     )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="release mode: noise and batch sampling from the OS entropy source, never stored (runs differ); "
+        "default: research mode, seeded from --seed (reproducible, for research, not for release)",
+    )
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
@@ -114,6 +121,7 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         validation_fraction=args.validation_fraction,
         max_physical_batch_size=args.physical_batch_size,
         device=args.device,
+        randomness="release" if args.secure else "research",
     )
     fields.update(overrides)
     return TrainConfig(**fields)
@@ -141,6 +149,8 @@ def _print_run(record: RunRecord) -> None:
             f"δ={s.delta:g}, σ={s.noise_multiplier:.4f}, q={s.sample_rate:.4f}, "
             f"{s.steps} steps, {s.releases} releases, {s.accountant}"
         )
+    if randomness_note(record.config):
+        print(f"  {randomness_note(record.config)}")
     print(
         f"  {'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>8} {'val acc':>7} {'ε spent':>7} "
         f"{'seconds':>8}"
@@ -150,6 +160,8 @@ def _print_run(record: RunRecord) -> None:
             f"  {e.epoch:>5} {e.train_loss:>10.4f} {e.test_loss:>10.4f} {e.test_accuracy:>8.4f} "
             f"{_fmt(e.validation_accuracy, '.4f'):>7} {_fmt(e.epsilon_spent, '.3f'):>7} {e.seconds:>8.2f}"
         )
+    if record.epochs:
+        print(f"  train loss and seconds (which track the Poisson batch sizes): {TRAINING_DATA}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
