@@ -325,6 +325,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for comparison in row.comparisons:
             print(f"  {verdict(comparison)}")
     print(f"  caveat: {report.caveat}")
+    print(f"  not covered by ε: {report.uncovered}")
     return 0
 
 
