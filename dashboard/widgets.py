@@ -13,6 +13,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from dpsat_core import RunRecord, method_info, method_table
+from dpsat_core.caveats import TRAINING_DATA, randomness_note
 from dpsat_core.compare import CellStats, Comparison, conclusion, describe_setting, runs_by_setting
 from dpsat_core.errors import DpsatError
 from dpsat_core.export import MIME, figure_bytes, find_chromium
@@ -149,23 +150,37 @@ def _job_panel() -> None:
         st.rerun(scope="app")
 
 
+def randomness_caption(records: Sequence[RunRecord]) -> None:
+    """Say what the shown runs' randomness means, once per distinct note: "seeded noise: for research, not for
+    release" for private research-mode runs (`caveats.randomness_note`)."""
+    for note in dict.fromkeys(n for n in map(randomness_note, (r.config for r in records)) if n):
+        st.caption(f"Private runs shown: {note}.")
+
+
+def training_data_caption(what: str) -> None:
+    """One line under a page's heading: `what` is computed on training data, not covered by ε."""
+    st.caption(f"{what}: {TRAINING_DATA}.")
+
+
 def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]:
-    """Pick a data set, then one comparable setting; returns the finished runs of that setting."""
+    """Pick a data set, then one comparable setting; returns the finished runs of that setting (and says what
+    their randomness means)."""
     done = [r for r in records if r.status == "done"]
     datasets = sorted({r.config.dataset for r in done})
     if not datasets:
         return []
     dataset = st.selectbox("Data set", datasets, key=f"{key}-dataset")
     ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])
-    if len(ordered) == 1:
-        return ordered[0]
-    labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
-    chosen = st.selectbox(
-        "Setting (runs are compared only within one)",
-        range(len(ordered)),
-        format_func=labels.__getitem__,
-        key=f"{key}-setting",
-    )
+    chosen = 0
+    if len(ordered) > 1:
+        labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
+        chosen = st.selectbox(
+            "Setting (runs are compared only within one)",
+            range(len(ordered)),
+            format_func=labels.__getitem__,
+            key=f"{key}-setting",
+        )
+    randomness_caption(ordered[chosen])
     return ordered[chosen]
 
 

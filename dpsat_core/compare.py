@@ -61,9 +61,12 @@ def describe_setting(record: RunRecord) -> str:
     """The setting in words; two settings never read the same (the key ends it where the words cannot tell)."""
     c = record.config
     split = f"split {c.split_seed}, validation {c.validation_fraction:.0%}"
+    bound = "< 1/n" if c.delta_rule == "1/n" else f"≤ {c.delta_rule}"
+    delta = f"δ {c.delta:g}" if c.delta is not None else f"default δ {bound}"
     return (
         f"{c.dataset}: {c.epochs} epochs, batch {c.batch_size}, lr {c.lr:g}, C {c.clip_norm:g}, "
-        f"momentum {c.momentum:g}, {c.accountant.upper()}, {split} [{setting_key(record)}]"
+        f"momentum {c.momentum:g}, {c.accountant.upper()}, {delta}, {split}, {c.randomness} randomness "
+        f"[{setting_key(record)}]"
     )
 
 

@@ -5,7 +5,8 @@ import streamlit as st
 
 from dashboard.state import current_dataset, save_upload
 from dashboard.widgets import plain_text, show_error
-from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, load_dataset
+from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, default_delta, load_dataset
+from dpsat_core.caveats import DELTA_WHY
 from dpsat_core.data import DEFAULT_SIZES, FILE_TYPES
 from dpsat_core.serve import SERVER_OPTIONS
 
@@ -59,6 +60,7 @@ st.caption(
     "held out for validation (change the share on the Train page). Only the training rows are trained on; "
     "validation accuracy is for choosing ρ, lr or C, and verdicts report test accuracy."
 )
+st.caption(f"Default δ for {info['n_train']:,} training rows: {default_delta(info['n_train']):g}. {DELTA_WHY}")
 st.bar_chart(pd.DataFrame({"examples": info["class_counts"]}, index=list(data.class_names)))
 if st.button("Use this data set", type="primary", key="data-use"):
     st.session_state["dataset"] = {"source": source, "target": target, "size": size}

@@ -11,6 +11,7 @@ from dashboard.widgets import (
     job_panel,
     one_run_per_method,
     run_multiselect,
+    training_data_caption,
 )
 from dpsat_core import cached_analyses, figures, run_line
 from dpsat_core.compare import best_epsilon, group_runs
@@ -18,6 +19,7 @@ from dpsat_core.results import counted
 
 st.title("Loss landscape")
 st.caption("Every run is sliced along the same seeded, filter-normalised random directions (Li et al. 2018).")
+training_data_caption("Slices, surfaces and lines show the loss on the first 1,024 training examples")
 store = get_store()
 runs = comparable_runs_or_stop(store.list_runs(status="done"), key="land")
 middle = best_epsilon(group_runs(runs))
