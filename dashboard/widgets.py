@@ -13,6 +13,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from dpsat_core import RunRecord, method_info, method_table
+from dpsat_core.analysis import DEFAULT_SAMPLES
 from dpsat_core.caveats import TRAINING_DATA, randomness_note
 from dpsat_core.compare import CellStats, Comparison, conclusion, describe_setting, runs_by_setting
 from dpsat_core.errors import DpsatError
@@ -21,6 +22,8 @@ from dpsat_core.figures import run_label
 from dpsat_core.results import format_number
 
 from .state import get_jobs
+
+ANALYSED_ROWS = f"the first {DEFAULT_SAMPLES:,} training examples"  # what every analysis is evaluated on
 
 
 def download(where: DeltaGenerator, label: str, build: Callable[[], bytes], file_name: str, *, key: str) -> None:

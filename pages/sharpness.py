@@ -5,6 +5,7 @@ import streamlit as st
 from dashboard.actions import start_analyses
 from dashboard.state import get_store
 from dashboard.widgets import (
+    ANALYSED_ROWS,
     chart,
     comparable_runs_or_stop,
     job_panel,
@@ -18,7 +19,7 @@ from dpsat_core.compare import best_epsilon, group_runs
 from dpsat_core.results import counted
 
 st.title("Sharpness")
-training_data_caption("Hessian spectra, adaptive sharpness and noise robustness use the first 1,024 training examples")
+training_data_caption(f"Hessian spectra, adaptive sharpness and noise robustness use {ANALYSED_ROWS}")
 store = get_store()
 runs = comparable_runs_or_stop(store.list_runs(status="done"), key="sharp")
 run_ids = [r.run_id for r in runs]
