@@ -3,8 +3,9 @@
 Runs are comparable when everything but method, ε, σ, ρ and seed is equal: the
 "setting". A cell is one method at one privacy level (target ε, or σ for runs
 trained with σ) and one ρ, over seeds; duplicate runs of one config count once.
-At the same seed a method and its baseline see the same batches and noise draws,
-so the gain is the mean *paired* difference with a Student-t interval. Pages, the
+At the same seed a method and its baseline see the same batches and noise draws
+(research mode; in release mode only the same initial weights), so the gain is the
+mean *paired* difference with a Student-t interval. Pages, the
 CLI and reports use these numbers, never re-derive them.
 """
 
