@@ -13,6 +13,8 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from dpsat_core import RunRecord, method_info, method_table
+from dpsat_core.analysis import DEFAULT_SAMPLES
+from dpsat_core.caveats import TRAINING_DATA, randomness_note
 from dpsat_core.compare import (
     CellStats,
     Comparison,
@@ -29,6 +31,8 @@ from dpsat_core.figures import run_label
 from dpsat_core.results import format_number
 
 from .state import get_jobs, is_operator, may_touch, session_owner
+
+ANALYSED_ROWS = f"the first {DEFAULT_SAMPLES:,} training examples"  # what every analysis is evaluated on
 
 
 def download(where: DeltaGenerator, label: str, build: Callable[[], bytes], file_name: str, *, key: str) -> None:
@@ -163,8 +167,21 @@ def _job_panel() -> None:
         st.rerun(scope="app")
 
 
+def randomness_caption(records: Sequence[RunRecord]) -> None:
+    """Say what the shown runs' randomness means, once per distinct note: "seeded noise: for research, not for
+    release" for private research-mode runs (`caveats.randomness_note`)."""
+    for note in dict.fromkeys(n for n in map(randomness_note, (r.config for r in records)) if n):
+        st.caption(f"Private runs shown: {note}.")
+
+
+def training_data_caption(what: str) -> None:
+    """One line under a page's heading: `what` is computed on training data, not covered by ε."""
+    st.caption(f"{what}: {TRAINING_DATA}.")
+
+
 def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]:
-    """Pick a data set, then one comparable setting; returns the finished runs of that setting."""
+    """Pick a data set, then one comparable setting; returns the finished runs of that setting (and says what
+    their randomness means)."""
     done = [r for r in records if r.status == "done" and not r.config.audit]  # audit runs are never compared
     datasets = sorted({r.config.dataset for r in done})
     if not datasets:
@@ -186,6 +203,7 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
     note = diverged_note(diverged_left_out(done, setting_key(ordered[chosen][0])))
     if note:
         st.caption(plain_text(note))
+    randomness_caption(ordered[chosen])
     return ordered[chosen]
 
 

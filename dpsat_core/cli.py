@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
+from .caveats import TRAINING_DATA, randomness_note
 from .compare import (
     Comparison,
     comparisons,
@@ -104,7 +105,7 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
         p.add_argument("--epsilon", type=float, help="target ε (σ is calibrated); default 3 for private methods")
         p.add_argument("--sigma", type=float, help="noise multiplier σ instead of a target ε")
         p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--delta", type=float, help="δ (default: 1/n rounded down to a power of ten)")
+    p.add_argument("--delta", type=float, help="δ (default: the largest power of ten ≤ 1/(10n))")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="expected batch size under Poisson sampling")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
@@ -135,6 +136,12 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     p.add_argument(
         "--device", default=d.device, help=f"one of {', '.join(DEVICES)} or cuda:N (auto: CUDA when present)"
     )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="release mode: noise and batch sampling from the OS entropy source, never stored (runs differ); "
+        "default: research mode, seeded from --seed (reproducible, for research, not for release)",
+    )
 
 
 def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
@@ -159,6 +166,7 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
         validation_fraction=args.validation_fraction,
         max_physical_batch_size=args.physical_batch_size,
         device=args.device,
+        randomness="release" if args.secure else "research",
     )
     fields.update(overrides)
     return TrainConfig(**fields)
@@ -202,6 +210,8 @@ def _print_run(record: RunRecord) -> None:
             f"{s.steps} steps, {s.releases} releases, {s.accountant}"
         )
     print(f"  ε covers: {record.privacy_note}")
+    if randomness_note(record.config):
+        print(f"  {randomness_note(record.config)}")
     print(
         f"  {'epoch':>5} {'train loss':>10} {'test loss':>10} {'test acc':>8} {'val acc':>7} {'ε spent':>7} "
         f"{'seconds':>8}"
@@ -211,6 +221,8 @@ def _print_run(record: RunRecord) -> None:
             f"  {e.epoch:>5} {e.train_loss:>10.4f} {e.test_loss:>10.4f} {e.test_accuracy:>8.4f} "
             f"{_fmt(e.validation_accuracy, '.4f'):>7} {_fmt(e.epsilon_spent, '.3f'):>7} {e.seconds:>8.2f}"
         )
+    if record.epochs:
+        print(f"  train loss and seconds (which track the Poisson batch sizes): {TRAINING_DATA}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -446,6 +458,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for comparison in row.comparisons:
             print(f"  {verdict(comparison)}")
     print(f"  caveat: {report.caveat}")
+    print(f"  not covered by ε: {report.uncovered}")
     return 0
 
 

@@ -3,10 +3,11 @@
 Runs are comparable when everything but method, ε, σ, ρ and seed is equal: the
 "setting". A cell is one method at one privacy level (target ε, or σ for runs
 trained with σ) and one ρ, over seeds; duplicate runs of one config count once.
-At the same seed a method and its baseline see the same batches and noise draws,
-so the gain is the mean *paired* difference with a Student-t interval. Runs that
-diverged (`divergence.py`) are left out unless asked (`include_diverged`). Pages,
-the CLI and reports use these numbers, never re-derive them.
+At the same seed a method and its baseline see the same batches and noise draws
+(research mode; in release mode only the same initial weights), so the gain is the
+mean *paired* difference with a Student-t interval. Runs that diverged
+(`divergence.py`) are left out unless asked (`include_diverged`). Pages, the CLI
+and reports use these numbers, never re-derive them.
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ def describe_setting(record: RunRecord) -> str:
     """The setting in words; two settings never read the same (the key ends it where the words cannot tell)."""
     c = record.config
     split = f"split {c.split_seed}, validation {c.validation_fraction:.0%}"
+    bound = "< 1/n" if c.delta_rule == "1/n" else f"≤ {c.delta_rule}"
+    delta = f"δ {c.delta:g}" if c.delta is not None else f"default δ {bound}"
     return (
         f"{c.dataset}: {c.epochs} epochs, batch {c.batch_size}, lr {c.lr:g}, C {c.clip_norm:g}, "
-        f"momentum {c.momentum:g}, {c.accountant.upper()}, {split} [{setting_key(record)}]"
+        f"momentum {c.momentum:g}, {c.accountant.upper()}, {delta}, {split}, {c.randomness} randomness "
+        f"[{setting_key(record)}]"
     )
 
 

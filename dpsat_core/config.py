@@ -31,6 +31,12 @@ DEFAULT_CANARIES = 1000
 PREPROCESSINGS = ("private", "fitted")
 DEFAULT_PREPROCESSING_SHARE = 0.05  # of the target ε, for the released scaling statistics of a user table
 MAX_PREPROCESSING_SHARE = 0.5
+# Where noise and Poisson sampling draw from: "research" seeds them from the run's seed (reproducible, paired
+# across methods), "release" from the OS entropy source (never stored; `--secure`). The model's
+# initialisation stays seeded in both.
+RANDOMNESS = ("research", "release")
+# How δ=None is resolved for n training rows: "1/(10n)" (today) or "1/n" (runs stored before it).
+DELTA_RULES = ("1/(10n)", "1/n")
 DEFAULT_EPSILON = 3.0
 MAX_VALIDATION_FRACTION = 0.5  # of the training rows; the rest is trained on
 # Settings that change memory use or placement but not the algorithm: left out of the hash.
@@ -66,6 +72,8 @@ ADDED_LATER: dict[str, Any] = {
     "preprocessing_share": DEFAULT_PREPROCESSING_SHARE,
     "audit_mode": "",
     "canaries": 0,
+    "randomness": "research",
+    "delta_rule": "1/n",
 }
 
 
@@ -86,8 +94,9 @@ class TrainConfig:
     """Everything that defines one training run; defaults suit the built-in data sets.
 
     Private methods take a target `epsilon` (σ is calibrated) or a `noise_multiplier`
-    σ directly, never both; with neither, the target is ε = 3. `delta=None` means
-    1/n rounded down to a power of ten. `validation_fraction` of the training rows is held out
+    σ directly, never both; with neither, the target is ε = 3. `delta=None` means a power of ten
+    ≤ 1/(10n) (`delta_rule`; runs stored before it used 1/n rounded down). `randomness` picks where noise
+    and batch sampling draw from (see `RANDOMNESS`). `validation_fraction` of the training rows is held out
     (by `split_seed`) to choose ρ, lr or C on; test accuracy stays for the verdicts. `clipping` picks
     the per-example clipping engine of private methods (see `CLIPPINGS`). `audit_mode` and `canaries` mark an
     audit run (`dpsat_core.audit`): it trained on canaries, so it is kept out of every comparison.
@@ -117,6 +126,8 @@ class TrainConfig:
     preprocessing: str = "private"
     schema: Optional[str] = None
     preprocessing_share: float = DEFAULT_PREPROCESSING_SHARE
+    randomness: str = "research"
+    delta_rule: str = "1/(10n)"
     max_physical_batch_size: int = 1024
     device: str = "auto"
 
@@ -152,6 +163,10 @@ class TrainConfig:
         if self.schema is not None and self.preprocessing == "fitted":
             raise ConfigError("a schema needs preprocessing='private' (fitted scaling ignores it): drop one of them")
         self._check_audit()
+        if self.randomness not in RANDOMNESS:
+            raise ConfigError(f"unknown randomness {self.randomness!r}: choose one of {', '.join(RANDOMNESS)}")
+        if self.delta_rule not in DELTA_RULES:
+            raise ConfigError(f"unknown delta_rule {self.delta_rule!r}: choose one of {', '.join(DELTA_RULES)}")
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
         if not valid_device_name(self.device):
@@ -168,9 +183,9 @@ class TrainConfig:
                 f"validation_fraction must be ≤ {MAX_VALIDATION_FRACTION}, got {self.validation_fraction!r}: e.g. 0.1"
             )
         if self.delta is not None:
-            _finite("delta", self.delta, low=0, low_inclusive=False, fix="use δ < 1/n, e.g. 1e-5")
+            _finite("delta", self.delta, low=0, low_inclusive=False, fix="use δ ≤ 1/(10n), e.g. 1e-5")
             if self.delta >= 1:
-                raise ConfigError(f"delta must be < 1, got {self.delta!r}: use δ < 1/n, e.g. 1e-5")
+                raise ConfigError(f"delta must be < 1, got {self.delta!r}: use δ ≤ 1/(10n), e.g. 1e-5")
         if self.epsilon is not None:
             _finite("epsilon", self.epsilon, low=0, low_inclusive=False, fix="the privacy budget ε must be > 0, e.g. 3")
         if self.noise_multiplier is not None:
@@ -218,6 +233,8 @@ class TrainConfig:
             changes["preprocessing_share"] = DEFAULT_PREPROCESSING_SHARE
         if not info.uses_rho:
             changes["rho"] = 0.0
+        if info.private and self.delta is not None:  # the rule resolves δ=None only: as stored before it
+            changes["delta_rule"] = ADDED_LATER["delta_rule"]
         return dataclasses.replace(self, **changes) if changes else self
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,10 +273,15 @@ def valid_device_name(name: object) -> bool:
     return name in DEVICES or (base == "cuda" and index.isdigit())
 
 
-def default_delta(n_train: int) -> float:
-    """1/n rounded down to a power of ten, strictly below 1/n."""
-    delta = 10.0 ** math.floor(math.log10(1.0 / n_train))
-    return delta / 10 if delta >= 1.0 / n_train else delta
+def default_delta(n_train: int, rule: str = DELTA_RULES[0]) -> float:
+    """The δ used when none is given: the largest power of ten ≤ 1/(10n) ("1/(10n)", see `caveats.DELTA_WHY`),
+    or, as runs stored before it were trained, 1/n rounded down to a power of ten, strictly below 1/n ("1/n")."""
+    if rule not in DELTA_RULES:
+        raise ConfigError(f"unknown delta_rule {rule!r}: choose one of {', '.join(DELTA_RULES)}")
+    bound = 1.0 / (10 * n_train) if rule == "1/(10n)" else 1.0 / n_train
+    delta = 10.0 ** math.floor(math.log10(bound))
+    too_large = delta >= bound if rule == "1/n" else delta > bound
+    return delta / 10 if too_large else delta
 
 
 def resolve_for_data(config: TrainConfig, n_train: int) -> float:
@@ -270,11 +292,11 @@ def resolve_for_data(config: TrainConfig, n_train: int) -> float:
         )
     if not config.private:
         return 0.0
-    delta = default_delta(n_train) if config.delta is None else config.delta
+    delta = default_delta(n_train, config.delta_rule) if config.delta is None else config.delta
     if delta >= 1.0 / n_train:
         raise ConfigError(
-            f"delta={delta:g} must be < 1/n = {1.0 / n_train:.3g} for n={n_train} training examples: "
-            f"use e.g. delta={default_delta(n_train):g}"
+            f"delta={delta:g} must be < 1/n = {1.0 / n_train:.3g} for n={n_train} training examples "
+            f"(≤ 1/(10n) is recommended): use e.g. delta={default_delta(n_train):g}"
         )
     return delta
 

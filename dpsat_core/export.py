@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import plotly.graph_objects as go
 
+from .caveats import randomness_note
 from .errors import DpsatError
 from .results import HessianSpectrum, RunRecord, strict_json
 
@@ -90,7 +91,8 @@ def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
 def results_rows(
     records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None
 ) -> list[dict[str, Any]]:
-    """One row per run: identity, config (its `epsilon` is the target ε), ε spent, accuracy, λ_max, trace, seconds."""
+    """One row per run: identity, config (its `epsilon` is the target ε), ε spent, accuracy, λ_max, trace, seconds,
+    and what its randomness means (`caveats.randomness_note`: seeded noise is for research, not for release)."""
     spectra = spectra or {}
     rows = []
     for r in records:
@@ -110,6 +112,7 @@ def results_rows(
                 "lambda_max": spectrum.lambda_max if spectrum else None,
                 "trace": spectrum.trace if spectrum else None,
                 "seconds": s and s.seconds,
+                "randomness_note": randomness_note(r.config),
             }
         )
     return rows

@@ -11,6 +11,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .caveats import TRAINING_DATA
 from .compare import CellStats, Comparison, privacy_label, validation_picks
 from .methods import METHODS, method_info
 from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
@@ -35,6 +36,13 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
         margin=dict(l=60, r=20, t=60, b=50),
         **extra,
     )
+    return fig
+
+
+def on_training_data(fig: go.Figure, what: str = "") -> go.Figure:
+    """Say under the title that the figure reads the training rows without noise (`caveats.TRAINING_DATA`),
+    so a page, a download or a report shows it with the figure."""
+    fig.update_layout(title_subtitle_text=f"{what}{TRAINING_DATA}", margin_t=95)  # room above subplot titles
     return fig
 
 
@@ -138,7 +146,8 @@ def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     _epsilon_axis(fig, stats)
     fig.update_yaxes(title_text="λ_max", row=1, col=1)
     fig.update_yaxes(title_text="trace", row=1, col=2)
-    return _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "λ_max")
+    _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "λ_max")
+    return on_training_data(fig)
 
 
 def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
@@ -146,9 +155,8 @@ def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     fig = go.Figure()
     _add_series(fig, stats, "adaptive_mean", "adaptive_std")
     _epsilon_axis(fig, stats)
-    return _layout(
-        fig, "Adaptive sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "adaptive λ_max"
-    )
+    _layout(fig, "Adaptive sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "adaptive λ_max")
+    return on_training_data(fig)
 
 
 def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> go.Figure:
@@ -215,7 +223,8 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
     fig.update_xaxes(title_text="ρ")
     fig.update_yaxes(title_text="points (paired, 95% interval)", row=1, col=1)
     fig.update_yaxes(title_text="adaptive λ_max", row=1, col=2)
-    return _layout(fig, "ρ, the methods' own knob", "ρ", "points (paired, 95% interval)")
+    _layout(fig, "ρ, the methods' own knob", "ρ", "points (paired, 95% interval)")
+    return on_training_data(fig, "adaptive sharpness: ")
 
 
 def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D loss slices") -> go.Figure:
@@ -233,7 +242,8 @@ def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D 
                 line_dash=style["line_dash"],
             )
         )
-    return _layout(fig, title, "α along a filter-normalised direction", "training loss")
+    _layout(fig, title, "α along a filter-normalised direction", "training loss")
+    return on_training_data(fig)
 
 
 def _shade(hex_color: str, level: int, levels: int) -> str:
@@ -307,13 +317,14 @@ def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
                 marker_color=_shade(_color(key[0]), rhos.index(key[1]), len(rhos)),
             )
         )
-    return _layout(
+    _layout(
         fig,
         "Wall time per epoch (not a cost ratio: runs may overlap)",
         "privacy level",
         "wall seconds per epoch",
         barmode="group",
     )
+    return on_training_data(fig, "tracks the Poisson batch sizes: ")
 
 
 def top_eigenvalues(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:
@@ -322,7 +333,8 @@ def top_eigenvalues(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Fi
         fig.add_trace(
             go.Bar(x=[f"λ{i + 1}" for i in range(len(s.top))], y=s.top, name=label, marker_color=_color(method))
         )
-    return _layout(fig, "Top Hessian eigenvalues", "rank", "eigenvalue", barmode="group")
+    _layout(fig, "Top Hessian eigenvalues", "rank", "eigenvalue", barmode="group")
+    return on_training_data(fig)
 
 
 def eigenvalue_density(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:
@@ -333,7 +345,8 @@ def eigenvalue_density(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go
                 go.Scatter(x=s.density_grid, y=s.density, name=label, mode="lines", line_color=_color(method))
             )
     fig.update_yaxes(type="log", exponentformat="power", dtick=2)  # 10⁻⁶, 10⁻⁴ …, not mixed SI prefixes
-    return _layout(fig, "Hessian eigenvalue density (SLQ)", "eigenvalue", "density (log scale)")
+    _layout(fig, "Hessian eigenvalue density (SLQ)", "eigenvalue", "density (log scale)")
+    return on_training_data(fig)
 
 
 def noise_robustness(curves: Mapping[str, tuple[str, NoiseRobustness]]) -> go.Figure:
@@ -349,9 +362,10 @@ def noise_robustness(curves: Mapping[str, tuple[str, NoiseRobustness]]) -> go.Fi
                 error_y=dict(type="data", array=n.std_increase),
             )
         )
-    return _layout(
+    _layout(
         fig, "Noise robustness: loss increase under weight noise", "relative noise size s", "training loss increase"
     )
+    return on_training_data(fig)
 
 
 def surfaces_side_by_side(surfaces: Mapping[str, Surface], *, per_row: int = 3) -> go.Figure:
@@ -383,20 +397,22 @@ def surfaces_side_by_side(surfaces: Mapping[str, Surface], *, per_row: int = 3) 
         fig.layout[f"xaxis{suffix}"].update(constrain="domain", title="d₁")
     fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=low, cmax=high, colorbar_title="loss"))
     _layout(fig, "Loss surfaces along the same random directions", "d₁", "d₂")
-    return fig.update_layout(height=120 + 360 * rows, showlegend=False)
+    return on_training_data(fig.update_layout(height=120 + 360 * rows, showlegend=False))
 
 
 def surface_3d(label: str, surface: Surface) -> go.Figure:
     fig = go.Figure(go.Surface(x=surface.axis, y=surface.axis, z=surface.loss, colorscale="Viridis"))
-    fig.update_layout(scene=dict(xaxis_title="d₁", yaxis_title="d₂", zaxis_title="loss"))
-    return _layout(fig, f"Loss surface: {label}", "", "")
+    fig.update_layout(scene=dict(xaxis_title="d₁", yaxis_title="d₂", zaxis_title="training loss"))
+    _layout(fig, f"Loss surface: {label}", "", "")
+    return on_training_data(fig)
 
 
 def line_between_runs(line: Slice, label_a: str, label_b: str) -> go.Figure:
     fig = go.Figure(go.Scatter(x=line.axis, y=line.loss, mode="lines+markers", name="training loss"))
     for t, label in ((0.0, label_a), (1.0, label_b)):
         fig.add_vline(x=t, line_dash="dot", annotation_text=label)
-    return _layout(fig, f"Loss on the straight line from {label_a} to {label_b}", "t", "training loss")
+    _layout(fig, f"Loss on the straight line from {label_a} to {label_b}", "t", "training loss")
+    return on_training_data(fig)
 
 
 __all__ = [
@@ -408,6 +424,7 @@ __all__ = [
     "hessian_vs_epsilon",
     "line_between_runs",
     "noise_robustness",
+    "on_training_data",
     "run_label",
     "slices_overlay",
     "surface_3d",

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 
 from . import figures
 from .analysis import analysed_cells
+from .caveats import SEEDED_NOISE, TRAINING_DATA
 from .compare import (
     CellStats,
     Comparison,
@@ -33,7 +34,7 @@ from .compare import (
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
 from .probe import step_cost
-from .results import AuditResult, counted, format_number
+from .results import AuditResult, RunRecord, counted, format_number
 from .store import RunStore
 
 STYLE = """
@@ -88,6 +89,8 @@ class Report:
     stats: tuple[CellStats, ...]
     headline: tuple[HeadlineRow, ...]
     caveat: str
+    uncovered: str  # what ε does not cover, said once
+    release: bool  # release mode: noise and batches independent across runs (a setting has one mode)
     created: str
     audits: tuple[AuditResult, ...] = ()  # empirical privacy audits on the report's data set
     privacy_notes: tuple[str, ...] = ()  # what the private runs' ε covers (`RunRecord.privacy_note`), each once
@@ -117,6 +120,8 @@ def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Opt
         stats=tuple(stats),
         headline=tuple(headline),
         caveat=caveat(headline_comparisons(compared)),
+        uncovered=uncovered(runs),
+        release=any(r.config.randomness == "release" for r in runs),
         created=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         audits=tuple(a for a in store.audits() if a.dataset == runs[0].config.dataset),
         privacy_notes=tuple(dict.fromkeys(r.privacy_note for r in runs if r.config.private)),
@@ -150,6 +155,21 @@ def caveat(compared: list[Comparison]) -> str:
     return reading
 
 
+def uncovered(runs: list[RunRecord]) -> str:
+    """What the runs' ε does not cover, in plain words, for the report's caveats (said once there)."""
+    text = (
+        f"Sharpness (λ_max, the trace, adaptive sharpness) and the wall time per epoch, which tracks the random "
+        f"batch sizes, are {TRAINING_DATA}: they describe the training rows without noise, and the privacy "
+        "guarantee says nothing about them."
+    )
+    if any(r.config.private and r.config.randomness == "research" for r in runs):
+        text += (
+            f" The private runs use {SEEDED_NOISE}: anyone with a run's stored seed can regenerate its noise and "
+            "batches, so retrain in release mode (dpsat train --secure) before releasing a model."
+        )
+    return text
+
+
 def report_figures(report: Report) -> dict[str, go.Figure]:
     out = {"Accuracy vs ε": figures.accuracy_vs_epsilon(report.stats)}
     if any(c.adaptive_mean is not None for c in report.stats):
@@ -157,6 +177,8 @@ def report_figures(report: Report) -> dict[str, go.Figure]:
     if any(c.lambda_max_mean is not None for c in report.stats):
         out["Sharpness vs ε"] = figures.hessian_vs_epsilon(report.stats)
     out["Wall time of the runs"] = figures.cost_per_epoch(report.stats)
+    for fig in out.values():  # the caveats say once what ε does not cover; no figure repeats it
+        fig.update_layout(title_subtitle_text=None)
     return out
 
 
@@ -246,6 +268,11 @@ def render_html(report: Report, *, static_images: bool) -> str:
         or "<tr><td colspan='5'>no comparison yet</td></tr>"
     )
     present = {c.method for c in report.stats}
+    pairing = (
+        "release mode: noise and batches are independent across runs, so a pair shares only its initial weights"
+        if report.release
+        else "both methods see the same data and noise at a seed"
+    )
     methods = "".join(
         f"<tr><td>{e(method_info(m).label)}</td><td>{e(method_info(m).extra_epsilon)}</td>"
         f"<td>{method_info(m).backward_passes_per_step}</td></tr>"
@@ -262,9 +289,9 @@ every number below is read from the run store.</small></p>
 <p class="bottom-line"><strong>{e(report.caveat)}</strong></p>
 <table class="bottom-line"><tr><th>comparison</th><th>accuracy gain</th><th>compute per step</th>
 <th>privacy cost</th><th>conclusion</th></tr>{bottom}</table>
-<p><small>Accuracy gain: the mean of the per-seed differences (both methods see the same data and noise at a
-seed), with its 95% interval. Compute: measured side by side on this setting, or counted from the
-algorithm when not measured. Privacy cost: every method is held to the same budget ε.</small></p>
+<p><small>Accuracy gain: the mean of the per-seed differences ({pairing}), with its 95% interval.
+Compute: measured side by side on this setting, or counted from the algorithm when not measured.
+Privacy cost: every method is held to the same budget ε.</small></p>
 <h2>The question</h2><p>{e(question(present))}</p>
 </div>
 <h2>Data and settings</h2><p>{e(report.setting)}; δ = {report.delta if report.delta is not None else "–"};
@@ -274,6 +301,7 @@ algorithm when not measured. Privacy cost: every method is held to the same budg
 <h2>The evidence, per privacy budget</h2>{"".join(rows) or "<p>No private runs.</p>"}
 {f"<p>Non-private reference:</p><ul>{ceiling}</ul>" if ceiling else ""}
 <p class="caveat"><strong>Caveat.</strong> {e(report.caveat)}</p>
+<p class="caveat"><strong>What ε does not cover.</strong> {e(report.uncovered)}</p>
 <p>{e(MEASURES)}</p>
 {"".join(parts)}
 {audit_section(report.audits)}

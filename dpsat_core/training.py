@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 import warnings
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ _log = logging.getLogger(__name__)
 TRAIN_LOSS_SUBSET = 4096
 EVAL_BATCH = 2048
 # The run's seed also initialises the model; noise and batch sampling get their own generators,
-# offset by distinct primes so the three random streams never coincide.
+# offset by distinct primes so the three random streams never coincide (research mode).
 NOISE_SEED_OFFSET = 7919
 SAMPLING_SEED_OFFSET = 104729
 
@@ -50,6 +51,15 @@ class Instrument(Protocol):
     def wrap(self, model: nn.Module) -> nn.Module: ...
 
     def attach(self, optimizer: DPOptimizer) -> None: ...
+
+
+def noise_and_sampling_seeds(config: TrainConfig) -> tuple[int, int]:
+    """Seeds of the noise and batch-sampling generators. Research: from the run's seed (reproducible, and
+    paired across methods). Release: 63 bits each from the OS entropy source (`secrets`), held only by the
+    generators: never stored, logged or returned with the result, so no stored value reproduces the noise."""
+    if config.randomness == "release":
+        return secrets.randbits(63), secrets.randbits(63)
+    return config.seed + NOISE_SEED_OFFSET, config.seed + SAMPLING_SEED_OFFSET
 
 
 @dataclass(kw_only=True)
@@ -180,14 +190,16 @@ def prepare(
     info = method_info(config.method)
     module = model if instrument is None else instrument.wrap(model).to(device)
     base = torch.optim.SGD(module.parameters(), lr=config.lr, momentum=config.momentum)
+    noise_seed, sampling_seed = noise_and_sampling_seeds(config)
     if info.private:
-        noise = torch.Generator(device=device).manual_seed(config.seed + NOISE_SEED_OFFSET)
         options = dict(
             noise_multiplier=privacy.noise_multiplier,
             max_grad_norm=config.clip_norm,
             expected_batch_size=config.batch_size,
             loss_reduction="mean",
-            generator=noise,
+            generator=torch.Generator(device=device).manual_seed(noise_seed),
+            # release: Opacus's noise draw that resists floating-point attacks (Jin et al. 2022)
+            secure_mode=config.randomness == "release",
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -208,7 +220,7 @@ def prepare(
         spec=spec,
         model=model,
         step_fn=step_fn,
-        sampler=PoissonSampler(dataset.n_train, privacy.sample_rate, seed=config.seed + SAMPLING_SEED_OFFSET),
+        sampler=PoissonSampler(dataset.n_train, privacy.sample_rate, seed=sampling_seed),
         x_train=torch.tensor(dataset.x_train, device=device),
         y_train=torch.tensor(dataset.y_train, device=device),
         book=book,

@@ -6,7 +6,8 @@ import streamlit as st
 
 from dashboard.state import current_dataset, save_schema, save_upload
 from dashboard.widgets import plain_text, show_error
-from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, load_dataset
+from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, default_delta, load_dataset
+from dpsat_core.caveats import DELTA_WHY
 from dpsat_core.data import DEFAULT_SIZES, FILE_TYPES
 from dpsat_core.serve import SERVER_OPTIONS
 
@@ -87,6 +88,7 @@ if data.scaling:
         plain_text(f"Scaling: {data.scaling}.")
         + " Classes and category levels come from the schema or the training rows only."
     )
+st.caption(f"Default δ for {info['n_train']:,} training rows: {default_delta(info['n_train']):g}. {DELTA_WHY}")
 st.bar_chart(pd.DataFrame({"examples": info["class_counts"]}, index=list(data.class_names)))
 if st.button("Use this data set", type="primary", key="data-use"):
     st.session_state["dataset"] = {"source": source, "target": target, "size": size, "schema": schema}

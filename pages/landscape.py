@@ -5,12 +5,14 @@ import streamlit as st
 from dashboard.actions import start_analyses, start_line
 from dashboard.state import get_store
 from dashboard.widgets import (
+    ANALYSED_ROWS,
     baseline_pair,
     chart,
     comparable_runs_or_stop,
     job_panel,
     one_run_per_method,
     run_multiselect,
+    training_data_caption,
 )
 from dpsat_core import cached_analyses, figures, run_line
 from dpsat_core.compare import best_epsilon, group_runs
@@ -18,6 +20,7 @@ from dpsat_core.results import counted
 
 st.title("Loss landscape")
 st.caption("Every run is sliced along the same seeded, filter-normalised random directions (Li et al. 2018).")
+training_data_caption(f"Slices, surfaces and lines show the loss on {ANALYSED_ROWS}")
 store = get_store()
 runs = comparable_runs_or_stop(store.list_runs(status="done"), key="land")
 middle = best_epsilon(group_runs(runs))

@@ -14,7 +14,9 @@ stats = analysed_cells(store, runs)
 compared = comparisons(stats)
 chart(figures.accuracy_vs_epsilon(stats), key="pu-accuracy")
 cell_table(stats)
-st.markdown("**Each method against its baseline**, paired by seed (same batches and noise draws), 95% interval:")
+release = runs[0].config.randomness == "release"  # a setting has one randomness mode
+shared = "release mode: same initial weights only" if release else "same batches and noise draws"
+st.markdown(f"**Each method against its baseline**, paired by seed ({shared}), 95% interval:")
 comparison_table(compared)
 levels = rho_levels(compared)
 if levels:

@@ -6,7 +6,15 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import get_store
-from dashboard.widgets import chart, download, job_panel, plain_text, show_error
+from dashboard.widgets import (
+    chart,
+    download,
+    job_panel,
+    plain_text,
+    randomness_caption,
+    show_error,
+    training_data_caption,
+)
 from dpsat_core import DpsatError, cached_analyses, figures, method_info
 from dpsat_core.export import inert_cell, results_csv, results_json
 from dpsat_core.results import counted, format_number
@@ -39,6 +47,7 @@ table = pd.DataFrame(
             "test accuracy %": None if r.test_accuracy is None else round(100 * r.test_accuracy, 2),
             "validation %": None if r.validation_accuracy is None else round(100 * r.validation_accuracy, 2),
             "epochs": r.config.epochs,
+            "randomness": r.config.randomness,
             "reason": r.reason,
             "run_id": r.run_id,
         }
@@ -47,6 +56,7 @@ table = pd.DataFrame(
 )
 # text cells inert for spreadsheets: the table's own CSV download writes them as shown
 st.dataframe(table.map(inert_cell), hide_index=True, key="runs-table")
+randomness_caption(shown)
 spectra = cached_analyses(store, [r.run_id for r in shown], "hessian")
 down_csv, down_json, _ = st.columns([1, 1, 4])
 download(down_csv, "Results CSV", partial(results_csv, shown, spectra), "dpsat_results.csv", key="runs-csv")
@@ -72,6 +82,7 @@ if selected:
     st.subheader(f"Run {record.run_id}: {figures.run_label(record)}")
     st.caption(plain_text(record.privacy_note))
     chart(figures.training_curves([record]), key="runs-curve")
+    training_data_caption("train_loss and seconds (which track the Poisson batch sizes) in this table")
     epochs = pd.DataFrame([e.to_dict() for e in record.epochs])
     if not epochs.empty:
         epochs["epsilon_spent"] = [format_number(e.epsilon_spent, ".3f") for e in record.epochs]

@@ -4,13 +4,22 @@ import streamlit as st
 
 from dashboard.actions import start_analyses
 from dashboard.state import get_store
-from dashboard.widgets import chart, comparable_runs_or_stop, job_panel, one_run_per_method, run_multiselect
+from dashboard.widgets import (
+    ANALYSED_ROWS,
+    chart,
+    comparable_runs_or_stop,
+    job_panel,
+    one_run_per_method,
+    run_multiselect,
+    training_data_caption,
+)
 from dpsat_core import cached_analyses, figures
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.compare import best_epsilon, group_runs
 from dpsat_core.results import counted
 
 st.title("Sharpness")
+training_data_caption(f"Hessian spectra, adaptive sharpness and noise robustness use {ANALYSED_ROWS}")
 store = get_store()
 runs = comparable_runs_or_stop(store.list_runs(status="done"), key="sharp")
 run_ids = [r.run_id for r in runs]

@@ -6,6 +6,7 @@ from dashboard.actions import start_sweep, sweep_target
 from dashboard.state import current_dataset
 from dashboard.widgets import job_panel, plain_text, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
+from dpsat_core.caveats import DELTA_WHY, SEEDED_NOISE
 from dpsat_core.config import ACCOUNTANTS, DEVICES, MAX_PREPROCESSING_SHARE, MAX_VALIDATION_FRACTION, parse_numbers
 from dpsat_core.methods import rho_methods
 from dpsat_core.results import counted
@@ -28,6 +29,13 @@ methods = [
 epsilons = st.text_input("Target ε values (comma-separated)", "1, 2, 4, 8", key="train-epsilons")
 seeds = st.text_input("Seeds (comma-separated)", "0, 1", key="train-seeds")
 epochs = st.number_input("Epochs", 1, 500, defaults.epochs, key="train-epochs")
+secure = st.checkbox(
+    "Release mode: noise and batch sampling from the OS entropy source",
+    key="train-secure",
+    help="For a model you will release: its noise and batches are never stored and no seed reproduces them, so "
+    "runs of one setting differ. Off (research mode): seeded from the run's seed, reproducible and paired "
+    f"across methods — {SEEDED_NOISE}. The model's initial weights stay seeded in both modes.",
+)
 with st.expander("Advanced settings"):
     a, b, c = st.columns(3)
     clip = a.number_input("Clipping norm C", 0.001, 100.0, defaults.clip_norm, key="train-clip")
@@ -57,6 +65,7 @@ with st.expander("Advanced settings"):
         help="Only for a table whose numeric columns have no public bounds (see the Data page): the share of each "
         "private run's ε its released scaling statistics take on their own, composed with training.",
     )
+    st.caption(f"δ: the largest power of ten ≤ 1/(10n) for n training rows (the Data page shows it). {DELTA_WHY}")
 
 if st.button("Start training", type="primary", key="train-start"):
     try:
@@ -74,6 +83,7 @@ if st.button("Start training", type="primary", key="train-start"):
             accountant=accountant,
             device=device,
             validation_fraction=validation,
+            randomness="release" if secure else "research",
         )
         spec = SweepSpec(
             base=base,

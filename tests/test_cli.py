@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from dpsat_core import RunStore, TrainConfig
 from dpsat_core.cli import build_parser, main
@@ -316,3 +317,29 @@ def test_bad_audit_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith(message)
     assert not db.exists() or RunStore(db).list_runs() == []
+
+
+def test_secure_trains_in_release_mode_and_show_says_which_noise_a_run_used(tmp_path, capsys):
+    from dpsat_core import RunStore
+    from dpsat_core.caveats import SEEDED_NOISE, TRAINING_DATA
+
+    db = str(tmp_path / "r.db")
+    quick = ("train", "--dataset", "breast_cancer", "--method", "dpsgd", "--epochs", "1", "--json", "--store", db)
+    research = json.loads(cli(capsys, *quick)[1])["run_id"]
+    releases = [json.loads(cli(capsys, *quick, "--secure", "--no-reuse")[1])["run_id"] for _ in range(2)]
+    store = RunStore(db)
+    assert store.get(research).config.randomness == "research"
+    assert {store.get(r).config.randomness for r in releases} == {"release"}
+    assert json.loads(cli(capsys, "show", releases[0], "--json", "--store", db)[1])["config"]["randomness"] == "release"
+    # two release runs of one config: independent noise and batches, so different weights
+    a, b = (store.load_weights(r) for r in releases)
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    code, out, _ = cli(capsys, "show", research, "--store", db)
+    assert code == 0 and SEEDED_NOISE in out and TRAINING_DATA in out
+    code, out, _ = cli(capsys, "show", releases[0], "--store", db)
+    assert SEEDED_NOISE not in out and "OS entropy source" in out and TRAINING_DATA in out
+    # the sweep builds its configs with the same option builder
+    from dpsat_core.cli import _config
+
+    assert _config(build_parser().parse_args(["sweep", "--secure"])).randomness == "release"
+    assert _config(build_parser().parse_args(["sweep"])).randomness == "research"

@@ -27,6 +27,8 @@ from dpsat_core.config import resolve_for_data
         ("device", "cuda:x", "unknown device"),
         ("accountant", "moments", "unknown accountant 'moments'"),
         ("model", "resnet", "unknown model 'resnet'"),
+        ("randomness", "secure", "unknown randomness 'secure': choose one of research, release"),
+        ("delta_rule", "1/(100n)", "unknown delta_rule"),
     ],
 )
 def test_bad_values_are_named_in_the_error(field, value, fragment):
@@ -82,8 +84,9 @@ def test_every_config_field_has_a_place_in_the_hash():
     assert {f.name for f in dataclasses.fields(TrainConfig)} == placed
     # the first version's hash, recomputed by hand: stored runs keep being found
     cfg = TrainConfig(method="dpsat", epsilon=2.0)
-    # (fields added later, at the values they were introduced with, stay out of it)
-    later_at_introduction = ("schema", "preprocessing_share", "audit_mode", "canaries")
+    # (fields added later, at the values they were introduced with, stay out of it; preprocessing and
+    # delta_rule differ from theirs, so they are hashed)
+    later_at_introduction = ("schema", "preprocessing_share", "audit_mode", "canaries", "randomness")
     first = {
         k: v for k, v in cfg.to_dict().items() if k not in ("device", "max_physical_batch_size", *later_at_introduction)
     }
@@ -107,15 +110,55 @@ def test_round_trip_through_a_dict_and_unknown_fields_are_refused():
         TrainConfig.from_dict({**cfg.to_dict(), "sigma": 1})
 
 
-@pytest.mark.parametrize("n, expected", [(1437, 1e-4), (455, 1e-3), (1000, 1e-4), (60000, 1e-5), (9, 1e-1)])
-def test_default_delta_is_a_power_of_ten_below_one_over_n(n, expected):
+@pytest.mark.parametrize(
+    "n, expected, before",
+    [
+        (1437, 1e-5, 1e-4),
+        (455, 1e-4, 1e-3),
+        (999, 1e-4, 1e-3),
+        (1000, 1e-4, 1e-4),
+        (60000, 1e-6, 1e-5),
+        (9, 1e-2, 1e-1),
+    ],
+)
+def test_default_delta_is_the_largest_power_of_ten_at_most_a_tenth_of_one_over_n(n, expected, before):
     assert default_delta(n) == pytest.approx(expected)
-    assert default_delta(n) < 1 / n
+    # the rule runs stored before it used: 1/n rounded down, strictly below 1/n (n·δ = 0.999 at n = 999)
+    assert default_delta(n, "1/n") == pytest.approx(before) and default_delta(n, "1/n") < 1 / n
+
+
+def test_every_n_gets_the_largest_power_of_ten_at_most_one_over_ten_n():
+    for n in range(1, 20_001):
+        assert 0.01 / n < default_delta(n) <= 0.1 / n, n
+
+
+def test_a_stored_run_keeps_the_delta_it_was_trained_with():
+    old = {k: v for k, v in TrainConfig(method="dpsgd").to_dict().items() if k not in ("delta_rule", "randomness")}
+    stored = TrainConfig.from_stored(old)
+    assert stored.delta_rule == "1/n" and stored.randomness == "research"
+    assert resolve_for_data(stored, 1437) == pytest.approx(1e-4)  # what it was trained with
+    assert resolve_for_data(TrainConfig(method="dpsgd"), 1437) == pytest.approx(1e-5)  # today's default
+    # so today's default is a different run: never reused in place of the old one, nor in its setting
+    assert TrainConfig(method="dpsgd").config_hash() != stored.config_hash()
+    # an explicit δ does not depend on the rule: such runs keep their hash and are reused as before
+    explicit = TrainConfig.from_stored({**old, "delta": 1e-5})
+    assert TrainConfig(method="dpsgd", delta=1e-5).normalized() == explicit.normalized()
+    assert TrainConfig(method="dpsgd", delta=1e-5).config_hash() == explicit.config_hash()
+
+
+def test_release_randomness_is_its_own_run_and_research_keeps_the_hash():
+    research = TrainConfig(method="dpsat")
+    assert TrainConfig(method="dpsat", randomness="research").config_hash() == research.config_hash()
+    release = TrainConfig(method="dpsat", randomness="release")
+    assert release.config_hash() != research.config_hash()
+    # two seeds of a release sweep are two runs; the stored config says the mode
+    assert release.config_hash() != TrainConfig(method="dpsat", randomness="release", seed=1).config_hash()
+    assert TrainConfig.from_stored(release.to_dict()).randomness == "release"
 
 
 def test_data_dependent_checks():
-    with pytest.raises(ConfigError, match="delta=0.01 must be < 1/n"):
+    with pytest.raises(ConfigError, match=r"delta=0.01 must be < 1/n .*≤ 1/\(10n\) is recommended.*delta=1e-05"):
         resolve_for_data(TrainConfig(method="dpsgd", delta=0.01), 1437)
     with pytest.raises(ConfigError, match="batch_size=2000 exceeds the 1437"):
         resolve_for_data(TrainConfig(batch_size=2000), 1437)
-    assert resolve_for_data(TrainConfig(method="dpsgd"), 1437) == pytest.approx(1e-4)
+    assert resolve_for_data(TrainConfig(method="dpsgd"), 1437) == pytest.approx(1e-5)

@@ -587,3 +587,48 @@ def test_pages_leave_diverged_runs_out_and_say_how_many(tmp_path, monkeypatch):
     at = open_page("privacy_utility")
     assert not at.exception
     assert any(c.value.startswith("1 diverged run left out") for c in at.caption), [c.value for c in at.caption]
+
+
+def test_the_train_page_trains_in_release_mode_when_asked_and_says_why_delta_is_small(tmp_path, monkeypatch):
+    import dashboard.actions as actions
+    from dpsat_core.caveats import DELTA_WHY
+
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    started: list[SweepSpec] = []
+    monkeypatch.setattr(actions, "start_sweep", started.append)  # the page's grid, not its training
+    at = open_page("train")
+    assert any(DELTA_WHY in _as_rendered(c.value) for c in at.caption)
+    at.button(key="train-start").click().run()
+    at.checkbox(key="train-secure").check()
+    at.button(key="train-start").click().run()
+    assert not at.exception and [s.base.randomness for s in started] == ["research", "release"]
+    assert {c.randomness for c in started[1].cells()} == {"release"}  # every cell, so every stored config says so
+
+
+def test_the_data_page_states_the_default_delta_and_why(tmp_path, monkeypatch):
+    from dpsat_core.caveats import DELTA_WHY
+
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("data")
+    at.selectbox(key="data-builtin").select("breast_cancer").run()
+    (caption,) = [_as_rendered(c.value) for c in at.caption if "Default δ" in c.value]
+    assert caption == f"Default δ for 409 training rows: 0.0001. {DELTA_WHY}"  # 1/(10·409) = 2.4e-4 → 1e-4
+
+
+@pytest.mark.parametrize("name", ["overview", "privacy_utility", "sharpness", "landscape", "runs"])
+def test_pages_that_show_research_runs_say_their_noise_is_seeded(name, populated, monkeypatch):
+    from dpsat_core.caveats import SEEDED_NOISE, TRAINING_DATA
+
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    at = open_page(name)
+    captions = [_as_rendered(c.value) for c in at.caption]
+    assert f"Private runs shown: {SEEDED_NOISE}." in captions
+    subtitles = [
+        json.loads(c.proto.spec)["layout"]["title"].get("subtitle", {}).get("text") for c in at.get("plotly_chart")
+    ]
+    if name in ("sharpness", "landscape"):  # every analysis here reads training rows: the page and each figure say so
+        assert any(c.endswith(f": {TRAINING_DATA}.") for c in captions)
+        assert subtitles and all(s and s.endswith(TRAINING_DATA) for s in subtitles)
+    if name == "runs":
+        at.multiselect(key="runs-selected").select(RunStore(populated).list_runs()[0].run_id).run()
+        assert any("train_loss and seconds" in c.value and TRAINING_DATA in c.value for c in at.caption)

@@ -1,6 +1,7 @@
 """Every export format is what it claims; the report's numbers are the store's; no Chromium is explained."""
 
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -203,3 +204,36 @@ def test_the_report_names_only_the_methods_it_has_and_the_accountant_once(swept)
     )
     page = render_html(without_sam, static_images=False)
     assert "DP-SAM" not in page and "DP-SAT" in page
+
+
+def test_exports_say_what_the_randomness_of_a_run_and_training_data_figures_are(swept):
+    from dpsat_core.caveats import SEEDED_NOISE, TRAINING_DATA
+    from dpsat_core.export import results_rows
+
+    records = swept.list_runs()
+    notes = {r["run_id"]: r["randomness_note"] for r in results_rows(records)}
+    assert {notes[r.run_id] for r in records if r.config.private} == {SEEDED_NOISE}
+    assert {notes[r.run_id] for r in records if not r.config.private} == {""}  # no noise to speak of
+    assert SEEDED_NOISE in results_csv(records).decode()
+    # a downloaded sharpness or wall-time figure carries the label with it
+    stats = group_runs(records, cached_analyses(swept, [r.run_id for r in records], "hessian", trace_probes=10, k=2))
+    for fig in (figures.hessian_vs_epsilon(stats), figures.cost_per_epoch(stats)):
+        assert TRAINING_DATA in figure_bytes(fig, "html").decode()
+        assert TRAINING_DATA in ET.tostring(ET.fromstring(figure_bytes(fig, "svg")), encoding="unicode")
+    assert TRAINING_DATA not in str(figures.accuracy_vs_epsilon(stats).layout.title)  # test accuracy: not labelled
+
+
+def test_the_report_says_once_what_epsilon_does_not_cover(swept):
+    from dpsat_core.caveats import SEEDED_NOISE, TRAINING_DATA
+    from dpsat_core.report import uncovered
+
+    report = build_report(swept)
+    page = render_html(report, static_images=True)
+    assert page.count(TRAINING_DATA) == 1 and page.count(SEEDED_NOISE) == 1  # in the caveats, not per figure
+    assert page.index("What ε does not cover") > page.index("The evidence")
+    assert "Sharpness" in report.uncovered and "wall time per epoch" in report.uncovered
+    # a setting of release-mode runs has no seeded noise to warn about
+    release = [
+        dataclasses.replace(r, config=dataclasses.replace(r.config, randomness="release")) for r in swept.list_runs()
+    ]
+    assert SEEDED_NOISE not in uncovered(release) and TRAINING_DATA in uncovered(release)

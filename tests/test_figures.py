@@ -151,3 +151,34 @@ def test_cells_that_differ_in_rho_are_labelled_and_drawn_apart():
     assert {t.line.color for t in sat} == {METHODS["dpsat"].color}
     bars = figures.cost_per_epoch(stats)
     assert sorted(t.name for t in bars.data) == ["DP-SAT ρ=0.01", "DP-SAT ρ=0.05", "DP-SAT ρ=0.2", "DP-SGD"]
+
+
+def test_every_figure_of_training_data_says_so_and_the_others_do_not():
+    from dpsat_core.caveats import TRAINING_DATA
+    from dpsat_core.compare import comparisons
+    from dpsat_core.results import NoiseRobustness
+
+    runs = [record(m, 2.0, s, 0.8 + 0.01 * s) for m in ("dpsgd", "dpsat") for s in (0, 1)]
+    stats = group_runs(runs, {r.run_id: spectrum(2.0) for r in runs})
+    flat = surface([[1.0] * 3] * 3, 1.0)
+    line = Slice(axis=[0.0, 1.0], loss=[1.0, 1.0], accuracy=[0.9, 0.9], center_loss=1.0, seconds=0.1)
+    noise = NoiseRobustness(scales=[0.1], mean_increase=[0.2], std_increase=[0.01], draws=2, base_loss=1, seconds=0)
+    labelled = {
+        "hessian": figures.hessian_vs_epsilon(stats),
+        "adaptive": figures.adaptive_vs_epsilon(stats),
+        "rho": figures.rho_view(stats, comparisons(stats)),
+        "slices": figures.slices_overlay({"a": ("dpsat", line)}),
+        "surfaces": figures.surfaces_side_by_side({"a": flat}),
+        "3d": figures.surface_3d("a", flat),
+        "line": figures.line_between_runs(line, "a", "b"),
+        "top": figures.top_eigenvalues({"a": ("dpsat", spectrum(2.0))}),
+        "density": figures.eigenvalue_density({"a": ("dpsat", spectrum(2.0))}),
+        "noise": figures.noise_robustness({"a": ("dpsat", noise)}),
+        "wall time": figures.cost_per_epoch(stats),
+    }
+    for name, fig in labelled.items():
+        assert fig.layout.title.subtitle.text.endswith(TRAINING_DATA), name
+    assert "Poisson batch sizes" in labelled["wall time"].layout.title.subtitle.text
+    # test accuracy and ε are measured on held-out rows or accounted: no label
+    for fig in (figures.accuracy_vs_epsilon(stats), figures.training_curves(runs), figures.epsilon_over_epochs(runs)):
+        assert not fig.layout.title.subtitle.text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dpsat_core import EpochMetrics, RunStore, RunSummary, TrainConfig, cached_analyses, run
+from dpsat_core import EpochMetrics, RunStore, RunSummary, TrainConfig, cached_analyses, default_delta, run
 from tests.factories import record
 
 # Written by the wave-1 code (commit 7ab3b8c): a DP-SGD run (ε=3, 2 epochs, breast_cancer, batch 64) with a
@@ -44,6 +44,9 @@ def test_a_store_written_by_the_wave1_code_opens_typed_and_its_runs_are_reused(t
     assert dpsgd.config.validation_fraction == 0.0 and TrainConfig().validation_fraction > 0
     assert dpsgd.config.clipping == "hooks" and TrainConfig().clipping == "fast"
     assert dpsgd.config.preprocessing == "fitted" and TrainConfig().preprocessing == "private"
+    # its δ came from the old default rule (1/n rounded down), and it keeps reporting that δ
+    assert dpsgd.config.delta is None and dpsgd.config.delta_rule == "1/n" and TrainConfig().delta_rule == "1/(10n)"
+    assert dpsgd.summary.delta == default_delta(dpsgd.summary.n_train, "1/n") == 1e-3  # n = 455
     config = TrainConfig(
         dataset="breast_cancer",
         method="dpsgd",
@@ -53,12 +56,14 @@ def test_a_store_written_by_the_wave1_code_opens_typed_and_its_runs_are_reused(t
         validation_fraction=0.0,
         clipping="hooks",
         preprocessing="fitted",
+        delta_rule="1/n",
     )
     outcome = run(config, store)
     assert outcome.reused and outcome.record.run_id == dpsgd.run_id
     assert config.config_hash() != dataclasses.replace(config, validation_fraction=0.1).config_hash()
     assert config.config_hash() != dataclasses.replace(config, clipping="fast").config_hash()
     assert config.config_hash() != dataclasses.replace(config, preprocessing="private").config_hash()
+    assert config.config_hash() != dataclasses.replace(config, delta_rule="1/(10n)").config_hash()  # δ 1e-4
     # analyses cached by the old code are found under the same settings
     assert set(cached_analyses(store, [dpsgd.run_id, sgd.run_id], "slice")) == {dpsgd.run_id}
     hessian = cached_analyses(store, [dpsgd.run_id], "hessian", k=2, trace_probes=4, n_samples=64)

@@ -111,3 +111,67 @@ def test_a_run_whose_loss_ends_far_above_its_start_is_flagged_diverged_with_the_
     assert math.isclose(evaluate(fresh, x, y)[0], s.initial_train_loss, rel_tol=1e-6)
     calm = run(TrainConfig(dataset="breast_cancer", method="dpsgd", epochs=1, batch_size=64), store).record
     assert not calm.diverged and calm.reason == "" and calm.summary.initial_train_loss == s.initial_train_loss
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_research_mode_seeds_noise_and_batches_from_the_run_seed(quick):
+    from dpsat_core import prepare
+    from dpsat_core.training import NOISE_SEED_OFFSET, SAMPLING_SEED_OFFSET
+
+    trainer = prepare(TrainConfig(**{**quick.to_dict(), "seed": 5}))
+    assert trainer.step_fn.optimizer.generator.initial_seed() == 5 + NOISE_SEED_OFFSET
+    reference = torch.Generator().manual_seed(5 + SAMPLING_SEED_OFFSET)  # an independent draw of the same batch
+    expected = torch.nonzero(torch.rand(trainer.dataset.n_train, generator=reference) < trainer.plan.sample_rate)
+    assert torch.equal(trainer.sampler.indices(), expected.flatten())
+
+
+def test_release_runs_of_one_config_differ(quick):
+    release = TrainConfig(**{**quick.to_dict(), "randomness": "release"})
+    a, b = train(release), train(release)
+    assert a.status == b.status == "done" and not _same_weights(a.state_dict, b.state_dict)
+    assert a.plan.noise_multiplier == b.plan.noise_multiplier  # the same mechanism, independent draws
+
+
+def test_release_noise_has_the_calibrated_scale():
+    from dpsat_core import prepare
+    from dpsat_core.gradients import private_gradient
+
+    trainer = prepare(TrainConfig(dataset="breast_cancer", method="dpsgd", noise_multiplier=3.0, randomness="release"))
+    optimizer = trainer.step_fn.optimizer
+    assert optimizer.secure_mode  # Opacus's draw that resists floating-point attacks
+    empty = (trainer.x_train[:0], trainer.y_train[:0])
+    private_gradient(trainer.model, optimizer, empty, chunk_size=64)  # an empty batch releases pure noise
+    noise = torch.cat([p.grad.flatten() for p in optimizer.params]) * trainer.config.batch_size
+    assert noise.numel() > 3000 and noise.mean().abs() < 0.2 and noise.std().item() == pytest.approx(3.0, rel=0.05)
+
+
+def test_no_stored_value_reproduces_the_noise_of_a_release_run(quick, store, monkeypatch, caplog):
+    import dataclasses
+    import secrets
+    import struct
+
+    from dpsat_core import run
+
+    drawn: list[int] = []
+    real = secrets.randbits
+
+    def recorded(k: int) -> int:
+        drawn.append(real(k))
+        return drawn[-1]
+
+    monkeypatch.setattr(secrets, "randbits", recorded)
+    caplog.set_level("DEBUG")
+    record = run(TrainConfig(**{**quick.to_dict(), "randomness": "release"}), store).record
+    assert record.status == "done" and record.config.randomness == "release" and len(drawn) == 2
+    # the OS-drawn seeds appear nowhere in the store's files (text or binary) nor in the logs
+    stored = b"".join(p.read_bytes() for p in store.path.parent.glob(store.path.name + "*"))
+    for value in drawn:
+        for form in (str(value).encode(), struct.pack("<q", value), struct.pack(">q", value)):
+            assert form not in stored and str(value) not in caplog.text
+    # retraining in research mode with everything the record holds gives other weights: the seed it stores
+    # initialises the model only
+    research = dataclasses.replace(record.config, randomness="research")
+    assert not _same_weights(train(research).state_dict, store.load_weights(record.run_id))
