@@ -22,7 +22,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 from opacus.accountants import create_accountant
 from opacus.accountants.analysis import rdp as opacus_rdp
@@ -258,6 +258,27 @@ def _question(kind: str, **fields: Any) -> str:
     return json.dumps({"kind": kind, "opacus": _opacus_version(), **fields}, sort_keys=True)
 
 
+def _recorded(
+    book: Optional[AnswerBook], kind: str, compute: Callable[..., Any], decode: Callable[..., Any], **question: Any
+) -> Any:
+    """`compute(**question)`, read from `book` when it holds the answer (`decode` rebuilds it from JSON), else
+    computed and written there."""
+    if book is None:
+        return compute(**question)
+    key = _question(kind, **question)
+    found = book.find_accounting(key)
+    if found is not None:
+        return decode(found)
+    answer = compute(**question)
+    book.save_accounting(key, dataclasses.asdict(answer))
+    return answer
+
+
+def _spent_from_json(found: dict[str, Any]) -> PrivacySpent:
+    """A stored `PrivacySpent` (JSON gives the prior back as lists)."""
+    return PrivacySpent(**{**found, "prior": tuple(tuple(release) for release in found.get("prior", ()))})
+
+
 def recorded_epsilon(
     book: Optional[AnswerBook],
     *,
@@ -269,7 +290,11 @@ def recorded_epsilon(
     prior: History = (),
 ) -> PrivacySpent:
     """`epsilon_spent`, read from `book` when it holds the answer, else computed and written there."""
-    question = dict(
+    return _recorded(
+        book,
+        "epsilon",
+        epsilon_spent,
+        _spent_from_json,
         noise_multiplier=noise_multiplier,
         sample_rate=sample_rate,
         releases=releases,
@@ -277,15 +302,6 @@ def recorded_epsilon(
         accountant=accountant,
         prior=prior,
     )
-    if book is None:
-        return epsilon_spent(**question)
-    key = _question("epsilon", **question)
-    found = book.find_accounting(key)
-    if found is not None:  # JSON gives the prior back as lists
-        return PrivacySpent(**{**found, "prior": tuple(tuple(release) for release in found.get("prior", ()))})
-    spent = epsilon_spent(**question)
-    book.save_accounting(key, dataclasses.asdict(spent))
-    return spent
 
 
 def recorded_calibration(
@@ -299,7 +315,11 @@ def recorded_calibration(
     prior: History = (),
 ) -> Calibration:
     """`calibrate_noise`, read from `book` when it holds the answer, else computed and written there."""
-    question = dict(
+    return _recorded(
+        book,
+        "calibration",
+        calibrate_noise,
+        lambda found: Calibration(**found),
         target_epsilon=target_epsilon,
         delta=delta,
         sample_rate=sample_rate,
@@ -307,12 +327,3 @@ def recorded_calibration(
         accountant=accountant,
         prior=prior,
     )
-    if book is None:
-        return calibrate_noise(**question)
-    key = _question("calibration", **question)
-    found = book.find_accounting(key)
-    if found is not None:
-        return Calibration(**found)
-    calibration = calibrate_noise(**question)
-    book.save_accounting(key, dataclasses.asdict(calibration))
-    return calibration
