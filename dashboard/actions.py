@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import streamlit as st
 
 from dpsat_core import (
-    AuditOutcome,
     DpsatError,
     RunStore,
     SweepResult,
     SweepSpec,
     TrainConfig,
     analyze,
-    plan_audit,
-    run_audit,
     run_line,
     step_cost,
     sweep,
@@ -33,6 +30,9 @@ from dpsat_core.sweeps import check_sweep, default_comparison
 
 from .state import get_jobs, get_store, session_owner
 from .widgets import plain_text
+
+if TYPE_CHECKING:
+    from dpsat_core.auditing import AuditOutcome
 
 # What the Overview's panels draw, computed right after the one-click comparison so no further click is needed.
 OVERVIEW_ANALYSES = ("slice", "adaptive")
@@ -91,6 +91,8 @@ def start_default_comparison(dataset: str = "digits") -> str:
 def start_audit(config: TrainConfig, *, mode: str, canaries: int) -> str:
     """Check the audit against its data now (errors reach the page, nothing is stored), then train the audit
     run and bound its ε in the background."""
+    from dpsat_core.auditing import plan_audit, run_audit  # torch and Opacus: only when an audit starts
+
     plan = plan_audit(config, mode=mode, canaries=canaries)
     store = get_store()
     method = method_info(plan.config.method).label

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.state import get_store
+from dashboard.state import get_store, session_owner
 
 # pages/ sits beside dashboard/ both in the repository and in site-packages.
 PAGES = Path(__file__).resolve().parents[1] / "pages"
@@ -22,4 +22,5 @@ page = st.navigation(
     ]
 )
 st.sidebar.caption(f"Run store: `{get_store().path}` (`DPSAT_STORE` or `dpsat dashboard --store` changes it)")
+session_owner()  # fixed at the session's first run: the owner of every job it submits
 page.run()
