@@ -11,7 +11,7 @@ from torch import nn
 
 from .analysis import DEFAULT_SAMPLES, Context
 from .config import HESSIAN_BACKENDS
-from .data import Dataset, load_config_dataset
+from .data import Dataset, load_run_dataset
 from .devices import resolve_device
 from .errors import ConfigError, StoreError
 from .hessian import adaptive_sharpness, hessian_spectrum
@@ -34,7 +34,8 @@ class RunModel:
 
 
 def load_run_model(store: RunStore, run_id: str, *, n_samples: int = DEFAULT_SAMPLES, device: str = "auto") -> RunModel:
-    """Rebuild the run's model from its spec (no Opacus wrapper) and take the fixed evaluation subset."""
+    """Rebuild the run's model from its spec (no Opacus wrapper) and take the fixed evaluation subset of its
+    training rows, scaled by the statistics the run stored."""
     if not (isinstance(n_samples, int) and n_samples >= 1):
         raise ConfigError(f"n_samples must be a whole number ≥ 1, got {n_samples!r}")
     record = store.get(run_id)
@@ -43,7 +44,7 @@ def load_run_model(store: RunStore, run_id: str, *, n_samples: int = DEFAULT_SAM
     target = resolve_device(device)
     model = build_model(record.summary.model, seed=0)
     model.load_state_dict(strip_wrapper_prefix(store.load_weights(run_id)))
-    dataset = load_config_dataset(record.config)
+    dataset = load_run_dataset(record.config, record.summary.released_scaling)  # the scaling it trained on
     count = min(n_samples, dataset.n_train)
     x = torch.tensor(dataset.x_train[:count], device=target)
     y = torch.tensor(dataset.y_train[:count], device=target)

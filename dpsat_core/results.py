@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
 from .config import TrainConfig
@@ -139,6 +139,9 @@ class RunSummary(JsonRecord):
     initial_train_loss: Optional[float] = None  # before the first step (None in runs stored before it was kept)
     scaling: str = ""  # how the features were scaled and what of it ε covers ("" in runs from before it was kept)
     statistics_noise_multiplier: Optional[float] = None  # of the released scaling statistics (None: none released)
+    # The released scaling statistics themselves (`ReleasedScaling.to_dict`; None: none released, or a run stored
+    # before they were kept): a DP output, so storing it is post-processing; every reload of the run's data uses it
+    released_scaling: Optional[dict[str, list[float]]] = field(default=None, hash=False)
 
     @property
     def diverged(self) -> bool:

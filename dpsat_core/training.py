@@ -82,6 +82,7 @@ class TrainResult:
     n_validation: int
     data_fingerprint: Optional[str]
     scaling: str  # how the features were scaled (`Dataset.scaling`)
+    released_scaling: Optional[dict[str, list[float]]] = None  # `Dataset.released`, as the store keeps it
     initial_train_loss: Optional[float] = None  # before the first step: what divergence is judged against
     state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
@@ -123,6 +124,7 @@ class TrainResult:
             data_fingerprint=self.data_fingerprint,
             initial_train_loss=None if self.initial_train_loss is None else json_float(self.initial_train_loss),
             scaling=self.scaling,
+            released_scaling=self.released_scaling,
             statistics_noise_multiplier=self.plan.prior[0][0] if self.plan.prior else None,
         )
 
@@ -439,5 +441,6 @@ def _result(
         data_fingerprint=trainer.dataset.fingerprint,
         initial_train_loss=trainer.initial_train_loss,
         scaling=trainer.dataset.scaling,
+        released_scaling=None if trainer.dataset.released is None else trainer.dataset.released.to_dict(),
         state_dict=_weights(trainer.model),
     )

@@ -168,6 +168,8 @@ def test_cluster_settings_are_checked_and_read_from_the_environment(monkeypatch)
 
 def test_a_run_records_its_data_fingerprint_where_the_file_is_absent(tmp_path):
     # what a Ray worker sees: the data set arrives as an object, the file stays on the driver's machine
+    import pickle
+
     from dpsat_core.data import data_fingerprint, load_config_dataset
     from dpsat_core.training import train
 
@@ -179,4 +181,6 @@ def test_a_run_records_its_data_fingerprint_where_the_file_is_absent(tmp_path):
     expected = data_fingerprint(str(path))
     assert dataset.fingerprint == expected is not None
     path.unlink()
-    assert train(config, dataset=dataset).summary().data_fingerprint == expected
+    summary = train(config, dataset=pickle.loads(pickle.dumps(dataset))).summary()  # shipped as Ray pickles it
+    assert summary.data_fingerprint == expected
+    assert summary.released_scaling == dataset.released.to_dict() is not None  # the statistics the driver released

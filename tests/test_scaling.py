@@ -282,3 +282,79 @@ def test_breast_cancer_bounds_are_the_documented_table():
 
     rows = re.findall(r"^[a-z ()]+:\s+([\d.]+)\s+([\d.]+)$", load_breast_cancer().DESCR, re.MULTILINE)
     assert tuple((float(low), float(high)) for low, high in rows) == BREAST_CANCER_BOUNDS
+
+
+def table_config(tmp_path, randomness: str) -> TrainConfig:
+    """A private run on a table whose two numeric columns have no public bounds: their scale is released."""
+    path = tmp_path / "t.csv"
+    if not path.exists():
+        write(path, table(rows=120))
+    # σ given and RDP: the statistics' noise takes one quick calibration, training's none
+    return TrainConfig(dataset=str(path), target="label", method="dpsgd", noise_multiplier=1.0, accountant="rdp",
+                       epochs=1, batch_size=16, randomness=randomness)  # fmt: skip
+
+
+def trained_on(monkeypatch) -> list:
+    """The data sets training runs on, as `prepare` hands them to the trainer."""
+    from dpsat_core import training
+
+    seen, real = [], training.prepare
+
+    def recording(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        seen.append(trainer.dataset)
+        return trainer
+
+    monkeypatch.setattr(training, "prepare", recording)
+    return seen
+
+
+def test_release_runs_draw_their_statistics_from_os_entropy_store_them_and_analyses_reuse_them(tmp_path, monkeypatch):
+    import dataclasses
+    import secrets
+
+    from dpsat_core import load_run_model
+    from dpsat_core.runner import run
+
+    drawn, real = [], secrets.randbits
+    monkeypatch.setattr(secrets, "randbits", lambda k: drawn.append(real(k)) or drawn[-1])
+    seen, store = trained_on(monkeypatch), RunStore(tmp_path / "r.db")
+    config = table_config(tmp_path, "release")
+    a, b = (run(config, store, reuse=False).record for _ in range(2))
+    stored = [r.summary.released_scaling for r in (a, b)]
+    assert a.status == b.status == "done" and None not in stored and len(stored[0]["bound"]) == 2
+    assert stored[0] != stored[1]  # independent draws of one mechanism
+    assert [d.released.to_dict() for d in seen] == stored  # what is stored is what training scaled by
+    # no stored value reproduces them: the stored seed in research mode gives another release, and the OS draws
+    # appear nowhere in the store's files
+    research = load_config_dataset(dataclasses.replace(a.config, randomness="research"))
+    assert research.released.to_dict() not in stored
+    files = b"".join(p.read_bytes() for p in tmp_path.glob("r.db*"))
+    assert drawn and not any(
+        form in files for v in drawn for form in (str(v).encode(), v.to_bytes(16, "little"), v.to_bytes(16, "big"))
+    )
+    for record, used in zip((a, b), seen):  # an analysis rebuilds exactly the rows the run trained on
+        rebuilt = load_run_model(store, record.run_id, n_samples=10_000, device="cpu")
+        assert np.array_equal(rebuilt.dataset.x_train, used.x_train)
+        assert np.array_equal(rebuilt.x.numpy(), used.x_train) and np.array_equal(rebuilt.dataset.x_test, used.x_test)
+
+
+def test_research_runs_keep_their_seeded_statistics_and_old_runs_reload_the_draw_they_trained_on(tmp_path):
+    import dataclasses
+
+    from dpsat_core.data import load_run_dataset
+    from dpsat_core.runner import run
+
+    config = table_config(tmp_path, "research")
+    seeded = load_config_dataset(config)
+    record = run(config, RunStore(tmp_path / "r.db")).record
+    assert record.summary.released_scaling == seeded.released.to_dict()  # the seeded draw, bit for bit
+    assert np.array_equal(load_config_dataset(config).x_train, seeded.x_train)
+    reloaded = load_run_dataset(config, record.summary.released_scaling)
+    assert np.array_equal(reloaded.x_train, seeded.x_train) and np.array_equal(reloaded.x_val, seeded.x_val)
+    # runs stored before the statistics were kept drew them from their seed in either mode
+    release = dataclasses.replace(config, randomness="release")
+    assert np.array_equal(load_run_dataset(release, None).x_train, seeded.x_train)
+    assert not np.array_equal(load_config_dataset(release).x_train, seeded.x_train)
+    with pytest.raises(DataError, match="2 without public bounds: the data or its schema changed"):
+        load_run_dataset(config, {"bound": [1.0], "mean": [0.0], "std": [1.0]})

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
+
+import numpy as np
 
 from ..errors import DataError
 from .builtin import BUILTIN, DEFAULT_SIZES
@@ -16,9 +19,10 @@ from .schema import SCHEMA_TYPES, Schema, load_schema
 if TYPE_CHECKING:
     from ..config import TrainConfig
 from .files import load_csv, load_folder, load_npz, npz_arrays, read_csv
+from .scaling import ReleasedScaling
 
-# The released scaling statistics draw their noise from the run's seed plus this prime (training's noise and
-# sampling use other offsets), so the runs of one seed share one release and stay paired.
+# In research mode the released scaling statistics draw their noise from the run's seed plus this prime
+# (training's noise and sampling use other offsets), so the runs of one seed share one release and stay paired.
 STATISTICS_SEED_OFFSET = 15485863
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "data_fingerprint",
     "load_config_dataset",
     "load_dataset",
+    "load_run_dataset",
     "load_schema",
     "npz_arrays",
     "read_csv",
@@ -117,9 +122,12 @@ def load_dataset(
     return _load_cached(source, None, size, split, (), preprocessing, *schema_key)
 
 
-def load_config_dataset(config: "TrainConfig") -> Dataset:
+def load_config_dataset(config: "TrainConfig", released: Optional[ReleasedScaling] = None) -> Dataset:
     """The data set a config names, split and scaled as it says: features without public bounds are scaled by
-    statistics released with the noise its privacy plan gives them (`planning.statistics_noise`)."""
+    statistics released with the noise its privacy plan gives them (`planning.statistics_noise`), or by
+    `released`, statistics a stored run released (`load_run_dataset`). The release's noise comes from the run's
+    seed plus `STATISTICS_SEED_OFFSET` in research mode, and from the OS entropy source (`secrets`) in release
+    mode, held only by its generator: a fresh draw per call, reproducible from nothing stored."""
     dataset = load_dataset(
         config.dataset,
         target=config.target,
@@ -133,12 +141,23 @@ def load_config_dataset(config: "TrainConfig") -> Dataset:
         return dataset
     from ..planning import statistics_noise, statistics_share  # the accountant: only for tables that need it
 
+    seed = secrets.randbits(128) if config.randomness == "release" else config.seed + STATISTICS_SEED_OFFSET
     return release_scaling(
         dataset,
         noise_multiplier=statistics_noise(config, dataset.n_train),
-        seed=config.seed + STATISTICS_SEED_OFFSET,
+        rng=np.random.default_rng(seed),
         share=statistics_share(config),
+        released=released,
     )
+
+
+def load_run_dataset(config: "TrainConfig", released: Optional[dict]) -> Dataset:
+    """The data set a stored run trained on: scaled by the statistics it stored (`RunSummary.released_scaling`),
+    never by a new draw. Runs stored before the statistics were kept (None) drew them from their seed in either
+    mode, so that draw is repeated for them."""
+    if released is None:
+        return load_config_dataset(dataclasses.replace(config, randomness="research"))
+    return load_config_dataset(config, ReleasedScaling.from_dict(released))
 
 
 def data_fingerprint(source: str, schema: Optional[str] = None) -> Optional[str]:

@@ -12,7 +12,7 @@ import numpy as np
 from ..config import MAX_VALIDATION_FRACTION
 from ..errors import DataError
 from ..results import FITTED_SCALING
-from .scaling import STATISTICS_RELEASES, bounds_transform, release_statistics
+from .scaling import STATISTICS_RELEASES, ReleasedScaling, bounds_transform, release_statistics
 
 TEST_FRACTION = 0.2
 # A public bound per feature (a table column, or every pixel of an image), or None where none is known.
@@ -65,6 +65,8 @@ class Dataset:
     # digest of the file bytes it was read from (None for built-ins): travels with the data, so a run trained
     # where the file is absent (a Ray worker) still records what it was trained on
     fingerprint: Optional[str] = None
+    # The statistics that scaled the pending groups (None: nothing released), stored with the run
+    released: Optional[ReleasedScaling] = None
 
     @property
     def n_train(self) -> int:
@@ -346,9 +348,17 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> list[np.
     return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
 
 
-def release_scaling(dataset: Dataset, *, noise_multiplier: Optional[float], seed: int, share: str) -> Dataset:
+def release_scaling(
+    dataset: Dataset,
+    *,
+    noise_multiplier: Optional[float],
+    rng: np.random.Generator,
+    share: str,
+    released: Optional[ReleasedScaling] = None,
+) -> Dataset:
     """The data set with its pending groups scaled by statistics released from its training rows (noise
-    multiplier `noise_multiplier`, or none for a non-private run; `share` says what ε part they take)."""
+    multiplier `noise_multiplier` drawn from `rng`, or none for a non-private run; `share` says what ε part they
+    take), or by `released`, statistics a stored run released before (no new draw, nothing read from the rows)."""
     if not dataset.pending:
         return dataset
     pending = list(dataset.pending)
@@ -356,9 +366,15 @@ def release_scaling(dataset: Dataset, *, noise_multiplier: Optional[float], seed
     def groups(x: np.ndarray) -> np.ndarray:
         return x[:, pending].reshape(len(x), len(pending), -1).astype(np.float64)
 
-    release = release_statistics(
-        groups(dataset.x_train), noise_multiplier=noise_multiplier, rng=np.random.default_rng(seed)
-    )
+    if released is None:
+        release = release_statistics(groups(dataset.x_train), noise_multiplier=noise_multiplier, rng=rng)
+    elif released.bound.shape == (len(pending),):
+        release = released
+    else:
+        raise DataError(
+            f"{dataset.name}: the run stored scaling statistics for {len(released.bound)} feature group(s), the "
+            f"data now has {len(pending)} without public bounds: the data or its schema changed since the run"
+        )
     parts = []
     for x in (dataset.x_train, dataset.x_val, dataset.x_test):
         out = x.astype(np.float32, copy=True)
@@ -382,4 +398,5 @@ def release_scaling(dataset: Dataset, *, noise_multiplier: Optional[float], seed
         scaling=note,
         pending=(),
         statistics_noise=noise_multiplier,
+        released=release,
     )

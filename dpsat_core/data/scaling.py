@@ -44,6 +44,14 @@ class ReleasedScaling:
         clipped = np.clip(groups / self.bound[None, :, None], -1.0, 1.0)
         return (clipped - self.mean[None, :, None]) / self.std[None, :, None]
 
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-safe, exact (floats round-trip through JSON): stored with the run, a DP output like its weights."""
+        return {"bound": self.bound.tolist(), "mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> "ReleasedScaling":
+        return cls(**{k: np.asarray(data[k], dtype=np.float64) for k in ("bound", "mean", "std")})
+
 
 def _noisy(values: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
     return values + rng.normal(0.0, std, size=values.shape) if std > 0 else values
