@@ -224,12 +224,16 @@ def _solve_after(
         raise ValueError("The privacy budget is too low.")  # the prior alone spends it: no σ is enough
     low, high, step = start, start, 0.05 * start
     eps_high = epsilon(high)
+    if eps_high <= target_epsilon:  # σ is at least `start`, so `start` is the smallest that keeps the target
+        return high
     while eps_high > target_epsilon:
         low, high, step = high, high + step, 2 * step
         eps_high = epsilon(high)
         if high > MAX_NOISE_MULTIPLIER:
             raise ValueError("The privacy budget is too low.")
-    while target_epsilon - eps_high > EPSILON_TOLERANCE:
+    for _ in range(60):  # halvings: far below any tolerance, and never an endless loop
+        if target_epsilon - eps_high <= EPSILON_TOLERANCE:
+            break
         sigma = (low + high) / 2
         eps = epsilon(sigma)
         if eps < target_epsilon:

@@ -44,9 +44,9 @@ from .results import AuditResult, RunRecord
 from .store import RunStore
 from .training import TrainResult, train
 
-# Canary inclusion and canary sampling get their own streams, apart from the model's, the noise's and the
-# batches' (training.NOISE_SEED_OFFSET, SAMPLING_SEED_OFFSET).
-AUDIT_SEED_OFFSET = 15485863
+# Canary inclusion and canary sampling get their own streams, apart from the model's, the noise's, the batches'
+# and the scaling statistics' (training.NOISE_SEED_OFFSET, SAMPLING_SEED_OFFSET, data.STATISTICS_SEED_OFFSET).
+AUDIT_SEED_OFFSET = 32452843
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,9 @@ def check_sweep(spec: SweepSpec, store: Optional[RunStore] = None, *, device_her
     from .data import load_config_dataset
     from .planning import plan_run
 
-    dataset = load_config_dataset(spec.base)
     for cell in spec.cells():
-        try:
-            plan_run(cell, dataset, store, device_here=device_here)
+        try:  # each cell's own data: a table's released statistics take a share of that cell's ε
+            plan_run(cell, load_config_dataset(cell), store, device_here=device_here)
         except ConfigError as exc:
             raise ConfigError(f"{cell_label(cell)}: {exc}") from None
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import struct
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
@@ -53,13 +55,34 @@ class Instrument(Protocol):
     def attach(self, optimizer: DPOptimizer) -> None: ...
 
 
-def noise_and_sampling_seeds(config: TrainConfig) -> tuple[int, int]:
-    """Seeds of the noise and batch-sampling generators. Research: from the run's seed (reproducible, and
-    paired across methods). Release: 63 bits each from the OS entropy source (`secrets`), held only by the
-    generators: never stored, logged or returned with the result, so no stored value reproduces the noise."""
+# The CPU generator's state (torch's Mersenne Twister): initial seed u64, left i32, seeded i32, next u64, then its
+# 624 32-bit words, each held in a u64. `manual_seed` fills those words from 32 bits of seed only.
+_MT_WORDS, _MT_WORDS_AT = 624, 24
+
+
+def os_entropy_generator(device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator whose whole state comes from the OS entropy source (`secrets`), held only by it: on CPU all
+    624 Mersenne Twister words (`manual_seed` would leave a 2³² search over seeds), on CUDA Philox's full 64-bit
+    seed. On CPU it stores no seed: `initial_seed()` is 0."""
+    generator = torch.Generator(device=device)
+    if generator.device.type != "cpu":
+        return generator.manual_seed(secrets.randbits(64))
+    state = generator.get_state().numpy().copy()
+    words = np.frombuffer(secrets.token_bytes(4 * _MT_WORDS), dtype=np.uint32).astype("<u8")
+    state[:_MT_WORDS_AT] = np.frombuffer(struct.pack("<QiiQ", 0, 1, 1, 0), dtype=np.uint8)  # left=1: twist first
+    state[_MT_WORDS_AT : _MT_WORDS_AT + 8 * _MT_WORDS] = words.view(np.uint8)
+    generator.set_state(torch.from_numpy(state))
+    return generator
+
+
+def noise_and_sampling_generators(config: TrainConfig, device: str | torch.device) -> tuple[torch.Generator, ...]:
+    """The noise and batch-sampling generators. Research: seeded from the run's seed (reproducible, and paired
+    across methods). Release: their whole state from the OS entropy source (`os_entropy_generator`), never
+    stored, logged or returned with the result, so no stored value reproduces the noise or the batches."""
     if config.randomness == "release":
-        return secrets.randbits(63), secrets.randbits(63)
-    return config.seed + NOISE_SEED_OFFSET, config.seed + SAMPLING_SEED_OFFSET
+        return os_entropy_generator(device), os_entropy_generator()
+    noise = torch.Generator(device=device).manual_seed(config.seed + NOISE_SEED_OFFSET)
+    return noise, torch.Generator().manual_seed(config.seed + SAMPLING_SEED_OFFSET)
 
 
 @dataclass(kw_only=True)
@@ -132,9 +155,8 @@ class TrainResult:
 class PoissonSampler:
     """Each example joins a batch independently with probability q (what the accountant assumes)."""
 
-    def __init__(self, n: int, sample_rate: float, seed: int):
-        self.n, self.sample_rate = n, sample_rate
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, n: int, sample_rate: float, generator: torch.Generator):
+        self.n, self.sample_rate, self.generator = n, sample_rate, generator
 
     def indices(self) -> torch.Tensor:
         return torch.nonzero(torch.rand(self.n, generator=self.generator) < self.sample_rate).flatten()
@@ -192,14 +214,14 @@ def prepare(
     info = method_info(config.method)
     module = model if instrument is None else instrument.wrap(model).to(device)
     base = torch.optim.SGD(module.parameters(), lr=config.lr, momentum=config.momentum)
-    noise_seed, sampling_seed = noise_and_sampling_seeds(config)
+    noise, sampling = noise_and_sampling_generators(config, device)
     if info.private:
         options = dict(
             noise_multiplier=privacy.noise_multiplier,
             max_grad_norm=config.clip_norm,
             expected_batch_size=config.batch_size,
             loss_reduction="mean",
-            generator=torch.Generator(device=device).manual_seed(noise_seed),
+            generator=noise,
             # release: Opacus's noise draw that resists floating-point attacks (Jin et al. 2022)
             secure_mode=config.randomness == "release",
         )
@@ -222,7 +244,7 @@ def prepare(
         spec=spec,
         model=model,
         step_fn=step_fn,
-        sampler=PoissonSampler(dataset.n_train, privacy.sample_rate, seed=sampling_seed),
+        sampler=PoissonSampler(dataset.n_train, privacy.sample_rate, sampling),
         x_train=torch.tensor(dataset.x_train, device=device),
         y_train=torch.tensor(dataset.y_train, device=device),
         book=book,

@@ -89,3 +89,13 @@ def test_audit_runs_are_marked_stored_and_never_compared(tmp_path):
     store.delete(record.run_id)  # the audit result goes with its run
     assert store.audits() == []
     assert "Empirical privacy audits" not in render_html(build_report(store), static_images=False)
+
+
+def test_every_random_stream_has_its_own_seed_offset():
+    # canary inclusion must be independent of the mechanism's own randomness (the audit theorem's premise)
+    from dpsat_core.auditing import AUDIT_SEED_OFFSET
+    from dpsat_core.data import STATISTICS_SEED_OFFSET
+    from dpsat_core.training import NOISE_SEED_OFFSET, SAMPLING_SEED_OFFSET
+
+    offsets = (0, NOISE_SEED_OFFSET, SAMPLING_SEED_OFFSET, STATISTICS_SEED_OFFSET, AUDIT_SEED_OFFSET)
+    assert len(set(offsets)) == len(offsets)

@@ -358,3 +358,16 @@ def test_research_runs_keep_their_seeded_statistics_and_old_runs_reload_the_draw
     assert not np.array_equal(load_config_dataset(release).x_train, seeded.x_train)
     with pytest.raises(DataError, match="2 without public bounds: the data or its schema changed"):
         load_run_dataset(config, {"bound": [1.0], "mean": [0.0], "std": [1.0]})
+
+
+def test_a_tables_class_set_and_levels_read_from_its_rows_are_said_to_be_outside_epsilon(tmp_path):
+    from dpsat_core.data.dataset import ROW_DERIVED
+
+    path = write(tmp_path / "t.csv", table())
+    bare = load_dataset(path, target="label")
+    assert bare.scaling.endswith(f"the class set and category levels {ROW_DERIVED}")
+    schema = {"classes": ["no", "yes"], "columns": {"colour": {"categories": ["blue", "green", "red"]}}}
+    listed = load_dataset(path, target="label", schema=write(tmp_path / "s.json", json.dumps(schema)))
+    assert ROW_DERIVED not in listed.scaling  # the schema decided them: nothing of the rows' shape is read
+    only_classes = load_dataset(path, target="label", schema=write(tmp_path / "c.json", '{"classes": ["no", "yes"]}'))
+    assert only_classes.scaling.endswith(f"; category levels {ROW_DERIVED}")

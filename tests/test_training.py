@@ -128,6 +128,20 @@ def test_research_mode_seeds_noise_and_batches_from_the_run_seed(quick):
     assert torch.equal(trainer.sampler.indices(), expected.flatten())
 
 
+def test_a_release_generator_is_not_one_of_2_to_the_32_seeded_streams():
+    from dpsat_core.training import os_entropy_generator
+
+    a, b = os_entropy_generator(), os_entropy_generator()
+    draws = torch.randn(50_000, generator=a)
+    assert not torch.equal(draws[:8], torch.randn(8, generator=b))
+    assert a.initial_seed() == 0 and draws.mean().abs() < 0.03 and abs(draws.std().item() - 1) < 0.02
+    # torch's manual_seed keeps 32 bits of a seed (these two streams are equal), so a seeded stream could be
+    # searched for: the release generator is none of them, not the one its reported seed would give
+    same = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5 + 2**32)
+    assert torch.equal(torch.randn(8, generator=same[0]), torch.randn(8, generator=same[1]))
+    assert not torch.equal(draws[:8], torch.randn(8, generator=torch.Generator().manual_seed(a.initial_seed())))
+
+
 def test_release_runs_of_one_config_differ(quick):
     release = TrainConfig(**{**quick.to_dict(), "randomness": "release"})
     a, b = train(release), train(release)
@@ -151,26 +165,27 @@ def test_release_noise_has_the_calibrated_scale():
 def test_no_stored_value_reproduces_the_noise_of_a_release_run(quick, store, monkeypatch, caplog):
     import dataclasses
     import secrets
-    import struct
 
     from dpsat_core import run
 
-    drawn: list[int] = []
-    real = secrets.randbits
+    drawn: list[bytes] = []
+    real = secrets.token_bytes
 
-    def recorded(k: int) -> int:
+    def recorded(k: int) -> bytes:
         drawn.append(real(k))
         return drawn[-1]
 
-    monkeypatch.setattr(secrets, "randbits", recorded)
+    monkeypatch.setattr(secrets, "token_bytes", recorded)
     caplog.set_level("DEBUG")
     record = run(TrainConfig(**{**quick.to_dict(), "randomness": "release"}), store).record
-    assert record.status == "done" and record.config.randomness == "release" and len(drawn) == 2
-    # the OS-drawn seeds appear nowhere in the store's files (text or binary) nor in the logs
+    # the noise and the sampling generators: every one of their 624 state words from the OS, not a 32-bit seed
+    assert record.status == "done" and record.config.randomness == "release" and [len(d) for d in drawn] == [2496] * 2
+    # the OS-drawn state appears nowhere in the store's files (text or binary) nor in the logs
     stored = b"".join(p.read_bytes() for p in store.path.parent.glob(store.path.name + "*"))
-    for value in drawn:
-        for form in (str(value).encode(), struct.pack("<q", value), struct.pack(">q", value)):
-            assert form not in stored and str(value) not in caplog.text
+    for state in drawn:
+        for at in range(0, len(state), 16):
+            chunk = state[at : at + 16]
+            assert chunk not in stored and chunk.hex() not in caplog.text
     # retraining in research mode with everything the record holds gives other weights: the seed it stores
     # initialises the model only
     research = dataclasses.replace(record.config, randomness="research")

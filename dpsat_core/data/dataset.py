@@ -39,6 +39,10 @@ class Split:
             )
 
 
+# What a user file's shape says when the training rows decided it (no schema lists it): ε does not cover it.
+ROW_DERIVED = "read from the training rows, which ε does not cover (list them in a schema)"
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """Standardised train/validation/test arrays: images are (n, C, H, W), tabular rows are (n, d).

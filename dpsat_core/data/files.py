@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import math
@@ -17,7 +18,7 @@ from ..errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
-from .dataset import Dataset, Split, encode_labels, finish, split_rows
+from .dataset import ROW_DERIVED, Dataset, Split, encode_labels, finish, split_rows
 from .schema import Schema
 
 MAX_FILE_BYTES = 512 * 1024**2
@@ -167,7 +168,8 @@ def load_csv(
     rows = split_rows(encode_labels(values, path.name)[0], split, path.name)
     x, names, numeric = _encode_table(frame, path.name, levels_from=rows[0], schema=schema)
     bounds = [schema.bounds_of(n) if schema is not None and is_number else None for n, is_number in zip(names, numeric)]
-    return finish(
+    read = _read_from_rows(schema, levels=not all(numeric))
+    data = finish(
         path.stem,
         "tabular",
         x,
@@ -180,6 +182,20 @@ def load_csv(
         rows=rows,
         bounds_source=f"schema {schema.name}" if schema is not None else "",
     )
+    return _say_read_from_rows(data, read)
+
+
+def _read_from_rows(schema: Optional[Schema], *, levels: bool) -> list[str]:
+    """What of a user table's shape the training rows decide when no schema lists it: the class set (the output
+    width) and category levels (the input width). A value seen in one row changes them: ε does not cover that."""
+    read = ["the class set"] if schema is None or schema.classes is None else []
+    return read + (["category levels"] if levels and (schema is None or not schema.categories) else [])
+
+
+def _say_read_from_rows(data: Dataset, read: list[str]) -> Dataset:
+    if not read:
+        return data
+    return dataclasses.replace(data, scaling=f"{data.scaling}; {' and '.join(read)} {ROW_DERIVED}")
 
 
 def _as_images(x: np.ndarray) -> np.ndarray:
@@ -255,12 +271,14 @@ def load_npz(path: Path, *, split: Split, preprocessing: str = "private", schema
     default = None if schema is None else schema.default_bounds
     common = dict(split=split, classes=None if schema is None else schema.classes)
     if kind == "image" and x.dtype == np.uint8 and default is None:
-        return finish(
+        data = finish(
             path.stem, kind, x / 255.0, y, fixed="fixed scale: bytes / 255, independent of the data", **common
         )
+        return _say_read_from_rows(data, _read_from_rows(schema, levels=False))
     width = 1 if kind == "image" else x.shape[1]
     source = f"schema {schema.name}" if schema is not None else ""
-    return finish(path.stem, kind, x, y, bounds=[default] * width, bounds_source=source, **common)
+    data = finish(path.stem, kind, x, y, bounds=[default] * width, bounds_source=source, **common)
+    return _say_read_from_rows(data, _read_from_rows(schema, levels=False))
 
 
 def _open(path: Path) -> bytes:
