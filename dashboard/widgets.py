@@ -28,7 +28,7 @@ from dpsat_core.compare import (
 from dpsat_core.errors import DpsatError
 from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
-from dpsat_core.results import format_number
+from dpsat_core.results import counted, format_number
 
 from .state import get_jobs, is_operator, may_touch, session_owner
 
@@ -193,12 +193,12 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
         return []
     chosen = 0
     if len(ordered) > 1:
-        labels = [f"{describe_setting(rs[0])} ({len(rs)} runs)" for rs in ordered]
+        labels = [f"{describe_setting(rs[0])} ({counted(len(rs), 'run')})" for rs in ordered]
         chosen = st.selectbox(
             "Setting (runs are compared only within one)",
             range(len(ordered)),
             format_func=labels.__getitem__,
-            key=f"{key}-setting",
+            key=f"{key}-setting-{dataset}",  # its own widget per data set: labels never outlive a switch
         )
     note = diverged_note(diverged_left_out(done, setting_key(ordered[chosen][0])))
     if note:

@@ -209,7 +209,7 @@ def _print_run(record: RunRecord) -> None:
             f"δ={s.delta:g}, σ={s.noise_multiplier:.4f}, q={s.sample_rate:.4f}, "
             f"{s.steps} steps, {s.releases} releases, {s.accountant}"
         )
-    print(f"  ε covers: {record.privacy_note}")
+    print(f"  {record.privacy_note}")
     if randomness_note(record.config):
         print(f"  {randomness_note(record.config)}")
     print(
@@ -369,7 +369,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
     records = store.list_runs(status=args.status, dataset=args.dataset, method=args.method)
     # the store in use goes to stderr with --json, so stdout stays one JSON document
-    print(f"store: {store.path} ({len(records)} runs listed)", file=sys.stderr if args.json else sys.stdout)
+    print(f"store: {store.path} ({counted(len(records), 'run')} listed)", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         _print_json([r.to_dict() for r in records])
     else:

@@ -86,8 +86,8 @@ def describe_setting(record: RunRecord) -> str:
     delta = f"δ {c.delta:g}" if c.delta is not None else f"default δ {bound}"
     return (
         f"{c.dataset}: {c.epochs} epochs, batch {c.batch_size}, lr {c.lr:g}, C {c.clip_norm:g}, "
-        f"momentum {c.momentum:g}, {c.accountant.upper()}, {delta}, {split}, {c.randomness} randomness "
-        f"[{setting_key(record)}]"
+        f"momentum {c.momentum:g}, {c.accountant.upper()}, {delta}, {split}, {c.randomness} randomness"
+        f"{', fitted scaling' if c.preprocessing == 'fitted' else ''} [{setting_key(record)}]"
     )
 
 

@@ -167,6 +167,12 @@ class TrainConfig:
             raise ConfigError(f"unknown randomness {self.randomness!r}: choose one of {', '.join(RANDOMNESS)}")
         if self.delta_rule not in DELTA_RULES:
             raise ConfigError(f"unknown delta_rule {self.delta_rule!r}: choose one of {', '.join(DELTA_RULES)}")
+        if self.randomness == "release" and self.noise_multiplier == 0:
+            raise ConfigError("release mode with σ=0 releases without noise (ε = ∞): give an ε or a σ > 0")
+        if self.randomness == "release" and self.preprocessing == "fitted" and self.private:
+            raise ConfigError(
+                "release mode needs preprocessing='private': fitted scaling reads the rows outside ε; drop one of them"
+            )
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
         if not valid_device_name(self.device):

@@ -142,6 +142,8 @@ def test_two_settings_never_read_the_same():
     b = dataclasses.replace(a, config=dataclasses.replace(a.config, validation_fraction=0.0))
     assert setting_key(a) != setting_key(b) and describe_setting(a) != describe_setting(b)
     assert "validation 10%" in describe_setting(a) and setting_key(a) in describe_setting(a)
+    fitted = dataclasses.replace(a, config=dataclasses.replace(a.config, preprocessing="fitted"))
+    assert "fitted scaling" in describe_setting(fitted) and "fitted scaling" not in describe_setting(a)
 
 
 def test_lambda_max_ratio_is_paired_by_seed():

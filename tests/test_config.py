@@ -162,3 +162,11 @@ def test_data_dependent_checks():
     with pytest.raises(ConfigError, match="batch_size=2000 exceeds the 1437"):
         resolve_for_data(TrainConfig(batch_size=2000), 1437)
     assert resolve_for_data(TrainConfig(method="dpsgd"), 1437) == pytest.approx(1e-5)
+
+
+def test_release_mode_refuses_what_would_undercut_it():
+    with pytest.raises(ConfigError, match="σ=0 releases without noise"):
+        TrainConfig(method="dpsgd", noise_multiplier=0.0, randomness="release")
+    with pytest.raises(ConfigError, match="release mode needs preprocessing='private'"):
+        TrainConfig(method="dpsgd", preprocessing="fitted", randomness="release")
+    assert TrainConfig(method="sgd", preprocessing="fitted", randomness="release").randomness == "release"  # a reference
