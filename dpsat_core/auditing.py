@@ -174,7 +174,9 @@ def plan_audit(config: TrainConfig, *, mode: str = "whitebox", canaries: int = D
     return AuditPlan(
         config=config,
         dataset=dataset,
-        run_plan=plan_run(config, dataset),
+        # planned on the full training set, so q, the steps and σ never depend on which canaries are in: each
+        # row (canaries too) is then sampled at that fixed q, the mechanism the accountant charges
+        run_plan=plan_run(config, original),
         included=included,
         canary_x=original.x_train[rows],
         canary_y=wrong,

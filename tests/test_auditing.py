@@ -99,3 +99,12 @@ def test_every_random_stream_has_its_own_seed_offset():
 
     offsets = (0, NOISE_SEED_OFFSET, SAMPLING_SEED_OFFSET, STATISTICS_SEED_OFFSET, AUDIT_SEED_OFFSET)
     assert len(set(offsets)) == len(offsets)
+
+
+def test_a_blackbox_audit_plans_the_same_mechanism_whichever_canaries_are_in():
+    from dpsat_core import plan_audit
+
+    base = TrainConfig(dataset="breast_cancer", method="dpsgd", epsilon=2.0, epochs=1, batch_size=64)
+    plans = [plan_audit(dataclasses.replace(base, seed=s), mode="blackbox", canaries=100) for s in (0, 1)]
+    assert plans[0].dataset.n_train != plans[1].dataset.n_train  # different canaries in, so different row counts
+    assert plans[0].run_plan.privacy == plans[1].run_plan.privacy  # but one q, one T, one σ
