@@ -713,8 +713,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except OSError as exc:
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # a second signal, or one before the command could stop cleanly
+        print(f"\ninterrupted: {_RESUME}", file=sys.stderr)
         return 130
 
 
