@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,27 +171,35 @@ def _wait_for(condition, timeout: float = 180.0) -> bool:
     return False
 
 
-def _start_long_sweep(path: Path, epsilons: str) -> tuple[subprocess.Popen, list[int]]:
-    """A 2-worker CLI sweep of long DP-SGD cells, once both workers are training: (process, its children)."""
+def _tail(log) -> str:
+    """What a sweep wrote to its stderr file so far (the end of it)."""
+    log.flush()
+    log.seek(0)
+    return log.read()[-4000:]
+
+
+def _start_long_sweep(path: Path, epsilons: str) -> tuple[subprocess.Popen, list[int], Any]:
+    """A 2-worker CLI sweep of long DP-SGD cells, once both workers are training: (process, its children, its
+    stderr file)."""
     args = ["sweep", "--dataset", "breast_cancer", "--methods", "dpsgd", "--epsilons", epsilons, "--seeds", "0"]
     args += ["--epochs", "400", "--batch-size", "64", "--accountant", "rdp", "--workers", "2", "--store", str(path)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dpsat_core", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    # output to a file, not a pipe: an orphaned worker holding a pipe would block the test instead of failing it
+    err = open(path.parent / "sweep.err", "w+")  # noqa: SIM115 - read by the caller
+    process = subprocess.Popen([sys.executable, "-m", "dpsat_core", *args], stdout=subprocess.DEVNULL, stderr=err)
     store = RunStore(path)
     started = _wait_for(lambda: process.poll() is None and len(store.list_runs(status="running")) == 2)
-    assert started, process.communicate()[1][-2000:] if process.poll() is not None else "no two running cells"
+    assert started, _tail(err) if process.poll() is not None else "no two running cells"
     children = _children(process.pid)
     assert len(children) >= 2  # the workers (and multiprocessing's resource tracker)
-    return process, children
+    return process, children, err
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_of_a_killed_sweep_stop_their_cells_and_exit(tmp_path):
     path = tmp_path / "runs.db"
-    process, children = _start_long_sweep(path, "1,2")
+    process, children, _ = _start_long_sweep(path, "1,2")
     process.kill()  # SIGKILL: the sweep process cannot clean up anything itself
-    process.communicate()
+    process.wait(timeout=60)
     assert _wait_for(lambda: not any(_alive(pid) for pid in children), timeout=120), [
         pid for pid in children if _alive(pid)
     ]
@@ -201,9 +210,10 @@ def test_workers_of_a_killed_sweep_stop_their_cells_and_exit(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_resume(tmp_path):
     path = tmp_path / "runs.db"
-    process, children = _start_long_sweep(path, "1,2,3")
+    process, children, log = _start_long_sweep(path, "1,2,3")
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=300)
+    process.wait(timeout=300)
+    err = _tail(log)
     assert process.returncode == 128 + signal.SIGTERM
     assert (
         "stopped by SIGTERM: 0 runs trained, 2 cancelled while training (stored as cancelled), 1 cell not started"
