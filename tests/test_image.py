@@ -177,6 +177,7 @@ def test_under_the_production_flags_a_crash_shows_users_no_message_or_traceback(
 
     shown = {}
     default = config.get_option("client.showErrorDetails")
+    main = sys.modules["__main__"]  # AppTest.from_function leaves its script as __main__: spawned workers run it
     try:
         for value in (default, PRODUCTION_OPTIONS["client.showErrorDetails"]):
             config.set_option("client.showErrorDetails", value)
@@ -184,5 +185,6 @@ def test_under_the_production_flags_a_crash_shows_users_no_message_or_traceback(
             shown[value] = error.message + "".join(error.stack_trace)
     finally:
         config.set_option("client.showErrorDetails", default)
+        sys.modules["__main__"] = main
     assert "secret detail" in shown[default]  # what a development server shows
     assert "secret detail" not in shown["none"] and "redacted" in shown["none"]
