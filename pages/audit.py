@@ -1,5 +1,7 @@
 """Privacy audit: train one audit run in the background; the accountant's ε beside the audit's lower bound."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -50,7 +52,12 @@ if st.button("Start audit", type="primary", key="audit-start"):
 audits = get_store().audits()
 if audits:
     latest = audits[-1]
-    st.subheader(f"Latest audit: {METHODS[latest.method].label}, {latest.mode}, {latest.canaries:,} canaries")
+    st.subheader(
+        plain_text(
+            f"Latest audit: {METHODS[latest.method].label} on {Path(latest.dataset).name}, {latest.mode}, "
+            f"{latest.canaries:,} canaries"
+        )
+    )
     left, right = st.columns(2)
     left.metric("Accountant's ε (upper bound)", format_number(latest.epsilon_spent, ".2f"))
     right.metric(f"Audit's ε lower bound ({latest.confidence:.0%} confidence)", f"{latest.epsilon_lower_bound:.2f}")

@@ -199,6 +199,7 @@ def test_an_audit_from_its_page_runs_in_the_background_and_shows_both_epsilons(t
     assert accountant.value == f"{result.epsilon_spent:.2f}" and bound.value == f"{result.epsilon_lower_bound:.2f}"
     assert "Audit's ε lower bound (95% confidence)" in bound.label
     assert any(result.gap_text() in m.value for m in at.markdown)
+    assert at.subheader[0].value.startswith("Latest audit: DP-SGD on digits, whitebox, 100 canaries")
     assert RunStore(db).get(result.run_id).config.audit_mode == "whitebox"
 
 
