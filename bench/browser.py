@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -16,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dpsat_core.export import find_chromium  # noqa: E402
-from dpsat_core.serve import streamlit_command  # noqa: E402
+from dpsat_core.serve import streamlit_command, wait_until_healthy  # noqa: E402
 
 TITLE = "Do flat minima help under differential privacy?"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -41,13 +40,7 @@ def served(store: Path, *, app: Optional[Path] = None, timeout: float = 120) -> 
         proc = subprocess.Popen(command, cwd=store.parent, env=env, stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline, health = time.monotonic() + timeout, None
-        while health != b"ok" and proc.poll() is None and time.monotonic() < deadline:
-            try:
-                health = urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read()
-            except OSError:
-                time.sleep(0.05)
-        if health != b"ok":
+        if not wait_until_healthy(url, proc, timeout=timeout, poll=0.05):
             raise RuntimeError(f"streamlit did not serve: {log.read_text()[-2000:]}")
         yield url, proc
     finally:

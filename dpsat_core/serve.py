@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,6 +51,20 @@ def app_path() -> Path:
             f"found the dashboard package at {app.parent}, but no app.py in it; reinstall dpsat-lab"
         )
     return app
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, *, timeout: float, poll: float = 0.1) -> bool:
+    """Poll the server at `url` until `/_stcore/health` says ok (True), or `process` exits or `timeout` passes."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return True
+        except OSError:
+            time.sleep(poll)
+    return False
 
 
 def _flag(value: Any) -> str:

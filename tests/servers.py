@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from dpsat_core.serve import streamlit_command
+from dpsat_core.serve import streamlit_command, wait_until_healthy
 
 
 def free_port() -> int:
@@ -33,13 +31,7 @@ def running_dashboard(folder: Path, *, timeout: float = 90) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline, health = time.monotonic() + timeout, None
-        while health != b"ok" and proc.poll() is None and time.monotonic() < deadline:
-            try:
-                health = urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read()
-            except OSError:
-                time.sleep(0.2)  # poll interval, not a wait for readiness
-        if health != b"ok":
+        if not wait_until_healthy(url, proc, timeout=timeout, poll=0.2):
             raise AssertionError(f"streamlit did not serve (exit {proc.poll()}): {log.read_text()[-2000:]}")
         yield url
     finally:
