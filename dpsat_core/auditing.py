@@ -32,7 +32,6 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from .audit_bound import audit_bound, membership_auc
-from .claims import keep_alive
 from .config import DEFAULT_CANARIES, TrainConfig
 from .data import Dataset, load_config_dataset
 from .devices import resolve_device
@@ -41,8 +40,9 @@ from .models import build_model
 from .planning import RunPlan, plan_run
 from .progress import ProgressFn, StopFn, no_progress
 from .results import AuditResult, RunRecord
+from .runner import train_claimed
 from .store import RunStore
-from .training import TrainResult, train
+from .training import TrainResult
 
 # Canary inclusion and canary sampling get their own streams, apart from the model's, the noise's, the batches'
 # and the scaling statistics' (training.NOISE_SEED_OFFSET, SAMPLING_SEED_OFFSET, data.STATISTICS_SEED_OFFSET).
@@ -196,21 +196,16 @@ def run_audit(
             plan.included, clip_norm=config.clip_norm, sample_rate=privacy.sample_rate, seed=plan.seed + 2
         )
     run_id = store.create_run(config)  # ClaimHeld if the same audit is training elsewhere
-    try:
-        with keep_alive(store, run_id):
-            result = train(
-                config,
-                on_progress=on_progress,
-                should_stop=should_stop,
-                dataset=plan.dataset,
-                plan=plan.run_plan,
-                instrument=instrument,
-                on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
-            )
-    except BaseException as exc:
-        store.fail(run_id, f"{type(exc).__name__}: {exc}")
-        raise
-    store.finish(run_id, result.summary(), result.state_dict)
+    result = train_claimed(
+        store,
+        run_id,
+        config,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        dataset=plan.dataset,
+        plan=plan.run_plan,
+        instrument=instrument,
+    )
     record = store.get(run_id)
     if result.status != "done" or record.summary is None:
         return AuditOutcome(record, None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from .claims import keep_alive, wait_for_claim
 from .config import TrainConfig
@@ -76,22 +76,21 @@ def run(
             other = wait_for_claim(store, held.run_id, on_progress=on_progress, should_stop=should_stop)
             if reuse and other.status == "failed" and not other.reason.startswith(INTERRUPTED):
                 return RunOutcome(other, reused=True)
+    train_claimed(store, run_id, config, on_progress=on_progress, should_stop=should_stop, dataset=dataset, plan=plan)
+    return RunOutcome(store.get(run_id), reused=False)
+
+
+def train_claimed(store: RunStore, run_id: str, config: TrainConfig, **options: Any) -> TrainResult:
+    """Train `config` into the row `run_id` already claimed: keep its lease alive, stream each epoch, store the
+    outcome and weights (a crash is stored as failed, then raised). `options` go to `train`."""
     try:
         with keep_alive(store, run_id):
-            result = train(
-                config,
-                on_progress=on_progress,
-                should_stop=should_stop,
-                dataset=dataset,
-                plan=plan,
-                book=store,
-                on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
-            )
+            result = train(config, book=store, on_epoch=lambda metrics: store.add_epoch(run_id, metrics), **options)
     except BaseException as exc:
         store.fail(run_id, f"{type(exc).__name__}: {exc}")
         raise
     store.finish(run_id, result.summary(), result.state_dict)
-    return RunOutcome(store.get(run_id), reused=False)
+    return result
 
 
 def store_result(store: RunStore, run_id: str, result: TrainResult) -> RunRecord:
