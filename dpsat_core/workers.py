@@ -19,11 +19,12 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-WATCH_SECONDS = 1.0  # how often the portable watchdog looks at the parent's pid
+WATCH_SECONDS = 0.25  # how often the watchdog looks at the parent's pid and the SIGTERM flag
 GRACE_SECONDS = 30.0  # the longest a worker waits for its cancelled cell to store itself before it exits anyway
 EXIT_ORPHANED = 3
 
@@ -63,16 +64,18 @@ def _exit_when_idle() -> None:
 
 def die_with_parent(parent_pid: int) -> None:
     """Make this worker (called first thing in it) exit when `parent_pid` dies or it gets SIGTERM."""
-    wake = threading.Event()
+    # The handler only stores a flag. A handler that takes a lock (an Event's set) deadlocks the main thread when a
+    # second SIGTERM arrives while the first handler holds that lock; a killed sweep often sends two.
+    signalled = [False]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: wake.set())  # only sets a flag: the watchdog does the work
+    signal.signal(signal.SIGTERM, lambda *_: signalled.__setitem__(0, True))
     _ask_for_death_signal()
 
     def watch() -> None:
         while os.getppid() == parent_pid:
-            if wake.wait(WATCH_SECONDS):
+            if signalled[0]:
                 _stopping.set()
-                wake.clear()
+            time.sleep(WATCH_SECONDS)
         _exit_when_idle()
 
     threading.Thread(target=watch, name="dpsat-parent-watch", daemon=True).start()

@@ -1,0 +1,70 @@
+"""Pool workers stop on SIGTERM and die with their parent, whatever the signals' timing."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    from dpsat_core.workers import die_with_parent, stopping
+    die_with_parent(os.getppid())
+    print("ready", flush=True)
+    deadline = time.time() + 60
+    while not stopping() and time.time() < deadline:  # busy Python code: signals land between any two bytecodes
+        sum(range(50))
+    print("stopped" if stopping() else "never stopped", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_a_burst_of_sigterms_stops_a_worker_without_deadlock():
+    # a killed sweep can send a worker two SIGTERMs at once (its parent-death signal and a stop); a handler that
+    # took a lock deadlocked the worker's main thread on the second one and left it orphaned
+    for _ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        end = time.time() + 2.0
+        while time.time() < end:  # as fast as Python can send them, for long enough to land inside the handler
+            os.kill(child.pid, signal.SIGTERM)
+        try:
+            out, _ = child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            pytest.fail("the worker deadlocked in its SIGTERM handler")
+        assert out.strip() == "stopped"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals")
+def test_a_worker_whose_parent_dies_exits_when_idle():
+    middle = textwrap.dedent(
+        f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", {CHILD!r}.replace("while not stopping()", "while True")])
+        print(child.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", middle], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    time.sleep(1.0)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z"
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
