@@ -65,21 +65,23 @@ if audits:
     table = pd.DataFrame(
         [
             {
-                "run_id": r.run_id,
+                "run": r.run_id,
                 "data set": r.dataset,
-                "method": METHODS[r.method].label,
-                "mode": r.mode,
-                "canaries": r.canaries,
-                "accountant's ε": format_number(r.epsilon_spent, ".2f"),
-                "ε lower bound (95%)": round(r.epsilon_lower_bound, 3),
-                "guesses right": f"{r.correct} of {r.guesses}",
-                "membership AUC ± s.e.": f"{r.auc:.3f} ± {r.auc_stderr:.3f}",
-                "seconds": round(r.seconds, 1),
+                "audit": f"{METHODS[r.method].label}, {r.mode}, {r.canaries} canaries",
+                "ε (accountant)": format_number(r.epsilon_spent, ".2f"),
+                "ε ≥ (95%)": round(r.epsilon_lower_bound, 3),
+                "right": f"{r.correct}/{r.guesses}",
+                "AUC ± s.e.": f"{r.auc:.3f} ± {r.auc_stderr:.3f}",
+                "s": round(r.seconds, 1),
             }
             for r in reversed(audits)
         ]
     )
     st.dataframe(table, hide_index=True, key="audit-table")
+    st.caption(
+        "ε ≥: the audit's lower bound at 95% confidence; right: correct guesses of those made; AUC: the membership "
+        "scores' area under the ROC curve; s: seconds the audit took."
+    )
 else:
     st.info("No audits yet: start one above.")
 job_panel()

@@ -90,6 +90,13 @@ if data.scaling:
     )
 st.caption(f"Default δ for {info['n_train']:,} training rows: {default_delta(info['n_train']):g}. {DELTA_WHY}")
 st.bar_chart(pd.DataFrame({"examples": info["class_counts"]}, index=list(data.class_names)))
-if st.button("Use this data set", type="primary", key="data-use"):
-    st.session_state["dataset"] = {"source": source, "target": target, "size": size, "schema": schema}
+
+
+def _use(choice: dict) -> None:
+    """Store the choice before the page reruns, so the caption at the top already names it."""
+    st.session_state["dataset"] = choice
+
+
+chosen = {"source": source, "target": target, "size": size, "schema": schema}
+if st.button("Use this data set", type="primary", key="data-use", on_click=_use, args=(chosen,)):
     st.success(f"Training will use {plain_text(data.name)}.")

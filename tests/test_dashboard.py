@@ -210,6 +210,7 @@ def test_the_data_page_checks_and_selects_a_built_in_data_set(tmp_path, monkeypa
     assert [m.value for m in at.metric][:4] == ["409", "46", "114", "2"]  # train, validation, test, classes
     at.button(key="data-use").click().run()
     assert at.session_state["dataset"]["source"] == "breast_cancer"
+    assert "breast_cancer" in _as_rendered(at.caption[0].value)  # the header names the choice at once
     at.switch_page("../pages/train.py").run()
     assert "breast_cancer" in _as_rendered(at.caption[0].value)
 
