@@ -56,10 +56,10 @@ def receive_upload(folder: Path, name: str, content: bytes, *, keep: Collection[
         preview = read_csv(path, rows=PREVIEW_ROWS) if path.suffix.lower() == ".csv" else None
         if preview is None:
             npz_arrays(path)
-    except DataError:
+    except DataError as exc:
         if path.resolve() not in _resolved(keep):
             path.unlink(missing_ok=True)
-        raise
+        raise _as_uploaded(exc, path, name) from None
     return Upload(path, preview)
 
 
@@ -71,11 +71,16 @@ def receive_schema(folder: Path, name: str, content: bytes, *, keep: Collection[
     prune_uploads(folder, keep=[*keep, str(path)])
     try:
         load_schema(path)
-    except DataError:
+    except DataError as exc:
         if path.resolve() not in _resolved(keep):
             path.unlink(missing_ok=True)
-        raise
+        raise _as_uploaded(exc, path, name) from None
     return path
+
+
+def _as_uploaded(exc: DataError, path: Path, name: str) -> DataError:
+    """The same error, naming the file as the user uploaded it, not its stored copy."""
+    return DataError(str(exc).replace(str(path), name).replace(path.name, name))
 
 
 def _resolved(paths: Collection[str]) -> set[Path]:

@@ -144,11 +144,19 @@ def _add_training_options(p: argparse.ArgumentParser, *, with_method: bool) -> N
     )
 
 
+def _absolute(path: Optional[str]) -> Optional[str]:
+    """A file the user named, made absolute so that its stored runs find it from any directory; a built-in name,
+    or a path that does not exist (its error then quotes what was typed), as it is."""
+    if path is None or path in BUILTIN or not os.path.exists(os.path.expanduser(path)):
+        return path
+    return os.path.realpath(os.path.expanduser(path))
+
+
 def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     fields = dict(
-        dataset=args.dataset,
+        dataset=_absolute(args.dataset),
         target=args.target,
-        schema=args.schema,
+        schema=_absolute(args.schema),
         preprocessing_share=args.preprocessing_share,
         preprocessing=args.preprocessing,
         dataset_size=args.dataset_size,
@@ -341,7 +349,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     else:
         print(file=sys.stderr)
-        print(f"sweep: {len(result.trained)} trained, {len(result.reused)} reused, {len(result.failed)} failed")
+        # every failed cell leaves one error, also those that wrote no row (a worker that died, a refused cell)
+        print(f"sweep: {len(result.trained)} trained, {len(result.reused)} reused, {len(result.errors)} failed")
         for error in result.errors:
             print(f"  error: {error}")
         _print_table([store.get(r) for r in result.run_ids + result.stopped])
@@ -367,7 +376,7 @@ def _print_table(records: Sequence[RunRecord]) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     store = RunStore(args.store)
-    records = store.list_runs(status=args.status, dataset=args.dataset, method=args.method)
+    records = store.list_runs(status=args.status, dataset=_absolute(args.dataset), method=args.method)
     # the store in use goes to stderr with --json, so stdout stays one JSON document
     print(f"store: {store.path} ({counted(len(records), 'run')} listed)", file=sys.stderr if args.json else sys.stdout)
     if args.json:
@@ -451,7 +460,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report, write_report  # heavy: only for this command, so --help and runs start fast
 
-    report = build_report(RunStore(args.store), dataset=args.dataset, setting=args.setting)
+    report = build_report(RunStore(args.store), dataset=_absolute(args.dataset), setting=args.setting)
     files = write_report(report, args.out)
     print(f"wrote {files.html}" + (f" and {files.pdf}" if files.pdf else f" ({files.note})"))
     for row in report.headline:
@@ -493,9 +502,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     store = RunStore(args.store)
     records = store.list_runs()
-    runs = pick_setting(records, dataset=args.dataset, setting=args.setting, include_diverged=args.include_diverged)
+    runs = pick_setting(
+        records, dataset=_absolute(args.dataset), setting=args.setting, include_diverged=args.include_diverged
+    )
     stats = analysed_cells(store, runs, include_diverged=args.include_diverged)
-    left_out = diverged_note(0 if args.include_diverged else diverged_left_out(records, setting_key(runs[0])))
+    left_out = diverged_note(diverged_left_out(records, setting_key(runs[0])), included=args.include_diverged)
     methods = [c.method for c in stats if c.private]
     progress = no_progress if args.json else _stderr_progress
     cost = step_cost(store, runs[0].config, methods, cached_only=args.no_probe, on_progress=progress)
@@ -710,6 +721,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DpsatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`dpsat show ID | head -1`): nothing to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush cannot fail again
+        return 128 + 13  # as a shell reports a command ended by SIGPIPE
     except OSError as exc:
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2

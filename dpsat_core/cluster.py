@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import threading
 import time
 import uuid
@@ -89,6 +90,7 @@ def connect(cluster: RayCluster) -> Any:
     """The `ray` module, connected to `cluster` (an existing connection of this process is kept)."""
     ray = _ray()
     if not ray.is_initialized():
+        kept = _signal_handlers()
         try:
             ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
         except Exception as exc:  # Ray raises many kinds here (connection, auth, a racing process): one line
@@ -96,7 +98,23 @@ def connect(cluster: RayCluster) -> Any:
                 f"cannot reach {cluster.describe()}: {type(exc).__name__}: {exc} (a cluster with token "
                 "authentication also needs RAY_AUTH_MODE=token and its token here, e.g. RAY_AUTH_TOKEN)"
             ) from None
+        finally:
+            _restore(kept)
     return ray
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """This process's SIGINT and SIGTERM handlers (main thread only: elsewhere none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    """Put back handlers that `ray.init` replaced (its SIGTERM handler aborts the driver: no clean stop)."""
+    for signum, handler in handlers.items():
+        if handler is not None:  # set again even when Python still names it: Ray installs its own in C
+            signal.signal(signum, handler)
 
 
 def capacity(ray: Any, cluster: RayCluster) -> int:
@@ -268,5 +286,7 @@ def sweep_on_ray(
             ray.cancel(ref, force=True)
             store.fail(run_id, "interrupted: the sweep's driver stopped before this Ray task returned")
         channel.forget.remote(sweep_id)
+    for _, cell in queued:  # stopped before these were submitted
+        _record(result, CellOutcome(run_id="", status="skipped", error=""), cell)
     if stopping:
         result.cancelled = True

@@ -68,14 +68,14 @@ def diverged_left_out(records: Sequence[RunRecord], setting: str) -> int:
     return sum(1 for r in latest_per_config(records, include_diverged=True) if r.diverged and setting_key(r) == setting)
 
 
-def diverged_note(count: int) -> str:
-    """'2 diverged runs left out (…)', or '' when none were."""
+def diverged_note(count: int, *, included: bool = False) -> str:
+    """'2 diverged runs left out (…)' ('… included' when asked to count them), or '' when there were none."""
     if not count:
         return ""
-    return (
-        f"{counted(count, 'diverged run')} left out: training loss ended over {DIVERGENCE_FACTOR:g}× its start "
-        "(`dpsat compare --include-diverged` counts them)"
-    )
+    why = f"training loss ended over {DIVERGENCE_FACTOR:g}× its start"
+    if included:
+        return f"{counted(count, 'diverged run')} included, as asked ({why}): their accuracies enter the comparison"
+    return f"{counted(count, 'diverged run')} left out: {why} (`dpsat compare --include-diverged` counts them)"
 
 
 def describe_setting(record: RunRecord) -> str:
@@ -482,6 +482,11 @@ def pick_setting(
         groups = [g for g in groups if setting_key(g[0]).startswith(setting)]
     if not groups:
         where = (f" for data set {dataset!r}" if dataset else "") + (f" in setting {setting!r}" if setting else "")
+        if not include_diverged and pick_setting(records, dataset=dataset, setting=setting, include_diverged=True):
+            raise StoreError(  # only diverged runs match: say so, not "train some"
+                f"every finished run{where} diverged (training loss ended over {DIVERGENCE_FACTOR:g}× its start): "
+                "they are left out of comparisons; `dpsat compare --include-diverged` counts them"
+            )
         raise StoreError(f"no finished runs{where} in the store: train some first (dpsat sweep …)")
     return groups[0]
 

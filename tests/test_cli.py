@@ -269,7 +269,14 @@ def test_compare_leaves_diverged_runs_out_unless_asked_and_says_how_many(tmp_pat
     assert [r["n_pairs"] for r in json.loads(out)] == [1] and "1 diverged run left out" in err
     assert main([*args, "--include-diverged"]) == 0
     out, err = capsys.readouterr()
-    assert [r["n_pairs"] for r in json.loads(out)] == [2] and "diverged" not in err
+    assert [r["n_pairs"] for r in json.loads(out)] == [2] and "1 diverged run included, as asked" in err
+    only = RunStore(tmp_path / "diverged.db")  # every run of the setting diverged: say that, not "train some"
+    config = TrainConfig(method="dpsgd", epsilon=3.0, epochs=1).normalized()
+    done = summary(config, accuracy=0.1, epsilon_spent=2.9, seconds_per_epoch=1.0)
+    only.finish(only.create_run(config), dataclasses.replace(done, train_loss=1e7), {})
+    assert main(["compare", "--no-probe", "--store", str(only.path)]) == 2
+    err = capsys.readouterr().err
+    assert "every finished run diverged" in err and "--include-diverged" in err
 
 
 AUDIT = ("audit", "--dataset", "breast_cancer", "--method", "dpsat", "--sigma", "1", "--epochs", "1")
@@ -343,3 +350,31 @@ def test_secure_trains_in_release_mode_and_show_says_which_noise_a_run_used(tmp_
 
     assert _config(build_parser().parse_args(["sweep", "--secure"])).randomness == "release"
     assert _config(build_parser().parse_args(["sweep"])).randomness == "research"
+
+
+def test_a_data_file_named_relative_to_the_current_directory_is_stored_absolute(tmp_path, monkeypatch, capsys):
+    # a run stored with 'inj.csv' as typed could not be analysed from any other directory
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "t.csv").write_text("a,b,y\n" + "".join(f"{i % 7},{(i * 3) % 11},{i % 2}\n" for i in range(60)))
+    db = str(tmp_path / "runs.db")
+    monkeypatch.chdir(tmp_path / "d")
+    args = ["--target", "y", "--method", "sgd", "--epochs", "1", "--batch-size", "16", "--store", db, "--json"]
+    assert main(["train", "--dataset", "t.csv", *args]) == 0
+    run_id = json.loads(capsys.readouterr().out)["run_id"]
+    assert RunStore(db).get(run_id).config.dataset == str(tmp_path / "d" / "t.csv")
+    assert main(["runs", "--dataset", "t.csv", "--store", db]) == 0 and run_id in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dataset", "d/t.csv", *args]) == 0  # the same file by another name: the same run
+    assert json.loads(capsys.readouterr().out)["reused"]
+    assert main(["train", "--dataset", "missing.csv", *args]) == 2
+    assert "missing.csv" in capsys.readouterr().err  # a path that does not exist is quoted as typed
+
+
+def test_a_reader_that_stops_early_gets_no_error_message(tmp_path):
+    # `dpsat runs | head -0`: the pipe closes before dpsat writes; that is not an error worth a line
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    command = [sys.executable, "-m", "dpsat_core", "runs", "--store", str(tmp_path / "runs.db")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""

@@ -2,6 +2,9 @@
 as the local executor, failed cells reported, done cells reused, cancel, the CLI flags and the Train page."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -108,6 +111,7 @@ def test_cancelling_a_ray_sweep_submits_no_more_cells_and_leaves_no_row_running(
     rows = store.list_runs()
     assert result.cancelled and len(result.trained) >= 1
     assert len(rows) == 2  # the two cells running when the first finished (2 CPUs); the rest never started
+    assert len(result.skipped) == 1  # and the sweep says so
     assert {r.status for r in rows} <= {"done", "cancelled"}
 
 
@@ -184,3 +188,29 @@ def test_a_run_records_its_data_fingerprint_where_the_file_is_absent(tmp_path):
     summary = train(config, dataset=pickle.loads(pickle.dumps(dataset))).summary()  # shipped as Ray pickles it
     assert summary.data_fingerprint == expected
     assert summary.released_scaling == dataset.released.to_dict() is not None  # the statistics the driver released
+
+
+RAY_DRIVER = """
+import os, signal, time
+from dpsat_core.cluster import RayCluster, connect
+from dpsat_core.interrupts import stop_on_signals
+with stop_on_signals() as stop:
+    ray = connect(RayCluster())
+    os.kill(os.getpid(), signal.SIGTERM)
+    deadline = time.time() + 30
+    while not stop() and time.time() < deadline:
+        time.sleep(0.05)
+    print(stop.name, flush=True)
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_a_ray_driver_keeps_its_clean_stop_on_sigterm(tmp_path):
+    # ray.init installs a SIGTERM handler of its own (in C) that aborts the driver: connect puts ours back
+    env = {**os.environ, "RAY_ADDRESS": ""}  # a fresh local instance of its own
+    proc = subprocess.run(
+        [sys.executable, "-c", RAY_DRIVER], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "SIGTERM"

@@ -180,6 +180,7 @@ def test_diverged_runs_are_left_out_of_comparisons_unless_asked():
     assert {c.method: c.seeds for c in group_runs(runs, include_diverged=True)} == {"dpsgd": 2, "dpsat": 2}
     assert diverged_left_out(runs, setting_key(runs[0])) == 1
     assert diverged_note(1).startswith("1 diverged run left out") and diverged_note(0) == ""
+    assert diverged_note(2, included=True).startswith("2 diverged runs included")
     # judged against the stored start loss when there is one: 4.6 is over 10× a start of 0.3, not of ln(10)
     start = dataclasses.replace(runs[0].summary, train_loss=4.6)
     assert not start.diverged and dataclasses.replace(start, initial_train_loss=0.3).diverged

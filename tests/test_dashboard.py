@@ -415,6 +415,7 @@ def test_a_bad_upload_gets_one_clear_message_and_is_not_kept(tmp_path, monkeypat
         assert [len(n) for n in _uploads(tmp_path)] == [9 + 80]  # '<digest>-' and the shortened name
         return
     assert [e.value for e in at.error] == [at.error[0].value] and message in _as_rendered(at.error[0].value)
+    assert not re.search(r"[0-9a-f]{8}-", at.error[0].value)  # the file as uploaded, not its stored copy
     assert _uploads(tmp_path) == []  # unreadable files are deleted at once
 
 
