@@ -186,7 +186,9 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
     datasets = sorted({r.config.dataset for r in done})
     if not datasets:
         return []
-    dataset = st.selectbox("Data set", datasets, key=f"{key}-dataset")
+    runs_of = {d: sum(r.config.dataset == d for r in done) for d in datasets}
+    largest = max(datasets, key=runs_of.__getitem__)  # open on the data set with the most runs
+    dataset = st.selectbox("Data set", datasets, index=datasets.index(largest), key=f"{key}-dataset")
     ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])  # diverged runs left out
     if not ordered:  # every finished run of this data set diverged
         st.caption(plain_text(diverged_note(sum(r.diverged for r in done if r.config.dataset == dataset))))

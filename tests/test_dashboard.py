@@ -635,3 +635,16 @@ def test_pages_that_show_research_runs_say_their_noise_is_seeded(name, populated
     if name == "runs":
         at.multiselect(key="runs-selected").select(RunStore(populated).list_runs()[0].run_id).run()
         assert any("train_loss and seconds" in c.value and TRAINING_DATA in c.value for c in at.caption)
+
+
+def test_the_overview_opens_on_the_data_set_with_the_most_runs(tmp_path, monkeypatch):
+    from tests.factories import summary
+
+    store = RunStore(tmp_path / "runs.db")
+    for dataset, seeds in (("breast_cancer", (0,)), ("digits", (0, 1, 2))):  # alphabetically first has fewer
+        for seed in seeds:
+            config = TrainConfig(dataset=dataset, method="dpsgd", epsilon=3.0, seed=seed, epochs=1).normalized()
+            store.finish(store.create_run(config), summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0), {})
+    monkeypatch.setenv("DPSAT_STORE", str(store.path))
+    at = open_page("overview")
+    assert not at.exception and at.selectbox(key="overview-dataset").value == "digits"
