@@ -230,14 +230,14 @@ def test_accountant_answers_live_in_the_store_equal_fresh_ones_and_a_second_swee
     from dpsat_core import epsilon_spent
 
     asked = []
-    real_epsilon, real_sigma = accounting._epsilon_with, accounting.get_noise_multiplier
+    real_epsilon, real_sigma = accounting._epsilon_with, accounting.calibrate_noise
     monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: asked.append("ε") or real_epsilon(*a, **k))
-    monkeypatch.setattr(accounting, "get_noise_multiplier", lambda **k: asked.append("σ") or real_sigma(**k))
+    monkeypatch.setattr(accounting, "calibrate_noise", lambda **k: asked.append("σ") or real_sigma(**k))
     base = dataclasses.replace(BASE, accountant="rdp")  # RDP: the same path as PRV, and quicker
     spec = SweepSpec(base=base, methods=("dpsgd",), epsilons=(2.5,), seeds=(0,))
     first = sweep(spec, store)
     assert len(first.trained) == 1 and "σ" in asked and "ε" in asked
-    accounting.epsilon_spent.cache_clear(), accounting.calibrate_noise.cache_clear()
+    accounting.epsilon_spent.cache_clear(), real_sigma.cache_clear()
     asked.clear()
     again = sweep(dataclasses.replace(spec, seeds=(1,)), store)  # new runs, the same questions
     assert len(again.trained) == 1 and asked == []  # every answer came from the store, none from an accountant
