@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.special import gammaln, logsumexp, xlog1py, xlogy
 
 # Releases, as Opacus's accountants keep their `history`: ((noise multiplier, sample rate, count), ...).
@@ -60,15 +61,12 @@ def model_epsilon(releases: Releases, *, delta: float) -> float:
 
 def _root(fn: Callable[[float], float], level: float, low: float, high: float) -> float:
     """The u in [low, high] where the decreasing `fn` falls to `level` (an end when `level` lies outside its range
-    there), by bisection to 1e-9: u is log σ."""
+    there), by Brent's method to 1e-9: u is log σ."""
     if fn(high) > level:
         return high
     if fn(low) <= level:
         return low
-    while high - low > 1e-9:
-        middle = (low + high) / 2
-        low, high = (middle, high) if fn(middle) > level else (low, middle)
-    return high
+    return float(brentq(lambda u: fn(u) - level, low, high, xtol=1e-9))
 
 
 def search_noise_multiplier(
