@@ -251,3 +251,28 @@ def test_accountant_answers_live_in_the_store_equal_fresh_ones_and_a_second_swee
             accountant=record.config.accountant,
         )
         assert record.epsilon_spent == fresh.epsilon and record.summary.accountant == fresh.accountant
+
+
+@pytest.mark.parametrize("method", ["dpsgd", "dpsam"])
+def test_after_the_parent_plans_a_cell_its_run_asks_the_accountant_nothing(store, monkeypatch, method):
+    import dpsat_core.accounting as accounting
+    from dpsat_core import epsilon_spent, run
+    from dpsat_core.sweeps import calibrate_cells
+
+    cell = dataclasses.replace(BASE, method=method, epochs=3, accountant="rdp", epsilon=2.0).normalized()
+    calibrate_cells([cell], store)
+    accounting.epsilon_spent.cache_clear(), accounting.calibrate_noise.cache_clear()
+    real = accounting._epsilon_with
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("the accountant was asked"))
+    record = run(cell, store).record  # σ, each epoch's ε and the final ε: all read from the parent's answers
+    monkeypatch.setattr(accounting, "_epsilon_with", real)
+    assert [e.releases for e in record.epochs] == [record.summary.releases * e // 3 for e in (1, 2, 3)]
+    for epoch in record.epochs:  # the answers read are the accountant's own
+        fresh = epsilon_spent(
+            noise_multiplier=record.summary.noise_multiplier,
+            sample_rate=record.summary.sample_rate,
+            releases=epoch.releases,
+            delta=record.summary.delta,
+            accountant="rdp",
+        )
+        assert epoch.epsilon_spent == fresh.epsilon
