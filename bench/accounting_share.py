@@ -4,10 +4,12 @@
 
 Trains `default_comparison("digits")` (20 runs) into a fresh store with the sweep's
 own process pool, then the same grid again with new seeds (new runs, the same
-accountant questions). In every process (parent and workers) the time inside the
-accountant (Opacus's `get_epsilon` through `_epsilon_with`, and `get_noise_multiplier`)
+accountant questions). In every process (parent and workers) the time inside
+accounting (`epsilon_spent` and `calibrate_noise`, which hold every accountant call)
 is summed; compute is the time the workers spend in their cells plus the parent's
-accounting. Runs against any checkout whose `dpsat_core` is on PYTHONPATH.
+accounting. `accountant_calls` counts the accountant's evaluations (`_epsilon_with`;
+an older checkout's whole `get_noise_multiplier` bisection counts as one, also given
+as `bisections`). Runs against any checkout whose `dpsat_core` is on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -35,12 +37,25 @@ def _timed(fn, seconds: list[float]):
     return wrapper
 
 
-def _instrument(seconds: list[float]) -> None:
-    """Time every accountant call made in this process."""
+def _counted(fn, calls: list[str], name: str):
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _instrument(seconds: list[float], calls: list[str]) -> None:
+    """Time every accounting question asked in this process (ε and σ, cache hits included: microseconds) and
+    count the accountant's evaluations (each a PRV or RDP `get_epsilon`, or one Opacus bisection where an
+    older checkout still calls `get_noise_multiplier`)."""
     import dpsat_core.accounting as accounting
 
-    accounting._epsilon_with = _timed(accounting._epsilon_with, seconds)
-    accounting.get_noise_multiplier = _timed(accounting.get_noise_multiplier, seconds)
+    accounting.epsilon_spent = _timed(accounting.epsilon_spent, seconds)
+    accounting.calibrate_noise = _timed(accounting.calibrate_noise, seconds)
+    accounting._epsilon_with = _counted(accounting._epsilon_with, calls, "evaluation")
+    if hasattr(accounting, "get_noise_multiplier"):
+        accounting.get_noise_multiplier = _counted(accounting.get_noise_multiplier, calls, "bisection")
 
 
 def timed_cell_worker(*args):
@@ -48,22 +63,26 @@ def timed_cell_worker(*args):
     import dpsat_core.sweeps as sweeps
 
     seconds: list[float] = []
-    _instrument(seconds)
+    calls: list[str] = []
+    _instrument(seconds, calls)
     start = time.perf_counter()
     outcome = sweeps._cell_worker(*args)
     busy = time.perf_counter() - start
     with open(os.environ[LOG_ENV], "a") as log:
-        log.write(json.dumps({"busy": busy, "accounting": sum(seconds), "calls": len(seconds)}) + "\n")
+        log.write(json.dumps({"busy": busy, "accounting": sum(seconds), "calls": calls}) + "\n")
     return outcome
 
 
-def measure(epochs: int, seeds: tuple[int, ...], store_path: Path, log_path: Path, parent: list[float]) -> dict:
-    """Sweep the comparison at `seeds`; `parent` collects this process's accountant seconds."""
+def measure(
+    epochs: int, seeds: tuple[int, ...], store_path: Path, log_path: Path, parent: list[float], parent_calls: list[str]
+) -> dict:
+    """Sweep the comparison at `seeds`; `parent` and `parent_calls` collect this process's accounting seconds and
+    accountant evaluations."""
     import dpsat_core.sweeps as sweeps
 
     spec = sweeps.default_comparison("digits")
     spec = dataclasses.replace(spec, base=dataclasses.replace(spec.base, epochs=epochs), seeds=seeds)
-    before = len(parent)
+    before, calls_before = len(parent), len(parent_calls)
     log_path.write_text("")
     start = time.perf_counter()
     sweeps.check_sweep(spec)
@@ -71,6 +90,7 @@ def measure(epochs: int, seeds: tuple[int, ...], store_path: Path, log_path: Pat
     wall = time.perf_counter() - start
     cells = [json.loads(line) for line in log_path.read_text().splitlines()]
     own = parent[before:]
+    evaluations = parent_calls[calls_before:] + [call for c in cells for call in c["calls"]]
     compute = sum(c["busy"] for c in cells) + sum(own)
     accounting = sum(own) + sum(c["accounting"] for c in cells)
     return {
@@ -78,7 +98,9 @@ def measure(epochs: int, seeds: tuple[int, ...], store_path: Path, log_path: Pat
         "wall_seconds": round(wall, 2),
         "compute_seconds": round(compute, 2),
         "accounting_seconds": round(accounting, 2),
-        "accountant_calls": len(own) + sum(c["calls"] for c in cells),
+        "accountant_calls": len(evaluations),
+        "bisections": evaluations.count("bisection"),
+        "parent_accounting_seconds": round(sum(own), 2),
         "accounting_share": round(accounting / compute, 3),
     }
 
@@ -94,13 +116,16 @@ def main() -> None:
     import dpsat_core.sweeps as sweeps
 
     parent: list[float] = []
-    _instrument(parent)
+    parent_calls: list[str] = []
+    _instrument(parent, parent_calls)
     sweeps._cell_worker = accounting_share.timed_cell_worker  # what the pool submits, looked up at call time
     out = {}
     with tempfile.TemporaryDirectory() as folder:
         os.environ[LOG_ENV] = str(Path(folder) / "cells.jsonl")
         for name, seeds in (("first_sweep", (0, 1)), ("second_sweep_new_seeds", (2, 3))):
-            out[name] = measure(args.epochs, seeds, Path(folder) / "runs.db", Path(os.environ[LOG_ENV]), parent)
+            log = Path(os.environ[LOG_ENV])
+            out[name] = measure(args.epochs, seeds, Path(folder) / "runs.db", log, parent, parent_calls)
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=None if args.json else 2))
 
 

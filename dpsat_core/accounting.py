@@ -26,10 +26,10 @@ from typing import Any, Callable, Iterator, Optional, Protocol
 
 from opacus.accountants import create_accountant
 from opacus.accountants.analysis import rdp as opacus_rdp
-from opacus.accountants.utils import get_noise_multiplier
 
 from .config import ACCOUNTANTS
 from .errors import ConfigError
+from .noise_search import BudgetTooLow, Found, model_epsilon, search_noise_multiplier
 
 # Earlier releases composed before the training's: ((noise multiplier, sample rate, count), ...), as Opacus's
 # accountants keep their `history`.
@@ -37,6 +37,10 @@ History = tuple[tuple[float, float, int], ...]
 EPSILON_TOLERANCE = 0.01  # how far below the target a calibrated σ may leave ε
 MAX_NOISE_MULTIPLIER = 1e6  # where Opacus's search gives up too
 RDP_MEMO_SIZE = 1 << 16
+# Where the σ search looks first for PRV: its ε is typically 8–14% under RDP's (shared/NOTES.md), and the search's
+# model is RDP at integer orders. Only a starting point: it changes how many evaluations a search takes, never σ's
+# acceptance test.
+PRV_OVER_MODEL = 0.87
 
 
 def _memoize_opacus_rdp() -> None:
@@ -134,12 +138,14 @@ def epsilon_spent(
     return PrivacySpent(epsilon=_epsilon_with("rdp", delta=delta, **common), delta=delta, accountant="rdp", **common)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Calibration:
-    """The σ that keeps `releases` releases under the target ε, and the accountant that certified it."""
+    """The σ that keeps `releases` releases under the target ε, the accountant that certified it, and the ε it
+    computed there (after any prior releases): the run's own final ε when it makes every planned release."""
 
     noise_multiplier: float
     accountant: str
+    epsilon: float
     note: str = ""
 
 
@@ -153,94 +159,51 @@ def calibrate_noise(
     accountant: str = "prv",
     prior: History = (),
 ) -> Calibration:
-    """Smallest σ (to 0.01 in ε) whose ε after the `prior` releases and `releases` releases at σ stays ≤ target
-    (cached: it is pure)."""
+    """Smallest σ (to 0.01 in ε, as Opacus's `get_noise_multiplier` accepts it) whose ε after the `prior` releases
+    and `releases` releases at σ stays ≤ target, found in a few accountant evaluations (`noise_search`); cached:
+    it is pure."""
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon!r}")
     if releases < 1:
         raise ConfigError(f"calibration needs at least one release, got {releases}")
 
-    def solve(mechanism: str) -> float:
+    def solve(mechanism: str) -> Found:
         try:
-            with _quiet_one_blas_thread():
-                alone = get_noise_multiplier(
-                    target_epsilon=target_epsilon,
-                    target_delta=delta,
+            return search_noise_multiplier(
+                lambda sigma: _epsilon_with(
+                    mechanism,
+                    noise_multiplier=sigma,
                     sample_rate=sample_rate,
-                    steps=releases,
-                    accountant=mechanism,
-                    epsilon_tolerance=EPSILON_TOLERANCE,
-                )
-            if not prior:
-                return alone
-            return _solve_after(
-                mechanism,
-                prior,
-                start=alone,
+                    releases=releases,
+                    delta=delta,
+                    prior=prior,
+                ),
+                lambda sigma: model_epsilon((*prior, (sigma, sample_rate, releases)), delta=delta),
                 target_epsilon=target_epsilon,
-                delta=delta,
-                sample_rate=sample_rate,
-                releases=releases,
+                tolerance=EPSILON_TOLERANCE,
+                ceiling=MAX_NOISE_MULTIPLIER,
+                first_ratio=PRV_OVER_MODEL if mechanism == "prv" else 1.0,
             )
-        except ValueError as exc:  # Opacus's "The privacy budget is too low.", from either accountant
-            if "too low" in str(exc):
-                raise ConfigError(
-                    f"epsilon={target_epsilon:g} is too small to reach with {releases} releases at "
-                    f"sample rate {sample_rate:.3g}: raise epsilon or train fewer epochs"
-                ) from None
-            raise
+        except BudgetTooLow:  # from either accountant
+            raise ConfigError(
+                f"epsilon={target_epsilon:g} is too small to reach with {releases} releases at "
+                f"sample rate {sample_rate:.3g}: raise epsilon or train fewer epochs"
+            ) from None
 
     try:
-        return Calibration(solve(accountant), accountant)
+        found = solve(accountant)
+        return Calibration(noise_multiplier=found.noise_multiplier, accountant=accountant, epsilon=found.epsilon)
     except ConfigError:
         raise
     except PRV_FAILURES as exc:
         if accountant != "prv" or not _is_prv_failure(exc):
             raise
-    return Calibration(solve("rdp"), "rdp", PRV_FALLBACK_NOTE)
-
-
-def _solve_after(
-    mechanism: str,
-    prior: History,
-    *,
-    start: float,
-    target_epsilon: float,
-    delta: float,
-    sample_rate: float,
-    releases: int,
-) -> float:
-    """The smallest σ (to `EPSILON_TOLERANCE` below the target, as Opacus's `get_noise_multiplier` searches) for the
-    composed history `prior` + (σ, q, releases), which Opacus's function cannot take. `start` is the σ of the
-    releases alone: composing more releases only raises ε, so the answer is at least `start`."""
-
-    def epsilon(sigma: float) -> float:
-        return _epsilon_with(
-            mechanism, noise_multiplier=sigma, sample_rate=sample_rate, releases=releases, delta=delta, prior=prior
-        )
-
-    alone = _epsilon_with(mechanism, noise_multiplier=1.0, sample_rate=1.0, releases=0, delta=delta, prior=prior)
-    if alone >= target_epsilon:
-        raise ValueError("The privacy budget is too low.")  # the prior alone spends it: no σ is enough
-    low, high, step = start, start, 0.05 * start
-    eps_high = epsilon(high)
-    if eps_high <= target_epsilon:  # σ is at least `start`, so `start` is the smallest that keeps the target
-        return high
-    while eps_high > target_epsilon:
-        low, high, step = high, high + step, 2 * step
-        eps_high = epsilon(high)
-        if high > MAX_NOISE_MULTIPLIER:
-            raise ValueError("The privacy budget is too low.")
-    for _ in range(60):  # halvings: far below any tolerance, and never an endless loop
-        if target_epsilon - eps_high <= EPSILON_TOLERANCE:
-            break
-        sigma = (low + high) / 2
-        eps = epsilon(sigma)
-        if eps < target_epsilon:
-            high, eps_high = sigma, eps
-        else:
-            low = sigma
-    return high
+    found = solve("rdp")
+    return Calibration(
+        noise_multiplier=found.noise_multiplier, accountant="rdp", epsilon=found.epsilon, note=PRV_FALLBACK_NOTE
+    )
 
 
 class AnswerBook(Protocol):
@@ -256,17 +219,29 @@ def _opacus_version() -> str:
     return version("opacus")
 
 
+# How each kind of question is answered: part of its key, so answers of an earlier algorithm (the bisection of
+# Opacus's `get_noise_multiplier` before "search-1") are never read as this one's; they are asked afresh.
+ALGORITHMS = {"epsilon": "get_epsilon-1", "calibration": "search-1"}
+
+
 def _question(kind: str, **fields: Any) -> str:
-    """The book's key for one question: its kind, every input, and the Opacus version that answers it (a newer
-    Opacus may answer differently, so its answers are asked afresh)."""
-    return json.dumps({"kind": kind, "opacus": _opacus_version(), **fields}, sort_keys=True)
+    """The book's key for one question: its kind, every input, the algorithm that answers it and the Opacus version
+    (a newer Opacus may answer differently, so its answers are asked afresh)."""
+    return json.dumps(
+        {"kind": kind, "algorithm": ALGORITHMS[kind], "opacus": _opacus_version(), **fields}, sort_keys=True
+    )
 
 
 def _recorded(
-    book: Optional[AnswerBook], kind: str, compute: Callable[..., Any], decode: Callable[..., Any], **question: Any
+    book: Optional[AnswerBook],
+    kind: str,
+    compute: Callable[..., Any],
+    decode: Callable[..., Any],
+    also: Callable[[Any], None] = lambda answer: None,
+    **question: Any,
 ) -> Any:
     """`compute(**question)`, read from `book` when it holds the answer (`decode` rebuilds it from JSON), else
-    computed and written there."""
+    computed and written there (`also` then records what the computation answered on the way)."""
     if book is None:
         return compute(**question)
     key = _question(kind, **question)
@@ -275,6 +250,7 @@ def _recorded(
         return decode(found)
     answer = compute(**question)
     book.save_accounting(key, dataclasses.asdict(answer))
+    also(answer)
     return answer
 
 
@@ -318,12 +294,27 @@ def recorded_calibration(
     accountant: str,
     prior: History = (),
 ) -> Calibration:
-    """`calibrate_noise`, read from `book` when it holds the answer, else computed and written there."""
+    """`calibrate_noise`, read from `book` when it holds the answer, else computed and written there, with the ε
+    its accountant computed at σ as the answer to that ε question (the run's final one)."""
+
+    def record_epsilon(calibration: Calibration) -> None:
+        question = dict(
+            noise_multiplier=calibration.noise_multiplier,
+            sample_rate=sample_rate,
+            releases=releases,
+            delta=delta,
+            accountant=calibration.accountant,
+            prior=prior,
+        )
+        spent = PrivacySpent(epsilon=calibration.epsilon, **question)
+        book.save_accounting(_question("epsilon", **question), dataclasses.asdict(spent))  # type: ignore[union-attr]
+
     return _recorded(
         book,
         "calibration",
         calibrate_noise,
         lambda found: Calibration(**found),
+        record_epsilon,
         target_epsilon=target_epsilon,
         delta=delta,
         sample_rate=sample_rate,

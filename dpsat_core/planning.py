@@ -37,6 +37,24 @@ class PrivacyPlan:
     prior: History = ()  # releases before training (the scaling statistics), composed into every ε
 
 
+def record_epoch_epsilons(plan: PrivacyPlan, epochs: int, book: AnswerBook) -> None:
+    """Ask `book` (computing what it lacks) for the ε a run of this plan reports after each epoch, as training asks
+    it when every step makes its declared releases; a sweep's parent does this once per distinct question, so
+    its workers, and each seed, only read them."""
+    if plan.noise_multiplier is None:
+        return
+    for epoch in range(1, epochs + 1):
+        recorded_epsilon(
+            book,
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            releases=plan.planned_releases // epochs * epoch,
+            delta=plan.delta,
+            accountant=plan.accountant,
+            prior=plan.prior,
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunPlan:
     """What training a config on a data set will do: its privacy plan, model and device."""

@@ -3,9 +3,9 @@
 Running the same sweep again trains only the cells not yet done (reuse is by
 config hash), so a stopped sweep resumes by being run again. Non-private methods
 ignore ε, so they get one cell per seed. Pool workers die with the sweep
-process (`workers.die_with_parent`). The parent calibrates σ for every cell into
-the store before any worker starts; workers (and every later run) read σ and
-per-epoch ε from the store's answers.
+process (`workers.die_with_parent`). The parent calibrates σ for every cell, and
+computes its per-epoch ε, into the store before any worker starts; workers (and
+every later run) read σ and per-epoch ε from the store's answers.
 """
 
 from __future__ import annotations
@@ -224,16 +224,20 @@ def sweep(
 
 
 def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore) -> None:
-    """Calibrate σ for every cell here, once, into the store, so workers read it instead of each recomputing
-    it; a cell that cannot be planned is left for its run to report."""
+    """Calibrate σ for every cell here, once, into the store, then its per-epoch ε, so workers read them instead
+    of each recomputing them (seeds running side by side would ask the same questions at once, each worker
+    without the accountant's memo); a cell that cannot be planned is left for its run to report."""
     from .data import load_config_dataset
-    from .planning import plan_run
+    from .planning import plan_run, record_epoch_epsilons
 
+    plans = []
     for cell in cells:
         try:  # the whole plan, so a table's released statistics are composed in as the run will compose them
-            plan_run(cell, load_config_dataset(cell), store, device_here=False)
+            plans.append((plan_run(cell, load_config_dataset(cell), store, device_here=False).privacy, cell.epochs))
         except DpsatError:
             continue
+    for plan, epochs in plans:
+        record_epoch_epsilons(plan, epochs, store)
 
 
 def _record(result: SweepResult, outcome: CellOutcome, cell: TrainConfig) -> None:

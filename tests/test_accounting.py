@@ -118,16 +118,21 @@ def test_prv_failure_falls_back_to_rdp_with_a_note_and_other_errors_surface(monk
         epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
 
 
-def test_calibration_falls_back_only_on_prv_failures(monkeypatch):
-    real = accounting.get_noise_multiplier
-    raised = {"prv": RuntimeError("Cannot compute epsilon")}
+def _failing_prv(monkeypatch, raised: dict) -> None:
+    """Make the PRV accountant raise `raised["prv"]`, as Opacus's does where its discretisation breaks."""
+    real = accounting._epsilon_with
 
-    def failing_prv(**kwargs):
-        if kwargs["accountant"] == "prv":
+    def failing_prv(mechanism, **kwargs):
+        if mechanism == "prv":
             raise raised["prv"]
-        return real(**kwargs)
+        return real(mechanism, **kwargs)
 
-    monkeypatch.setattr(accounting, "get_noise_multiplier", failing_prv)
+    monkeypatch.setattr(accounting, "_epsilon_with", failing_prv)
+
+
+def test_calibration_falls_back_only_on_prv_failures(monkeypatch):
+    raised = {"prv": RuntimeError("Cannot compute epsilon")}
+    _failing_prv(monkeypatch, raised)
     calibration = calibrate_noise(target_epsilon=3.1, delta=1e-5, sample_rate=0.05, releases=123, accountant="prv")
     assert calibration.accountant == "rdp" and "RDP" in calibration.note
     raised["prv"] = ValueError("Floating point errors will dominate for such small values of delta.")
@@ -135,6 +140,63 @@ def test_calibration_falls_back_only_on_prv_failures(monkeypatch):
     raised["prv"] = ValueError("Can only compose evenly sized discrete PRVs")
     with pytest.raises(ValueError, match="evenly sized"):
         calibrate_noise(target_epsilon=3.2, delta=1e-5, sample_rate=0.05, releases=123, accountant="prv")
+
+
+def _epsilon_of(accountant: str, history, delta: float) -> float:
+    """ε from an Opacus accountant built here, independently of dpsat_core."""
+    reference = (PRVAccountant if accountant == "prv" else RDPAccountant)()
+    reference.history = list(history)
+    return reference.get_epsilon(delta=delta)
+
+
+@pytest.mark.parametrize(
+    "accountant, target, q, releases, delta",
+    [
+        ("prv", 1.0, 128 / 1437, 165, 1e-4),
+        ("prv", 8.0, 0.01, 55, 1e-5),  # small σ, where the integer-order model is poorest
+        ("prv", 0.5, 0.3, 2000, 1e-5),
+        ("rdp", 3.0, 0.01, 330, 1e-5),
+        ("rdp", 8.0, 0.089, 330, 1e-6),
+    ],
+)
+def test_calibration_lands_in_the_window_opacus_bisection_accepts_in_a_few_evaluations(
+    accountant, target, q, releases, delta, monkeypatch
+):
+    from opacus.accountants.utils import get_noise_multiplier
+
+    real, evaluations = accounting._epsilon_with, []
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: evaluations.append(1) or real(*a, **k))
+    ours = calibrate_noise(target_epsilon=target, delta=delta, sample_rate=q, releases=releases, accountant=accountant)
+    theirs = get_noise_multiplier(
+        target_epsilon=target, target_delta=delta, sample_rate=q, steps=releases, accountant=accountant
+    )
+    assert ours.accountant == accountant and 1 <= len(evaluations) <= 5  # Opacus's bisection: ~12
+    for sigma in (ours.noise_multiplier, theirs):  # ε is decreasing in σ: both lie in [σ(target), σ(target − 0.01)]
+        assert target - 0.01 <= _epsilon_of(accountant, [(sigma, q, releases)], delta) <= target
+    monkeypatch.undo()
+    final = epsilon_spent(
+        noise_multiplier=ours.noise_multiplier, sample_rate=q, releases=releases, delta=delta, accountant=accountant
+    )
+    assert ours.epsilon == final.epsilon  # bit for bit: the run's final ε at σ (threads as the run's: one BLAS thread)
+    assert ours.noise_multiplier == pytest.approx(theirs, rel=0.01)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_calibration_after_prior_releases_lands_in_the_window_of_the_composed_history(accountant):
+    prior, q, releases, delta, target = ((4.0, 1.0, 2),), 0.05, 300, 1e-5, 3.0
+    alone = calibrate_noise(target_epsilon=target, delta=delta, sample_rate=q, releases=releases, accountant=accountant)
+    after = calibrate_noise(
+        target_epsilon=target, delta=delta, sample_rate=q, releases=releases, accountant=accountant, prior=prior
+    )
+    composed = _epsilon_of(accountant, [*prior, (after.noise_multiplier, q, releases)], delta)
+    assert target - 0.01 <= composed <= target and composed == pytest.approx(after.epsilon, rel=1e-12)
+    assert after.noise_multiplier > alone.noise_multiplier  # the prior spends part of the budget
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_a_target_that_is_not_a_positive_number_is_a_clear_error(bad):
+    with pytest.raises(ConfigError, match="target epsilon must be > 0"):
+        calibrate_noise(target_epsilon=bad, delta=1e-5, sample_rate=0.05, releases=100)
 
 
 def test_edge_cases_of_epsilon_spent():
@@ -153,18 +215,17 @@ def test_an_unreachable_budget_is_a_clear_error():
 
 
 def test_an_unreachable_budget_is_a_clear_error_after_a_prv_failure_too(monkeypatch):
-    from dpsat_core import ConfigError
-
-    real = accounting.get_noise_multiplier
-
-    def failing_prv(**kwargs):  # what PRV does where its discretisation breaks (tiny δ, Opacus #604)
-        if kwargs["accountant"] == "prv":
-            raise ValueError("Floating point errors will dominate for such small values of delta.")
-        return real(**kwargs)
-
-    monkeypatch.setattr(accounting, "get_noise_multiplier", failing_prv)
+    # what PRV does where its discretisation breaks (tiny δ, Opacus #604)
+    _failing_prv(
+        monkeypatch, {"prv": ValueError("Floating point errors will dominate for such small values of delta.")}
+    )
     with pytest.raises(ConfigError, match="epsilon=1e-09 is too small to reach with 77 releases"):  # RDP's verdict
         calibrate_noise(target_epsilon=1e-9, delta=1e-14, sample_rate=0.089, releases=77, accountant="prv")
+
+
+def test_a_prior_that_spends_the_budget_alone_is_a_clear_error():
+    with pytest.raises(ConfigError, match="too small to reach"):
+        calibrate_noise(target_epsilon=1.0, delta=1e-5, sample_rate=0.05, releases=10, prior=((0.5, 1.0, 2),))
 
 
 def test_a_tiny_delta_that_breaks_prv_falls_back_to_rdp_instead_of_crashing():
@@ -208,8 +269,15 @@ def test_a_recorded_answer_is_the_accountants_and_is_read_back_without_asking_ag
     monkeypatch.undo()
     calibration = recorded_calibration(store, **target)
     calibrate_noise.cache_clear()
-    monkeypatch.setattr(accounting, "get_noise_multiplier", lambda **k: pytest.fail("calibrated again"))
-    assert recorded_calibration(store, **target) == calibration == Calibration(calibration.noise_multiplier, "rdp")
+    final = dict(noise_multiplier=calibration.noise_multiplier, sample_rate=0.05, releases=60, delta=1e-5)
+    fresh = epsilon_spent(**final, accountant="rdp")
+    epsilon_spent.cache_clear()
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("the accountant was asked again"))
+    assert recorded_calibration(store, **target) == calibration
+    assert calibration == Calibration(
+        noise_multiplier=calibration.noise_multiplier, accountant="rdp", epsilon=fresh.epsilon
+    )
+    assert recorded_epsilon(store, **final, accountant="rdp") == fresh  # the run's final ε, kept by the calibration
     with pytest.raises(ConfigError, match="unknown accountant"):  # bad questions are not stored answers
         recorded_epsilon(store, **{**question, "accountant": "gdp"})
 
@@ -246,3 +314,21 @@ def test_memoised_rdp_orders_give_untouched_opacus_answers_bit_for_bit():
     ]
     assert ours == json.loads(untouched.stdout)
     assert accounting.opacus_rdp._compute_rdp.cache_info().hits > 0  # the second epoch reused the first's orders
+
+
+def test_answers_of_another_algorithm_are_never_read_as_this_ones(tmp_path):
+    import json
+
+    from dpsat_core import RunStore
+    from dpsat_core.accounting import recorded_calibration
+
+    store = RunStore(tmp_path / "runs.db")
+    target = dict(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, releases=60, accountant="rdp", prior=())
+    bisected = {"noise_multiplier": 99.0, "accountant": "rdp", "note": ""}  # as the bisection's answers were kept
+    old_key = json.dumps({"kind": "calibration", "opacus": accounting._opacus_version(), **target}, sort_keys=True)
+    store.save_accounting(old_key, bisected)
+    other = accounting._question("calibration", **target).replace(accounting.ALGORITHMS["calibration"], "search-0")
+    store.save_accounting(other, {**bisected, "epsilon": 0.5})
+    calibration = recorded_calibration(store, **target)
+    assert calibration.noise_multiplier != 99.0 and calibration == calibrate_noise(**target)
+    assert store.find_accounting(old_key) == bisected  # left as it was, readable, never mixed in

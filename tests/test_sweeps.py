@@ -230,14 +230,14 @@ def test_accountant_answers_live_in_the_store_equal_fresh_ones_and_a_second_swee
     from dpsat_core import epsilon_spent
 
     asked = []
-    real_epsilon, real_sigma = accounting._epsilon_with, accounting.get_noise_multiplier
+    real_epsilon, real_sigma = accounting._epsilon_with, accounting.calibrate_noise
     monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: asked.append("ε") or real_epsilon(*a, **k))
-    monkeypatch.setattr(accounting, "get_noise_multiplier", lambda **k: asked.append("σ") or real_sigma(**k))
+    monkeypatch.setattr(accounting, "calibrate_noise", lambda **k: asked.append("σ") or real_sigma(**k))
     base = dataclasses.replace(BASE, accountant="rdp")  # RDP: the same path as PRV, and quicker
     spec = SweepSpec(base=base, methods=("dpsgd",), epsilons=(2.5,), seeds=(0,))
     first = sweep(spec, store)
     assert len(first.trained) == 1 and "σ" in asked and "ε" in asked
-    accounting.epsilon_spent.cache_clear(), accounting.calibrate_noise.cache_clear()
+    accounting.epsilon_spent.cache_clear(), real_sigma.cache_clear()
     asked.clear()
     again = sweep(dataclasses.replace(spec, seeds=(1,)), store)  # new runs, the same questions
     assert len(again.trained) == 1 and asked == []  # every answer came from the store, none from an accountant
@@ -251,3 +251,28 @@ def test_accountant_answers_live_in_the_store_equal_fresh_ones_and_a_second_swee
             accountant=record.config.accountant,
         )
         assert record.epsilon_spent == fresh.epsilon and record.summary.accountant == fresh.accountant
+
+
+@pytest.mark.parametrize("method", ["dpsgd", "dpsam"])
+def test_after_the_parent_plans_a_cell_its_run_asks_the_accountant_nothing(store, monkeypatch, method):
+    import dpsat_core.accounting as accounting
+    from dpsat_core import epsilon_spent, run
+    from dpsat_core.sweeps import calibrate_cells
+
+    cell = dataclasses.replace(BASE, method=method, epochs=3, accountant="rdp", epsilon=2.0).normalized()
+    calibrate_cells([cell], store)
+    accounting.epsilon_spent.cache_clear(), accounting.calibrate_noise.cache_clear()
+    real = accounting._epsilon_with
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("the accountant was asked"))
+    record = run(cell, store).record  # σ, each epoch's ε and the final ε: all read from the parent's answers
+    monkeypatch.setattr(accounting, "_epsilon_with", real)
+    assert [e.releases for e in record.epochs] == [record.summary.releases * e // 3 for e in (1, 2, 3)]
+    for epoch in record.epochs:  # the answers read are the accountant's own
+        fresh = epsilon_spent(
+            noise_multiplier=record.summary.noise_multiplier,
+            sample_rate=record.summary.sample_rate,
+            releases=epoch.releases,
+            delta=record.summary.delta,
+            accountant="rdp",
+        )
+        assert epoch.epsilon_spent == fresh.epsilon
