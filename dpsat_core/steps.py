@@ -34,8 +34,8 @@ class Perturbation:
     (`weights`; `flat.flat_views` layout) that they then view: saving, perturbing and
     restoring them are one call each, and the restore copies the saved bits back (no
     rounding residual). The direction d is a flat tensor of the same layout: an
-    optimizer's flat release read in place, or `direction`, filled by `load`. The
-    scale stays a tensor (no host sync) and a step allocates no parameter-sized memory.
+    optimizer's flat release read in place, or `direction`, filled by `load`. A step
+    allocates no parameter-sized memory.
     """
 
     def __init__(self, params: list[nn.Parameter]):
@@ -60,9 +60,11 @@ class Perturbation:
             raise ValueError(
                 f"a direction must be laid out like the weights {tuple(self.weights.shape)}, got {tuple(d.shape)}"
             )
-        norm = torch.linalg.vector_norm(d).add_(TAU)
+        # One scalar read per step: on the CPU three 0-dim tensor ops (+τ, divide) cost more than the read,
+        # and on CUDA the step already waits for its loss (`private_gradient` reads it).
+        scale = rho / (torch.linalg.vector_norm(d).item() + TAU)
         self.saved.copy_(self.weights)
-        self.weights.addcdiv_(d, norm, value=rho)
+        self.weights.add_(d, alpha=scale)
         try:
             yield
         finally:
