@@ -31,6 +31,7 @@ from opacus.optimizers.utils import params as trained_params
 from torch import nn
 
 from .errors import ConfigError
+from .flat import flat_views
 
 # Opacus adds this to the per-example norm before dividing (DPOptimizer.clip_and_accumulate).
 NORM_EPSILON = 1e-6
@@ -325,16 +326,17 @@ class FastDPOptimizer(DPOptimizer):
     leaves zero rows), `scale_grad` by the expected batch size and the step hook that
     counts the release. Overridden: `clip_and_accumulate` (the rows are already
     clipped); `add_noise`, which draws the same noise with the same generator calls
-    into reused `p.grad` buffers (copy `p.grad` to keep it past the next release);
-    `scale_grad` (one call for all parameters) and `params` (fixed at construction),
-    both only to spend less time per step.
+    into reused `p.grad` buffers: views of one flat tensor, `released`, which holds the
+    last release (zeros before the first) until the next one overwrites it (copy it to
+    keep it longer); `scale_grad` (one call for all parameters) and `params` (fixed at
+    construction), both only to spend less time per step.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, module: nn.Module, **kwargs):
         self._params = trained_params(optimizer)
         super().__init__(optimizer, **kwargs)
         self.engine = FastClipping(module, self._params)
-        self._grads = [torch.zeros_like(p) for p in self._params]
+        self.released, self._grads = flat_views(self._params)
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -362,7 +364,10 @@ class FastDPOptimizer(DPOptimizer):
     def add_noise(self) -> None:
         """`p.grad` = summed + N(0, σ²C²), one generator call per parameter in Opacus's order and dtype."""
         if self.secure_mode:
-            return super().add_noise()
+            super().add_noise()
+            for p, grad in zip(self.params, self._grads):
+                p.grad = grad.copy_(p.grad)  # keep the release in `released`
+            return
         std = self.noise_multiplier * self.max_grad_norm
         for p, grad in zip(self.params, self._grads):
             _check_processed_flag(p.summed_grad)

@@ -13,6 +13,8 @@ import torch
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
+from .clipping import FastDPOptimizer
+from .flat import flat_views
 from .gradients import Batch, mean_gradient, private_gradient
 
 # Guards the division by ‖g‖ when the direction is zero (DP-SAT's first step).
@@ -26,45 +28,57 @@ class Step(Protocol):
 
 
 class Perturbation:
-    """One buffer per parameter that moves the weights to w + s·d and back *exactly*.
+    """Moves the parameters to w + ρ·d/(‖d‖+τ) and back *exactly*, one whole-model op at a time.
 
-    The buffer holds the direction d; `applied(s)` turns it in place into w + s·d
-    and swaps storage with the parameters, so restoring is a swap, not a
-    subtraction: no rounding residual and no per-step allocation.
+    At construction the parameters are moved, values unchanged, into one flat buffer
+    (`weights`; `flat.flat_views` layout) that they then view: saving, perturbing and
+    restoring them are one call each, and the restore copies the saved bits back (no
+    rounding residual). The direction d is a flat tensor of the same layout: an
+    optimizer's flat release read in place, or `direction`, filled by `load`. A step
+    allocates no parameter-sized memory.
     """
 
     def __init__(self, params: list[nn.Parameter]):
         self.params = params
-        self.buffer = [torch.zeros_like(p) for p in params]
+        self.weights, views = flat_views(params)
+        with torch.no_grad():
+            for p, view in zip(params, views):
+                view.copy_(p)
+                p.data = view
+        self.saved = torch.empty_like(self.weights)
+        self.direction, self._direction_views = flat_views(params)
 
     def load(self, tensors: list[torch.Tensor]) -> None:
-        for b, t in zip(self.buffer, tensors):
-            b.copy_(t)
-
-    def norm(self) -> float:
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.buffer))).item()
-
-    def scale_for(self, rho: float) -> float:
-        """ρ/(‖d‖+τ): the factor that puts w + s·d at distance ρ from w."""
-        return rho / (self.norm() + TAU)
-
-    def _swap(self) -> None:
-        for i, p in enumerate(self.params):
-            p.data, self.buffer[i] = self.buffer[i], p.data
+        """Copy per-parameter tensors (e.g. the gradients in `p.grad`) into `direction`."""
+        torch._foreach_copy_(self._direction_views, tensors)
 
     @contextmanager
-    def applied(self, scale: float) -> Iterator[None]:
-        torch._foreach_mul_(self.buffer, scale)
-        torch._foreach_add_(self.buffer, [p.data for p in self.params])
-        self._swap()
+    def applied(self, rho: float, direction: Optional[torch.Tensor] = None) -> Iterator[None]:
+        """Inside: the parameters at w + ρ·d/(‖d‖+τ), d = `direction` or the loaded one; after: w, bit for bit."""
+        d = self.direction if direction is None else direction
+        if d.shape != self.weights.shape:
+            raise ValueError(
+                f"a direction must be laid out like the weights {tuple(self.weights.shape)}, got {tuple(d.shape)}"
+            )
+        # One scalar read per step: on the CPU three 0-dim tensor ops (+τ, divide) cost more than the read,
+        # and on CUDA the step already waits for its loss (`private_gradient` reads it).
+        scale = rho / (torch.linalg.vector_norm(d).item() + TAU)
+        self.saved.copy_(self.weights)
+        self.weights.add_(d, alpha=scale)
         try:
             yield
         finally:
-            self._swap()
+            self.weights.copy_(self.saved)
 
 
 def _grads(params: list[nn.Parameter]) -> list[torch.Tensor]:
     return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def flat_release(optimizer: DPOptimizer) -> Optional[torch.Tensor]:
+    """The optimizer's last release as one flat tensor laid out like a `Perturbation` of its parameters,
+    read in place (the fast engine keeps it until the next release); None with Opacus's hooks (copy `p.grad`)."""
+    return optimizer.released if isinstance(optimizer, FastDPOptimizer) else None
 
 
 def apply_released(optimizer: DPOptimizer) -> None:
@@ -106,9 +120,8 @@ class SamStep:
         if loss is None:
             return None
         self.perturbation.load(_grads(self.params))
-        scale = self.perturbation.scale_for(self.rho)
         self.optimizer.zero_grad(set_to_none=True)
-        with self.perturbation.applied(scale):
+        with self.perturbation.applied(self.rho):
             mean_gradient(self.model, batch, chunk_size=self.chunk_size)
         self.optimizer.step()
         return loss
@@ -139,14 +152,15 @@ class DpSamStep:
     def __init__(self, model: nn.Module, optimizer, *, rho: float, chunk_size: int):
         self.model, self.optimizer, self.rho, self.chunk_size = model, optimizer, rho, chunk_size
         self.perturbation = Perturbation(optimizer.params)
+        self.released = flat_release(optimizer)
 
     def __call__(self, draw: Draw) -> Optional[float]:
         self.optimizer.zero_grad(set_to_none=True)
         private_gradient(self.model, self.optimizer, draw(), chunk_size=self.chunk_size)
-        self.perturbation.load(_grads(self.optimizer.params))
-        scale = self.perturbation.scale_for(self.rho)
+        if self.released is None:
+            self.perturbation.load(_grads(self.optimizer.params))
         self.optimizer.zero_grad(set_to_none=True)
-        with self.perturbation.applied(scale):
+        with self.perturbation.applied(self.rho, self.released):
             loss = private_gradient(self.model, self.optimizer, draw(), chunk_size=self.chunk_size)
         apply_released(self.optimizer)
         return loss
@@ -164,13 +178,14 @@ class DpSatStep:
     def __init__(self, model: nn.Module, optimizer, *, rho: float, chunk_size: int):
         self.model, self.optimizer, self.rho, self.chunk_size = model, optimizer, rho, chunk_size
         self.perturbation = Perturbation(optimizer.params)
+        self.released = flat_release(optimizer)  # zeros before the first release: g̃₋₁ = 0
 
     def __call__(self, draw: Draw) -> Optional[float]:
         batch = draw()
-        scale = self.perturbation.scale_for(self.rho)
         self.optimizer.zero_grad(set_to_none=True)
-        with self.perturbation.applied(scale):
+        with self.perturbation.applied(self.rho, self.released):
             loss = private_gradient(self.model, self.optimizer, batch, chunk_size=self.chunk_size)
         apply_released(self.optimizer)
-        self.perturbation.load(_grads(self.optimizer.params))
+        if self.released is None:
+            self.perturbation.load(_grads(self.optimizer.params))
         return loss

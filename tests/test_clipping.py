@@ -275,3 +275,24 @@ def test_cli_selects_the_clipping_engine(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["config"]["clipping"] == "hooks"
     with pytest.raises(SystemExit):
         main([*args, "--clipping", "ghost", "--store", db])
+
+
+@pytest.mark.parametrize("randomness", ["research", "release"])
+def test_the_fast_release_is_kept_in_one_flat_buffer_that_dpsat_reads(randomness):
+    """DP-SAT and DP-SAM read the last release in place from `released`: `p.grad` must be views of it,
+    with Opacus's secure noise too (else DP-SAT would silently perturb along zeros)."""
+    common = dict(
+        dataset="breast_cancer", noise_multiplier=1.0, rho=0.5, seed=0, clipping="fast", randomness=randomness
+    )
+    sat, sgd = prepare(TrainConfig(method="dpsat", **common)), prepare(TrainConfig(method="dpsgd", **common))
+    optimizer = sat.step_fn.optimizer
+    assert sat.step_fn.released is optimizer.released and not optimizer.released.any()  # g̃₋₁ = 0
+    for _ in range(2):
+        sat.step(), sgd.step()
+        grads = [p.grad for p in optimizer.params]
+        assert {g.untyped_storage().data_ptr() for g in grads} == {optimizer.released.untyped_storage().data_ptr()}
+        assert torch.linalg.vector_norm(optimizer.released) == pytest.approx(
+            torch.sqrt(sum((g**2).sum() for g in grads)).item(), rel=1e-6
+        )
+    if randomness == "research":  # same noise stream: step 0 equal, step 1 moved by the perturbation
+        assert not all(torch.equal(a, b) for a, b in zip(sat.model.parameters(), sgd.model.parameters()))

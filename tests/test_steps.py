@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from dpsat_core import TrainConfig, build_model, prepare
+from dpsat_core.flat import flat_views
 from dpsat_core.gradients import private_gradient
 from dpsat_core.steps import Perturbation
 
@@ -157,14 +158,35 @@ def test_perturbation_restores_the_weights_exactly_without_new_tensors():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
     before = [p.detach().clone() for p in params]
-    storages = {p.data.data_ptr() for p in params}
     perturbation = Perturbation(params)
-    perturbation.load([torch.randn(5, 3), torch.randn(3)])
-    buffers = {b.data_ptr() for b in perturbation.buffer}
-    scale = perturbation.scale_for(0.7)
-    with perturbation.applied(scale):
-        shift = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(params, before)))
-        assert shift.item() == pytest.approx(0.7, rel=1e-5)
-    assert all(torch.equal(p, b) for p, b in zip(params, before))  # bit-for-bit, no rounding residual
-    assert {p.data.data_ptr() for p in params} == storages
-    assert {b.data_ptr() for b in perturbation.buffer} == buffers
+    assert all(torch.equal(p, b) for p, b in zip(params, before))  # moved into one flat buffer, values kept
+    storages = {p.untyped_storage().data_ptr() for p in params}
+    assert storages == {perturbation.weights.untyped_storage().data_ptr()}
+    direction = [torch.randn(5, 3), torch.randn(3)]
+    perturbation.load(direction)
+    buffers = {t.data_ptr() for t in (perturbation.weights, perturbation.saved, perturbation.direction)}
+    for _ in range(3):  # every step starts from the same weights and must leave them as they were
+        with perturbation.applied(0.7):
+            shift = [p.detach() - b for p, b in zip(params, before)]
+            assert torch.sqrt(sum((s**2).sum() for s in shift)).item() == pytest.approx(0.7, rel=1e-5)
+            norm = torch.sqrt(sum((d**2).sum() for d in direction))
+            for s, d in zip(shift, direction):  # along d, independently of the flat layout
+                torch.testing.assert_close(s, 0.7 * d / norm, rtol=1e-4, atol=1e-6)
+        assert all(torch.equal(p, b) for p, b in zip(params, before))  # bit-for-bit, no rounding residual
+    assert {p.untyped_storage().data_ptr() for p in params} == storages
+    assert {t.data_ptr() for t in (perturbation.weights, perturbation.saved, perturbation.direction)} == buffers
+    with pytest.raises(ValueError, match="laid out like the weights"):
+        with perturbation.applied(0.7, torch.zeros(3)):
+            pass
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_flat_views_give_each_tensor_an_aligned_view_in_one_shared_layout():
+    tensors = [torch.empty(5, 3), torch.empty(3), torch.empty(2, 2, 4)]
+    flat, views = flat_views(tensors)
+    again, _ = flat_views(tensors)
+    assert flat.shape == again.shape == (16 + 16 + 16,) and not flat.any()
+    assert [v.shape for v in views] == [t.shape for t in tensors] and all(v.is_contiguous() for v in views)
+    assert [v.storage_offset() for v in views] == [0, 16, 32]  # 64-byte starts for float32
+    with pytest.raises(ValueError, match="one dtype and device"):
+        flat_views([torch.empty(2), torch.empty(2, dtype=torch.float64)])
