@@ -29,7 +29,7 @@ from opacus.accountants.analysis import rdp as opacus_rdp
 
 from .config import ACCOUNTANTS
 from .errors import ConfigError
-from .noise_search import BudgetTooLow, Found, model_epsilon, search_noise_multiplier
+from .noise_search import BudgetTooLow, Found, model_epsilon, search_noise_multiplier, signature
 
 # Earlier releases composed before the training's: ((noise multiplier, sample rate, count), ...), as Opacus's
 # accountants keep their `history`.
@@ -221,14 +221,30 @@ def _opacus_version() -> str:
 
 # How each kind of question is answered: part of its key, so answers of an earlier algorithm (the bisection of
 # Opacus's `get_noise_multiplier` before "search-1") are never read as this one's; they are asked afresh.
-ALGORITHMS = {"epsilon": "get_epsilon-1", "calibration": "search-1"}
+ALGORITHMS = {"epsilon": "get_epsilon-1", "calibration": "search-2"}
+
+
+def _settings(kind: str) -> str:
+    """The settings that change which σ a calibration accepts (so retuning one asks afresh); '' for ε questions."""
+    if kind != "calibration":
+        return ""
+    return (
+        f"tolerance={EPSILON_TOLERANCE!r} ceiling={MAX_NOISE_MULTIPLIER!r} prv/model={PRV_OVER_MODEL!r} {signature()}"
+    )
 
 
 def _question(kind: str, **fields: Any) -> str:
     """The book's key for one question: its kind, every input, the algorithm that answers it and the Opacus version
     (a newer Opacus may answer differently, so its answers are asked afresh)."""
     return json.dumps(
-        {"kind": kind, "algorithm": ALGORITHMS[kind], "opacus": _opacus_version(), **fields}, sort_keys=True
+        {
+            "kind": kind,
+            "algorithm": ALGORITHMS[kind],
+            "settings": _settings(kind),
+            "opacus": _opacus_version(),
+            **fields,
+        },
+        sort_keys=True,
     )
 
 

@@ -4,8 +4,10 @@ An accountant's ε(σ) is decreasing in σ and costs ~0.1–0.4 s at each new σ
 bisects from σ = 20 (about 12 evaluations); here a cheap model of ε (RDP of the subsampled Gaussian at integer
 orders, closed form, numpy) proposes the first σ and, scaled by the accountant's ratio to it there, the second;
 then the secant of log ε on log σ, inside a bracket that a bisection step keeps shrinking should a proposal leave
-it (2–4 evaluations). The acceptance test is Opacus's: the first evaluated σ with target − tolerance ≤ ε(σ) ≤
-target, ε from the accountant itself, so σ lies where Opacus's could, within the same tolerance of the smallest σ.
+it (typically 2–4 evaluations, up to 7 seen at large ε and tiny q). The acceptance test is nearly Opacus's: the
+first evaluated σ with target − tolerance ≤ ε(σ) ≤ target (Opacus asks ε < target), ε from the accountant itself;
+the tolerance is absolute, in ε. Should the evaluation bound run out (an accountant far from monotone in σ), the
+smallest σ seen under the target is returned, which may lie outside that window but never above the target.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ Releases = tuple[tuple[float, float, int], ...]
 MODEL_ORDERS = np.array([*range(2, 65), 80, 96, 128, 192, 256], dtype=float)
 SMALLEST_NOISE_MULTIPLIER = 1e-3  # where the model's root search starts: ε is astronomically large below it
 MAX_EVALUATIONS = 60  # a bound for an accountant whose ε is not monotone in σ; never reached otherwise
+
+
+def signature() -> str:
+    """The search's own settings that change which σ it accepts (the model's orders, its evaluation bound), for
+    the key of a stored calibration."""
+    orders = ",".join(f"{a:g}" for a in MODEL_ORDERS)
+    return f"orders={orders} max_evaluations={MAX_EVALUATIONS} floor={SMALLEST_NOISE_MULTIPLIER!r}"
 
 
 # The σ-free parts of the binomial sum's log terms, orders × k (terms with k > α are -inf, so they drop out).

@@ -8,6 +8,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp
 
 import dpsat_core.accounting as accounting
+import dpsat_core.noise_search as noise_search
 from dpsat_core import Calibration, ConfigError, TrainConfig, calibrate_noise, epsilon_spent, prepare, train
 
 
@@ -332,3 +333,17 @@ def test_answers_of_another_algorithm_are_never_read_as_this_ones(tmp_path):
     calibration = recorded_calibration(store, **target)
     assert calibration.noise_multiplier != 99.0 and calibration == calibrate_noise(**target)
     assert store.find_accounting(old_key) == bisected  # left as it was, readable, never mixed in
+
+
+def test_retuning_the_search_asks_its_calibrations_afresh(monkeypatch):
+    # the search's tuning constants change which σ it accepts: a store must not answer with another tuning's σ
+    target = dict(target_epsilon=2.0, delta=1e-5, sample_rate=0.05, releases=60, accountant="prv", prior=())
+    keys = {accounting._question("calibration", **target)}
+    for name, value in (("PRV_OVER_MODEL", 1.0), ("EPSILON_TOLERANCE", 0.05), ("MAX_NOISE_MULTIPLIER", 1e5)):
+        with monkeypatch.context() as m:
+            m.setattr(accounting, name, value)
+            keys.add(accounting._question("calibration", **target))
+    with monkeypatch.context() as m:
+        m.setattr(noise_search, "MAX_EVALUATIONS", 30)
+        keys.add(accounting._question("calibration", **target))
+    assert len(keys) == 5
