@@ -16,6 +16,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection, wait
@@ -94,29 +95,50 @@ def _end(child: mp.Process, stop: Any) -> None:
 
 
 class _Reports:
-    """The child's progress callback: sends a report at most every REPORT_SECONDS, merging the reports in
-    between as the job manager merges them (one run's metrics accumulate; a new sweep cell starts afresh)."""
+    """The child's progress callback: sends a report at most every REPORT_SECONDS (a thread sends one held back
+    that long), merging the reports in between as the job manager merges them (one run's metrics accumulate; a
+    new sweep cell starts afresh)."""
 
     def __init__(self, writer: Connection):
         self._writer = writer
         self._pending: Optional[Progress] = None
         self._sent = 0.0
+        self._lock = threading.Lock()  # the job's thread and the late sender share the pipe
+        threading.Thread(target=self._send_late, name="dpsat-job-reports", daemon=True).start()
 
     def __call__(self, report: Progress) -> None:
-        pending = self._pending
-        if pending is not None and report.metrics.get("cell") != pending.metrics.get("cell"):
-            self.flush()
-        elif pending is not None:
-            newer = {k: v for k, v in report.metrics.items() if v is not None}
-            report = dataclasses.replace(report, metrics={**pending.metrics, **newer})
-        self._pending = report
-        if time.monotonic() - self._sent >= REPORT_SECONDS:
-            self.flush()
+        with self._lock:
+            pending = self._pending
+            if pending is not None and report.metrics.get("cell") != pending.metrics.get("cell"):
+                self._flush()
+            elif pending is not None:
+                newer = {k: v for k, v in report.metrics.items() if v is not None}
+                report = dataclasses.replace(report, metrics={**pending.metrics, **newer})
+            self._pending = report
+            if time.monotonic() - self._sent >= REPORT_SECONDS:
+                self._flush()
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if self._pending is not None:
-            self._writer.send(("progress", self._pending))
+            _send(self._writer, ("progress", self._pending))
             self._pending, self._sent = None, time.monotonic()
+
+    def _send_late(self) -> None:
+        while True:
+            time.sleep(REPORT_SECONDS)
+            self.flush()
+
+
+def _send(writer: Connection, message: tuple[str, Any]) -> None:
+    """Send to the parent; a parent gone (the pipe closed) must never fail the job: it stops through `stopping()`."""
+    try:
+        writer.send(message)
+    except OSError:
+        pass
 
 
 def _child_main(fn: Callable[[ProgressFn, StopFn], Any], parent_pid: int, writer: Connection, stop: Any) -> None:
@@ -138,7 +160,8 @@ def _child_main(fn: Callable[[ProgressFn, StopFn], Any], parent_pid: int, writer
         outcome = ("failed", f"{type(exc).__name__}: {exc}")
     reports.flush()
     try:
-        writer.send(outcome)
+        _send(writer, outcome)
     except Exception as exc:  # a result that does not pickle
-        writer.send(("failed", f"the job finished but its result could not be sent back ({type(exc).__name__}: {exc})"))
+        why = f"{type(exc).__name__}: {exc}"
+        _send(writer, ("failed", f"the job finished but its result could not be sent back ({why})"))
     writer.close()

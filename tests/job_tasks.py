@@ -27,3 +27,16 @@ def wait_for_stop(progress, stop) -> None:
     while True:
         check_stop(stop)
         time.sleep(0.01)
+
+
+def many_reports(progress, stop) -> None:
+    """A run's reports as fast as training sends them (a loss per step, then its epoch's numbers), the next run's
+    first report, then wait until asked to stop."""
+    for step in range(300):
+        progress(Progress("sweep", 0, 2, "a: epoch 1/1", {"cell": "a", "loss": float(step)}, within=step / 300))
+    progress(Progress("sweep", 0, 2, "a: epoch 1/1 done", {"cell": "a", "epsilon_spent": 0.9, "test_accuracy": None}))
+    progress(Progress("sweep", 1, 2, "b: epoch 1/1", {"cell": "b", "loss": 2.0}))
+    progress(Progress("sweep", 1, 2, "b: epoch 1/1", {"cell": "b", "epoch": 1}, within=0.5))
+    while True:
+        check_stop(stop)
+        time.sleep(0.01)

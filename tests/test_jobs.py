@@ -141,6 +141,19 @@ def test_a_job_in_its_own_process_reports_back_and_its_errors_read_as_in_a_threa
     jobs.shutdown()
 
 
+def test_reports_from_a_job_process_are_batched_without_losing_numbers():
+    jobs = JobManager(max_workers=1)
+    seen: list[dict] = []
+    job = jobs.submit("sweep", "reports", job_tasks.many_reports, own_process=True)
+    assert _wait_for(lambda: seen.append(jobs.get(job).metrics) or "epoch" in seen[-1])
+    # as if every report had arrived: run a's numbers gone once run b reports, run b's two reports merged
+    assert seen[-1] == {"cell": "b", "loss": 2.0, "epoch": 1} and jobs.get(job).fraction == 0.75
+    assert not any("epsilon_spent" in m and m.get("cell") == "b" for m in seen)
+    jobs.cancel(job)
+    assert jobs.wait(job, timeout=60).status == "cancelled"
+    jobs.shutdown()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_training_runs_in_the_jobs_own_process_and_cancel_stores_the_run_as_cancelled(store):
     jobs = JobManager(max_workers=1)
