@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import tempfile
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import streamlit as st
 
-from dpsat_core import (
-    DpsatError,
-    RunStore,
-    SweepResult,
-    SweepSpec,
-    TrainConfig,
-    analyze,
-    run_line,
-    step_cost,
-    sweep,
-)
+from dpsat_core import DpsatError, SweepSpec, TrainConfig, tasks
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.cluster import cluster_from_env
 from dpsat_core.figures import run_label
 from dpsat_core.methods import method_info
-from dpsat_core.progress import Progress, ProgressFn, StopFn, check_stop
 from dpsat_core.report import build_report, write_report
 from dpsat_core.results import counted
 from dpsat_core.sweeps import check_sweep, default_comparison
@@ -31,16 +21,14 @@ from dpsat_core.sweeps import check_sweep, default_comparison
 from .state import get_jobs, get_store, session_owner
 from .widgets import plain_text
 
-if TYPE_CHECKING:
-    from dpsat_core.auditing import AuditOutcome
-
 # What the Overview's panels draw, computed right after the one-click comparison so no further click is needed.
 OVERVIEW_ANALYSES = ("slice", "adaptive")
 
 
-def _submit(kind: str, label: str, fn) -> str:
-    """Queue a job, and say so where the user is looking (a toast), not only in the job panel below."""
-    job_id = get_jobs().submit(kind, label, fn, owner=session_owner())
+def _submit(kind: str, label: str, task: partial) -> str:
+    """Queue a `dpsat_core.tasks` task as a job in a process of its own (the server's reruns cannot slow it), and
+    say so where the user is looking (a toast), not only in the job panel below."""
+    job_id = get_jobs().submit(kind, label, task, owner=session_owner(), own_process=True)
     st.toast(
         f"Started: {plain_text(label)}. Progress is under **Jobs** at the bottom of the page.",
         icon=":material/hourglass_top:",
@@ -49,25 +37,17 @@ def _submit(kind: str, label: str, fn) -> str:
 
 
 def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
-    """Check the grid against its data now (errors reach the page), then train it in the background: on the
-    Ray cluster `$DPSAT_RAY_ADDRESS` names when it is set, else on this server."""
+    """Check the grid against its data now (errors reach the page; the calibrations go into the store for the
+    job to read), then train it in the background: on the Ray cluster `$DPSAT_RAY_ADDRESS` names when it is set,
+    else on this server."""
     cluster = cluster_from_env()
-    check_sweep(spec, device_here=cluster is None)
     store = get_store()
+    check_sweep(spec, store, device_here=cluster is None)
     count = len(spec.cells())
     methods = ", ".join(method_info(m).label for m in spec.methods)
     label = f"{counted(count, 'run')} on {Path(spec.base.dataset).name}: {methods}"
-
-    def job(progress: ProgressFn, stop: StopFn) -> SweepResult:
-        result = sweep(spec, store, cluster=cluster, on_progress=progress, should_stop=stop)
-        if result.problems():  # finished cells are stored; say what failed
-            raise DpsatError(result.problems())
-        if then_analyse and not result.cancelled:
-            _analyse(store, [(r, kind) for kind in then_analyse for r in result.run_ids], progress, stop)
-            step_cost(store, spec.base, spec.methods, on_progress=progress, should_stop=stop)
-        return result
-
-    return _submit("sweep", label, job)
+    task = partial(tasks.sweep_task, spec=spec, store=store, cluster=cluster, then_analyse=tuple(then_analyse))
+    return _submit("sweep", label, task)
 
 
 def sweep_target() -> str:
@@ -91,60 +71,34 @@ def start_default_comparison(dataset: str = "digits") -> str:
 def start_audit(config: TrainConfig, *, mode: str, canaries: int) -> str:
     """Check the audit against its data now (errors reach the page, nothing is stored), then train the audit
     run and bound its ε in the background."""
-    from dpsat_core.auditing import plan_audit, run_audit  # torch and Opacus: only when an audit starts
+    from dpsat_core.auditing import plan_audit  # torch and Opacus: only when an audit starts
 
     plan = plan_audit(config, mode=mode, canaries=canaries)
-    store = get_store()
     method = method_info(plan.config.method).label
     label = f"{mode} audit of {method} on {Path(config.dataset).name}, {canaries} canaries"
-
-    def job(progress: ProgressFn, stop: StopFn) -> AuditOutcome:
-        outcome = run_audit(plan, store, on_progress=progress, should_stop=stop)
-        if outcome.result is None and outcome.record.status != "cancelled":
-            raise DpsatError(f"the audit run {outcome.record.status}: {outcome.record.reason}")
-        return outcome
-
-    return _submit("audit", label, job)
+    return _submit("audit", label, partial(tasks.audit_task, plan=plan, store=get_store()))
 
 
 def start_probe(config: TrainConfig, methods: Sequence[str]) -> str:
     """Measure the step cost of `methods` (and their baselines) side by side on `config`'s setting."""
-    store = get_store()
-    return _submit(
-        "probe",
-        f"step cost of {', '.join(methods)}",
-        lambda progress, stop: step_cost(store, config, methods, on_progress=progress, should_stop=stop),
-    )
+    task = partial(tasks.step_cost_task, store=get_store(), config=config, methods=tuple(methods))
+    return _submit("probe", f"step cost of {', '.join(methods)}", task)
 
 
 def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
     """Compute (and store) the given analyses (registry names) for each run at their default settings;
     already stored ones are not recomputed."""
-    store = get_store()
     work = [(run_id, kind) for run_id in run_ids for kind in kinds]
     labels = ", ".join(ANALYSES[kind].label for kind in kinds)
-    return _submit(
-        "analysis",
-        f"{labels} for {counted(len(run_ids), 'run')}",
-        lambda progress, stop: _analyse(store, work, progress, stop),
-    )
-
-
-def _analyse(store: RunStore, work: Sequence[tuple[str, str]], progress: ProgressFn, stop: StopFn) -> None:
-    """Compute each (run id, analysis kind) not stored yet, reporting 'k of n'."""
-    for i, (run_id, kind) in enumerate(work):
-        check_stop(stop)
-        what = f"{ANALYSES[kind].label} of {run_label(store.get(run_id))} ({i + 1} of {len(work)})"
-        progress(Progress("analysis", i, len(work), what))
-        analyze(store, run_id, kind, should_stop=stop)
-    progress(Progress("analysis", len(work), len(work), "analyses stored"))
+    task = partial(tasks.analyses_task, store=get_store(), work=work)
+    return _submit("analysis", f"{labels} for {counted(len(run_ids), 'run')}", task)
 
 
 def start_line(run_a: str, run_b: str) -> str:
     """Loss along the straight line between two runs' weights."""
     store = get_store()
     label = f"line {run_label(store.get(run_a))} → {run_label(store.get(run_b))}"
-    return _submit("analysis", label, lambda progress, stop: run_line(store, run_a, run_b))
+    return _submit("analysis", label, partial(tasks.line_task, store=store, run_a=run_a, run_b=run_b))
 
 
 def report_file(fmt: str, setting: str) -> bytes:

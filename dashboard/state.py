@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -19,7 +20,8 @@ from dpsat_core import RunStore
 from dpsat_core.jobs import JobManager
 from dpsat_core.store import default_store_path
 
-from .uploads import Upload, receive_schema, receive_upload
+if TYPE_CHECKING:  # uploads reads tables with pandas: imported on the first upload, not before a page's title
+    from .uploads import Upload
 
 DEFAULT_DATASET = {"source": "digits", "target": None, "size": None, "schema": None}
 OPERATOR_ENV = "DPSAT_OPERATOR"
@@ -66,11 +68,15 @@ def uploads_dir() -> Path:
 def save_upload(name: str, content: bytes) -> Upload:
     """Save and check an uploaded file in this server's uploads folder (`uploads.receive_upload`); the files
     stored runs were trained on, and this session's selected data set, are never pruned."""
+    from .uploads import receive_upload
+
     return receive_upload(uploads_dir(), name, content, keep=_in_use())
 
 
 def save_schema(name: str, content: bytes) -> Path:
     """Save and check an uploaded schema file beside the uploaded data (`uploads.receive_schema`)."""
+    from .uploads import receive_schema
+
     return receive_schema(uploads_dir(), name, content, keep=_in_use())
 
 

@@ -1,7 +1,11 @@
 """Background jobs: a thread pool that runs training, sweeps and analyses and keeps their progress.
 
 No UI code here: a job is a function `(on_progress, should_stop) -> result`; the
-dashboard polls `JobManager.jobs()` and draws what it finds. A job belongs to the
+dashboard polls `JobManager.jobs()` and draws what it finds. A job submitted with
+`own_process=True` runs in a spawned process of its own (`job_process`), its
+thread here only passing progress and cancel on, so what the server does
+meanwhile (every tab's reruns) cannot slow it; the pages submit all their
+training and analyses that way. A job belongs to the
 session that submitted it (`owner`): every session sees every job, but only its
 owner cancels or clears it (`owner=None` in `cancel`/`clear_finished` acts for an
 operator, on all jobs).
@@ -15,6 +19,7 @@ import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Optional
 
 from .errors import DpsatError
@@ -89,8 +94,14 @@ class JobManager:
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
 
-    def submit(self, kind: str, label: str, fn: JobFn, *, owner: str = "") -> str:
-        """Queue `fn` as a job of `owner` (a session id; '' for scripts) and return its id."""
+    def submit(self, kind: str, label: str, fn: JobFn, *, owner: str = "", own_process: bool = False) -> str:
+        """Queue `fn` as a job of `owner` (a session id; '' for scripts) and return its id; `own_process`: run it
+        in a spawned process of its own (`fn` must pickle: a module-level function or a `functools.partial` of
+        one), which dies with this one."""
+        if own_process:
+            from .job_process import run_in_process
+
+            fn = partial(run_in_process, fn)
         job = _Job(uuid.uuid4().hex[:10], kind, label, owner)
         with self._lock:
             self._jobs[job.job_id] = job

@@ -1,8 +1,12 @@
 """Overview: accuracy vs ε, sharpness vs ε and 1D slices side by side, with a plain-words verdict."""
 
-from functools import partial
-
 import streamlit as st
+
+# The title first: Streamlit sends it to the browser while the imports below (pandas, plotly, the library) and the
+# store read run, so a cold server shows the page at once.
+st.title("Do flat minima help under differential privacy?")
+
+from functools import partial
 
 from dashboard.actions import report_file, start_analyses, start_default_comparison, start_probe
 from dashboard.state import get_store
@@ -20,7 +24,6 @@ from dpsat_core.export import find_chromium
 from dpsat_core.results import counted
 from dpsat_core.sweeps import default_comparison
 
-st.title("Do flat minima help under differential privacy?")
 store = get_store()
 runs = setting_picker(store.list_runs(status="done"), key="overview")
 if not runs:

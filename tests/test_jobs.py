@@ -1,11 +1,19 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
+from functools import partial
+from pathlib import Path
 
 import pytest
 
-from dpsat_core import ConfigError, Progress
+from dpsat_core import ConfigError, Progress, RunStore, SweepSpec, TrainConfig, tasks
 from dpsat_core.jobs import JobManager, NotYourJob
 from dpsat_core.progress import check_stop
+from tests import job_tasks
 
 
 def test_jobs_report_progress_and_end_done_failed_or_cancelled():
@@ -79,3 +87,125 @@ def test_a_session_cancels_and_clears_only_its_own_jobs():
     jobs.clear_finished()  # an operator: everyone's
     assert jobs.jobs() == []
     jobs.shutdown()
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(condition, timeout: float = 120.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _long_run(store: RunStore) -> partial:
+    """A sweep task of one DP-SGD run far too long to finish within a test: it trains until stopped."""
+    spec = SweepSpec(
+        base=TrainConfig(dataset="breast_cancer", epochs=400, batch_size=64, accountant="rdp"),
+        methods=("dpsgd",),
+        epsilons=(3.0,),
+        seeds=(0,),
+    )
+    return partial(tasks.sweep_task, spec=spec, store=store)
+
+
+def _trainer_pid(store: RunStore) -> int:
+    """The pid the store recorded for its one run's trainer (the claim's owner)."""
+    (run,) = store.list_runs()
+    with sqlite3.connect(store.path) as db:
+        return db.execute("SELECT pid FROM runs WHERE run_id=?", (run.run_id,)).fetchone()[0]
+
+
+def test_a_job_in_its_own_process_reports_back_and_its_errors_read_as_in_a_thread():
+    jobs = JobManager(max_workers=2)
+    good = jobs.submit("x", "pid", job_tasks.report_pid, own_process=True)
+    bad = partial(job_tasks.fail, error=ConfigError("epsilon must be > 0"))
+    bad_input = jobs.submit("x", "bad", bad, own_process=True)
+    crash = jobs.submit("x", "crash", partial(job_tasks.fail, error=ValueError("no such layer")), own_process=True)
+    done = jobs.wait(good, timeout=120)
+    assert done.status == "done" and done.fraction == 1.0 and done.message == "finished"
+    child = jobs.result(good)
+    assert child != os.getpid() and not _alive(child)  # it ran elsewhere, and that process has ended
+    failed, crashed = jobs.wait(bad_input, timeout=120), jobs.wait(crash, timeout=120)
+    assert failed.status == "failed" and failed.error == "epsilon must be > 0"  # the same line as from a thread
+    assert crashed.status == "failed" and crashed.error == "ValueError: no such layer"
+    assert crashed.fraction == 0.25  # its last report came back before its error
+    jobs.shutdown()
+
+
+def test_reports_from_a_job_process_are_batched_without_losing_numbers():
+    jobs = JobManager(max_workers=1)
+    seen: list[dict] = []
+    job = jobs.submit("sweep", "reports", job_tasks.many_reports, own_process=True)
+    assert _wait_for(lambda: seen.append(jobs.get(job).metrics) or "epoch" in seen[-1])
+    # as if every report had arrived: run a's numbers gone once run b reports, run b's two reports merged
+    assert seen[-1] == {"cell": "b", "loss": 2.0, "epoch": 1} and jobs.get(job).fraction == 0.75
+    assert not any("epsilon_spent" in m and m.get("cell") == "b" for m in seen)
+    jobs.cancel(job)
+    assert jobs.wait(job, timeout=60).status == "cancelled"
+    jobs.shutdown()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_training_runs_in_the_jobs_own_process_and_cancel_stores_the_run_as_cancelled(store):
+    jobs = JobManager(max_workers=1)
+    job = jobs.submit("sweep", "long run", _long_run(store), own_process=True)
+    assert _wait_for(lambda: "epoch" in jobs.get(job).message), jobs.get(job)  # training, reported back here
+    trainer = _trainer_pid(store)
+    assert trainer != os.getpid() and _alive(trainer)
+    jobs.cancel(job)
+    view = jobs.wait(job, timeout=120)
+    assert view.status == "cancelled" and 0 < view.fraction < 1
+    (run,) = store.list_runs()
+    assert run.status == "cancelled" and run.reason.startswith("cancelled at epoch")
+    assert not _alive(trainer)
+    jobs.shutdown()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_job_process_fails_its_job_with_the_reason():
+    jobs = JobManager(max_workers=1)
+    job = jobs.submit("x", "waits", job_tasks.wait_for_stop, own_process=True)
+    assert _wait_for(lambda: "pid" in jobs.get(job).metrics)
+    child = jobs.get(job).metrics["pid"]
+    os.kill(child, signal.SIGKILL)
+    view = jobs.wait(job, timeout=60)
+    assert view.status == "failed"
+    assert view.error == "its process ended unexpectedly (killed by SIGKILL); finished runs are kept"
+    assert not _alive(child)  # reaped, not a zombie
+    jobs.shutdown()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_server_leaves_no_training_process_and_its_run_is_stored_as_cancelled(store, tmp_path):
+    # a stand-in for the dashboard's server: a process with a job manager training in a job process
+    server = (
+        "import sys, time, functools\n"
+        "from dpsat_core import RunStore, SweepSpec, TrainConfig, tasks\n"
+        "from dpsat_core.jobs import JobManager\n"
+        "spec = SweepSpec(base=TrainConfig(dataset='breast_cancer', epochs=400, batch_size=64, accountant='rdp'),"
+        " methods=('dpsgd',), epsilons=(3.0,), seeds=(0,))\n"
+        "task = functools.partial(tasks.sweep_task, spec=spec, store=RunStore(sys.argv[1]))\n"
+        "JobManager().submit('sweep', 'long run', task, own_process=True)\n"
+        "time.sleep(600)\n"
+    )
+    err = open(tmp_path / "server.err", "w+")  # noqa: SIM115 - a file, not a pipe an orphan could hold open
+    process = subprocess.Popen([sys.executable, "-c", server, str(store.path)], stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        assert _wait_for(lambda: process.poll() is None and store.list_runs(status="running")), err.read()
+        trainer = _trainer_pid(store)
+        assert trainer != process.pid and _alive(trainer)
+    finally:
+        process.kill()  # SIGKILL: the server cannot clean up anything itself
+        process.wait(timeout=60)
+    assert _wait_for(lambda: not _alive(trainer), timeout=60)
+    (run,) = store.list_runs()
+    assert run.status == "cancelled"  # the job process stopped its run and stored it before it exited

@@ -1,0 +1,42 @@
+"""Job functions the job tests run in a process of their own: module-level, so a spawned process can import them
+(not a test module: nothing to collect)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from dpsat_core import Progress
+from dpsat_core.progress import check_stop
+
+
+def report_pid(progress, stop) -> int:
+    """Report this process's pid as a metric, and return it."""
+    progress(Progress("x", 1, 2, "half", {"pid": os.getpid()}))
+    return os.getpid()
+
+
+def fail(progress, stop, *, error: Exception) -> None:
+    progress(Progress("x", 1, 4, "about to fail"))
+    raise error
+
+
+def wait_for_stop(progress, stop) -> None:
+    """Report this process's pid, then wait until asked to stop."""
+    progress(Progress("x", 1, 4, "waiting", {"pid": os.getpid()}))
+    while True:
+        check_stop(stop)
+        time.sleep(0.01)
+
+
+def many_reports(progress, stop) -> None:
+    """A run's reports as fast as training sends them (a loss per step, then its epoch's numbers), the next run's
+    first report, then wait until asked to stop."""
+    for step in range(300):
+        progress(Progress("sweep", 0, 2, "a: epoch 1/1", {"cell": "a", "loss": float(step)}, within=step / 300))
+    progress(Progress("sweep", 0, 2, "a: epoch 1/1 done", {"cell": "a", "epsilon_spent": 0.9, "test_accuracy": None}))
+    progress(Progress("sweep", 1, 2, "b: epoch 1/1", {"cell": "b", "loss": 2.0}))
+    progress(Progress("sweep", 1, 2, "b: epoch 1/1", {"cell": "b", "epoch": 1}, within=0.5))
+    while True:
+        check_stop(stop)
+        time.sleep(0.01)
