@@ -16,7 +16,7 @@ from dpsat_core.figures import run_label
 from dpsat_core.methods import method_info
 from dpsat_core.report import build_report, write_report
 from dpsat_core.results import counted
-from dpsat_core.sweeps import check_sweep, default_comparison
+from dpsat_core.sweeps import check_sweep, default_comparison, default_workers
 
 from .state import get_jobs, get_store, session_owner
 from .widgets import plain_text
@@ -39,14 +39,21 @@ def _submit(kind: str, label: str, task: partial) -> str:
 def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
     """Check the grid against its data now (errors reach the page; the calibrations go into the store for the
     job to read), then train it in the background: on the Ray cluster `$DPSAT_RAY_ADDRESS` names when it is set,
-    else on this server."""
+    else on this server's cores as `dpsat sweep` trains it (its default worker processes, one thread each)."""
     cluster = cluster_from_env()
     store = get_store()
     check_sweep(spec, store, device_here=cluster is None)
     count = len(spec.cells())
     methods = ", ".join(method_info(m).label for m in spec.methods)
     label = f"{counted(count, 'run')} on {Path(spec.base.dataset).name}: {methods}"
-    task = partial(tasks.sweep_task, spec=spec, store=store, cluster=cluster, then_analyse=tuple(then_analyse))
+    task = partial(
+        tasks.sweep_task,
+        spec=spec,
+        store=store,
+        cluster=cluster,
+        workers=default_workers(),
+        then_analyse=tuple(then_analyse),
+    )
     return _submit("sweep", label, task)
 
 

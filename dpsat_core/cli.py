@@ -47,6 +47,7 @@ from .progress import Cancelled, Progress, no_progress
 from .results import RunRecord, counted, strict_json
 from .results import format_number as _fmt
 from .store import STATUSES, STORE_ENV, RunStore, default_store_path
+from .sweeps import default_workers
 
 
 class _Parser(argparse.ArgumentParser):
@@ -595,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        default=min(2, os.cpu_count() or 1),
+        default=default_workers(),
         help="worker processes of the local executor (default: up to 2; 1 trains in this process)",
     )
     p.add_argument(

@@ -11,10 +11,7 @@ every later run) read σ and per-epoch ε from the store's answers.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import os
-import queue
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -67,6 +64,12 @@ class SweepSpec:
                             seen.add(cell.config_hash())
                             out.append(cell)
         return out
+
+
+def default_workers() -> int:
+    """Worker processes of a local sweep unless told otherwise (the CLI's `--workers`, the dashboard's sweeps):
+    one per core, at most 2."""
+    return min(2, os.cpu_count() or 1)
 
 
 def default_comparison(dataset: str = "digits") -> SweepSpec:
@@ -295,6 +298,10 @@ def _sweep_pool(
     on_progress: ProgressFn,
     should_stop: Optional[StopFn],
 ) -> None:
+    import multiprocessing as mp
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
     context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
     threads = max(1, (os.cpu_count() or 1) // workers)
     # a plain queue and event handed to each worker at start (no manager process, which would outlive a killed sweep)

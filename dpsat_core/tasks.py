@@ -29,14 +29,16 @@ def sweep_task(
     spec: SweepSpec,
     store: RunStore,
     cluster: Optional[RayCluster] = None,
+    workers: int = 1,
     then_analyse: Sequence[str] = (),
 ) -> SweepResult:
-    """Train the grid (on `cluster` when given); a failed cell fails the job with its reason (finished cells stay
-    stored); then the analyses `then_analyse` names for every run and the step cost of its methods."""
+    """Train the grid (on `cluster` when given, else on `workers` local processes as `sweeps.sweep` does); a failed
+    cell fails the job with its reason (finished cells stay stored); then the analyses `then_analyse` names for
+    every run and the step cost of its methods."""
     from .probe import step_cost
     from .sweeps import sweep
 
-    result = sweep(spec, store, cluster=cluster, on_progress=on_progress, should_stop=should_stop)
+    result = sweep(spec, store, workers=workers, cluster=cluster, on_progress=on_progress, should_stop=should_stop)
     if result.problems():
         raise DpsatError(result.problems())
     if then_analyse and not result.cancelled:
