@@ -1,8 +1,8 @@
 """Hessian of the training loss: top eigenvalues (Lanczos), trace (Hutchinson), density (SLQ),
 and the scale-invariant adaptive λ_max.
 
-Hessian-vector products come from `torch.func`: the gradient is linearised once
-and the linearisation reused for every product. Nothing here mutates the
+Hessian-vector products come from `torch.func`: a cached vjp of the gradient, or
+its linearisation traced once and reused (`HessianOperator`). Nothing here mutates the
 caller's model: the loss is evaluated with `functional_call` on detached copies
 of its parameters. PyHessian is the second backend, for cross-checks only.
 """
