@@ -1,7 +1,7 @@
 """Sharpness benchmark: Lanczos vs PyHessian top-5, and the 2D landscape vs a copy-the-model-per-point loop.
 
     python bench/sharpness.py [--json] [--samples 1024] [--hessian-samples 256] [--repeats 3] [--threads N]
-                              [--pyhessian-tols 5e-5,3e-5,2e-5,1.5e-5,1.2e-5,1e-5] [--hessian-only]
+                              [--pyhessian-tols 1e-4,7e-5,5e-5,3e-5,2e-5,1.5e-5,1.2e-5,1e-5] [--hessian-only]
 
 Hessian: a ~400k-parameter tanh CNN (widths 48/96/192 on 3×32×32 inputs),
 briefly trained on random images. The reference is scipy's `eigsh` (implicitly
@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of ours vs PyHessian's matched setting")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and BLAS threads")
     parser.add_argument(
-        "--pyhessian-tols", default="5e-5,3e-5,2e-5,1.5e-5,1.2e-5,1e-5", help="PyHessian's tolerance grid"
+        "--pyhessian-tols", default="1e-4,7e-5,5e-5,3e-5,2e-5,1.5e-5,1.2e-5,1e-5", help="PyHessian's tolerance grid"
     )
     parser.add_argument("--hessian-only", action="store_true")
     parser.add_argument("--json", action="store_true")
