@@ -57,6 +57,8 @@ _EXPORTS = {
     "DpsatError": "errors",
     "StoreError": "errors",
     "HessianOperator": "hessian",
+    "RitzEstimate": "hessian",
+    "lanczos_top": "hessian",
     "adaptive_sharpness": "hessian",
     "hessian_spectrum": "hessian",
     "LossEvaluator": "landscape",

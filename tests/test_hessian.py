@@ -10,11 +10,14 @@ from torch.func import functional_call
 import dpsat_core.hessian as hessian_module
 from dpsat_core import ModelSpec, TrainConfig, build_model, train
 from dpsat_core.data import load_dataset
+from dpsat_core.errors import ConfigError
 from dpsat_core.hessian import (
+    FlatOperator,
     HessianOperator,
     adaptive_sharpness,
     hessian_spectrum,
     hutchinson_trace,
+    lanczos_top,
     top_eigenvalues,
 )
 
@@ -74,11 +77,82 @@ def test_both_product_modes_give_the_exact_top_eigenvalues(mode):
     np.testing.assert_allclose(top_eigenvalues(op, 3), exact[:3], rtol=1e-3)
 
 
-def test_auto_mode_takes_linearize_only_when_its_memory_fits(monkeypatch):
+def test_auto_mode_takes_linearize_only_when_enough_products_repay_tracing_and_its_memory_fits(monkeypatch):
     model, x, y = tiny_cnn()
-    assert HessianOperator(model, x, y).mode == "linearize"
-    monkeypatch.setattr(hessian_module, "LINEARIZE_BUDGET_BYTES", 0)
+    many = hessian_module.LINEARIZE_MIN_PRODUCTS
     assert HessianOperator(model, x, y).mode == "vjp"
+    assert HessianOperator(model, x, y, expected_products=many - 1).mode == "vjp"
+    assert HessianOperator(model, x, y, expected_products=many).mode == "linearize"
+    monkeypatch.setattr(hessian_module, "LINEARIZE_BUDGET_BYTES", 0)
+    assert HessianOperator(model, x, y, expected_products=many).mode == "vjp"
+
+
+class DenseOperator(FlatOperator):
+    """A float64 symmetric matrix as a flat operator (a known spectrum for Lanczos)."""
+
+    def __init__(self, matrix: torch.Tensor):
+        self.matrix, self.size, self.device, self.dtype = matrix, matrix.shape[0], matrix.device, matrix.dtype
+        self.products = 0
+
+    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
+        self.products += 1
+        return self.matrix @ flat
+
+
+def clustered_operator(n: int = 300) -> tuple[DenseOperator, np.ndarray]:
+    """Top five 10, 9.9, 9.85, 9.0, 8.99 (two tight clusters) over a bulk in [−3, 8.9], random eigenbasis."""
+    rng = np.random.default_rng(0)
+    spectrum = np.concatenate([[10, 9.9, 9.85, 9.0, 8.99], rng.uniform(-3, 8.9, n - 5)])
+    basis, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return DenseOperator(torch.tensor(basis @ np.diag(spectrum) @ basis.T)), np.sort(spectrum)[::-1]
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-4, 1e-8])
+def test_lanczos_errors_stay_within_the_bounds_it_reports(tol):
+    op, exact = clustered_operator()
+    estimate = lanczos_top(op, 5, tol=tol)
+    errors, bounds = np.abs(np.array(estimate.values) - exact[:5]), np.array(estimate.error_bounds)
+    assert estimate.converged and estimate.products == op.products
+    assert np.all(bounds <= tol * np.abs(estimate.values)) and np.all(errors <= bounds)
+    assert estimate.values == sorted(estimate.values, reverse=True)
+
+
+def test_lanczos_spends_fewer_products_at_a_coarser_tolerance_and_no_more_than_arpack():
+    from scipy.sparse.linalg import eigsh
+
+    op, _ = clustered_operator()
+    coarse, fine = lanczos_top(op, 5, tol=1e-2).products, lanczos_top(op, 5, tol=1e-8).products
+    assert coarse < fine
+    op.products = 0
+    eigsh(op.as_scipy(), k=5, which="LA", tol=1e-3, v0=np.ones(op.size), ncv=20)  # ARPACK, residual tol 1e-3
+    arpack = op.products
+    assert lanczos_top(op, 5, tol=1e-3).products <= arpack
+
+
+def test_lanczos_finds_an_invariant_subspace_and_continues_past_it():
+    """A rank-3 matrix: the Krylov space closes after 3 products; the next eigenvalues (0) need a fresh start."""
+    op = DenseOperator(torch.diag(torch.tensor([3.0, 2.0, 1.0] + [0.0] * 20, dtype=torch.float64)))
+    estimate = lanczos_top(op, 4, tol=1e-6)
+    np.testing.assert_allclose(estimate.values, [3, 2, 1, 0], atol=1e-12)
+    assert estimate.converged
+
+
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn])
+@pytest.mark.parametrize("tol", [1e-2, 1e-4])
+def test_lanczos_on_the_exact_hessian_stays_within_its_bounds(make, tol):
+    model, x, y = make()
+    exact, _ = exact_eigenvalues(model, x, y)
+    estimate = lanczos_top(HessianOperator(model, x, y, mode="vjp"), 3, tol=tol)
+    errors = np.abs(np.array(estimate.values) - exact[:3])
+    assert estimate.converged and np.all(errors <= np.array(estimate.error_bounds) + 1e-5 * np.abs(exact[:3]))
+    assert np.all(errors <= tol * np.abs(exact[:3]))
+
+
+@pytest.mark.parametrize("tol", [0.0, 1.0, -1e-3])
+def test_lanczos_refuses_a_tolerance_outside_0_1(tol):
+    op, _ = clustered_operator(20)
+    with pytest.raises(ConfigError, match="tol"):
+        lanczos_top(op, 2, tol=tol)
 
 
 def test_eigenvalues_are_the_algebraically_largest_not_the_largest_in_magnitude():
