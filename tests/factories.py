@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace as dataclass_replace
 from typing import Optional
 
-from dpsat_core import HessianSpectrum, ModelSpec, RunRecord, RunSummary, TrainConfig
+from dpsat_core import HessianSpectrum, ModelSpec, RunRecord, RunStore, RunSummary, TrainConfig
+from dpsat_core.analysis import analysis_kind
+from dpsat_core.results import AdaptiveSharpness, NoiseRobustness, Slice, Surface
 
 
 def summary(
@@ -93,3 +96,51 @@ def spectrum(lam: float) -> HessianSpectrum:
         backend="lanczos",
         seconds=0.1,
     )
+
+
+def store_default_analyses(store: RunStore, run_id: str, lam: float) -> None:
+    """Store, under the default settings the pages read, a hand-made result of every per-run analysis (Hessian,
+    adaptive sharpness, noise robustness, 1D slice, 2D surface) of a quadratic bowl of curvature `lam`: pages
+    render them without a minute of Hessian and landscape computation (tests/test_hessian.py and
+    tests/test_landscape.py check the real ones)."""
+    n_params = store.get(run_id).summary.n_params
+    kinds = analysis_kind("slice").defaults, analysis_kind("surface").defaults, analysis_kind("noise").defaults
+    slice_steps, surface_steps, scales = kinds[0]["steps"], kinds[1]["steps"], list(kinds[2]["scales"])
+    axis = lambda steps: [-1 + 2 * i / (steps - 1) for i in range(steps)]  # noqa: E731
+    base = 0.3
+    results = {
+        "hessian": dataclass_replace(
+            spectrum(lam),
+            top=[lam * 0.5**i for i in range(5)],
+            density_grid=[lam * i / 39 for i in range(40)],
+            density=[1 / (1 + i) for i in range(40)],
+            n_samples=1024,
+            n_params=n_params,
+        ),
+        "adaptive": AdaptiveSharpness(lambda_max=lam / 10, n_samples=1024, n_params=n_params, seconds=0.1),
+        "noise": NoiseRobustness(
+            scales=scales,
+            mean_increase=[lam * s**2 for s in scales],
+            std_increase=[lam * s**2 / 4 for s in scales],
+            draws=kinds[2]["draws"],
+            base_loss=base,
+            seconds=0.1,
+        ),
+        "slice": Slice(
+            axis=axis(slice_steps),
+            loss=[base + lam * t**2 for t in axis(slice_steps)],
+            accuracy=[max(0.1, 0.9 - lam * t**2 / 10) for t in axis(slice_steps)],
+            center_loss=base,
+            seconds=0.1,
+        ),
+        "surface": Surface(
+            axis=axis(surface_steps),
+            loss=[[base + lam * (a**2 + b**2) for b in axis(surface_steps)] for a in axis(surface_steps)],
+            center_loss=base,
+            complete=True,
+            seconds=0.1,
+        ),
+    }
+    for kind, result in results.items():
+        spec = analysis_kind(kind)
+        store.save_analysis(run_id, kind, spec.key(spec.settings({})), result.to_dict())

@@ -2,6 +2,7 @@ import gzip
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -71,30 +72,19 @@ def test_train_json_then_runs_and_show(tmp_path, capsys):
     assert json.loads(out)["reused"] is True
 
 
-def test_sweep_then_human_readable_listing(tmp_path, capsys):
+def test_a_pool_sweep_stores_every_cell_in_the_one_store_then_lists_them(tmp_path, capsys):
     db = str(tmp_path / "r.db")
-    code, out, _ = cli(
-        capsys,
-        "sweep",
-        "--dataset",
-        "breast_cancer",
-        "--methods",
-        "dpsgd,dpsat",
-        "--epsilons",
-        "2",
-        "--seeds",
-        "0",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--json",
-        "--store",
-        db,
-    )
-    assert code == 0 and len(json.loads(out)["trained"]) == 2
+    grid = ("--methods", "sgd,dpsgd,dpsat", "--epsilons", "2", "--seeds", "0,1", "--epochs", "1", "--batch-size", "64")
+    code, out, _ = cli(capsys, "sweep", "--dataset", "breast_cancer", *grid, "--workers", "2", "--json", "--store", db)
+    result = json.loads(out)
+    assert code == 0 and len(result["trained"]) == 2 + 2 * 2 and not result["errors"] and not result["failed"]
+    assert sorted(r.run_id for r in RunStore(db).list_runs(status="done")) == sorted(result["trained"])
     code, out, _ = cli(capsys, "runs", "--store", db)
-    assert "dpsat" in out and "dpsgd" in out and "run_id" in out and f"store: {db}" in out
+    assert (
+        all(re.search(rf"\b{method}\b", out) for method in ("sgd", "dpsgd", "dpsat"))
+        and "run_id" in out
+        and f"store: {db}" in out
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,14 +98,18 @@ def test_sweep_then_human_readable_listing(tmp_path, capsys):
         (["show", "abc123"], "no run 'abc123'"),
     ],
 )
-def test_bad_input_is_one_line_on_stderr_with_exit_2(tmp_path, args, message):
+def test_bad_input_is_one_line_on_stderr_with_exit_2(tmp_path, args, message, capsys):
+    code, out, err = cli(capsys, *args, "--store", str(tmp_path / "r.db"))
+    assert code == 2 and out == "" and message in _one_error_line(err)
+
+
+def test_bad_input_to_the_installed_command_is_one_line_on_stderr_with_exit_2(tmp_path):
+    # end to end in a fresh interpreter: nothing that loading the data, torch or Opacus prints reaches stderr
+    args = ["train", "--method", "dpsgd", "--delta", "0.5", "--dataset", "breast_cancer"]
     proc = subprocess.run(
         [sys.executable, "-m", "dpsat_core", *args, "--store", str(tmp_path / "r.db")], capture_output=True, text=True
     )
-    assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stdout == "" and "must be < 1/n" in _one_error_line(proc.stderr)
 
 
 def _one_error_line(err: str) -> str:

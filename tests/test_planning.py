@@ -1,8 +1,5 @@
 """One validation point: every data-dependent check runs before a row is written, in `run` and in sweeps."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -46,15 +43,12 @@ def test_bad_input_writes_no_row(changes, message, store):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_without_a_gpu_writes_no_row_from_the_cli(tmp_path):
+def test_cuda_without_a_gpu_writes_no_row_from_the_cli(tmp_path, capsys):
+    from dpsat_core.cli import main
+
     db = tmp_path / "r.db"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dpsat_core", "train", "--dataset", "breast_cancer", "--device", "cuda"]
-        + ["--store", str(db)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2 and "asked for CUDA but none is available" in proc.stderr
+    code = main(["train", "--dataset", "breast_cancer", "--device", "cuda", "--store", str(db)])
+    assert code == 2 and "asked for CUDA but none is available" in capsys.readouterr().err
     assert RunStore(db).list_runs() == []
 
 

@@ -37,13 +37,6 @@ def test_a_small_sweep_stores_every_cell_and_a_rerun_trains_nothing(store):
     assert second.trained == [] and sorted(second.reused) == sorted(first.trained)
 
 
-def test_a_process_pool_sweep_writes_to_the_same_store(store):
-    spec = SweepSpec(base=BASE, methods=("sgd", "dpsgd"), epsilons=(3.0,), seeds=(0, 1))
-    result = sweep(spec, store, workers=2)
-    assert len(result.trained) == 4 and not result.errors
-    assert len(store.list_runs(status="done")) == 4
-
-
 def test_in_process_and_pool_sweeps_give_the_same_reasons_and_messages(tmp_path):
     diverging = SweepSpec(
         base=TrainConfig(**{**BASE.to_dict(), "lr": 1e38}), methods=("sgd", "dpsgd"), epsilons=(3.0,), seeds=(0,)
