@@ -642,7 +642,8 @@ def test_the_overview_opens_on_the_data_set_with_the_most_runs(tmp_path, monkeyp
     for dataset, seeds in (("breast_cancer", (0,)), ("digits", (0, 1, 2))):  # alphabetically first has fewer
         for seed in seeds:
             config = TrainConfig(dataset=dataset, method="dpsgd", epsilon=3.0, seed=seed, epochs=1).normalized()
-            store.finish(store.create_run(config), summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0), {})
+            done = summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0)
+            store.finish(store.create_run(config), done, {})
     monkeypatch.setenv("DPSAT_STORE", str(store.path))
     at = open_page("overview")
     assert not at.exception and at.selectbox(key="overview-dataset").value == "digits"

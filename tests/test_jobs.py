@@ -6,7 +6,6 @@ import sys
 import threading
 import time
 from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,7 @@ from dpsat_core import ConfigError, Progress, RunStore, SweepSpec, TrainConfig, 
 from dpsat_core.jobs import JobManager, NotYourJob
 from dpsat_core.progress import check_stop
 from tests import job_tasks
+from tests.processes import alive, wait_for
 
 
 def test_jobs_report_progress_and_end_done_failed_or_cancelled():
@@ -89,23 +89,6 @@ def test_a_session_cancels_and_clears_only_its_own_jobs():
     jobs.shutdown()
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_for(condition, timeout: float = 120.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _long_run(store: RunStore) -> partial:
     """A sweep task of one DP-SGD run far too long to finish within a test: it trains until stopped."""
     spec = SweepSpec(
@@ -133,7 +116,7 @@ def test_a_job_in_its_own_process_reports_back_and_its_errors_read_as_in_a_threa
     done = jobs.wait(good, timeout=120)
     assert done.status == "done" and done.fraction == 1.0 and done.message == "finished"
     child = jobs.result(good)
-    assert child != os.getpid() and not _alive(child)  # it ran elsewhere, and that process has ended
+    assert child != os.getpid() and not alive(child)  # it ran elsewhere, and that process has ended
     failed, crashed = jobs.wait(bad_input, timeout=120), jobs.wait(crash, timeout=120)
     assert failed.status == "failed" and failed.error == "epsilon must be > 0"  # the same line as from a thread
     assert crashed.status == "failed" and crashed.error == "ValueError: no such layer"
@@ -145,7 +128,7 @@ def test_reports_from_a_job_process_are_batched_without_losing_numbers():
     jobs = JobManager(max_workers=1)
     seen: list[dict] = []
     job = jobs.submit("sweep", "reports", job_tasks.many_reports, own_process=True)
-    assert _wait_for(lambda: seen.append(jobs.get(job).metrics) or "epoch" in seen[-1])
+    assert wait_for(lambda: seen.append(jobs.get(job).metrics) or "epoch" in seen[-1])
     # as if every report had arrived: run a's numbers gone once run b reports, run b's two reports merged
     assert seen[-1] == {"cell": "b", "loss": 2.0, "epoch": 1} and jobs.get(job).fraction == 0.75
     assert not any("epsilon_spent" in m and m.get("cell") == "b" for m in seen)
@@ -158,15 +141,15 @@ def test_reports_from_a_job_process_are_batched_without_losing_numbers():
 def test_training_runs_in_the_jobs_own_process_and_cancel_stores_the_run_as_cancelled(store):
     jobs = JobManager(max_workers=1)
     job = jobs.submit("sweep", "long run", _long_run(store), own_process=True)
-    assert _wait_for(lambda: "epoch" in jobs.get(job).message), jobs.get(job)  # training, reported back here
+    assert wait_for(lambda: "epoch" in jobs.get(job).message), jobs.get(job)  # training, reported back here
     trainer = _trainer_pid(store)
-    assert trainer != os.getpid() and _alive(trainer)
+    assert trainer != os.getpid() and alive(trainer)
     jobs.cancel(job)
     view = jobs.wait(job, timeout=120)
     assert view.status == "cancelled" and 0 < view.fraction < 1
     (run,) = store.list_runs()
     assert run.status == "cancelled" and run.reason.startswith("cancelled at epoch")
-    assert not _alive(trainer)
+    assert not alive(trainer)
     jobs.shutdown()
 
 
@@ -174,13 +157,13 @@ def test_training_runs_in_the_jobs_own_process_and_cancel_stores_the_run_as_canc
 def test_a_killed_job_process_fails_its_job_with_the_reason():
     jobs = JobManager(max_workers=1)
     job = jobs.submit("x", "waits", job_tasks.wait_for_stop, own_process=True)
-    assert _wait_for(lambda: "pid" in jobs.get(job).metrics)
+    assert wait_for(lambda: "pid" in jobs.get(job).metrics)
     child = jobs.get(job).metrics["pid"]
     os.kill(child, signal.SIGKILL)
     view = jobs.wait(job, timeout=60)
     assert view.status == "failed"
     assert view.error == "its process ended unexpectedly (killed by SIGKILL); finished runs are kept"
-    assert not _alive(child)  # reaped, not a zombie
+    assert not alive(child)  # reaped, not a zombie
     jobs.shutdown()
 
 
@@ -200,12 +183,12 @@ def test_a_killed_server_leaves_no_training_process_and_its_run_is_stored_as_can
     err = open(tmp_path / "server.err", "w+")  # noqa: SIM115 - a file, not a pipe an orphan could hold open
     process = subprocess.Popen([sys.executable, "-c", server, str(store.path)], stdout=subprocess.DEVNULL, stderr=err)
     try:
-        assert _wait_for(lambda: process.poll() is None and store.list_runs(status="running")), err.read()
+        assert wait_for(lambda: process.poll() is None and store.list_runs(status="running")), err.read()
         trainer = _trainer_pid(store)
-        assert trainer != process.pid and _alive(trainer)
+        assert trainer != process.pid and alive(trainer)
     finally:
         process.kill()  # SIGKILL: the server cannot clean up anything itself
         process.wait(timeout=60)
-    assert _wait_for(lambda: not _alive(trainer), timeout=60)
+    assert wait_for(lambda: not alive(trainer), timeout=60)
     (run,) = store.list_runs()
     assert run.status == "cancelled"  # the job process stopped its run and stored it before it exited

@@ -4,13 +4,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dpsat_core import ConfigError, RunStore, SweepSpec, TrainConfig, sweep
+from tests.processes import alive, wait_for
 
 BASE = TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64)
 
@@ -147,23 +147,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting for its new parent to reap it has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _wait_for(condition, timeout: float = 180.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _tail(log) -> str:
     """What a sweep wrote to its stderr file so far (the end of it)."""
     log.flush()
@@ -180,7 +163,7 @@ def _start_long_sweep(path: Path, epsilons: str) -> tuple[subprocess.Popen, list
     err = open(path.parent / "sweep.err", "w+")  # noqa: SIM115 - read by the caller
     process = subprocess.Popen([sys.executable, "-m", "dpsat_core", *args], stdout=subprocess.DEVNULL, stderr=err)
     store = RunStore(path)
-    started = _wait_for(lambda: process.poll() is None and len(store.list_runs(status="running")) == 2)
+    started = wait_for(lambda: process.poll() is None and len(store.list_runs(status="running")) == 2, timeout=300)
     assert started, _tail(err) if process.poll() is not None else "no two running cells"
     children = _children(process.pid)
     assert len(children) >= 2  # the workers (and multiprocessing's resource tracker)
@@ -193,8 +176,8 @@ def test_workers_of_a_killed_sweep_stop_their_cells_and_exit(tmp_path):
     process, children, _ = _start_long_sweep(path, "1,2")
     process.kill()  # SIGKILL: the sweep process cannot clean up anything itself
     process.wait(timeout=60)
-    assert _wait_for(lambda: not any(_alive(pid) for pid in children), timeout=120), [
-        pid for pid in children if _alive(pid)
+    assert wait_for(lambda: not any(alive(pid) for pid in children), timeout=120), [
+        pid for pid in children if alive(pid)
     ]
     runs = RunStore(path).list_runs()
     assert len(runs) == 2 and {r.status for r in runs} == {"cancelled"}  # each worker stored its cell as cancelled
@@ -215,7 +198,7 @@ def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_resume(tmp_path):
     assert "run the same command again to resume" in err
     runs = RunStore(path).list_runs()
     assert sorted(r.status for r in runs) == ["cancelled", "cancelled"]  # the queued third cell never started
-    assert _wait_for(lambda: not any(_alive(pid) for pid in children), timeout=120)
+    assert wait_for(lambda: not any(alive(pid) for pid in children), timeout=120)
 
 
 def test_accountant_answers_live_in_the_store_equal_fresh_ones_and_a_second_sweep_asks_none(store, monkeypatch):

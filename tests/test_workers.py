@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.processes import alive, wait_for
+
 CHILD = textwrap.dedent(
     """
     import os, sys, time
@@ -56,15 +58,4 @@ def test_a_worker_whose_parent_dies_exits_when_idle():
     time.sleep(1.0)
     parent.kill()
     parent.wait()
-    deadline = time.time() + 30
-    while time.time() < deadline and os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
-        time.sleep(0.1)
-    assert not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z"
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
+    assert wait_for(lambda: not alive(pid), timeout=30)
