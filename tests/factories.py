@@ -144,3 +144,18 @@ def store_default_analyses(store: RunStore, run_id: str, lam: float) -> None:
     for kind, result in results.items():
         spec = analysis_kind(kind)
         store.save_analysis(run_id, kind, spec.key(spec.settings({})), result.to_dict())
+
+
+def store_finished(store: RunStore, config: TrainConfig, *, train_loss: float = 0.4, accuracy: float = 0.8) -> str:
+    """Store `config` as a finished run (ε 2.9) whose training loss ended at `train_loss`; its run id."""
+    config = config.normalized()
+    done = summary(config, accuracy=accuracy, epsilon_spent=2.9, seconds_per_epoch=1.0)
+    run_id = store.create_run(config)
+    store.finish(run_id, dataclass_replace(done, train_loss=train_loss), {})
+    return run_id
+
+
+def store_one_diverged(store: RunStore) -> None:
+    """DP-SGD and DP-SAT at ε = 3, seeds 0 and 1, of which DP-SAT seed 1 diverged (loss 1e7)."""
+    for method, seed, loss in (("dpsgd", 0, 0.4), ("dpsgd", 1, 0.4), ("dpsat", 0, 0.4), ("dpsat", 1, 1e7)):
+        store_finished(store, TrainConfig(method=method, epsilon=3.0, seed=seed, epochs=1), train_loss=loss)

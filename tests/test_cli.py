@@ -248,15 +248,10 @@ def test_progress_in_a_pipe_is_one_line_per_stage_not_an_overwritten_line(capsys
 
 
 def test_compare_leaves_diverged_runs_out_unless_asked_and_says_how_many(tmp_path, capsys):
-    import dataclasses
-
-    from tests.factories import summary
+    from tests.factories import store_finished, store_one_diverged
 
     store = RunStore(tmp_path / "runs.db")
-    for method, seed, loss in (("dpsgd", 0, 0.4), ("dpsgd", 1, 0.4), ("dpsat", 0, 0.4), ("dpsat", 1, 1e7)):
-        config = TrainConfig(method=method, epsilon=3.0, seed=seed, epochs=1).normalized()
-        done = summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0)
-        store.finish(store.create_run(config), dataclasses.replace(done, train_loss=loss), {})
+    store_one_diverged(store)
     args = ["compare", "--json", "--no-probe", "--store", str(store.path)]
     assert main(args) == 0
     out, err = capsys.readouterr()
@@ -265,9 +260,7 @@ def test_compare_leaves_diverged_runs_out_unless_asked_and_says_how_many(tmp_pat
     out, err = capsys.readouterr()
     assert [r["n_pairs"] for r in json.loads(out)] == [2] and "1 diverged run included, as asked" in err
     only = RunStore(tmp_path / "diverged.db")  # every run of the setting diverged: say that, not "train some"
-    config = TrainConfig(method="dpsgd", epsilon=3.0, epochs=1).normalized()
-    done = summary(config, accuracy=0.1, epsilon_spent=2.9, seconds_per_epoch=1.0)
-    only.finish(only.create_run(config), dataclasses.replace(done, train_loss=1e7), {})
+    store_finished(only, TrainConfig(method="dpsgd", epsilon=3.0, epochs=1), train_loss=1e7, accuracy=0.1)
     assert main(["compare", "--no-probe", "--store", str(only.path)]) == 2
     err = capsys.readouterr().err
     assert "every finished run diverged" in err and "--include-diverged" in err

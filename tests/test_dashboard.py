@@ -577,13 +577,10 @@ def test_a_job_started_from_a_page_belongs_to_its_session(tmp_path, monkeypatch)
 
 
 def test_pages_leave_diverged_runs_out_and_say_how_many(tmp_path, monkeypatch):
-    from tests.factories import summary
+    from tests.factories import store_one_diverged
 
     store = RunStore(tmp_path / "runs.db")
-    for method, seed, loss in (("dpsgd", 0, 0.4), ("dpsgd", 1, 0.4), ("dpsat", 0, 0.4), ("dpsat", 1, 1e7)):
-        config = TrainConfig(method=method, epsilon=3.0, seed=seed, epochs=1).normalized()
-        done = summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0)
-        store.finish(store.create_run(config), dataclasses.replace(done, train_loss=loss), {})
+    store_one_diverged(store)
     monkeypatch.setenv("DPSAT_STORE", str(store.path))
     at = open_page("privacy_utility")
     assert not at.exception
@@ -636,14 +633,12 @@ def test_pages_that_show_research_runs_say_their_noise_is_seeded(name, populated
 
 
 def test_the_overview_opens_on_the_data_set_with_the_most_runs(tmp_path, monkeypatch):
-    from tests.factories import summary
+    from tests.factories import store_finished
 
     store = RunStore(tmp_path / "runs.db")
     for dataset, seeds in (("breast_cancer", (0,)), ("digits", (0, 1, 2))):  # alphabetically first has fewer
         for seed in seeds:
-            config = TrainConfig(dataset=dataset, method="dpsgd", epsilon=3.0, seed=seed, epochs=1).normalized()
-            done = summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0)
-            store.finish(store.create_run(config), done, {})
+            store_finished(store, TrainConfig(dataset=dataset, method="dpsgd", epsilon=3.0, seed=seed, epochs=1))
     monkeypatch.setenv("DPSAT_STORE", str(store.path))
     at = open_page("overview")
     assert not at.exception and at.selectbox(key="overview-dataset").value == "digits"
