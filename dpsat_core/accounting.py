@@ -105,6 +105,12 @@ def _epsilon_with(
         return float(acc.get_epsilon(delta=delta))
 
 
+def _check_accountant(accountant: str) -> None:
+    """One clear error for an accountant name this package does not know."""
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
+
+
 @functools.lru_cache(maxsize=4096)
 def epsilon_spent(
     *,
@@ -118,8 +124,7 @@ def epsilon_spent(
     """ε after the `prior` releases and `releases` subsampled Gaussian releases; inf when a σ is 0, 0 before any
     release. Cached (it is pure): the seeds of one ε, and every run's per-epoch ε at one setting, ask for the
     same numbers."""
-    if accountant not in ACCOUNTANTS:
-        raise ConfigError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
+    _check_accountant(accountant)
     common = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, releases=releases, prior=prior)
     if releases == 0 and not prior:
         return PrivacySpent(epsilon=0.0, delta=delta, accountant=accountant, **common)
@@ -162,8 +167,7 @@ def calibrate_noise(
     """Smallest σ (to 0.01 in ε, as Opacus's `get_noise_multiplier` accepts it) whose ε after the `prior` releases
     and `releases` releases at σ stays ≤ target, found in a few accountant evaluations (`noise_search`); cached:
     it is pure."""
-    if accountant not in ACCOUNTANTS:
-        raise ConfigError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
+    _check_accountant(accountant)
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon!r}")
     if releases < 1:

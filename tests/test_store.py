@@ -3,7 +3,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import threading
 import time
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from dpsat_core import RunStore, StoreError, TrainConfig, build_model, run
 from dpsat_core.claims import keep_alive
 from dpsat_core.store import ClaimHeld
+from tests.at_once import twice_at_once
 
 
 def test_round_trip_of_config_metrics_and_weights(store, quick):
@@ -128,18 +128,8 @@ def test_a_claim_is_refused_when_the_config_finished_since_the_caller_looked(sto
 
 def test_two_identical_runs_at_once_train_once_and_the_second_reuses_it(store, quick):
     config = dataclasses.replace(quick, epochs=2)
-    outcomes, barrier = [], threading.Barrier(2)
-
-    def train_it():
-        barrier.wait()
-        outcomes.append(run(config, store))
-
-    threads = [threading.Thread(target=train_it) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert sorted(o.reused for o in outcomes) == [False, True]
+    outcomes = twice_at_once(lambda: run(config, store), timeout=300)
+    assert len(outcomes) == 2 and sorted(o.reused for o in outcomes) == [False, True]
     assert outcomes[0].record.run_id == outcomes[1].record.run_id
     assert [r.status for r in store.list_runs()] == ["done"]
 

@@ -3,13 +3,13 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dpsat_core import ConfigError, RunStore, SweepSpec, TrainConfig, sweep
+from tests.at_once import twice_at_once
 from tests.processes import alive, wait_for
 
 BASE = TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64)
@@ -115,18 +115,7 @@ def test_two_identical_sweeps_at_once_train_each_cell_once(store):
     spec = SweepSpec(base=BASE, methods=("sgd", "dpsgd"), epsilons=(3.0,), seeds=(0, 1))
     cells = spec.cells()
     assert len({c.config_hash() for c in cells}) == 4  # the seed is in the config: each seed is its own claim
-    results, barrier = [], threading.Barrier(2)
-
-    def run_sweep():
-        barrier.wait()
-        results.append(sweep(spec, store))
-
-    threads = [threading.Thread(target=run_sweep) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    a, b = results
+    a, b = twice_at_once(lambda: sweep(spec, store))
     assert not (a.errors or b.errors)
     assert not set(a.trained) & set(b.trained)  # no cell trained by both
     assert sorted(a.trained + b.trained) == sorted(r.run_id for r in store.list_runs())
