@@ -19,6 +19,7 @@ import streamlit as st
 from dpsat_core import RunStore
 from dpsat_core.jobs import JobManager
 from dpsat_core.store import default_store_path
+from dpsat_core.workers import warm_up
 
 if TYPE_CHECKING:  # uploads reads tables with pandas: imported on the first upload, not before a page's title
     from .uploads import Upload
@@ -39,7 +40,9 @@ def get_store() -> RunStore:
 
 @st.cache_resource
 def get_jobs() -> JobManager:
-    """One job manager per server: jobs survive reruns, reloads and other tabs."""
+    """One job manager per server: jobs survive reruns, reloads and other tabs. Its jobs' processes start from a fork
+    server started here, before the first click (`workers.warm_up`)."""
+    warm_up()
     return JobManager(max_workers=2)
 
 

@@ -1,4 +1,4 @@
-"""One job in a spawned process of its own, so the process that shows it (the dashboard's server) cannot slow it.
+"""One job in a process of its own, so the process that shows it (the dashboard's server) cannot slow it.
 
 `run_in_process(fn, on_progress, should_stop)` behaves like `fn(on_progress,
 should_stop)` called here: progress comes back through a pipe, `should_stop` is
@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from .errors import DpsatError
 from .progress import Cancelled, Progress, ProgressFn, StopFn
+from .workers import process_context
 
 POLL_SECONDS = 0.25  # how often the parent passes a cancel on while no report arrives
 REPORT_SECONDS = 0.1  # training reports every step: the child sends at most ~10 reports a second
@@ -35,11 +36,12 @@ class JobFailed(DpsatError):
 
 
 def run_in_process(fn: Callable[[ProgressFn, StopFn], Any], on_progress: ProgressFn, should_stop: StopFn) -> Any:
-    """Run `fn` in a new spawned process and return its result; raise `Cancelled` or `JobFailed` as it ended."""
-    context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
+    """Run `fn` in a new process (`workers.process_context`) and return its result; raise `Cancelled` or `JobFailed` as it ended."""
+    context = process_context()
     reader, writer = context.Pipe(duplex=False)
     stop = context.Event()
-    child = context.Process(target=_child_main, args=(fn, os.getpid(), writer, stop), name="dpsat-job")
+    args = (fn, os.getpid(), dict(os.environ), writer, stop)
+    child = context.Process(target=_child_main, args=args, name="dpsat-job")
     child.start()
     writer.close()  # the child holds the only writer: end of file here once it exits
     outcome: Optional[tuple[str, Any]] = None
@@ -141,10 +143,13 @@ def _send(writer: Connection, message: tuple[str, Any]) -> None:
         pass
 
 
-def _child_main(fn: Callable[[ProgressFn, StopFn], Any], parent_pid: int, writer: Connection, stop: Any) -> None:
-    """The job process: die with the parent, run `fn`, send its reports and then its outcome."""
-    from .workers import die_with_parent, stopping, training
+def _child_main(
+    fn: Callable[[ProgressFn, StopFn], Any], parent_pid: int, environment: dict, writer: Connection, stop: Any
+) -> None:
+    """The job process: the parent's environment, die with the parent, run `fn`, send its reports, its outcome."""
+    from .workers import die_with_parent, stopping, take_environment, training
 
+    take_environment(environment)
     die_with_parent(parent_pid)
     reports = _Reports(writer)
     try:

@@ -162,10 +162,12 @@ def run_cell(
 _worker: dict[str, Any] = {}  # a pool worker's channel to its parent: progress queue and stop event
 
 
-def _init_worker(parent_pid: int, threads: int, reports: Any, stop: Any) -> None:
-    """First thing in each pool worker: die with the parent, share the cores, keep the parent's channel."""
-    from .workers import die_with_parent
+def _init_worker(parent_pid: int, environment: dict, threads: int, reports: Any, stop: Any) -> None:
+    """First thing in each pool worker: the parent's environment, die with the parent, share the cores, keep the
+    parent's channel."""
+    from .workers import die_with_parent, take_environment
 
+    take_environment(environment)
     die_with_parent(parent_pid)
     import torch
 
@@ -203,7 +205,7 @@ def sweep(
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
 ) -> SweepResult:
-    """Train every cell not yet done; `workers > 1` uses a spawn process pool sharing the store file, a
+    """Train every cell not yet done; `workers > 1` uses a process pool sharing the store file, a
     `cluster` sends each cell to Ray as a task (`workers` then does not apply) and writes its result here."""
     from .runner import reusable_run
 
@@ -302,11 +304,13 @@ def _sweep_pool(
     import queue
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-    context = mp.get_context("spawn")  # fork after torch has started threads is unsafe
+    from .workers import process_context
+
+    context = process_context()
     threads = max(1, (os.cpu_count() or 1) // workers)
     # a plain queue and event handed to each worker at start (no manager process, which would outlive a killed sweep)
     reports, stop = context.Queue(), context.Event()
-    initargs = (os.getpid(), threads, reports, stop)
+    initargs = (os.getpid(), dict(os.environ), threads, reports, stop)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
         pending: dict[Future, TrainConfig] = {
             pool.submit(_cell_worker, cell.to_dict(), key, str(store.path)): cell for key, cell in enumerate(todo)

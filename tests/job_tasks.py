@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from dpsat_core import Progress
@@ -14,6 +15,11 @@ def report_pid(progress, stop) -> int:
     """Report this process's pid as a metric, and return it."""
     progress(Progress("x", 1, 2, "half", {"pid": os.getpid()}))
     return os.getpid()
+
+
+def report_start(progress, stop, *, name: str) -> tuple:
+    """What this process started with: environment variable `name`, and whether the training modules were loaded."""
+    return os.environ.get(name), "dpsat_core.training" in sys.modules
 
 
 def fail(progress, stop, *, error: Exception) -> None:

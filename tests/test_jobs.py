@@ -12,6 +12,7 @@ import pytest
 from dpsat_core import ConfigError, Progress, RunStore, SweepSpec, TrainConfig, tasks
 from dpsat_core.jobs import JobManager, NotYourJob
 from dpsat_core.progress import check_stop
+from dpsat_core.workers import process_context, warm_up
 from tests import job_tasks
 from tests.processes import alive, wait_for
 
@@ -121,6 +122,19 @@ def test_a_job_in_its_own_process_reports_back_and_its_errors_read_as_in_a_threa
     assert failed.status == "failed" and failed.error == "epsilon must be > 0"  # the same line as from a thread
     assert crashed.status == "failed" and crashed.error == "ValueError: no such layer"
     assert crashed.fraction == 0.25  # its last report came back before its error
+    jobs.shutdown()
+
+
+def test_a_job_process_starts_with_training_loaded_and_the_callers_environment(monkeypatch):
+    # forked from a fork server that imported torch and Opacus once, it does not import them again (~6 s); its
+    # environment is the caller's at submit time, not the fork server's from when it started
+    warm_up()
+    monkeypatch.setenv("DPSAT_TEST_MARK", "set after the fork server started")
+    jobs = JobManager(max_workers=1)
+    job = jobs.submit("x", "start", partial(job_tasks.report_start, name="DPSAT_TEST_MARK"), own_process=True)
+    assert jobs.wait(job, timeout=120).status == "done"
+    expected_loaded = process_context().get_start_method() == "forkserver"
+    assert jobs.result(job) == ("set after the fork server started", expected_loaded)
     jobs.shutdown()
 
 
