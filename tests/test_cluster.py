@@ -16,6 +16,7 @@ from dpsat_core.cluster import cluster_from_env
 from dpsat_core.sweeps import check_sweep
 from tests.test_dashboard import fresh_server_state, open_page  # noqa: F401 (an autouse fixture of the page test)
 
+pytestmark = pytest.mark.xdist_group("ray")  # under `pytest -n`: one worker runs this module, so one Ray starts
 BASE = TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64)
 GRID = SweepSpec(base=BASE, methods=("sgd", "dpsgd", "dpsat"), epsilons=(3.0,), seeds=(0,))
 

@@ -123,16 +123,19 @@ def test_two_identical_sweeps_at_once_train_each_cell_once(store):
     assert [r.status for r in store.list_runs()] == ["done"] * 4
 
 
-def _children(pid: int) -> list[int]:
-    """Pids of `pid`'s child processes (Linux /proc)."""
-    found = []
+def _descendants(pid: int) -> list[int]:
+    """Pids of `pid`'s descendants: its children (the fork server, the resource tracker) and theirs (the workers)."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
     return found
 
 
@@ -154,8 +157,8 @@ def _start_long_sweep(path: Path, epsilons: str) -> tuple[subprocess.Popen, list
     store = RunStore(path)
     started = wait_for(lambda: process.poll() is None and len(store.list_runs(status="running")) == 2, timeout=300)
     assert started, _tail(err) if process.poll() is not None else "no two running cells"
-    children = _children(process.pid)
-    assert len(children) >= 2  # the workers (and multiprocessing's resource tracker)
+    children = _descendants(process.pid)
+    assert len(children) >= 3  # the two workers, and the fork server or resource tracker
     return process, children, err
 
 
