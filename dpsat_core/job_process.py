@@ -36,7 +36,8 @@ class JobFailed(DpsatError):
 
 
 def run_in_process(fn: Callable[[ProgressFn, StopFn], Any], on_progress: ProgressFn, should_stop: StopFn) -> Any:
-    """Run `fn` in a new process (`workers.process_context`) and return its result; raise `Cancelled` or `JobFailed` as it ended."""
+    """Run `fn` in a new process (`workers.process_context`) and return its result; raise `Cancelled` or `JobFailed`
+    as it ended."""
     context = process_context()
     reader, writer = context.Pipe(duplex=False)
     stop = context.Event()

@@ -300,7 +300,6 @@ def _sweep_pool(
     on_progress: ProgressFn,
     should_stop: Optional[StopFn],
 ) -> None:
-    import multiprocessing as mp
     import queue
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
