@@ -154,3 +154,16 @@ def test_wheel_declares_requirements_txt_and_the_console_script(wheel):
     assert "platformdirs==4.14.8" in pins
     scripts = wheel.read(info["entry_points.txt"]).decode()
     assert "dpsat = dpsat_core.cli:main_entry" in scripts.splitlines()
+
+
+def test_processes_the_server_starts_do_not_run_the_app(monkeypatch):
+    # multiprocessing imports the server's main module (app.py) again in each job process and sweep worker, as
+    # `__mp_main__`: there it must draw nothing (it used to draw the whole Overview in bare mode first)
+    import runpy
+
+    import streamlit as st
+
+    drawn = []
+    monkeypatch.setattr(st, "set_page_config", lambda *a, **k: drawn.append("page"))
+    namespace = runpy.run_path(str(app_path()), run_name="__mp_main__")
+    assert drawn == [] and callable(namespace["main"])
