@@ -29,6 +29,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -101,6 +102,18 @@ def _eigsh(model, x, y, tol: float) -> dict:
     return {"values": sorted(values, reverse=True), "wall": wall, "cpu": cpu, "products": op.products}
 
 
+def _log(label: str, run: dict, reference: Optional[list] = None) -> dict:
+    """Each finished run on stderr as it ends (a 256-sample grid pass takes tens of minutes)."""
+    error = f", max rel. error {_max_rel(run['values'], reference):.2e}" if reference is not None else ""
+    print(
+        f"{label}: {run['products']} products, {run['cpu']:.1f} s CPU, {run['wall']:.1f} s wall{error}, load "
+        f"{os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return run
+
+
 def _max_rel(a, b) -> float:
     return float(np.max(np.abs(np.subtract(a, b)) / np.abs(b)))
 
@@ -124,14 +137,22 @@ def hessian_case(samples: int, repeats: int, pyhessian_tols: list[float]) -> dic
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    reference = _eigsh(model, x, y, 1e-10)
+    reference = _log("reference eigsh 1e-10", _eigsh(model, x, y, 1e-10))
     load = [os.getloadavg()]
-    ours = {f"{tol:g}": _summary(_ours(model, x, y, tol), reference["values"]) for tol in OUR_TOLS}
-    previous = _summary(_eigsh(model, x, y, 1e-3), reference["values"])
-    pyhessian = {"defaults": _summary(_pyhessian_top5(model, x, y), reference["values"])}
+    ours = {
+        f"{tol:g}": _summary(_log(f"ours {tol:g}", _ours(model, x, y, tol), reference["values"]), reference["values"])
+        for tol in OUR_TOLS
+    }
+    previous = _summary(_log("eigsh 1e-3", _eigsh(model, x, y, 1e-3), reference["values"]), reference["values"])
+    pyhessian = {
+        "defaults": _summary(
+            _log("pyhessian defaults", _pyhessian_top5(model, x, y), reference["values"]), reference["values"]
+        )
+    }
     matched_tol = None
     for tol in sorted(pyhessian_tols, reverse=True):
-        pyhessian[f"{tol:g}"] = _summary(_pyhessian_top5(model, x, y, tol=tol, maxIter=1000), reference["values"])
+        run = _log(f"pyhessian {tol:g}", _pyhessian_top5(model, x, y, tol=tol, maxIter=1000), reference["values"])
+        pyhessian[f"{tol:g}"] = _summary(run, reference["values"])
         if pyhessian[f"{tol:g}"]["max_rel_error"] <= ACCURACY:
             matched_tol = tol
             break
@@ -149,7 +170,7 @@ def hessian_case(samples: int, repeats: int, pyhessian_tols: list[float]) -> dic
                     if name == "ours"
                     else _pyhessian_top5(model, x, y, tol=matched_tol, maxIter=1000)
                 )
-                runs[name] = _summary(run, reference["values"])
+                runs[name] = _summary(_log(f"round {r + 1} {name}", run, reference["values"]), reference["values"])
             rounds.append({**runs, "load": load[-1]})
     load.append(os.getloadavg())
     ratios = {

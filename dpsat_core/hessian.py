@@ -178,16 +178,25 @@ class RitzEstimate:
 
 
 def _error_bounds(theta: np.ndarray, residuals: np.ndarray, k: int) -> np.ndarray:
-    """Per wanted Ritz value: min(its residual, ‖R‖²/δ), R the wanted pairs' residuals, δ their gap to the rest.
+    """Per wanted Ritz value: the least of its residual, the cluster bound ‖R‖²/δ and Temple's bound.
 
     The residual ρᵢ puts an eigenvalue within ρᵢ of θᵢ; the cluster bound ‖R‖²/δ (Rayleigh–Ritz,
     quadratic in the residuals) is far smaller once the wanted pairs converge. δ is θₖ − θₖ₊₁ − ρₖ₊₁:
     the next Ritz value pushed up by its own residual, so an unconverged θₖ₊₁ shrinks the gap.
+    Temple: if no eigenvalue lies in (a, λᵢ) and a < θᵢ, then λᵢ ≤ θᵢ + ρᵢ²/(θᵢ − a); θᵢ ≤ λᵢ (interlacing),
+    so that is an error bound with ρᵢ² alone where the cluster bound sums all k. It runs from the bottom:
+    a = θₖ₊₁ + ρₖ₊₁ for θₖ (the cluster bound's assumption), then a = θᵢ₊₁ + its bound for θᵢ.
     """
     wanted = residuals[:k]
     gap = theta[k - 1] - theta[k] - residuals[k] if len(theta) > k else np.inf
     cluster = float(np.sum(wanted**2)) / gap if gap > 0 else np.inf
-    return np.minimum(wanted, cluster)
+    bounds = np.minimum(wanted, cluster)
+    ceiling = theta[k] + residuals[k] if len(theta) > k else -np.inf  # an upper bound on λᵢ₊₁
+    for i in reversed(range(k)):
+        if theta[i] > ceiling:
+            bounds[i] = min(bounds[i], wanted[i] ** 2 / (theta[i] - ceiling))
+        ceiling = theta[i] + bounds[i]
+    return bounds
 
 
 def lanczos_top(

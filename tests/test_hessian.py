@@ -117,6 +117,40 @@ def test_lanczos_errors_stay_within_the_bounds_it_reports(tol):
     assert estimate.values == sorted(estimate.values, reverse=True)
 
 
+def test_error_bounds_hold_on_any_rayleigh_ritz_subspace_where_the_gap_assumption_holds():
+    """Rayleigh–Ritz on near-invariant subspaces of a known spectrum (not only Krylov ones): θᵢ ≤ λᵢ and
+    λᵢ − θᵢ ≤ bound wherever λₖ₊₁ ≤ θₖ₊₁ + ρₖ₊₁ (the assumption the bounds share)."""
+    rng = np.random.default_rng(0)
+    spectrum = np.array([10.0, 9.0, 8.5, 8.0] + list(rng.uniform(-2, 7, 46)))
+    eigvecs, _ = np.linalg.qr(rng.standard_normal((50, 50)))
+    matrix, exact, k = eigvecs @ np.diag(spectrum) @ eigvecs.T, np.sort(spectrum)[::-1], 3
+    checked = 0
+    for scale in np.geomspace(1e-3, 3e-1, 40):
+        subspace, _ = np.linalg.qr(eigvecs[:, :5] + scale * rng.standard_normal((50, 5)))
+        theta, vectors = np.linalg.eigh(subspace.T @ matrix @ subspace)
+        theta, ritz = theta[::-1], subspace @ vectors[:, ::-1]
+        residuals = np.linalg.norm(matrix @ ritz - ritz * theta, axis=0)
+        bounds = hessian_module._error_bounds(theta, residuals, k)
+        assert np.all(theta[:k] <= exact[:k] + 1e-12)
+        if exact[k] <= theta[k] + residuals[k]:
+            checked += 1
+            assert np.all(exact[:k] - theta[:k] <= bounds + 1e-12)
+    assert checked >= 20
+
+
+def test_temple_bound_is_attained_and_needs_only_its_own_residual():
+    """Eigenvalues 12, 10, 8, 8, 8; Ritz vectors x₁ = c₁e₁ + s₁e₃, x₂ = c₂e₂ + s₂e₄, x₃ = e₅ (an exact
+    Rayleigh–Ritz triple). Temple's bound on θ₂ is its error 2s₂² exactly, however large ρ₁ is; the cluster
+    bound (ρ₁² + ρ₂²)/δ is not."""
+    (c1, s1), (c2, s2) = (np.cos(0.4), np.sin(0.4)), (np.cos(0.01), np.sin(0.01))
+    theta = np.array([12 * c1**2 + 8 * s1**2, 10 * c2**2 + 8 * s2**2, 8.0])
+    residuals = np.array([4 * c1 * s1, 2 * c2 * s2, 0.0])  # ‖Ax − θx‖ for each
+    bounds = hessian_module._error_bounds(theta, residuals, 2)
+    assert bounds[1] == pytest.approx(2 * s2**2, rel=1e-9)
+    assert 12 - theta[0] <= bounds[0] <= residuals[0]
+    assert bounds[1] < 1e-3 * np.sum(residuals[:2] ** 2) / (theta[1] - theta[2])
+
+
 def test_lanczos_spends_fewer_products_at_a_coarser_tolerance_and_no_more_than_arpack():
     from scipy.sparse.linalg import eigsh
 
