@@ -13,10 +13,12 @@ from dpsat_core import DpsatError, SweepSpec, TrainConfig, tasks
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.cluster import cluster_from_env
 from dpsat_core.figures import run_label
+from dpsat_core.job_process import run_in_process
 from dpsat_core.methods import method_info
+from dpsat_core.progress import no_progress
 from dpsat_core.report import build_report, write_report
 from dpsat_core.results import counted
-from dpsat_core.sweeps import check_sweep, default_comparison, default_workers
+from dpsat_core.sweeps import default_comparison, default_workers
 
 from .state import get_jobs, get_store, session_owner
 from .widgets import plain_text
@@ -37,12 +39,16 @@ def _submit(kind: str, label: str, task: partial) -> str:
 
 
 def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
-    """Check the grid against its data now (errors reach the page; the calibrations go into the store for the
-    job to read), then train it in the background: on the Ray cluster `$DPSAT_RAY_ADDRESS` names when it is set,
-    else on this server's cores as `dpsat sweep` trains it (its default worker processes, one thread each)."""
+    """Check the grid against its data now, in a process of its own (errors reach the page; the calibrations go
+    into the store for the job to read), then train it in the background: on the Ray cluster `$DPSAT_RAY_ADDRESS`
+    names when it is set, else on this server's cores as `dpsat sweep` trains it (its default worker processes, one
+    thread each)."""
     cluster = cluster_from_env()
     store = get_store()
-    check_sweep(spec, store, device_here=cluster is None)
+    check = partial(tasks.check_sweep_task, spec=spec, store=store, device_here=cluster is None)
+    refusal = run_in_process(check, no_progress, lambda: False)  # the server itself never imports torch
+    if refusal is not None:
+        raise refusal
     count = len(spec.cells())
     methods = ", ".join(method_info(m).label for m in spec.methods)
     label = f"{counted(count, 'run')} on {Path(spec.base.dataset).name}: {methods}"

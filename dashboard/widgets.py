@@ -32,6 +32,9 @@ from dpsat_core.results import counted, format_number
 
 from .state import get_jobs, is_operator, may_touch, session_owner
 
+# every open tab reruns its job panel this often while a job runs; in the browser each refresh costs CPU too (with
+# four tabs on the server's machine, Chromium's renderers took ~0.5 cores at "1s", slowing the job they watch)
+JOB_PANEL_REFRESH = "2s"
 ANALYSED_ROWS = f"the first {DEFAULT_SAMPLES:,} training examples"  # what every analysis is evaluated on
 
 
@@ -122,10 +125,10 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
 
 
 def job_panel() -> None:
-    """The job panel, refreshed every second only while a job is active: an idle page costs no CPU. (A job
-    started elsewhere shows up at this page's next rerun.)"""
+    """The job panel, refreshed every `JOB_PANEL_REFRESH` only while a job is active: an idle page costs no CPU.
+    (A job started elsewhere shows up at this page's next rerun.)"""
     active = any(j.active for j in get_jobs().jobs())
-    st.fragment(_job_panel, run_every="1s" if active else None)()
+    st.fragment(_job_panel, run_every=JOB_PANEL_REFRESH if active else None)()
 
 
 def _job_panel() -> None:

@@ -22,6 +22,20 @@ if TYPE_CHECKING:
     from .sweeps import SweepResult, SweepSpec
 
 
+def check_sweep_task(
+    on_progress: ProgressFn, should_stop: StopFn, *, spec: SweepSpec, store: RunStore, device_here: bool
+) -> Optional[DpsatError]:
+    """`sweeps.check_sweep` (calibrations stored for the job to read), its refusal returned rather than raised: the
+    server checks a grid in a process started from the fork server, so it never imports torch and Opacus itself."""
+    from .sweeps import check_sweep
+
+    try:
+        check_sweep(spec, store, device_here=device_here)
+    except DpsatError as exc:
+        return exc
+    return None
+
+
 def sweep_task(
     on_progress: ProgressFn,
     should_stop: StopFn,

@@ -46,7 +46,10 @@ _training = False
 
 def process_context() -> BaseContext:
     """How our worker and job processes start: on Linux forked from a fork server that preloaded `PRELOAD` (a
-    clean single-threaded process: safe to fork, unlike one where torch has started threads); else spawned."""
+    clean single-threaded process: safe to fork, unlike one where torch has started threads); else spawned.
+    The server imports `PRELOAD` as a fresh `python` would from the working directory and `PYTHONPATH` (Python 3.11
+    ignores the caller's run-time `sys.path` there): a checkout is used only when it is the installed one or on
+    `PYTHONPATH`."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")

@@ -13,6 +13,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard.state import get_jobs
+from dashboard.widgets import JOB_PANEL_REFRESH
 from dpsat_core import RunStore, SweepSpec, TrainConfig, sweep
 from tests.factories import store_default_analyses
 
@@ -373,7 +374,7 @@ def test_the_job_panel_refreshes_only_while_a_job_is_active(tmp_path, monkeypatc
     job = get_jobs().submit("x", "waits", lambda progress, stop: release.wait(60))
     refresh.clear()
     at.run()
-    assert refresh == ["1s"] and not at.exception
+    assert refresh == [JOB_PANEL_REFRESH] and not at.exception
     release.set()
     assert get_jobs().wait(job, timeout=60).status == "done"
     refresh.clear()
