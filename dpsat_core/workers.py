@@ -4,8 +4,7 @@ A pool worker whose parent is killed (SIGKILL, the OOM killer, a stopped
 container) would otherwise live on, blocked on a pipe no one writes. Each worker
 asks Linux to send it SIGTERM when its parent dies (`prctl(PR_SET_PDEATHSIG)`)
 and, on every platform, watches the pid of the process that started it from a
-thread. Either way it
-stops the cell it trains (which is stored as cancelled) and exits. A SIGTERM
+thread. Either way it stops the cell it trains (which is stored as cancelled) and exits. A SIGTERM
 while the parent lives (a `docker stop` or systemd stop signals every process)
 stops the cell and starts no other, and the worker answers its parent as usual.
 Workers ignore Ctrl-C: a terminal sends it to the whole process group, and the
@@ -35,6 +34,7 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 WATCH_SECONDS = 0.25  # how often the watchdog looks at the parent's pid and the SIGTERM flag
 GRACE_SECONDS = 30.0  # the longest a worker waits for its cancelled cell to store itself before it exits anyway
 EXIT_ORPHANED = 3
+PROC = Path("/proc")  # Linux's process table; elsewhere absent
 # what a worker or job process runs, imported once by the fork server instead of once per process
 PRELOAD = ("dpsat_core.training", "dpsat_core.sweeps", "dpsat_core.job_process", "dpsat_core.tasks")
 
@@ -74,20 +74,19 @@ def take_environment(environment: Mapping[str, str]) -> None:
 
 
 def _alive(pid: int) -> bool:
-    """True while process `pid` runs (a zombie, dead but not yet reaped, counts as dead)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (not Linux): ask the kernel whether the pid exists
+    """True while process `pid` runs (on Linux a zombie, dead but not yet reaped, counts as dead)."""
+    if (PROC / "self" / "stat").exists():
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:  # no such process
             return False
-        except PermissionError:
-            pass
-        return True
+    try:  # no /proc (macOS): ask the kernel whether the pid exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
 
 
 def stopping() -> bool:

@@ -59,3 +59,21 @@ def test_a_worker_whose_parent_dies_exits_when_idle():
     parent.kill()
     parent.wait()
     assert wait_for(lambda: not alive(pid), timeout=30)
+
+
+def test_a_parent_is_alive_until_it_ends_with_or_without_proc(monkeypatch, tmp_path):
+    # workers watch the pid that started them (a fork server's child has the server as its parent)
+    from dpsat_core import workers
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert workers._alive(child.pid)
+        with monkeypatch.context() as without_proc:  # as on macOS: the kernel is asked instead
+            without_proc.setattr(workers, "PROC", tmp_path / "no-proc")
+            assert workers._alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not workers._alive(child.pid)
+    monkeypatch.setattr(workers, "PROC", tmp_path / "no-proc")
+    assert not workers._alive(child.pid)
