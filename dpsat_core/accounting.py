@@ -21,7 +21,6 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any, Callable, Iterator, Optional, Protocol
 
 from opacus.accountants import create_accountant
@@ -218,9 +217,12 @@ class AnswerBook(Protocol):
     def save_accounting(self, question: str, answer: dict[str, Any]) -> None: ...
 
 
-@functools.lru_cache(maxsize=1)
 def _opacus_version() -> str:
-    return version("opacus")
+    """The version of the Opacus loaded here, not the one on disk: a long-lived fork server keeps the code it loaded
+    after an upgrade, and its answers must be keyed by that code."""
+    import opacus
+
+    return opacus.__version__
 
 
 # How each kind of question is answered: part of its key, so answers of an earlier algorithm (the bisection of

@@ -148,9 +148,9 @@ def _child_main(
     fn: Callable[[ProgressFn, StopFn], Any], parent_pid: int, environment: dict, writer: Connection, stop: Any
 ) -> None:
     """The job process: the parent's environment, die with the parent, run `fn`, send its reports, its outcome."""
-    from .workers import die_with_parent, stopping, take_environment, training
+    from .workers import die_with_parent, start_fresh, stopping, training
 
-    take_environment(environment)
+    start_fresh(environment)
     die_with_parent(parent_pid)
     reports = _Reports(writer)
     try:

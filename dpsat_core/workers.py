@@ -66,11 +66,20 @@ def warm_up() -> None:
         forkserver.ensure_running()
 
 
-def take_environment(environment: Mapping[str, str]) -> None:
-    """Make this process's environment the parent's at the time it was started, as a spawned process's would be
-    (a fork server's children inherit the server's, from the time it was started)."""
+def start_fresh(environment: Mapping[str, str]) -> None:
+    """First thing in a worker or job process: the parent's environment at the time it was started, as a spawned
+    process's would be (a fork server's children inherit the server's, from when it started), and global random
+    generators of their own (a fork server's children would all share its torch and numpy states). Nothing in
+    dpsat draws from those (noise and sampling use per-run generators), but code added later might."""
+    import secrets
+
+    import numpy as np
+    import torch
+
     os.environ.clear()
     os.environ.update(environment)
+    torch.seed()  # a non-deterministic seed, on every device
+    np.random.seed(secrets.randbits(32))
 
 
 def _alive(pid: int) -> bool:

@@ -22,6 +22,14 @@ def report_start(progress, stop, *, name: str) -> tuple:
     return os.environ.get(name), "dpsat_core.training" in sys.modules
 
 
+def report_global_draws(progress, stop) -> tuple:
+    """One draw from torch's and numpy's global generators, as this process starts with them."""
+    import numpy as np
+    import torch
+
+    return torch.rand(1).item(), float(np.random.random())
+
+
 def fail(progress, stop, *, error: Exception) -> None:
     progress(Progress("x", 1, 4, "about to fail"))
     raise error

@@ -138,6 +138,16 @@ def test_a_job_process_starts_with_training_loaded_and_the_callers_environment(m
     jobs.shutdown()
 
 
+def test_job_processes_forked_from_one_server_draw_from_global_generators_of_their_own():
+    # dpsat draws noise and batches from per-run generators; a global one shared by every fork would repeat its
+    # draws in every job, so each process starts its own
+    jobs = JobManager(max_workers=2)
+    draws = [jobs.submit("x", f"draw {i}", job_tasks.report_global_draws, own_process=True) for i in range(2)]
+    first, second = (jobs.wait(job, timeout=120) and jobs.result(job) for job in draws)
+    assert first[0] != second[0] and first[1] != second[1]
+    jobs.shutdown()
+
+
 def test_reports_from_a_job_process_are_batched_without_losing_numbers():
     jobs = JobManager(max_workers=1)
     seen: list[dict] = []
