@@ -148,10 +148,9 @@ def _child_main(
     fn: Callable[[ProgressFn, StopFn], Any], parent_pid: int, environment: dict, writer: Connection, stop: Any
 ) -> None:
     """The job process: the parent's environment, die with the parent, run `fn`, send its reports, its outcome."""
-    from .workers import die_with_parent, start_fresh, stopping, training
+    from .workers import start_child, stopping, training
 
-    start_fresh(environment)
-    die_with_parent(parent_pid)
+    start_child(parent_pid, environment)
     reports = _Reports(writer)
     try:
         with training():  # a parent that dies meanwhile: the run stops, is stored as cancelled, then we exit

@@ -165,10 +165,9 @@ _worker: dict[str, Any] = {}  # a pool worker's channel to its parent: progress 
 def _init_worker(parent_pid: int, environment: dict, threads: int, reports: Any, stop: Any) -> None:
     """First thing in each pool worker: the parent's environment, die with the parent, share the cores, keep the
     parent's channel."""
-    from .workers import die_with_parent, start_fresh
+    from .workers import start_child
 
-    start_fresh(environment)
-    die_with_parent(parent_pid)
+    start_child(parent_pid, environment)
     import torch
 
     torch.set_num_threads(threads)

@@ -66,10 +66,9 @@ def warm_up() -> None:
         forkserver.ensure_running()
 
 
-def start_fresh(environment: Mapping[str, str]) -> None:
-    """First thing in a worker or job process: the parent's environment at the time it was started, as a spawned
-    process's would be (a fork server's children inherit the server's, from when it started), and global random
-    generators of their own (a fork server's children would all share its torch and numpy states). Nothing in
+def _start_fresh(environment: Mapping[str, str]) -> None:
+    """The parent's environment at the time it was started, as a spawned process's would be (a fork server's
+    children inherit the server's, from when it started), and global random generators of their own (a fork server's children would all share its torch and numpy states). Nothing in
     dpsat draws from those (noise and sampling use per-run generators), but code added later might."""
     import secrets
 
@@ -124,6 +123,13 @@ def _exit_when_idle() -> None:
     timer = threading.Timer(GRACE_SECONDS, os._exit, (EXIT_ORPHANED,))
     timer.daemon = True
     timer.start()
+
+
+def start_child(parent_pid: int, environment: Mapping[str, str]) -> None:
+    """First thing in a worker or job process: the environment of `parent_pid` (the process that started it), global
+    random generators of its own, and an exit when that process dies or on SIGTERM."""
+    _start_fresh(environment)
+    die_with_parent(parent_pid)
 
 
 def die_with_parent(parent_pid: int) -> None:
