@@ -1,7 +1,8 @@
 """Sharpness benchmark: Lanczos vs PyHessian top-5, and the 2D landscape vs a copy-the-model-per-point loop.
 
     python bench/sharpness.py [--json] [--samples 1024] [--hessian-samples 256] [--repeats 3] [--threads N]
-                              [--pyhessian-tols 1e-4,7e-5,5e-5,3e-5,2e-5,1.5e-5,1.2e-5,1e-5] [--hessian-only]
+                              [--device auto|cpu|cuda] [--hessian-only | --landscape-only]
+                              [--pyhessian-tols 1e-4,7e-5,5e-5,3e-5,2e-5,1.5e-5,1.2e-5,1e-5]
 
 Hessian: a ~400k-parameter tanh CNN (widths 48/96/192 on 3×32×32 inputs),
 briefly trained on random images. The reference is scipy's `eigsh` (implicitly
@@ -14,8 +15,11 @@ are counted for both. Then `--repeats` timed rounds of ours (tol 1e-3) and PyHes
 matched setting (the one with the fewest products at ≤ 0.1% error), the order
 alternating per round, each round's ratio taken within it; the first round is the
 grid pass. Seconds are wall clock and process CPU time (the headline: CPU time, at a
-fixed thread count, moves least with other load); load averages are recorded per round.
-Landscape: the default digits CNN after 3 epochs of DP-SGD, 21×21 grid on 1,024 training examples.
+fixed thread count, moves least with other load; on CUDA, wall clock after a
+synchronisation); load averages are recorded per round.
+Landscape: the default digits CNN after 3 epochs of DP-SGD, 21×21 grid on 1,024 training examples,
+against a copy-the-model-per-point loop and against our own evaluator one point at a time
+(on CUDA ours batches points with `vmap`; on CPU it loops, so that ratio is ~1 there).
 """
 
 from __future__ import annotations
@@ -41,9 +45,11 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from dpsat_core import TrainConfig, build_model, train  # noqa: E402
 from dpsat_core.data import load_dataset  # noqa: E402
+from dpsat_core.devices import describe_device, resolve_device  # noqa: E402
 from dpsat_core.hessian import HessianOperator, lanczos_top  # noqa: E402
 from dpsat_core.landscape import LossEvaluator, iter_surface, random_direction  # noqa: E402
 from dpsat_core.models import TanhCNN, count_parameters  # noqa: E402
+from dpsat_core.results import Surface  # noqa: E402
 
 ACCURACY = 1e-3  # "equal accuracy": at most 0.1% relative error on every one of the top 5
 OUR_TOLS = (1e-3, 1e-2)
@@ -55,10 +61,18 @@ class Clock:
     """Wall and process-CPU seconds since creation."""
 
     def __init__(self):
+        _sync()
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def read(self) -> tuple[float, float]:
+        _sync()
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def _sync() -> None:
+    """Wait for queued GPU work, so a wall-clock reading covers it."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _pyhessian_top5(model, x, y, **settings) -> dict:
@@ -77,7 +91,7 @@ def _pyhessian_top5(model, x, y, **settings) -> dict:
         with torch.random.fork_rng():
             torch.manual_seed(0)
             clock = Clock()
-            engine = PyHessian(copy.deepcopy(model), torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+            engine = PyHessian(copy.deepcopy(model), torch.nn.CrossEntropyLoss(), data=(x, y), cuda=x.is_cuda)
             values, _ = engine.eigenvalues(top_n=5, **settings)
             wall, cpu = clock.read()
     finally:
@@ -128,10 +142,12 @@ def _summary(run: dict, reference) -> dict:
     }
 
 
-def hessian_case(samples: int, repeats: int, pyhessian_tols: list[float]) -> dict:
+def hessian_case(samples: int, repeats: int, pyhessian_tols: list[float], device: torch.device) -> dict:
     torch.manual_seed(0)
     model = TanhCNN((3, 32, 32), 10, widths=(48, 96, 192))
     x, y = torch.randn(samples, 3, 32, 32), torch.randint(0, 10, (samples,))
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    clock_used = "wall" if device.type == "cuda" else "cpu"
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     for _ in range(20):
         optimizer.zero_grad()
@@ -191,46 +207,83 @@ def hessian_case(samples: int, repeats: int, pyhessian_tols: list[float]) -> dic
         "load_averages": [[round(v, 2) for v in entry] for entry in load],
         "lanczos_products": ours[f"{OUR_TOLS[0]:g}"]["products"],
         "max_rel_error_vs_reference": ours[f"{OUR_TOLS[0]:g}"]["max_rel_error"],
-        "lanczos_speedup_vs_pyhessian": median(ratios["cpu"]),
-        "lanczos_speedup_vs_pyhessian_range": [round(min(ratios["cpu"]), 2), round(max(ratios["cpu"]), 2)]
+        "speedup_clock": clock_used,
+        "lanczos_speedup_vs_pyhessian": median(ratios[clock_used]),
+        "lanczos_speedup_vs_pyhessian_range": [round(min(ratios[clock_used]), 2), round(max(ratios[clock_used]), 2)]
         if rounds
         else None,
         "lanczos_speedup_vs_pyhessian_wall": median(ratios["wall"]),
         "lanczos_speedup_vs_pyhessian_defaults": round(
-            pyhessian["defaults"]["cpu_seconds"] / ours[f"{OUR_TOLS[0]:g}"]["cpu_seconds"], 2
+            pyhessian["defaults"][f"{clock_used}_seconds"] / ours[f"{OUR_TOLS[0]:g}"][f"{clock_used}_seconds"], 2
         ),
     }
 
 
-def landscape_case(samples: int) -> dict:
-    result = train(TrainConfig(dataset="digits", method="dpsgd", epochs=3))
-    model = build_model(result.model, seed=0)
-    model.load_state_dict(result.state_dict)
-    data = load_dataset("digits")
-    x, y = torch.tensor(data.x_train[:samples]), torch.tensor(data.y_train[:samples])
-    start = time.perf_counter()
-    evaluator = LossEvaluator(model, x, y)
-    d1, d2 = random_direction(evaluator.weights, seed=0), random_direction(evaluator.weights, seed=1)
-    times = []
+def _timed_surface(evaluator: LossEvaluator, d1, d2) -> tuple[float, float, Surface]:
+    """Seconds to the coarse and to the full 21×21 surface, after a 3×3 warm-up (first kernels, vmap's tracing)."""
+    for _ in iter_surface(evaluator, d1, d2, steps=3):
+        pass
+    clock, times = Clock(), []
     for surface in iter_surface(evaluator, d1, d2, steps=21, span=1.0):
-        times.append(time.perf_counter() - start)
-    axis = surface.axis
-    start = time.perf_counter()
-    loop = []
-    for b in axis:  # the naive way: copy the model, write the point's weights, evaluate
+        times.append(clock.read()[0])
+    return times[0], times[-1], surface
+
+
+def _copy_loop(model, weights, d1, d2, axis, x, y) -> list[float]:
+    """The naive way: copy the model, write the point's weights, evaluate."""
+    losses = []
+    for b in axis:
         for a in axis:
             point = copy.deepcopy(model)
             with torch.no_grad():
                 for name, p in point.named_parameters():
-                    p.copy_(evaluator.weights[name] + a * d1[name] + b * d2[name])
-                loop.append(F.cross_entropy(point(x), y).item())
-    loop_seconds = time.perf_counter() - start
-    ours = [v for row in surface.loss for v in row]
+                    p.copy_(weights[name] + a * d1[name] + b * d2[name])
+                losses.append(F.cross_entropy(point(x), y).item())
+    return losses
+
+
+def landscape_case(samples: int, device: torch.device, repeats: int) -> dict:
+    result = train(TrainConfig(dataset="digits", method="dpsgd", epochs=3, device=str(device)))
+    model = build_model(result.model, seed=0).to(device)
+    model.load_state_dict(result.state_dict)
+    data = load_dataset("digits")
+    x, y = torch.tensor(data.x_train[:samples]).to(device), torch.tensor(data.y_train[:samples]).to(device)
+    evaluator = LossEvaluator(model, x, y)
+    d1, d2 = random_direction(evaluator.weights, seed=0), random_direction(evaluator.weights, seed=1)
+    point_loop = LossEvaluator(model, x, y, batch_points=False)
+    *_, surface = iter_surface(evaluator, d1, d2, steps=21, span=1.0)  # untimed: its axis, and a warm-up
+    _copy_loop(model, evaluator.weights, d1, d2, [0.0], x, y)
+    rounds = []
+    for r in range(repeats):  # each round times all three, in an order rotated per round
+        timed = {}
+        for name in ("ours", "point_loop", "copy_loop")[r % 3 :] + ("ours", "point_loop", "copy_loop")[: r % 3]:
+            if name == "copy_loop":
+                clock = Clock()
+                loop = _copy_loop(model, evaluator.weights, d1, d2, surface.axis, x, y)
+                timed[name] = clock.read()[0]
+            else:
+                coarse, timed[name], found = _timed_surface(evaluator if name == "ours" else point_loop, d1, d2)
+                if name == "ours":
+                    coarse_seconds, ours = coarse, [v for row in found.loss for v in row]
+        rounds.append(timed)
+    median = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
+    seconds, points_seconds, loop_seconds = median("ours"), median("point_loop"), median("copy_loop")
+    by_batch = {}
+    if evaluator.batch_points:  # what the points-per-call rule chose against its neighbours
+        for points in (16, 32, 64, 128, 256):
+            by_batch[points] = round(_timed_surface(LossEvaluator(model, x, y, points_per_batch=points), d1, d2)[1], 4)
     return {
-        "landscape_coarse_seconds": round(times[0], 3),
-        "landscape_seconds": round(times[-1], 3),
-        "landscape_loop_seconds": round(loop_seconds, 3),
-        "landscape_speedup": round(loop_seconds / times[-1], 2),
+        "landscape_batched": evaluator.batch_points,
+        "landscape_points_per_batch": evaluator.points_per_batch,
+        "landscape_coarse_seconds": round(coarse_seconds, 4),
+        "landscape_seconds": round(seconds, 4),
+        "landscape_loop_seconds": round(loop_seconds, 4),
+        "landscape_point_loop_seconds": round(points_seconds, 4),
+        "landscape_speedup": round(loop_seconds / seconds, 2),
+        "landscape_speedup_vs_point_loop": round(points_seconds / seconds, 2),
+        "landscape_speedup_rounds": [round(r["copy_loop"] / r["ours"], 2) for r in rounds],
+        "landscape_speedup_vs_point_loop_rounds": [round(r["point_loop"] / r["ours"], 2) for r in rounds],
+        "landscape_seconds_by_points_per_batch": by_batch,
         "landscape_max_abs_diff_vs_loop": float(np.max(np.abs(np.subtract(ours, loop)))),
     }
 
@@ -241,21 +294,27 @@ def main() -> None:
     parser.add_argument(
         "--hessian-samples", type=int, default=256, help="examples for the Hessian (memory: ~2 GB at 256)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of ours vs PyHessian's matched setting")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed rounds of ours vs PyHessian's, and of the surfaces"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and BLAS threads")
     parser.add_argument(
         "--pyhessian-tols", default="1e-4,7e-5,5e-5,3e-5,2e-5,1.5e-5,1.2e-5,1e-5", help="PyHessian's tolerance grid"
     )
-    parser.add_argument("--hessian-only", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto: CUDA when present")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--hessian-only", action="store_true")
+    only.add_argument("--landscape-only", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tols = [float(t) for t in args.pyhessian_tols.split(",")]
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     with threadpool_limits(limits=args.threads):
         report = {
-            **hessian_case(args.hessian_samples, args.repeats, tols),
-            **({} if args.hessian_only else landscape_case(args.samples)),
-            "device": "cpu",
+            **({} if args.landscape_only else hessian_case(args.hessian_samples, args.repeats, tols, device)),
+            **({} if args.hessian_only else landscape_case(args.samples, device, args.repeats)),
+            "device": describe_device(device),
             "threads": torch.get_num_threads(),
         }
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))

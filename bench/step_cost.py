@@ -69,6 +69,7 @@ def measure(
     report = {
         "dataset": dataset,
         "clipping": clipping,
+        "batch_size": batch_size,
         "device": probe.device,
         "threads": probe.threads,
         "thread_state": threading,

@@ -3,7 +3,8 @@ the line between two runs, and noise robustness.
 
 A point is weights + Σ cᵢ·dᵢ evaluated with `functional_call` on those tensors:
 the model is never copied or modified per point. On CUDA, points are evaluated
-in batches with `vmap`; on CPU a loop is as fast.
+in batches with `vmap` (as many points a call as keep points × examples near
+`ROWS_PER_BATCH`: fewer launches, bounded memory); on CPU a loop is as fast.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from .progress import Progress, ProgressFn, StopFn, check_stop, no_progress
 from .results import NoiseRobustness, Slice, Surface
 
 Params = dict[str, torch.Tensor]
-POINTS_PER_BATCH = 16
+POINTS_PER_BATCH = 16  # the fewest points a vmap call takes, and how many a loop evaluates between progress reports
+ROWS_PER_BATCH = 1 << 16  # points × examples one vmap call aims at: 64 points of 1,024 examples
+MAX_POINTS_PER_BATCH = 128
 
 
 def _finite(value: float) -> Optional[float]:
@@ -54,11 +57,21 @@ def random_direction(weights: Params, *, seed: int, ignore_bias_norm: bool = Tru
 class LossEvaluator:
     """Mean loss and accuracy of a model's architecture at any weights, on a fixed subset (x, y)."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_points: Optional[bool] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_points: Optional[bool] = None,
+        points_per_batch: Optional[int] = None,
+    ):
         self.model = plain_copy(model)
         self.weights: Params = {n: p.detach() for n, p in self.model.named_parameters()}
         self.x, self.y = x, y
         self.batch_points = x.device.type == "cuda" if batch_points is None else batch_points
+        fitting = min(MAX_POINTS_PER_BATCH, max(POINTS_PER_BATCH, ROWS_PER_BATCH // max(1, len(x))))
+        self.points_per_batch = points_per_batch or (fitting if self.batch_points else POINTS_PER_BATCH)
 
     def _loss_and_correct(self, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         logits = functional_call(self.model, params, (self.x,))
@@ -82,9 +95,9 @@ class LossEvaluator:
             ]
             return [o[0] for o in out], [o[1] for o in out]
         losses, accuracies = [], []
-        for start in range(0, len(coefficients), POINTS_PER_BATCH):
+        for start in range(0, len(coefficients), self.points_per_batch):
             rows = torch.tensor(
-                coefficients[start : start + POINTS_PER_BATCH], dtype=self.x.dtype, device=self.x.device
+                coefficients[start : start + self.points_per_batch], dtype=self.x.dtype, device=self.x.device
             )
             stacked = {}
             for n, w in origin.items():
@@ -161,9 +174,10 @@ def iter_surface(
     center = evaluator.at(evaluator.weights)[0]
     total, done = steps * steps, 0
     for number, points in enumerate(passes):
-        for chunk_start in range(0, len(points), 3 * POINTS_PER_BATCH):
+        per_call = 3 * evaluator.points_per_batch  # points between progress reports and stop checks
+        for chunk_start in range(0, len(points), per_call):
             check_stop(should_stop)
-            chunk = points[chunk_start : chunk_start + 3 * POINTS_PER_BATCH]
+            chunk = points[chunk_start : chunk_start + per_call]
             losses, _ = evaluator.along([[axis[i], axis[j]] for i, j in chunk], [d1, d2])
             for (i, j), value in zip(chunk, losses):
                 grid[j][i] = _finite(value)

@@ -68,8 +68,9 @@ def warm_up() -> None:
 
 def _start_fresh(environment: Mapping[str, str]) -> None:
     """The parent's environment at the time it was started, as a spawned process's would be (a fork server's
-    children inherit the server's, from when it started), and global random generators of their own (a fork server's children would all share its torch and numpy states). Nothing in
-    dpsat draws from those (noise and sampling use per-run generators), but code added later might."""
+    children inherit the server's, from when it started), and global random generators of their own (a fork
+    server's children would all share its torch and numpy states). Nothing in dpsat draws from those (noise and
+    sampling use per-run generators), but code added later might."""
     import secrets
 
     import numpy as np
