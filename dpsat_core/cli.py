@@ -563,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # help is %-formatted by argparse, a description is not: it gets the text as printed
+        p = sub.add_parser(name, help=help_text, description=help_text.replace("%%", "%"))
         p.add_argument(
             "--store",
             default=default_store_path(),
