@@ -142,6 +142,98 @@ def epsilon_spent(
     return PrivacySpent(epsilon=_epsilon_with("rdp", delta=delta, **common), delta=delta, accountant="rdp", **common)
 
 
+# Opacus's `PRVAccountant.get_epsilon` defaults: its ε error, and its δ error as a share of δ.
+PRV_EPS_ERROR = 0.01
+PRV_DELTA_ERROR_SHARE = 1e-3
+
+
+def _prv_curve(
+    *, noise_multiplier: float, sample_rate: float, releases: tuple[int, ...], delta: float, prior: History
+) -> list[Optional[float]]:
+    """Opacus's PRV `eps_upper` after each count in `releases` of the training's releases (after `prior`), all on
+    the domain and mesh Opacus builds for the last count: its PRVs discretised once, each count one FFT power of
+    them. The last value is Opacus's `get_epsilon` for it, bit for bit (the same calls in the same order); an
+    earlier count's is None where Opacus cannot read ε off its composition.
+
+    Why an earlier count's value bounds ε with Opacus's own errors (ε error 0.01, δ error δ/1000), checked against
+    Opacus 1.6's code: its domain half-width L is 3 + the larger of the RDP ε of the whole history at δ_err/4 and of
+    each single release at δ_err/(8·n) (n releases in all); for fewer releases the first is no larger (each order's
+    RDP is ≥ 0, so ε by RDP grows with the count) and the second no larger (a larger δ), so the last count's L is
+    at least the L Opacus would build for an earlier one, and truncation and the FFT's wrap-around lose no more
+    mass. Its mesh ε_err/√(n·log(12/δ_err)/2) enters only the Hoeffding bound on the rounding error of n
+    compositions, exp(−2ε_err²/(n·h²)), which with the last count's finer h is smaller for fewer releases. ε is read
+    off the composition by the same `compute_epsilon` with the same errors.
+    """
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import (
+        PoissonSubsampledGaussianPRV,
+        TruncatedPrivacyRandomVariable,
+        compose_heterogeneous,
+        discretize,
+    )
+
+    eps_error, delta_error = PRV_EPS_ERROR, delta * PRV_DELTA_ERROR_SHARE
+    history = [*prior, (noise_multiplier, sample_rate, releases[-1])]
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]  # as `PRVAccountant._get_dprv`
+    counts = [count for _, _, count in history]
+    with _quiet_one_blas_thread():
+        domain = PRVAccountant()._get_domain(
+            prvs=prvs, num_self_compositions=counts, eps_error=eps_error, delta_error=delta_error
+        )
+        dprvs = [discretize(TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain) for prv in prvs]
+        values: list[Optional[float]] = []
+        for count in releases:
+            composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=[*counts[:-1], count])
+            try:
+                values.append(float(composed.compute_epsilon(delta, delta_error, eps_error)[2]))
+            except PRV_FAILURES as exc:
+                if count == releases[-1] or not _is_prv_failure(exc):
+                    raise
+                values.append(None)
+    return values
+
+
+@functools.lru_cache(maxsize=1024)
+def epsilon_curve(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    releases: tuple[int, ...],
+    delta: float,
+    accountant: str = "prv",
+    prior: History = (),
+) -> tuple[PrivacySpent, ...]:
+    """ε after each count in `releases` (increasing, ≥ 1) of one history: a run's ε after each epoch, its last
+    count the run's whole. The last is `epsilon_spent`'s answer, bit for bit; with PRV an earlier one is Opacus's
+    PRV upper bound on the last count's domain and mesh (`_prv_curve`: a valid bound with the same errors), so
+    one domain and one discretisation serve every epoch. RDP, σ = 0, and where PRV fails: `epsilon_spent` for
+    each count, as today. Cached: it is pure."""
+    _check_accountant(accountant)
+    if not releases or releases[0] < 1 or any(a >= b for a, b in zip(releases, releases[1:])):
+        raise ValueError(f"releases must be increasing counts ≥ 1, got {releases!r}")
+    common = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, delta=delta, prior=prior)
+
+    def each() -> tuple[PrivacySpent, ...]:
+        return tuple(epsilon_spent(releases=count, accountant=accountant, **common) for count in releases)
+
+    if accountant != "prv" or noise_multiplier == 0 or any(sigma == 0 for sigma, _, _ in prior):
+        return each()
+    try:
+        values = _prv_curve(releases=releases, **common)
+    except PRV_FAILURES as exc:
+        if not _is_prv_failure(exc):
+            raise
+        return each()
+    if not math.isfinite(values[-1]):
+        return each()
+    return tuple(
+        PrivacySpent(epsilon=eps, releases=count, accountant="prv", **common)
+        if eps is not None and math.isfinite(eps)
+        else epsilon_spent(releases=count, accountant=accountant, **common)
+        for count, eps in zip(releases, values)
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Calibration:
     """The σ that keeps `releases` releases under the target ε, the accountant that certified it, and the ε it
@@ -227,7 +319,9 @@ def _opacus_version() -> str:
 
 # How each kind of question is answered: part of its key, so answers of an earlier algorithm (the bisection of
 # Opacus's `get_noise_multiplier` before "search-1") are never read as this one's; they are asked afresh.
-ALGORITHMS = {"epsilon": "get_epsilon-1", "calibration": "search-2"}
+# "epsilon_within": ε after an earlier count of a history, on the domain of its last count (`epsilon_curve`): a
+# bound close to, but not the same number as, `get_epsilon` for that count, so it is kept under its own kind.
+ALGORITHMS = {"epsilon": "get_epsilon-1", "calibration": "search-2", "epsilon_within": "prv-curve-1"}
 
 
 def _settings(kind: str) -> str:
@@ -304,6 +398,41 @@ def recorded_epsilon(
         accountant=accountant,
         prior=prior,
     )
+
+
+def recorded_epsilon_curve(
+    book: Optional[AnswerBook],
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    releases: tuple[int, ...],
+    delta: float,
+    accountant: str,
+    prior: History = (),
+) -> tuple[PrivacySpent, ...]:
+    """`epsilon_curve`, read from `book` when it holds every answer, else computed and the missing ones written:
+    the last count's (and every RDP answer, the same numbers) under `recorded_epsilon`'s question, an earlier
+    PRV count's under "epsilon_within" with the last count, so the two kinds of number never stand for each other."""
+    common = dict(
+        noise_multiplier=noise_multiplier, sample_rate=sample_rate, delta=delta, accountant=accountant, prior=prior
+    )
+    if book is None:
+        return epsilon_curve(releases=releases, **common)
+    final = releases[-1]
+    keys = [
+        _question("epsilon", releases=count, **common)
+        if count == final or accountant != "prv"
+        else _question("epsilon_within", releases=count, within=final, **common)
+        for count in releases
+    ]
+    found = [book.find_accounting(key) for key in keys]
+    if all(answer is not None for answer in found):
+        return tuple(_spent_from_json(answer) for answer in found)
+    answers = epsilon_curve(releases=releases, **common)
+    for key, answer, spent in zip(keys, found, answers):
+        if answer is None:
+            book.save_accounting(key, dataclasses.asdict(spent))
+    return tuple(spent if answer is None else _spent_from_json(answer) for answer, spent in zip(found, answers))
 
 
 def recorded_calibration(
