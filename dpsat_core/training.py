@@ -180,6 +180,7 @@ class Trainer:
     steps: int = 0  # steps finished
     initial_train_loss: Optional[float] = None  # on the training-loss subset, before the first step
     book: Optional[AnswerBook] = None  # where accountant answers are kept between runs (the run store)
+    epoch_epsilons: Optional[tuple[PrivacySpent, ...]] = None  # the plan's per-epoch ε, read once when first needed
 
     def draw(self) -> Batch:
         idx = self.sampler.indices().to(self.device)
@@ -273,7 +274,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 def _epoch_privacy(trainer: Trainer) -> Optional[PrivacySpent]:
     """ε after an epoch: the plan's per-epoch answer when the releases are as planned (`record_epoch_epsilons`,
     one PRV domain for every epoch), else ε of the releases made."""
-    for spent in record_epoch_epsilons(trainer.plan, trainer.config.epochs, trainer.book):
+    if trainer.epoch_epsilons is None:
+        trainer.epoch_epsilons = record_epoch_epsilons(trainer.plan, trainer.config.epochs, trainer.book)
+    for spent in trainer.epoch_epsilons:
         if spent.releases == trainer.releases:
             return spent
     return _privacy_now(trainer)
