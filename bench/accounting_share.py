@@ -44,10 +44,18 @@ def _timed(fn, seconds: list[float]):
     return wrapper
 
 
+_EVALUATING = [0]  # accountant evaluations in progress: a PRV curve inside one is that evaluation, not a curve
+
+
 def _counted(fn, calls: list[str], name: str):
     def wrapper(*args, **kwargs):
-        calls.append(name)
-        return fn(*args, **kwargs)
+        if name != "curve" or not _EVALUATING[0]:
+            calls.append(name)
+        _EVALUATING[0] += name == "evaluation"
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _EVALUATING[0] -= name == "evaluation"
 
     return wrapper
 

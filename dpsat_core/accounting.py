@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Protocol
 
-from opacus.accountants import create_accountant
+import numpy as np
+from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as opacus_rdp
 
 from .config import ACCOUNTANTS
@@ -98,6 +99,12 @@ def _quiet_one_blas_thread() -> Iterator[None]:
 def _epsilon_with(
     accountant: str, *, noise_multiplier: float, sample_rate: float, releases: int, delta: float, prior: History = ()
 ) -> float:
+    """The accountant's ε for the history (PRV: Opacus's `get_epsilon`, the same float, through `_prv_curve`)."""
+    if accountant == "prv" and releases:
+        (eps,) = _prv_curve(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, releases=(releases,), delta=delta, prior=prior
+        )
+        return eps
     acc = create_accountant(mechanism=accountant)
     acc.history = [*prior, *([(noise_multiplier, sample_rate, releases)] if releases else [])]
     with _quiet_one_blas_thread():
@@ -147,6 +154,60 @@ PRV_EPS_ERROR = 0.01
 PRV_DELTA_ERROR_SHARE = 1e-3
 
 
+# How far above the smallest ε found an order's lower bound must lie to be skipped (`_rdp_epsilon`): far above the
+# rounding of Opacus's RDP series (terms dropped below e^-30), so a skipped order could never have been the minimum.
+RDP_SKIP_MARGIN = 1e-6
+
+
+def _rdp_epsilon(history: History, delta: float) -> float:
+    """Opacus's RDP ε of `history` at δ (`RDPAccountant.get_epsilon`, its default orders), the same float, with
+    RDP computed only at the orders that can hold the minimum: every integer order (closed form, cheap), then a
+    fractional one (a Python series, ~98% of the time) only where a lower bound of its ε comes within
+    `RDP_SKIP_MARGIN` of the smallest ε found. The bound holds because RDP is a Rényi divergence, which grows with
+    the order: RDP at α is at least RDP at the largest order below α already computed (0 below the first). Skipped
+    orders enter Opacus's own conversion as ∞, so the minimum, its order and its float are Opacus's. Had a skip
+    been wrong, ε would only be larger (a minimum over fewer orders): a larger PRV domain, never an unsafe one."""
+    alphas = RDPAccountant.DEFAULT_ALPHAS
+    orders = np.asarray(alphas, dtype=float)
+    conversion = -(math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
+    exact: dict[int, list[float]] = {}
+
+    def compute(i: int) -> float:
+        exact[i] = [opacus_rdp._compute_rdp(q, sigma, alphas[i]) for sigma, q, _ in history]
+        return total(i) + conversion[i]
+
+    def total(i: int) -> float:
+        return sum(count * rdp for (_, _, count), rdp in zip(history, exact[i]))
+
+    best = min(compute(i) for i, alpha in enumerate(alphas) if float(alpha).is_integer())
+    for i in sorted((i for i in range(len(alphas)) if i not in exact), key=lambda i: orders[i]):
+        below = [j for j in exact if orders[j] < orders[i]]
+        bound = (total(max(below, key=lambda j: orders[j])) if below else 0.0) + conversion[i]
+        if bound <= best + RDP_SKIP_MARGIN * max(1.0, abs(best)):
+            best = min(best, compute(i))
+    rdp = sum(  # as Opacus's `compute_rdp` per entry, summed as its `get_privacy_spent` sums them
+        [
+            np.array([exact[i][k] if i in exact else np.inf for i in range(len(alphas))]) * count
+            for k, (_, _, count) in enumerate(history)
+        ]
+    )
+    return float(opacus_rdp.get_privacy_spent(orders=alphas, rdp=rdp, delta=delta)[0])
+
+
+def _prv_domain(history: History, eps_error: float, delta_error: float) -> Any:
+    """The domain Opacus's `PRVAccountant._get_domain` builds for `history` (its `compute_safe_domain_size`, then its
+    mesh), the same floats, its RDP ε's from `_rdp_epsilon`."""
+    from opacus.accountants.analysis.prv import Domain
+
+    total = sum(count for _, _, count in history)
+    L_max = _rdp_epsilon(history, delta_error / 4)
+    for sigma, q, _ in history:
+        L_max = max(L_max, _rdp_epsilon(((sigma, q, 1),), delta_error / (8 * total)))
+    L = max(L_max, eps_error) + 3
+    mesh_size = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
+    return Domain.create_aligned(-L, L, mesh_size)
+
+
 def _prv_curve(
     *, noise_multiplier: float, sample_rate: float, releases: tuple[int, ...], delta: float, prior: History
 ) -> list[Optional[float]]:
@@ -164,7 +225,6 @@ def _prv_curve(
     compositions, exp(−2ε_err²/(n·h²)), which with the last count's finer h is smaller for fewer releases. ε is read
     off the composition by the same `compute_epsilon` with the same errors.
     """
-    from opacus.accountants import PRVAccountant
     from opacus.accountants.analysis.prv import (
         PoissonSubsampledGaussianPRV,
         TruncatedPrivacyRandomVariable,
@@ -177,9 +237,7 @@ def _prv_curve(
     prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]  # as `PRVAccountant._get_dprv`
     counts = [count for _, _, count in history]
     with _quiet_one_blas_thread():
-        domain = PRVAccountant()._get_domain(
-            prvs=prvs, num_self_compositions=counts, eps_error=eps_error, delta_error=delta_error
-        )
+        domain = _prv_domain(tuple(history), eps_error, delta_error)
         dprvs = [discretize(TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain) for prv in prvs]
         values: list[Optional[float]] = []
         for count in releases:

@@ -424,3 +424,30 @@ def test_a_recorded_curve_keeps_earlier_counts_apart_from_per_count_answers(tmp_
     monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("the accountant was asked again"))
     assert recorded_epsilon_curve(RunStore(store.path), releases=(15, 30), **question) == curve  # read back
     assert recorded_epsilon(store, releases=30, **question) == curve[-1]  # the last count: the run's final ε
+
+
+@pytest.mark.parametrize(
+    "history, delta",
+    [
+        (((1.1, 0.18, 30),), 1e-5),
+        (((0.5, 0.3, 3000),), 1e-3),  # ε in the tens: small optimal orders, fractional ones needed
+        (((12.0, 0.001, 5),), 1e-11),  # a tiny ε: the largest order
+        (((3.0, 1.0, 2), (0.8, 0.05, 300)), 1e-8),  # a prior release of the statistics, sample rate 1
+    ],
+)
+def test_domain_sizing_skips_only_orders_that_cannot_hold_the_minimum(history, delta):
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+    accounting.opacus_rdp._compute_rdp.cache_clear()
+    ours = accounting._rdp_epsilon(history, delta)
+    computed = accounting.opacus_rdp._compute_rdp.cache_info().currsize
+    reference = RDPAccountant()
+    reference.history = list(history)
+    assert ours == reference.get_epsilon(delta)  # the same float as every order computed
+    assert computed < len(RDPAccountant.DEFAULT_ALPHAS) * len(history)  # fewer orders were
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+    counts = [count for _, _, count in history]
+    opacus_domain = PRVAccountant()._get_domain(
+        prvs=prvs, num_self_compositions=counts, eps_error=0.01, delta_error=delta / 1000
+    )
+    assert accounting._prv_domain(history, 0.01, delta / 1000) == opacus_domain
