@@ -37,6 +37,7 @@ History = tuple[tuple[float, float, int], ...]
 EPSILON_TOLERANCE = 0.01  # how far below the target a calibrated σ may leave ε
 MAX_NOISE_MULTIPLIER = 1e6  # where Opacus's search gives up too
 RDP_MEMO_SIZE = 1 << 16
+DISCRETISED_MEMO_SIZE = 4  # histories whose discretised PRVs are kept (1–10 MB each)
 # Where the σ search looks first for PRV: its ε is typically 8–14% under RDP's (shared/NOTES.md), and the search's
 # model is RDP at integer orders. Only a starting point: it changes how many evaluations a search takes, never σ's
 # acceptance test.
@@ -208,13 +209,26 @@ def _prv_domain(history: History, eps_error: float, delta_error: float) -> Any:
     return Domain.create_aligned(-L, L, mesh_size)
 
 
+@functools.lru_cache(maxsize=DISCRETISED_MEMO_SIZE)
+def _discretised_prvs(history: History, eps_error: float, delta_error: float) -> tuple[Any, ...]:
+    """Each release's PRV of `history`, truncated to and discretised on its domain, as `PRVAccountant._get_dprv`
+    builds them; memoised (Opacus's composition only reads them): a run's per-epoch curve, asked right after its σ's
+    calibration, reuses that calibration's last evaluation (the same history)."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable, discretize
+
+    domain = _prv_domain(history, eps_error, delta_error)
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+    return tuple(discretize(TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain) for prv in prvs)
+
+
 def _prv_curve(
     *, noise_multiplier: float, sample_rate: float, releases: tuple[int, ...], delta: float, prior: History
 ) -> list[Optional[float]]:
     """Opacus's PRV `eps_upper` after each count in `releases` of the training's releases (after `prior`), all on
     the domain and mesh Opacus builds for the last count: its PRVs discretised once, each count one FFT power of
-    them. The last value is Opacus's `get_epsilon` for it, bit for bit (the same calls in the same order); an
-    earlier count's is None where Opacus cannot read ε off its composition.
+    them. The last value is Opacus's `get_epsilon` for it, bit for bit (its domain from `_prv_domain`, the same
+    floats; then Opacus's own calls in its order); an earlier count's is None where Opacus cannot read ε off its
+    composition.
 
     Why an earlier count's value bounds ε with Opacus's own errors (ε error 0.01, δ error δ/1000), checked against
     Opacus 1.6's code: its domain half-width L is 3 + the larger of the RDP ε of the whole history at δ_err/4 and of
@@ -225,20 +239,13 @@ def _prv_curve(
     compositions, exp(−2ε_err²/(n·h²)), which with the last count's finer h is smaller for fewer releases. ε is read
     off the composition by the same `compute_epsilon` with the same errors.
     """
-    from opacus.accountants.analysis.prv import (
-        PoissonSubsampledGaussianPRV,
-        TruncatedPrivacyRandomVariable,
-        compose_heterogeneous,
-        discretize,
-    )
+    from opacus.accountants.analysis.prv import compose_heterogeneous
 
     eps_error, delta_error = PRV_EPS_ERROR, delta * PRV_DELTA_ERROR_SHARE
-    history = [*prior, (noise_multiplier, sample_rate, releases[-1])]
-    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]  # as `PRVAccountant._get_dprv`
+    history = (*prior, (noise_multiplier, sample_rate, releases[-1]))
     counts = [count for _, _, count in history]
     with _quiet_one_blas_thread():
-        domain = _prv_domain(tuple(history), eps_error, delta_error)
-        dprvs = [discretize(TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain) for prv in prvs]
+        dprvs = list(_discretised_prvs(history, eps_error, delta_error))
         values: list[Optional[float]] = []
         for count in releases:
             composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=[*counts[:-1], count])

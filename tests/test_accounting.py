@@ -451,3 +451,14 @@ def test_domain_sizing_skips_only_orders_that_cannot_hold_the_minimum(history, d
         prvs=prvs, num_self_compositions=counts, eps_error=0.01, delta_error=delta / 1000
     )
     assert accounting._prv_domain(history, 0.01, delta / 1000) == opacus_domain
+
+
+def test_a_curve_asked_right_after_its_calibration_reuses_its_last_discretisation():
+    target = dict(target_epsilon=3.0, delta=1e-5, sample_rate=0.1, releases=40)
+    calibration = calibrate_noise(**target)
+    before = accounting._discretised_prvs.cache_info()
+    question = dict(noise_multiplier=calibration.noise_multiplier, sample_rate=0.1, delta=1e-5)
+    curve = epsilon_curve(releases=(10, 20, 30, 40), **question)
+    after = accounting._discretised_prvs.cache_info()
+    assert (after.hits, after.misses) == (before.hits + 1, before.misses)  # no domain or discretisation again
+    assert curve[-1].epsilon == calibration.epsilon  # the calibration's ε at σ is the run's final ε
