@@ -5,11 +5,12 @@
 Trains `default_comparison("digits")` (20 runs) into a fresh store with the sweep's
 own process pool, then the same grid again with new seeds (new runs, the same
 accountant questions). In every process (parent and workers) the time inside
-accounting (`epsilon_spent` and `calibrate_noise`, which hold every accountant call)
-is summed; compute is the time the workers spend in their cells plus the parent's
-accounting. `accountant_calls` counts the accountant's evaluations (`_epsilon_with`;
-an older checkout's whole `get_noise_multiplier` bisection counts as one, also given
-as `bisections`). Runs against any checkout whose `dpsat_core` is on PYTHONPATH.
+accounting (`epsilon_spent`, `epsilon_curve` and `calibrate_noise`, which hold every
+accountant call; one inside another counted once) is summed; compute is the time the
+workers spend in their cells plus the parent's accounting. `accountant_calls` counts
+the accountant's evaluations (`_epsilon_with`; an older checkout's whole
+`get_noise_multiplier` bisection counts as one, also given as `bisections`; one PRV
+curve, every epoch of one history on one domain, counts as one, also given as `curves`). Runs against any checkout whose `dpsat_core` is on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -26,34 +27,52 @@ from pathlib import Path
 LOG_ENV = "DPSAT_BENCH_ACCOUNTING_LOG"
 
 
+_DEPTH = [0]  # accounting calls in progress in this process: only the outermost is timed
+
+
 def _timed(fn, seconds: list[float]):
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
+        _DEPTH[0] += 1
         try:
             return fn(*args, **kwargs)
         finally:
-            seconds.append(time.perf_counter() - start)
+            _DEPTH[0] -= 1
+            if not _DEPTH[0]:
+                seconds.append(time.perf_counter() - start)
 
     return wrapper
 
 
+_EVALUATING = [0]  # accountant evaluations in progress: a PRV curve inside one is that evaluation, not a curve
+
+
 def _counted(fn, calls: list[str], name: str):
     def wrapper(*args, **kwargs):
-        calls.append(name)
-        return fn(*args, **kwargs)
+        if name != "curve" or not _EVALUATING[0]:
+            calls.append(name)
+        _EVALUATING[0] += name == "evaluation"
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _EVALUATING[0] -= name == "evaluation"
 
     return wrapper
 
 
 def _instrument(seconds: list[float], calls: list[str]) -> None:
-    """Time every accounting question asked in this process (ε and σ, cache hits included: microseconds) and
-    count the accountant's evaluations (each a PRV or RDP `get_epsilon`, or one Opacus bisection where an
-    older checkout still calls `get_noise_multiplier`)."""
+    """Time every accounting question asked in this process (ε, per-epoch ε curves and σ, cache hits included:
+    microseconds; a question asked inside another is timed once) and count the accountant's evaluations (each a
+    PRV or RDP `get_epsilon`, a PRV curve of one history's per-epoch ε where the checkout has `epsilon_curve`, or
+    one Opacus bisection where an older checkout still calls `get_noise_multiplier`)."""
     import dpsat_core.accounting as accounting
 
     accounting.epsilon_spent = _timed(accounting.epsilon_spent, seconds)
     accounting.calibrate_noise = _timed(accounting.calibrate_noise, seconds)
     accounting._epsilon_with = _counted(accounting._epsilon_with, calls, "evaluation")
+    if hasattr(accounting, "epsilon_curve"):
+        accounting.epsilon_curve = _timed(accounting.epsilon_curve, seconds)
+        accounting._prv_curve = _counted(accounting._prv_curve, calls, "curve")
     if hasattr(accounting, "get_noise_multiplier"):
         accounting.get_noise_multiplier = _counted(accounting.get_noise_multiplier, calls, "bisection")
 
@@ -100,6 +119,7 @@ def measure(
         "accounting_seconds": round(accounting, 2),
         "accountant_calls": len(evaluations),
         "bisections": evaluations.count("bisection"),
+        "curves": evaluations.count("curve"),
         "parent_accounting_seconds": round(sum(own), 2),
         "accounting_share": round(accounting / compute, 3),
     }

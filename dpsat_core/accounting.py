@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Protocol
 
-from opacus.accountants import create_accountant
+import numpy as np
+from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as opacus_rdp
 
 from .config import ACCOUNTANTS
@@ -36,6 +37,7 @@ History = tuple[tuple[float, float, int], ...]
 EPSILON_TOLERANCE = 0.01  # how far below the target a calibrated σ may leave ε
 MAX_NOISE_MULTIPLIER = 1e6  # where Opacus's search gives up too
 RDP_MEMO_SIZE = 1 << 16
+DISCRETISED_MEMO_SIZE = 4  # histories whose discretised PRVs are kept (1–10 MB each)
 # Where the σ search looks first for PRV: its ε is typically 8–14% under RDP's (shared/NOTES.md), and the search's
 # model is RDP at integer orders. Only a starting point: it changes how many evaluations a search takes, never σ's
 # acceptance test.
@@ -98,6 +100,12 @@ def _quiet_one_blas_thread() -> Iterator[None]:
 def _epsilon_with(
     accountant: str, *, noise_multiplier: float, sample_rate: float, releases: int, delta: float, prior: History = ()
 ) -> float:
+    """The accountant's ε for the history (PRV: Opacus's `get_epsilon`, the same float, through `_prv_curve`)."""
+    if accountant == "prv" and releases:
+        (eps,) = _prv_curve(
+            noise_multiplier=noise_multiplier, sample_rate=sample_rate, releases=(releases,), delta=delta, prior=prior
+        )
+        return eps
     acc = create_accountant(mechanism=accountant)
     acc.history = [*prior, *([(noise_multiplier, sample_rate, releases)] if releases else [])]
     with _quiet_one_blas_thread():
@@ -140,6 +148,155 @@ def epsilon_spent(
         eps = _epsilon_with("rdp", delta=delta, **common)
         return PrivacySpent(epsilon=eps, delta=delta, accountant="rdp", note=PRV_FALLBACK_NOTE, **common)
     return PrivacySpent(epsilon=_epsilon_with("rdp", delta=delta, **common), delta=delta, accountant="rdp", **common)
+
+
+# Opacus's `PRVAccountant.get_epsilon` defaults: its ε error, and its δ error as a share of δ.
+PRV_EPS_ERROR = 0.01
+PRV_DELTA_ERROR_SHARE = 1e-3
+
+
+# How far above the smallest ε found an order's lower bound must lie to be skipped (`_rdp_epsilon`): far above the
+# rounding of Opacus's RDP series (terms dropped below e^-30), so a skipped order could never have been the minimum.
+RDP_SKIP_MARGIN = 1e-6
+
+
+def _rdp_epsilon(history: History, delta: float) -> float:
+    """Opacus's RDP ε of `history` at δ (`RDPAccountant.get_epsilon`, its default orders), the same float, with
+    RDP computed only at the orders that can hold the minimum: every integer order (closed form, cheap), then a
+    fractional one (a Python series, ~98% of the time) only where a lower bound of its ε comes within
+    `RDP_SKIP_MARGIN` of the smallest ε found. The bound holds because RDP is a Rényi divergence, which grows with
+    the order: RDP at α is at least RDP at the largest order below α already computed (0 below the first). Skipped
+    orders enter Opacus's own conversion as ∞, so the minimum, its order and its float are Opacus's. Had a skip
+    been wrong, ε would only be larger (a minimum over fewer orders): a larger PRV domain, never an unsafe one."""
+    alphas = RDPAccountant.DEFAULT_ALPHAS
+    orders = np.asarray(alphas, dtype=float)
+    conversion = -(math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
+    exact: dict[int, list[float]] = {}
+
+    def compute(i: int) -> float:
+        exact[i] = [opacus_rdp._compute_rdp(q, sigma, alphas[i]) for sigma, q, _ in history]
+        return total(i) + conversion[i]
+
+    def total(i: int) -> float:
+        return sum(count * rdp for (_, _, count), rdp in zip(history, exact[i]))
+
+    best = min(compute(i) for i, alpha in enumerate(alphas) if float(alpha).is_integer())
+    for i in sorted((i for i in range(len(alphas)) if i not in exact), key=lambda i: orders[i]):
+        below = [j for j in exact if orders[j] < orders[i]]
+        bound = (total(max(below, key=lambda j: orders[j])) if below else 0.0) + conversion[i]
+        if bound <= best + RDP_SKIP_MARGIN * max(1.0, abs(best)):
+            best = min(best, compute(i))
+    rdp = sum(  # as Opacus's `compute_rdp` per entry, summed as its `get_privacy_spent` sums them
+        [
+            np.array([exact[i][k] if i in exact else np.inf for i in range(len(alphas))]) * count
+            for k, (_, _, count) in enumerate(history)
+        ]
+    )
+    return float(opacus_rdp.get_privacy_spent(orders=alphas, rdp=rdp, delta=delta)[0])
+
+
+def _prv_domain(history: History, eps_error: float, delta_error: float) -> Any:
+    """The domain Opacus's `PRVAccountant._get_domain` builds for `history` (its `compute_safe_domain_size`, then its
+    mesh), the same floats, its RDP ε's from `_rdp_epsilon`."""
+    from opacus.accountants.analysis.prv import Domain
+
+    total = sum(count for _, _, count in history)
+    L_max = _rdp_epsilon(history, delta_error / 4)
+    for sigma, q, _ in history:
+        L_max = max(L_max, _rdp_epsilon(((sigma, q, 1),), delta_error / (8 * total)))
+    L = max(L_max, eps_error) + 3
+    mesh_size = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
+    return Domain.create_aligned(-L, L, mesh_size)
+
+
+@functools.lru_cache(maxsize=DISCRETISED_MEMO_SIZE)
+def _discretised_prvs(history: History, eps_error: float, delta_error: float) -> tuple[Any, ...]:
+    """Each release's PRV of `history`, truncated to and discretised on its domain, as `PRVAccountant._get_dprv`
+    builds them; memoised (Opacus's composition only reads them): a run's per-epoch curve, asked right after its σ's
+    calibration, reuses that calibration's last evaluation (the same history)."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable, discretize
+
+    domain = _prv_domain(history, eps_error, delta_error)
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+    return tuple(discretize(TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain) for prv in prvs)
+
+
+def _prv_curve(
+    *, noise_multiplier: float, sample_rate: float, releases: tuple[int, ...], delta: float, prior: History
+) -> list[Optional[float]]:
+    """Opacus's PRV `eps_upper` after each count in `releases` of the training's releases (after `prior`), all on
+    the domain and mesh Opacus builds for the last count: its PRVs discretised once, each count one FFT power of
+    them. The last value is Opacus's `get_epsilon` for it, bit for bit (its domain from `_prv_domain`, the same
+    floats; then Opacus's own calls in its order); an earlier count's is None where Opacus cannot read ε off its
+    composition.
+
+    Why an earlier count's value bounds ε with Opacus's own errors (ε error 0.01, δ error δ/1000), checked against
+    Opacus 1.6's code: its domain half-width L is 3 + the larger of the RDP ε of the whole history at δ_err/4 and of
+    each single release at δ_err/(8·n) (n releases in all); for fewer releases the first is no larger (each order's
+    RDP is ≥ 0, so ε by RDP grows with the count) and the second no larger (a larger δ), so the last count's L is
+    at least the L Opacus would build for an earlier one, and truncation and the FFT's wrap-around lose no more
+    mass. Its mesh ε_err/√(n·log(12/δ_err)/2) enters only the Hoeffding bound on the rounding error of n
+    compositions, exp(−2ε_err²/(n·h²)), which with the last count's finer h is smaller for fewer releases. ε is read
+    off the composition by the same `compute_epsilon` with the same errors.
+    """
+    from opacus.accountants.analysis.prv import compose_heterogeneous
+
+    eps_error, delta_error = PRV_EPS_ERROR, delta * PRV_DELTA_ERROR_SHARE
+    history = (*prior, (noise_multiplier, sample_rate, releases[-1]))
+    counts = [count for _, _, count in history]
+    with _quiet_one_blas_thread():
+        dprvs = list(_discretised_prvs(history, eps_error, delta_error))
+        values: list[Optional[float]] = []
+        for count in releases:
+            composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=[*counts[:-1], count])
+            try:
+                values.append(float(composed.compute_epsilon(delta, delta_error, eps_error)[2]))
+            except PRV_FAILURES as exc:
+                if count == releases[-1] or not _is_prv_failure(exc):
+                    raise
+                values.append(None)
+    return values
+
+
+@functools.lru_cache(maxsize=1024)
+def epsilon_curve(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    releases: tuple[int, ...],
+    delta: float,
+    accountant: str = "prv",
+    prior: History = (),
+) -> tuple[PrivacySpent, ...]:
+    """ε after each count in `releases` (increasing, ≥ 1) of one history: a run's ε after each epoch, its last
+    count the run's whole. The last is `epsilon_spent`'s answer, bit for bit; with PRV an earlier one is Opacus's
+    PRV upper bound on the last count's domain and mesh (`_prv_curve`: a valid bound with the same errors), so
+    one domain and one discretisation serve every epoch. RDP, σ = 0, and where PRV fails: `epsilon_spent` for
+    each count, as today. Cached: it is pure."""
+    _check_accountant(accountant)
+    if not releases or releases[0] < 1 or any(a >= b for a, b in zip(releases, releases[1:])):
+        raise ValueError(f"releases must be increasing counts ≥ 1, got {releases!r}")
+    common = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, delta=delta, prior=prior)
+
+    def each() -> tuple[PrivacySpent, ...]:
+        return tuple(epsilon_spent(releases=count, accountant=accountant, **common) for count in releases)
+
+    if accountant != "prv" or noise_multiplier == 0 or any(sigma == 0 for sigma, _, _ in prior):
+        return each()
+    try:
+        values = _prv_curve(releases=releases, **common)
+    except PRV_FAILURES as exc:
+        if not _is_prv_failure(exc):
+            raise
+        return each()
+    if not math.isfinite(values[-1]):
+        return each()
+    return tuple(
+        PrivacySpent(epsilon=eps, releases=count, accountant="prv", **common)
+        if eps is not None and math.isfinite(eps)
+        else epsilon_spent(releases=count, accountant=accountant, **common)
+        for count, eps in zip(releases, values)
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -227,7 +384,9 @@ def _opacus_version() -> str:
 
 # How each kind of question is answered: part of its key, so answers of an earlier algorithm (the bisection of
 # Opacus's `get_noise_multiplier` before "search-1") are never read as this one's; they are asked afresh.
-ALGORITHMS = {"epsilon": "get_epsilon-1", "calibration": "search-2"}
+# "epsilon_within": ε after an earlier count of a history, on the domain of its last count (`epsilon_curve`): a
+# bound close to, but not the same number as, `get_epsilon` for that count, so it is kept under its own kind.
+ALGORITHMS = {"epsilon": "get_epsilon-1", "calibration": "search-2", "epsilon_within": "prv-curve-1"}
 
 
 def _settings(kind: str) -> str:
@@ -304,6 +463,41 @@ def recorded_epsilon(
         accountant=accountant,
         prior=prior,
     )
+
+
+def recorded_epsilon_curve(
+    book: Optional[AnswerBook],
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    releases: tuple[int, ...],
+    delta: float,
+    accountant: str,
+    prior: History = (),
+) -> tuple[PrivacySpent, ...]:
+    """`epsilon_curve`, read from `book` when it holds every answer, else computed and the missing ones written:
+    the last count's (and every RDP answer, the same numbers) under `recorded_epsilon`'s question, an earlier
+    PRV count's under "epsilon_within" with the last count, so the two kinds of number never stand for each other."""
+    common = dict(
+        noise_multiplier=noise_multiplier, sample_rate=sample_rate, delta=delta, accountant=accountant, prior=prior
+    )
+    if book is None:
+        return epsilon_curve(releases=releases, **common)
+    final = releases[-1]
+    keys = [
+        _question("epsilon", releases=count, **common)
+        if count == final or accountant != "prv"
+        else _question("epsilon_within", releases=count, within=final, **common)
+        for count in releases
+    ]
+    found = [book.find_accounting(key) for key in keys]
+    if all(answer is not None for answer in found):
+        return tuple(_spent_from_json(answer) for answer in found)
+    answers = epsilon_curve(releases=releases, **common)
+    for key, answer, spent in zip(keys, found, answers):
+        if answer is None:
+            book.save_accounting(key, dataclasses.asdict(spent))
+    return tuple(spent if answer is None else _spent_from_json(answer) for answer, spent in zip(found, answers))
 
 
 def recorded_calibration(

@@ -11,7 +11,15 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .accounting import AnswerBook, History, calibrate_noise, recorded_calibration, recorded_epsilon
+from .accounting import (
+    AnswerBook,
+    History,
+    PrivacySpent,
+    calibrate_noise,
+    recorded_calibration,
+    recorded_epsilon,
+    recorded_epsilon_curve,
+)
 from .config import TrainConfig, resolve_for_data
 from .data import Dataset
 from .data.scaling import STATISTICS_RELEASES
@@ -37,22 +45,27 @@ class PrivacyPlan:
     prior: History = ()  # releases before training (the scaling statistics), composed into every ε
 
 
-def record_epoch_epsilons(plan: PrivacyPlan, epochs: int, book: AnswerBook) -> None:
-    """Ask `book` (computing what it lacks) for the ε a run of this plan reports after each epoch, as training asks
-    it when every step makes its declared releases; a sweep's parent does this once per distinct question, so
-    its workers, and each seed, only read them."""
+def epoch_releases(plan: PrivacyPlan, epochs: int) -> tuple[int, ...]:
+    """The releases a run of this plan has made after each epoch when every step makes its declared releases."""
+    return tuple(plan.planned_releases // epochs * epoch for epoch in range(1, epochs + 1))
+
+
+def record_epoch_epsilons(plan: PrivacyPlan, epochs: int, book: Optional[AnswerBook]) -> tuple[PrivacySpent, ...]:
+    """The ε a run of this plan reports after each epoch, as training asks it (`epoch_releases`; one PRV domain for
+    all, `epsilon_curve`), from `book` where it holds them, else computed and written there; a sweep's parent
+    does this once per distinct question, so its workers, and each seed, only read them. () for a non-private
+    plan."""
     if plan.noise_multiplier is None:
-        return
-    for epoch in range(1, epochs + 1):
-        recorded_epsilon(
-            book,
-            noise_multiplier=plan.noise_multiplier,
-            sample_rate=plan.sample_rate,
-            releases=plan.planned_releases // epochs * epoch,
-            delta=plan.delta,
-            accountant=plan.accountant,
-            prior=plan.prior,
-        )
+        return ()
+    return recorded_epsilon_curve(
+        book,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        releases=epoch_releases(plan, epochs),
+        delta=plan.delta,
+        accountant=plan.accountant,
+        prior=plan.prior,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -234,14 +234,12 @@ def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore) -> None:
     from .data import load_config_dataset
     from .planning import plan_run, record_epoch_epsilons
 
-    plans = []
     for cell in cells:
         try:  # the whole plan, so a table's released statistics are composed in as the run will compose them
-            plans.append((plan_run(cell, load_config_dataset(cell), store, device_here=False).privacy, cell.epochs))
+            plan = plan_run(cell, load_config_dataset(cell), store, device_here=False).privacy
         except DpsatError:
             continue
-    for plan, epochs in plans:
-        record_epoch_epsilons(plan, epochs, store)
+        record_epoch_epsilons(plan, cell.epochs, store)  # right after σ: its last evaluation's PRVs are still held
 
 
 def _record(result: SweepResult, outcome: CellOutcome, cell: TrainConfig) -> None:

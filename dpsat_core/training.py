@@ -32,7 +32,7 @@ from .divergence import divergence_reason
 from .gradients import Batch
 from .methods import method_info
 from .models import build_model, count_parameters
-from .planning import PrivacyPlan, RunPlan, plan_run
+from .planning import PrivacyPlan, RunPlan, plan_run, record_epoch_epsilons
 from .progress import Progress, ProgressFn, StopFn, no_progress
 from .results import EpochMetrics, ModelSpec, RunSummary, json_float
 from .steps import Step
@@ -180,6 +180,7 @@ class Trainer:
     steps: int = 0  # steps finished
     initial_train_loss: Optional[float] = None  # on the training-loss subset, before the first step
     book: Optional[AnswerBook] = None  # where accountant answers are kept between runs (the run store)
+    epoch_epsilons: Optional[tuple[PrivacySpent, ...]] = None  # the plan's per-epoch ε, read once when first needed
 
     def draw(self) -> Batch:
         idx = self.sampler.indices().to(self.device)
@@ -270,7 +271,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss / len(x), correct / len(x)
 
 
+def _epoch_privacy(trainer: Trainer) -> Optional[PrivacySpent]:
+    """ε after an epoch: the plan's per-epoch answer when the releases are as planned (`record_epoch_epsilons`,
+    one PRV domain for every epoch), else ε of the releases made."""
+    if trainer.epoch_epsilons is None:
+        trainer.epoch_epsilons = record_epoch_epsilons(trainer.plan, trainer.config.epochs, trainer.book)
+    for spent in trainer.epoch_epsilons:
+        if spent.releases == trainer.releases:
+            return spent
+    return _privacy_now(trainer)
+
+
 def _privacy_now(trainer: Trainer) -> Optional[PrivacySpent]:
+    """ε of the releases made so far, as `epsilon_spent` answers it: a run's final ε."""
     plan = trainer.plan
     if plan.noise_multiplier is None:
         return None
@@ -389,7 +402,7 @@ def _train(
         if not (math.isfinite(test_loss) and math.isfinite(train_loss)):
             status, reason = "failed", f"training diverged: evaluation loss is not finite after epoch {epoch}; lower lr"
             break
-        privacy = _privacy_now(trainer)
+        privacy = _epoch_privacy(trainer)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
@@ -427,8 +440,9 @@ def _train(
             n_classes=trainer.spec.n_classes,
             lr=config.lr,
         )
-    # the last epoch's ε is the result's unless releases happened since (cancel, divergence)
-    if privacy is None or privacy.releases != trainer.releases:
+    # the last epoch's ε is the result's when it is the whole run's (then it is `epsilon_spent`'s); after fewer
+    # releases, or others since (cancel, divergence), the result's ε is `epsilon_spent`'s for the releases made
+    if privacy is None or privacy.releases != trainer.releases or privacy.releases != trainer.plan.planned_releases:
         privacy = _privacy_now(trainer)
     return _result(trainer, status=status, reason=reason, epochs=epochs, steps=step, seconds=seconds, privacy=privacy)
 

@@ -1,5 +1,6 @@
 """ε must equal an accountant's ε for (σ, q, releases); calibration must land just under the target."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,16 +11,17 @@ from opacus.accountants.analysis.rdp import compute_rdp
 import dpsat_core.accounting as accounting
 import dpsat_core.noise_search as noise_search
 from dpsat_core import Calibration, ConfigError, TrainConfig, calibrate_noise, epsilon_spent, prepare, train
+from dpsat_core.accounting import epsilon_curve
 
 
 @pytest.fixture(autouse=True)
 def fresh_caches():
     """ε and σ are cached per process; tests that swap the accountant must not see earlier answers."""
-    epsilon_spent.cache_clear()
-    calibrate_noise.cache_clear()
+    for cached in (epsilon_spent, epsilon_curve, calibrate_noise):
+        cached.cache_clear()
     yield
-    epsilon_spent.cache_clear()
-    calibrate_noise.cache_clear()
+    for cached in (epsilon_spent, epsilon_curve, calibrate_noise):
+        cached.cache_clear()
 
 
 def rdp_subsampled_gaussian(q: float, sigma: float, alpha: int) -> float:
@@ -68,7 +70,11 @@ def test_reported_epsilon_is_the_accountants_for_sigma_q_releases(method, per_st
     assert summary.epsilon_spent == pytest.approx(reference.get_epsilon(delta=summary.delta), rel=1e-9)
     assert summary.target_epsilon - 0.05 <= summary.epsilon_spent <= summary.target_epsilon
     epsilons = [e.epsilon_spent for e in result.epochs]
-    assert epsilons == sorted(epsilons) and epsilons[-1] == pytest.approx(summary.epsilon_spent)
+    assert epsilons == sorted(epsilons) and epsilons[-1] == summary.epsilon_spent
+    question = dict(noise_multiplier=summary.noise_multiplier, sample_rate=summary.sample_rate, delta=summary.delta)
+    curve = epsilon_curve(releases=tuple(e.releases for e in result.epochs), accountant=accountant, **question)
+    assert epsilons == [spent.epsilon for spent in curve]  # each epoch's ε from the one domain of the whole run
+    assert result.privacy == epsilon_spent(releases=summary.releases, accountant=accountant, **question)
 
 
 def test_dpsat_spends_what_dpsgd_spends_and_dpsam_needs_more_noise(quick):
@@ -347,3 +353,112 @@ def test_retuning_the_search_asks_its_calibrations_afresh(monkeypatch):
         m.setattr(noise_search, "MAX_EVALUATIONS", 30)
         keys.add(accounting._question("calibration", **target))
     assert len(keys) == 5
+
+
+def _opacus_prv_at(history, delta: float) -> tuple[float, float, float]:
+    """Opacus's own PRV (ε lower, estimate, upper) for `history`, on the domain it builds for that history."""
+    reference = PRVAccountant()
+    reference.history = list(history)
+    with accounting._quiet_one_blas_thread():
+        composed = reference._get_dprv(eps_error=0.01, delta_error=delta / 1000)
+        return composed.compute_epsilon(delta, delta / 1000, 0.01)
+
+
+@pytest.mark.parametrize(
+    "sigma, q, releases, delta, prior",
+    [
+        (1.0, 0.1, (10, 20, 30, 40), 1e-5, ()),
+        (1.2, 0.15, (8, 16, 24), 1e-4, ((3.0, 1.0, 2),)),  # after released scaling statistics
+        (1.5, 0.1, (20, 40, 60), 1e-5, ()),  # DP-SAM: 2 releases a step, 10 steps an epoch
+    ],
+)
+def test_the_epsilon_curve_ends_at_get_epsilon_and_bounds_every_earlier_count(sigma, q, releases, delta, prior):
+    question = dict(noise_multiplier=sigma, sample_rate=q, delta=delta, prior=prior)
+    curve = epsilon_curve(releases=releases, **question)
+    assert [spent.releases for spent in curve] == list(releases) and {s.accountant for s in curve} == {"prv"}
+    final = epsilon_spent(releases=releases[-1], **question)
+    assert curve[-1] == final  # bit for bit, the accountant's own number for the whole history
+    assert final.epsilon == _opacus_prv_at([*prior, (sigma, q, releases[-1])], delta)[2]
+    epsilons = [spent.epsilon for spent in curve]
+    assert epsilons == sorted(epsilons) and len(set(epsilons)) == len(epsilons)
+    for count, spent in zip(releases[:-1], curve):
+        lower, estimate, upper = _opacus_prv_at([*prior, (sigma, q, count)], delta)
+        assert abs(spent.epsilon - upper) <= accounting.PRV_EPS_ERROR  # Opacus's own bound for this count
+        assert spent.epsilon >= estimate > lower  # never below Opacus's estimate for this count
+        rdp = epsilon_spent(releases=count, accountant="rdp", **question).epsilon
+        assert spent.epsilon <= rdp  # and tighter than RDP's bound, as PRV is
+
+
+def test_the_epsilon_curve_with_rdp_or_where_prv_fails_is_each_counts_epsilon(monkeypatch):
+    question = dict(noise_multiplier=1.0, sample_rate=0.05, delta=1e-5)
+    each = lambda accountant: tuple(  # noqa: E731
+        epsilon_spent(releases=count, accountant=accountant, **question) for count in (50, 100)
+    )
+    assert epsilon_curve(releases=(50, 100), accountant="rdp", **question) == each("rdp")
+    assert epsilon_curve(releases=(50, 100), noise_multiplier=0.0, sample_rate=0.05, delta=1e-5)[0].epsilon == math.inf
+    raised = {"curve": RuntimeError("Discrete mean differs significantly from continuous mean.")}
+    monkeypatch.setattr(accounting, "_prv_curve", lambda **k: (_ for _ in ()).throw(raised["curve"]))
+    assert epsilon_curve(releases=(50, 100), **question) == each("prv")  # per count, with today's RDP fallback
+    raised["curve"] = TypeError("a bug, not a PRV limitation")
+    with pytest.raises(TypeError, match="a bug"):
+        epsilon_curve(releases=(50, 101), **question)
+    for bad in ((), (0, 10), (20, 10), (10, 10)):
+        with pytest.raises(ValueError, match="increasing counts"):
+            epsilon_curve(releases=bad, **question)
+
+
+def test_a_recorded_curve_keeps_earlier_counts_apart_from_per_count_answers(tmp_path, monkeypatch):
+    from dpsat_core import RunStore
+    from dpsat_core.accounting import recorded_epsilon, recorded_epsilon_curve
+
+    store = RunStore(tmp_path / "runs.db")
+    question = dict(noise_multiplier=1.1, sample_rate=0.1, delta=1e-5, accountant="prv", prior=())
+    stale = dataclasses.asdict(epsilon_spent(releases=15, **question))
+    store.save_accounting(accounting._question("epsilon", releases=15, **question), {**stale, "epsilon": 99.0})
+    curve = recorded_epsilon_curve(store, releases=(15, 30), **question)
+    assert curve == epsilon_curve(releases=(15, 30), **question) and curve[0].epsilon != 99.0  # not read as the curve's
+    assert recorded_epsilon(store, releases=15, **question).epsilon == 99.0  # nor the curve's read as a per-count one
+    for cached in (epsilon_spent, epsilon_curve):
+        cached.cache_clear()
+    monkeypatch.setattr(accounting, "_prv_curve", lambda **k: pytest.fail("the accountant was asked again"))
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("the accountant was asked again"))
+    assert recorded_epsilon_curve(RunStore(store.path), releases=(15, 30), **question) == curve  # read back
+    assert recorded_epsilon(store, releases=30, **question) == curve[-1]  # the last count: the run's final ε
+
+
+@pytest.mark.parametrize(
+    "history, delta",
+    [
+        (((1.1, 0.18, 30),), 1e-5),
+        (((0.5, 0.3, 3000),), 1e-3),  # ε in the tens: small optimal orders, fractional ones needed
+        (((12.0, 0.001, 5),), 1e-11),  # a tiny ε: the largest order
+        (((3.0, 1.0, 2), (0.8, 0.05, 300)), 1e-8),  # a prior release of the statistics, sample rate 1
+    ],
+)
+def test_domain_sizing_skips_only_orders_that_cannot_hold_the_minimum(history, delta):
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+    accounting.opacus_rdp._compute_rdp.cache_clear()
+    ours = accounting._rdp_epsilon(history, delta)
+    computed = accounting.opacus_rdp._compute_rdp.cache_info().currsize
+    reference = RDPAccountant()
+    reference.history = list(history)
+    assert ours == reference.get_epsilon(delta)  # the same float as every order computed
+    assert computed < len(RDPAccountant.DEFAULT_ALPHAS) * len(history)  # fewer orders were
+    prvs = [PoissonSubsampledGaussianPRV(q, sigma) for sigma, q, _ in history]
+    counts = [count for _, _, count in history]
+    opacus_domain = PRVAccountant()._get_domain(
+        prvs=prvs, num_self_compositions=counts, eps_error=0.01, delta_error=delta / 1000
+    )
+    assert accounting._prv_domain(history, 0.01, delta / 1000) == opacus_domain
+
+
+def test_a_curve_asked_right_after_its_calibration_reuses_its_last_discretisation():
+    target = dict(target_epsilon=3.0, delta=1e-5, sample_rate=0.1, releases=40)
+    calibration = calibrate_noise(**target)
+    before = accounting._discretised_prvs.cache_info()
+    question = dict(noise_multiplier=calibration.noise_multiplier, sample_rate=0.1, delta=1e-5)
+    curve = epsilon_curve(releases=(10, 20, 30, 40), **question)
+    after = accounting._discretised_prvs.cache_info()
+    assert (after.hits, after.misses) == (before.hits + 1, before.misses)  # no domain or discretisation again
+    assert curve[-1].epsilon == calibration.epsilon  # the calibration's ε at σ is the run's final ε

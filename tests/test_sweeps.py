@@ -221,26 +221,29 @@ def test_accountant_answers_live_in_the_store_equal_fresh_ones_and_a_second_swee
         assert record.epsilon_spent == fresh.epsilon and record.summary.accountant == fresh.accountant
 
 
-@pytest.mark.parametrize("method", ["dpsgd", "dpsam"])
-def test_after_the_parent_plans_a_cell_its_run_asks_the_accountant_nothing(store, monkeypatch, method):
+@pytest.mark.parametrize("method, accountant", [("dpsgd", "rdp"), ("dpsam", "rdp"), ("dpsgd", "prv")])
+def test_after_the_parent_plans_a_cell_its_run_asks_the_accountant_nothing(store, monkeypatch, method, accountant):
     import dpsat_core.accounting as accounting
     from dpsat_core import epsilon_spent, run
     from dpsat_core.sweeps import calibrate_cells
 
-    cell = dataclasses.replace(BASE, method=method, epochs=3, accountant="rdp", epsilon=2.0).normalized()
+    cell = dataclasses.replace(BASE, method=method, epochs=3, accountant=accountant, epsilon=2.0).normalized()
     calibrate_cells([cell], store)
-    accounting.epsilon_spent.cache_clear(), accounting.calibrate_noise.cache_clear()
-    real = accounting._epsilon_with
+    for cached in (accounting.epsilon_spent, accounting.epsilon_curve, accounting.calibrate_noise):
+        cached.cache_clear()
     monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("the accountant was asked"))
+    monkeypatch.setattr(accounting, "_prv_curve", lambda *a, **k: pytest.fail("the accountant was asked"))
     record = run(cell, store).record  # σ, each epoch's ε and the final ε: all read from the parent's answers
-    monkeypatch.setattr(accounting, "_epsilon_with", real)
+    monkeypatch.undo()
     assert [e.releases for e in record.epochs] == [record.summary.releases * e // 3 for e in (1, 2, 3)]
-    for epoch in record.epochs:  # the answers read are the accountant's own
-        fresh = epsilon_spent(
-            noise_multiplier=record.summary.noise_multiplier,
-            sample_rate=record.summary.sample_rate,
-            releases=epoch.releases,
-            delta=record.summary.delta,
-            accountant="rdp",
-        )
-        assert epoch.epsilon_spent == fresh.epsilon
+    question = dict(
+        noise_multiplier=record.summary.noise_multiplier,
+        sample_rate=record.summary.sample_rate,
+        delta=record.summary.delta,
+        accountant=accountant,
+    )
+    curve = accounting.epsilon_curve(releases=tuple(e.releases for e in record.epochs), **question)
+    assert [e.epsilon_spent for e in record.epochs] == [spent.epsilon for spent in curve]  # the accountant's own
+    assert record.epsilon_spent == epsilon_spent(releases=record.summary.releases, **question).epsilon
+    if accountant == "rdp":  # RDP's per-epoch ε is its ε for those releases
+        assert curve == tuple(epsilon_spent(releases=e.releases, **question) for e in record.epochs)
