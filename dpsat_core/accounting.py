@@ -21,7 +21,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 from opacus.accountants import create_accountant
 from opacus.accountants.analysis import rdp as opacus_rdp
@@ -84,13 +84,21 @@ class PrivacySpent:
     prior: History = ()  # releases composed before training's (the private preprocessing statistics)
 
 
+@functools.lru_cache(maxsize=1)
+def _blas_pools() -> Any:
+    """The BLAS thread pools loaded in this process, found once: scanning the loaded libraries cost ~8 ms an ε (a
+    400-epoch run's per-epoch ε: seconds). The accountant's (numpy's and scipy's OpenBLAS) came with the import of
+    `opacus.accountants` above, before any call."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 @contextmanager
 def _quiet_one_blas_thread() -> Iterator[None]:
     """Accountant work on one BLAS thread, its numerical warnings silenced: OpenBLAS threads it would start
     keep spinning against torch's threads and slow the next training steps 2–3×."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+    with _blas_pools().limit(limits=1, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 
@@ -216,6 +224,10 @@ class AnswerBook(Protocol):
 
     def save_accounting(self, question: str, answer: dict[str, Any]) -> None: ...
 
+    def find_accounting_many(self, questions: Iterable[str]) -> dict[str, dict[str, Any]]: ...
+
+    def save_accounting_many(self, answers: dict[str, dict[str, Any]]) -> None: ...
+
 
 def _opacus_version() -> str:
     """The version of the Opacus loaded here, not the one on disk: a long-lived fork server keeps the code it loaded
@@ -304,6 +316,16 @@ def recorded_epsilon(
         accountant=accountant,
         prior=prior,
     )
+
+
+def record_epsilons(book: AnswerBook, questions: Sequence[dict[str, Any]]) -> None:
+    """Put in `book` the `epsilon_spent` answers to `questions` (keyword arguments) that it lacks, read in one
+    connection and written in one transaction (a run's every epoch at once)."""
+    keys = {_question("epsilon", **question): question for question in questions}
+    found = book.find_accounting_many(keys)
+    missing = {key: dataclasses.asdict(epsilon_spent(**q)) for key, q in keys.items() if key not in found}
+    if missing:
+        book.save_accounting_many(missing)
 
 
 def recorded_calibration(

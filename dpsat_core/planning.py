@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .accounting import AnswerBook, History, calibrate_noise, recorded_calibration, recorded_epsilon
+from .accounting import AnswerBook, History, calibrate_noise, record_epsilons, recorded_calibration, recorded_epsilon
 from .config import TrainConfig, resolve_for_data
 from .data import Dataset
 from .data.scaling import STATISTICS_RELEASES
@@ -43,16 +43,14 @@ def record_epoch_epsilons(plan: PrivacyPlan, epochs: int, book: AnswerBook) -> N
     its workers, and each seed, only read them."""
     if plan.noise_multiplier is None:
         return
-    for epoch in range(1, epochs + 1):
-        recorded_epsilon(
-            book,
-            noise_multiplier=plan.noise_multiplier,
-            sample_rate=plan.sample_rate,
-            releases=plan.planned_releases // epochs * epoch,
-            delta=plan.delta,
-            accountant=plan.accountant,
-            prior=plan.prior,
-        )
+    asked = dict(
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        delta=plan.delta,
+        accountant=plan.accountant,
+        prior=plan.prior,
+    )
+    record_epsilons(book, [{**asked, "releases": plan.planned_releases // epochs * e} for e in range(1, epochs + 1)])
 
 
 @dataclass(frozen=True, kw_only=True)
