@@ -130,7 +130,8 @@ def test_after_the_one_click_comparison_all_three_overview_panels_are_filled(tmp
     at.run()
     keys = [c.proto.id for c in at.get("plotly_chart")]
     assert not at.exception and len(keys) == 3, keys  # accuracy, adaptive sharpness, slices: no further click
-    assert not [b for b in at.button if b.key in ("overview-adaptive-go", "overview-slices-go")]
+    # nor for the step cost: the job measured it too
+    assert not [b for b in at.button if b.key in ("overview-adaptive-go", "overview-slices-go", "overview-probe")]
 
 
 def test_a_small_job_from_the_train_page_ends_in_stored_results(tmp_path, monkeypatch):
