@@ -172,6 +172,7 @@ def _start_long_sweep(path: Path, epsilons: str) -> tuple[subprocess.Popen, list
     return process, children, err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_of_a_killed_sweep_stop_their_cells_and_exit(tmp_path):
     path = tmp_path / "runs.db"
@@ -185,6 +186,7 @@ def test_workers_of_a_killed_sweep_stop_their_cells_and_exit(tmp_path):
     assert len(runs) == 2 and {r.status for r in runs} == {"cancelled"}  # each worker stored its cell as cancelled
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_resume(tmp_path):
     path = tmp_path / "runs.db"
