@@ -10,7 +10,8 @@ accountant call; one inside another counted once) is summed; compute is the time
 workers spend in their cells plus the parent's accounting. `accountant_calls` counts
 the accountant's evaluations (`_epsilon_with`; an older checkout's whole
 `get_noise_multiplier` bisection counts as one, also given as `bisections`; one PRV
-curve, every epoch of one history on one domain, counts as one, also given as `curves`). Runs against any checkout whose `dpsat_core` is on PYTHONPATH.
+curve, every epoch of one history on one domain, counts as one, also given as `curves`).
+Runs against any checkout whose `dpsat_core` is on PYTHONPATH.
 """
 
 from __future__ import annotations

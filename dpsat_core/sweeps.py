@@ -216,6 +216,10 @@ def sweep(
     total = len(todo)
     on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
     calibrate_cells(todo, store)
+    if should_stop is not None and should_stop():  # cancelled while planning (seconds for a big grid): start nothing
+        result.cancelled = True
+        result.skipped.extend(cell_label(cell) for cell in todo)
+        return result
     if cluster is not None:
         from .cluster import sweep_on_ray  # Ray is imported only for a sweep that uses it
 

@@ -289,6 +289,7 @@ def test_a_recorded_answer_is_the_accountants_and_is_read_back_without_asking_ag
         recorded_epsilon(store, **{**question, "accountant": "gdp"})
 
 
+@pytest.mark.slow
 def test_memoised_rdp_orders_give_untouched_opacus_answers_bit_for_bit():
     import json
     import subprocess

@@ -26,6 +26,7 @@ def server(tmp_path):
         yield url
 
 
+@pytest.mark.slow
 def test_a_tiny_comparison_in_a_real_browser(server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(

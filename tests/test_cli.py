@@ -72,6 +72,7 @@ def test_train_json_then_runs_and_show(tmp_path, capsys):
     assert json.loads(out)["reused"] is True
 
 
+@pytest.mark.slow
 def test_a_pool_sweep_stores_every_cell_in_the_one_store_then_lists_them(tmp_path, capsys):
     db = str(tmp_path / "r.db")
     grid = ("--methods", "sgd,dpsgd,dpsat", "--epsilons", "2", "--seeds", "0,1", "--epochs", "1", "--batch-size", "64")
@@ -103,6 +104,7 @@ def test_bad_input_is_one_line_on_stderr_with_exit_2(tmp_path, args, message, ca
     assert code == 2 and out == "" and message in _one_error_line(err)
 
 
+@pytest.mark.slow
 def test_bad_input_to_the_installed_command_is_one_line_on_stderr_with_exit_2(tmp_path):
     # end to end in a fresh interpreter: nothing that loading the data, torch or Opacus prints reaches stderr
     args = ["train", "--method", "dpsgd", "--delta", "0.5", "--dataset", "breast_cancer"]

@@ -22,6 +22,10 @@ APP = str(ROOT / "dashboard" / "app.py")
 PAGES = ["overview", "data", "train", "privacy_utility", "sharpness", "landscape", "runs", "audit"]
 
 
+# under `pytest -n`: the tests that read `populated` run on one worker, so it is built once
+ON_POPULATED = pytest.mark.xdist_group("populated")
+
+
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory) -> Path:
     """Digits: SGD, DP-SGD and DP-SAT at ε=3, two seeds, one epoch; DP-SGD and DP-SAT seed 0 with every analysis
@@ -65,6 +69,7 @@ def test_every_page_renders_on_an_empty_store(name, tmp_path, monkeypatch):
     assert str(tmp_path / "empty.db") in at.sidebar.caption[0].value  # the store in use is shown
 
 
+@ON_POPULATED
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_renders_with_runs(name, populated, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(populated))
@@ -75,6 +80,7 @@ def test_every_page_renders_with_runs(name, populated, monkeypatch):
         assert len(charts) >= 2, f"{name} should draw its figures"
 
 
+@ON_POPULATED
 def test_overview_shows_the_verdict(populated, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(populated))
     at = open_page("overview")
@@ -90,6 +96,7 @@ def test_overview_shows_the_verdict(populated, monkeypatch):
     assert not at.select_slider and any("the only budget trained so far" in c.value for c in at.caption)
 
 
+@ON_POPULATED
 def test_sharpness_shows_adaptive_sharpness_beside_lambda_max(populated, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(populated))
     at = open_page("sharpness")
@@ -115,6 +122,7 @@ def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monk
     assert get_jobs().wait(jobs[0].job_id, timeout=120).status == "cancelled"
 
 
+@pytest.mark.slow
 def test_after_the_one_click_comparison_all_three_overview_panels_are_filled(tmp_path, monkeypatch):
     import dashboard.actions as actions
 
@@ -130,9 +138,11 @@ def test_after_the_one_click_comparison_all_three_overview_panels_are_filled(tmp
     at.run()
     keys = [c.proto.id for c in at.get("plotly_chart")]
     assert not at.exception and len(keys) == 3, keys  # accuracy, adaptive sharpness, slices: no further click
-    assert not [b for b in at.button if b.key in ("overview-adaptive-go", "overview-slices-go")]
+    # nor for the step cost: the job measured it too
+    assert not [b for b in at.button if b.key in ("overview-adaptive-go", "overview-slices-go", "overview-probe")]
 
 
+@pytest.mark.slow
 def test_a_small_job_from_the_train_page_ends_in_stored_results(tmp_path, monkeypatch):
     db = tmp_path / "runs.db"
     monkeypatch.setenv("DPSAT_STORE", str(db))
@@ -214,6 +224,7 @@ def test_the_data_page_checks_and_selects_a_built_in_data_set(tmp_path, monkeypa
     assert "breast_cancer" in _as_rendered(at.caption[0].value)
 
 
+@ON_POPULATED
 def test_runs_page_deletes_after_confirmation(populated, tmp_path, monkeypatch):
     db = tmp_path / "copy.db"
     db.write_bytes(populated.read_bytes())
@@ -244,6 +255,7 @@ def _download_labels(at: AppTest) -> list[str]:
     return [b.proto.label for b in at.get("download_button")]
 
 
+@ON_POPULATED
 def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(populated))
     at = open_page("privacy_utility")
@@ -256,6 +268,7 @@ def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     assert {"Report (HTML)", "Report (PDF)"} <= set(_download_labels(at))
 
 
+@ON_POPULATED
 def test_without_chromium_pages_offer_html_and_name_the_fix(populated, tmp_path, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(populated))
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))
@@ -317,6 +330,7 @@ def test_an_uploaded_csv_with_text_in_a_numeric_column_is_explained(tmp_path, mo
     assert not at.button  # nothing to select
 
 
+@ON_POPULATED
 def test_a_diverging_run_fails_its_job_with_the_reason_and_keeps_earlier_runs(populated, tmp_path, monkeypatch):
     from dashboard.actions import start_sweep
 
@@ -334,6 +348,7 @@ def test_a_diverging_run_fails_its_job_with_the_reason_and_keeps_earlier_runs(po
     assert any("diverged" in e.value for e in at.error)  # the job panel shows it
 
 
+@ON_POPULATED
 def test_the_line_between_runs_defaults_to_a_baseline_and_its_method_at_one_seed(populated, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(populated))
     at = open_page("landscape")
@@ -614,6 +629,7 @@ def test_the_data_page_states_the_default_delta_and_why(tmp_path, monkeypatch):
     assert caption == f"Default δ for 409 training rows: 0.0001. {DELTA_WHY}"  # 1/(10·409) = 2.4e-4 → 1e-4
 
 
+@ON_POPULATED
 @pytest.mark.parametrize("name", ["overview", "privacy_utility", "sharpness", "landscape", "runs"])
 def test_pages_that_show_research_runs_say_their_noise_is_seeded(name, populated, monkeypatch):
     from dpsat_core.caveats import SEEDED_NOISE, TRAINING_DATA

@@ -15,6 +15,8 @@ from dpsat_core.compare import comparisons_at, group_runs, verdict
 from dpsat_core.export import ExportError, figure_bytes, results_csv, results_json
 from dpsat_core.report import bottom_line_rows, build_report, render_html, report_figures, write_report
 
+pytestmark = pytest.mark.xdist_group("export")  # under `pytest -n`: one worker runs this module, so `swept` trains once
+
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> RunStore:

@@ -242,6 +242,7 @@ def test_the_callers_model_and_global_rng_are_left_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+@pytest.mark.slow
 def test_pyhessian_backend_agrees_with_lanczos_within_one_percent():
     result = train(TrainConfig(dataset="digits", method="sgd", epochs=2))
     model = build_model(result.model, seed=0)

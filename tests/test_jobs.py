@@ -161,6 +161,7 @@ def test_reports_from_a_job_process_are_batched_without_losing_numbers():
     jobs.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_training_runs_in_the_jobs_own_process_and_cancel_stores_the_run_as_cancelled(store):
     jobs = JobManager(max_workers=1)
@@ -191,6 +192,7 @@ def test_a_killed_job_process_fails_its_job_with_the_reason():
     jobs.shutdown()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_server_leaves_no_training_process_and_its_run_is_stored_as_cancelled(store, tmp_path):
     # a stand-in for the dashboard's server: a process with a job manager training in a job process

@@ -7,6 +7,8 @@ from dpsat_core import ConfigError, TrainConfig, build_model, evaluate, train
 from dpsat_core.data import load_dataset
 from dpsat_core.landscape import LossEvaluator, iter_surface, line_between, noise_robustness, random_direction, slice_1d
 
+pytestmark = pytest.mark.xdist_group("landscape")  # under `pytest -n`: one worker, so `trained` trains once
+
 
 @pytest.fixture(scope="module")
 def trained():

@@ -84,6 +84,8 @@ def test_the_overview_draws_from_the_store_without_torch_opacus_sklearn_or_scipy
         f"""
         import os, sys
         os.environ["DPSAT_STORE"] = {str(store.path)!r}
+        import dpsat_core.workers
+        dpsat_core.workers.warm_up = lambda: None  # the fork server's imports are its own process's: not started here
         from streamlit.testing.v1 import AppTest
         at = AppTest.from_file({str(ROOT / "dashboard" / "app.py")!r}, default_timeout=60).run()
         assert not at.exception, at.exception

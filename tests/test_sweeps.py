@@ -61,6 +61,16 @@ def test_cancelling_a_sweep_keeps_what_finished(store):
     assert len(store.list_runs(status="done")) == 1
 
 
+def test_a_sweep_cancelled_while_planning_starts_no_worker_and_lists_every_cell_as_not_started(store, monkeypatch):
+    import dpsat_core.sweeps as sweeps
+
+    monkeypatch.setattr(sweeps, "_sweep_pool", lambda *args: pytest.fail("workers started after the cancel"))
+    spec = SweepSpec(base=BASE, methods=("sgd", "dpsgd"), epsilons=(2.0,), seeds=(0, 1))
+    result = sweep(spec, store, workers=2, should_stop=lambda: True)
+    assert result.cancelled and not (result.trained or result.stopped or result.errors)
+    assert sorted(result.skipped) == sorted(sweeps.cell_label(c) for c in spec.cells()) and store.list_runs() == []
+
+
 def test_a_sweep_needs_methods_seeds_and_epsilons():
     with pytest.raises(ConfigError, match="unknown method"):
         SweepSpec(base=BASE, methods=("dpadam",), epsilons=(1.0,), seeds=(0,))
@@ -162,6 +172,7 @@ def _start_long_sweep(path: Path, epsilons: str) -> tuple[subprocess.Popen, list
     return process, children, err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_of_a_killed_sweep_stop_their_cells_and_exit(tmp_path):
     path = tmp_path / "runs.db"
@@ -175,6 +186,7 @@ def test_workers_of_a_killed_sweep_stop_their_cells_and_exit(tmp_path):
     assert len(runs) == 2 and {r.status for r in runs} == {"cancelled"}  # each worker stored its cell as cancelled
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_resume(tmp_path):
     path = tmp_path / "runs.db"
