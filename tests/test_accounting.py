@@ -125,6 +125,19 @@ def test_prv_failure_falls_back_to_rdp_with_a_note_and_other_errors_surface(monk
         epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
 
 
+def test_a_tiny_sigma_goes_to_rdp_at_once_instead_of_a_prv_domain_of_gigabytes(monkeypatch):
+    """σ = 0.02 at q 0.18 over 180 releases: PRV's domain would need ~10⁹ points (minutes, then memory or a float
+    failure); the size is known before anything is allocated, so RDP answers, with the fallback's note."""
+    spent = epsilon_spent(noise_multiplier=0.02, sample_rate=256 / 1437, releases=180, delta=1e-5)
+    rdp = RDPAccountant()
+    rdp.history = [(0.02, 256 / 1437, 180)]
+    assert spent.accountant == "rdp" and spent.note == accounting.PRV_FALLBACK_NOTE
+    assert spent.epsilon == pytest.approx(rdp.get_epsilon(delta=1e-5), rel=1e-12)
+    monkeypatch.setattr(accounting, "MAX_PRV_POINTS", 1000)  # a small domain is refused the same way
+    with pytest.raises(RuntimeError, match="would need .* points"):
+        accounting._prv_domain(((1.0, 0.05, 100),), 0.01, 1e-8)
+
+
 def _failing_prv(monkeypatch, raised: dict) -> None:
     """Make the PRV accountant raise `raised["prv"]`, as Opacus's does where its discretisation breaks."""
     real = accounting._epsilon_with
