@@ -22,6 +22,7 @@ from dpsat_core.compare import (
     describe_setting,
     diverged_left_out,
     diverged_note,
+    interval_scope,
     runs_by_setting,
     setting_key,
 )
@@ -122,6 +123,9 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
         for c in compared
     ]
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={"gain (points)": _fixed(2)})
+    scope = interval_scope(compared)
+    if scope:
+        st.caption(scope)
 
 
 def job_panel() -> None:
