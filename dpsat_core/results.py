@@ -213,7 +213,7 @@ class RunRecord:
                 "ε covers the training's noisy gradient releases and any scaling statistics released for columns "
                 "without public bounds (the details are stored when the run ends)."
             )
-        scaling = self.summary.scaling
+        scaling = self.summary.scaling.removeprefix("; ")  # runs stored with an empty first part
         if self.summary.statistics_noise_multiplier is not None:
             return f"ε covers the training's noisy gradient releases and the preprocessing statistics: {scaling}."
         return "ε covers the training's noisy gradient releases; the scaling read nothing private" + (

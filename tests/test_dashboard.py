@@ -313,7 +313,7 @@ def test_an_uploaded_csv_with_text_in_a_numeric_column_is_explained(tmp_path, mo
     at.get("file_uploader")[0].upload("bad.csv", _csv(bad_row=True), "text/csv").run()
     at.selectbox(key="data-target").select("label").run()
     assert not at.exception
-    assert "column 'age' is numeric but holds text in 1 rows" in at.error[0].value
+    assert "column 'age' is numeric but holds text in 1 row (row" in at.error[0].value
     assert not at.button  # nothing to select
 
 
