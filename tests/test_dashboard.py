@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.state import get_jobs
 from dashboard.widgets import JOB_PANEL_REFRESH
 from dpsat_core import RunStore, SweepSpec, TrainConfig, sweep
+from dpsat_core.caveats import PER_RUN
 from tests.factories import store_default_analyses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +89,10 @@ def test_overview_shows_the_verdict(populated, monkeypatch):
     )
     # one budget trained: no slider with a single stop, a line saying which ε is shown
     assert not at.select_slider and any("the only budget trained so far" in c.value for c in at.caption)
+    # under the verdicts: what the intervals cover (the runs stored their test-set size) and that ε is per run
+    (scope,) = [c.value for c in at.caption if "95% intervals" in c.value]
+    assert "plus at least the test set's sampling error" in scope and "only" not in scope
+    assert PER_RUN in scope
 
 
 def test_sharpness_shows_adaptive_sharpness_beside_lambda_max(populated, monkeypatch):
