@@ -225,11 +225,17 @@ def test_runs_page_deletes_after_confirmation(populated, tmp_path, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(db))
     victim = RunStore(db).list_runs()[0].run_id
     at = open_page("runs")
+    table = at.dataframe[0].value
+    sgd = table[table["run"].str.startswith("SGD")].iloc[0]  # blanks read "—": never "None" or a made-inert "'-"
+    assert (sgd["target ε"], sgd["ρ"], sgd["ε spent"]) == ("—", "—", "—")
+    assert not table.isin(["None", "'-", "'—"]).any().any()
     at.multiselect(key="runs-selected").select(victim).run()
     assert not at.exception and victim in at.subheader[0].value
     at.button(key="runs-delete").click().run()
     at.button(key="runs-delete-confirm").click().run()
     assert victim not in [r.run_id for r in RunStore(db).list_runs()]
+    assert not at.exception and at.success[0].value == f"Deleted 1 run: {victim}."  # said, and no longer selected
+    assert at.multiselect(key="runs-selected").value == [] and not at.subheader
     # a run still training (this process's) is refused with one message, and stays
     live = RunStore(db).create_run(TrainConfig(dataset="digits", epochs=1, seed=99))
     at = open_page("runs")

@@ -171,6 +171,21 @@ def test_csv_cells_a_spreadsheet_would_run_are_made_inert_and_numbers_stay_numbe
     assert cli_row["config.dataset"] == "'" + dataset
 
 
+def test_a_lone_sign_or_a_dash_for_a_blank_is_no_formula():
+    from dpsat_core.export import inert_cell
+
+    assert [inert_cell(v) for v in ("-", "+", "—", "", "data.csv", -0.5, None)] == [
+        "-",
+        "+",
+        "—",
+        "",
+        "data.csv",
+        -0.5,
+        None,
+    ]
+    assert [inert_cell(v) for v in ("-1+2", "=1", "@SUM(A1)", "\tx")] == ["'-1+2", "'=1", "'@SUM(A1)", "'\tx"]
+
+
 def test_the_report_writes_an_infinite_epsilon_as_infinity(swept):
     import dataclasses
     import math
