@@ -5,7 +5,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import get_store
+from dashboard.state import get_store, shown_source
 from dashboard.widgets import (
     chart,
     download,
@@ -52,7 +52,9 @@ if not records:
     st.stop()
 a, b, c = st.columns(3)
 statuses = a.multiselect("Status", STATUSES, default=list(STATUSES), key="runs-status")
-datasets = b.multiselect("Data set", sorted({r.config.dataset for r in records}), key="runs-dataset")
+datasets = b.multiselect(
+    "Data set", sorted({r.config.dataset for r in records}), format_func=shown_source, key="runs-dataset"
+)
 methods = c.multiselect("Method", sorted({r.method for r in records}), key="runs-method")
 shown = [
     r
@@ -64,7 +66,7 @@ table = pd.DataFrame(
         {
             "run": figures.run_label(r),
             "status": r.status,
-            "dataset": r.config.dataset,
+            "dataset": shown_source(r.config.dataset),
             "target ε": format_number(r.target_epsilon, "g", missing=BLANK),
             "ρ": format_number(r.config.rho if method_info(r.method).uses_rho else None, "g", missing=BLANK),
             "ε spent": format_number(r.epsilon_spent, ".3f", missing=BLANK),  # ∞ for runs without noise

@@ -294,7 +294,11 @@ def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch
     at.button(key="data-use").click().run()
     chosen = at.session_state["dataset"]
     assert chosen["target"] == "label" and Path(chosen["source"]).read_bytes() == _csv()
-    assert Path(chosen["source"]).parent == tmp_path / "dpsat_uploads"
+    # a unique folder on disk; the file, and so every name shown, is the one uploaded
+    assert Path(chosen["source"]).parent.parent == tmp_path / "dpsat_uploads"
+    assert Path(chosen["source"]).name == "patients.csv"
+    assert at.caption[0].value == "Selected for training: **patients.csv**"
+    assert at.success[0].value == "Training will use patients."
 
 
 def test_a_schema_given_on_the_data_page_scales_from_public_bounds_and_a_bad_one_is_explained(tmp_path, monkeypatch):
@@ -312,7 +316,7 @@ def test_a_schema_given_on_the_data_page_scales_from_public_bounds_and_a_bad_one
     schema = b'{"columns": {"age": {"min": 0, "max": 100}}, "classes": ["no", "yes"]}'
     at.get("file_uploader")[1].upload("s.json", schema, "application/json").run()
     assert not at.error and not at.info  # nothing left to release
-    assert any("public bounds in schema" in _as_rendered(c.value) for c in at.caption)
+    assert any("public bounds in schema s.json" in _as_rendered(c.value) for c in at.caption)
     at.button(key="data-use").click().run()
     assert Path(at.session_state["dataset"]["schema"]).read_bytes() == schema
 
@@ -325,6 +329,7 @@ def test_an_uploaded_csv_with_text_in_a_numeric_column_is_explained(tmp_path, mo
     at.selectbox(key="data-target").select("label").run()
     assert not at.exception
     assert "column 'age' is numeric but holds text in 1 row (row" in at.error[0].value
+    assert _as_rendered(at.error[0].value).startswith("bad.csv: ")  # as uploaded: no digest of its stored copy
     assert not at.button  # nothing to select
 
 
@@ -401,7 +406,7 @@ def _upload(at: AppTest, name: str, content: bytes) -> AppTest:
 
 def _uploads(tmp_path: Path) -> list[str]:
     folder = tmp_path / "dpsat_uploads"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 @pytest.mark.parametrize(
@@ -422,7 +427,7 @@ def test_a_bad_upload_gets_one_clear_message_and_is_not_kept(tmp_path, monkeypat
     assert not at.exception, at.exception
     if message is None:
         assert not at.error and at.selectbox(key="data-target").value == "label"
-        assert [len(n) for n in _uploads(tmp_path)] == [9 + 80]  # '<digest>-' and the shortened name
+        assert [len(n) for n in _uploads(tmp_path)] == [9 + 80]  # '<digest>/' and the shortened name
         return
     assert [e.value for e in at.error] == [at.error[0].value] and message in _as_rendered(at.error[0].value)
     assert not re.search(r"[0-9a-f]{8}-", at.error[0].value)  # the file as uploaded, not its stored copy
