@@ -68,6 +68,13 @@ def uploads_dir() -> Path:
     return folder
 
 
+def shown_source(source: str) -> str:
+    """A data set as the user knows it: an upload by the name it was uploaded under (where this server keeps it
+    is no concern of theirs), anything else as given."""
+    path = Path(source)
+    return path.name if uploads_dir() in path.parents else source
+
+
 def save_upload(name: str, content: bytes) -> Upload:
     """Save and check an uploaded file in this server's uploads folder (`uploads.receive_upload`); the files
     stored runs were trained on, and this session's selected data set, are never pruned."""

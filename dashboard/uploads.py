@@ -1,5 +1,9 @@
 """Uploaded data files: saved under a safe name, checked, and kept within a size and age budget.
 
+Each file is saved as `<digest>/<safe name>` (the same bytes land in the same place): the path is unique, and
+the file's own name is the one the user uploaded, so every message, data-set name, schema name and job label that
+names the file says what the user called it.
+
 A file that is not a readable CSV or NPZ is deleted at once. Uploads that no stored run was trained on
 are deleted once older than `MAX_AGE_SECONDS`, then oldest first while the folder holds more than
 `BUDGET_BYTES`. Files a run was trained on, or that a session has selected, are kept: analyses re-read them.
@@ -45,12 +49,19 @@ def safe_name(name: str, types: tuple[str, ...] = FILE_TYPES) -> str:
     return stem + suffix
 
 
-def receive_upload(folder: Path, name: str, content: bytes, *, keep: Collection[str] = ()) -> Upload:
-    """Save `content` as '<digest>-<safe name>' in `folder` (the same bytes land in the same file), prune the
-    folder (never touching `keep`, the data sets in use), and check the file can be read: a CSV's header and
-    first rows, an NPZ's arrays as declared. An unreadable file is deleted and its `DataError` raised."""
-    path = folder / f"{hashlib.sha256(content).hexdigest()[:8]}-{safe_name(name)}"
+def _save(folder: Path, name: str, content: bytes) -> Path:
+    """Write `content` as '<digest>/<name>' in `folder`: a unique path whose file keeps the uploaded name."""
+    path = folder / hashlib.sha256(content).hexdigest()[:8] / name
+    path.parent.mkdir(exist_ok=True)
     path.write_bytes(content)
+    return path
+
+
+def receive_upload(folder: Path, name: str, content: bytes, *, keep: Collection[str] = ()) -> Upload:
+    """Save `content` as '<digest>/<safe name>' in `folder`, prune the folder (never touching `keep`, the data
+    sets in use), and check the file can be read: a CSV's header and first rows, an NPZ's arrays as declared.
+    An unreadable file is deleted and its `DataError` raised."""
+    path = _save(folder, safe_name(name), content)
     prune_uploads(folder, keep=[*keep, str(path)])
     try:
         preview = read_csv(path, rows=PREVIEW_ROWS) if path.suffix.lower() == ".csv" else None
@@ -58,7 +69,7 @@ def receive_upload(folder: Path, name: str, content: bytes, *, keep: Collection[
             npz_arrays(path)
     except DataError as exc:
         if path.resolve() not in _resolved(keep):
-            path.unlink(missing_ok=True)
+            _delete(path, folder)
         raise _as_uploaded(exc, path, name) from None
     return Upload(path, preview)
 
@@ -66,16 +77,22 @@ def receive_upload(folder: Path, name: str, content: bytes, *, keep: Collection[
 def receive_schema(folder: Path, name: str, content: bytes, *, keep: Collection[str] = ()) -> Path:
     """Save a schema (JSON or TOML) like a data file and check it (`load_schema`); a bad one is deleted and its
     `DataError` raised."""
-    path = folder / f"{hashlib.sha256(content).hexdigest()[:8]}-{safe_name(name, SCHEMA_TYPES)}"
-    path.write_bytes(content)
+    path = _save(folder, safe_name(name, SCHEMA_TYPES), content)
     prune_uploads(folder, keep=[*keep, str(path)])
     try:
         load_schema(path)
     except DataError as exc:
         if path.resolve() not in _resolved(keep):
-            path.unlink(missing_ok=True)
+            _delete(path, folder)
         raise _as_uploaded(exc, path, name) from None
     return path
+
+
+def _delete(path: Path, folder: Path) -> None:
+    """Delete an upload and its digest folder once empty (files of the earlier flat layout sit in `folder`)."""
+    path.unlink(missing_ok=True)
+    if path.parent != folder and not any(path.parent.iterdir()):
+        path.parent.rmdir()
 
 
 def _as_uploaded(exc: DataError, path: Path, name: str) -> DataError:
@@ -99,14 +116,15 @@ def prune_uploads(
     while the folder exceeds `budget_bytes`; returns what was deleted."""
     now = time.time() if now is None else now
     kept = _resolved(keep)
-    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime)
+    saved = [*folder.glob("*"), *folder.glob("*/*")]  # '<digest>/<name>', and '<digest>-<name>' saved earlier
+    files = sorted((p for p in saved if p.is_file()), key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in files)
     deleted = []
     for path in files:
         stat = path.stat()
         if path.resolve() in kept or (now - stat.st_mtime <= max_age_seconds and total <= budget_bytes):
             continue
-        path.unlink(missing_ok=True)
+        _delete(path, folder)
         total -= stat.st_size
         deleted.append(path)
     return deleted

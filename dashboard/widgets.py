@@ -22,6 +22,7 @@ from dpsat_core.compare import (
     describe_setting,
     diverged_left_out,
     diverged_note,
+    interval_scope,
     runs_by_setting,
     setting_key,
 )
@@ -30,7 +31,7 @@ from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
 from dpsat_core.results import counted, format_number
 
-from .state import get_jobs, is_operator, may_touch, session_owner
+from .state import get_jobs, is_operator, may_touch, session_owner, shown_source
 
 # every open tab reruns its job panel this often while a job runs; in the browser each refresh costs CPU too (with
 # four tabs on the server's machine, Chromium's renderers took ~0.5 cores at "1s", slowing the job they watch)
@@ -122,6 +123,9 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
         for c in compared
     ]
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={"gain (points)": _fixed(2)})
+    scope = interval_scope(compared)
+    if scope:
+        st.caption(scope)
 
 
 def job_panel() -> None:
@@ -191,7 +195,9 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
         return []
     runs_of = {d: sum(r.config.dataset == d for r in done) for d in datasets}
     largest = max(datasets, key=runs_of.__getitem__)  # open on the data set with the most runs
-    dataset = st.selectbox("Data set", datasets, index=datasets.index(largest), key=f"{key}-dataset")
+    dataset = st.selectbox(
+        "Data set", datasets, index=datasets.index(largest), format_func=shown_source, key=f"{key}-dataset"
+    )
     ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])  # diverged runs left out
     if not ordered:  # every finished run of this data set diverged
         st.caption(plain_text(diverged_note(sum(r.diverged for r in done if r.config.dataset == dataset))))

@@ -13,6 +13,11 @@ SEEDED_NOISE = "seeded noise: for research, not for release"
 RELEASE_NOISE = "release noise: drawn from the OS entropy source, never stored, not reproducible"
 # Outputs that read the training rows without noise (training loss, sharpness, landscapes, timings).
 TRAINING_DATA = "computed on training data, not covered by ε"
+# ε is one run's: what picking or publishing several runs trained on the same rows costs on top (README).
+PER_RUN = (
+    "ε is per run: choosing among, or releasing several of, the private runs trained on the same rows costs "
+    "privacy on those rows beyond one run's ε (up to the sum of their ε by basic composition)"
+)
 # Why δ defaults to a power of ten ≤ 1/(10n), for the pages and the README.
 DELTA_WHY = (
     "δ is the probability that the ε guarantee fails; a mechanism that exposed one record in full with "

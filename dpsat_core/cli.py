@@ -21,6 +21,7 @@ from .compare import (
     describe_setting,
     diverged_left_out,
     diverged_note,
+    interval_scope,
     pick_setting,
     setting_key,
     verdict,
@@ -186,15 +187,23 @@ class _StderrProgress:
 
     def __init__(self) -> None:
         self.last: Optional[tuple[str, bool]] = None
+        self.open = False  # a terminal line drawn and not yet ended
 
     def __call__(self, p: Progress) -> None:
         if sys.stderr.isatty():
             print(f"\r[{p.stage}] {p.done}/{p.total} {p.message[:70]:<70}", end="", file=sys.stderr, flush=True)
+            self.open = True
             return
         mark = (p.stage, p.done >= p.total)
         if mark != self.last:
             self.last = mark
             print(f"[{p.stage}] {p.done}/{p.total} {p.message}", file=sys.stderr, flush=True)
+
+    def end_line(self) -> None:
+        """End the terminal line progress drew, if it drew one (no blank line when nothing was shown)."""
+        if self.open:
+            print(file=sys.stderr)
+            self.open = False
 
 
 _stderr_progress = _StderrProgress()
@@ -247,8 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"\nstopped by {stop.name} before training: nothing was stored; {_RESUME}", file=sys.stderr)
             return stop.exit_code
     record = outcome.record
-    if not args.json:
-        print(file=sys.stderr)
+    _stderr_progress.end_line()
     if stop():
         print(f"stopped by {stop.name}: run {record.run_id} is stored as {record.status}; {_RESUME}", file=sys.stderr)
     if args.json:
@@ -304,8 +312,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         on_progress=no_progress if args.json else _stderr_progress,
     )
     result = outcome.result
-    if not args.json:
-        print(file=sys.stderr)
+    _stderr_progress.end_line()
     if result is None:
         record = outcome.record
         print(f"audit run {record.run_id} ended {record.status} ({record.reason}): no bound", file=sys.stderr)
@@ -349,7 +356,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(file=sys.stderr)
+        _stderr_progress.end_line()
         # every failed cell leaves one error, also those that wrote no row (a worker that died, a refused cell)
         print(f"sweep: {len(result.trained)} trained, {len(result.reused)} reused, {len(result.errors)} failed")
         for error in result.errors:
@@ -451,7 +458,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         )
         out[kind] = result.to_dict()
         if not args.json:
-            print(file=sys.stderr)
+            _stderr_progress.end_line()
             print(_describe(kind, result))
     if args.json:
         _print_json(out)
@@ -486,6 +493,7 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "gain_points": c.gain_points,
         "ci_low": low,
         "ci_high": high,
+        "n_test": c.accuracy.n_test,
         "cost_ratio": None if c.cost is None else c.cost.ratio,
         "cost_ratio_spread": None if c.cost is None else [c.cost.ratio_low, c.cost.ratio_high],
         "backward_passes_ratio": c.backward_passes_ratio,
@@ -511,8 +519,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = [c.method for c in stats if c.private]
     progress = no_progress if args.json else _stderr_progress
     cost = step_cost(store, runs[0].config, methods, cached_only=args.no_probe, on_progress=progress)
-    if not args.json:
-        print(file=sys.stderr)
+    _stderr_progress.end_line()
     compared = comparisons(stats, cost=cost)
     if args.json:
         if left_out:  # stdout stays one JSON document
@@ -524,6 +531,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"  note: {left_out}")
     for c in compared:
         print(f"  {verdict(c)}")
+    if interval_scope(compared):
+        print(f"  {interval_scope(compared)}")
     if not compared:
         print("  no method has both its own runs and its baseline's at one privacy level yet")
     return 0

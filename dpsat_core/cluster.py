@@ -230,7 +230,7 @@ def sweep_on_ray(
     channel, sweep_id = _channel(ray), uuid.uuid4().hex
     shipped: dict[int, tuple[Dataset, Any]] = {}  # one object-store copy per data set (kept alive, so ids stay)
     queued = list(enumerate(todo))
-    running: dict[Any, tuple[int, TrainConfig, str]] = {}
+    running: dict[Any, tuple[int, TrainConfig, str, int]] = {}  # key, cell, run id, test examples
     finished, stopping = 0, False
     try:
         while queued or running:
@@ -256,16 +256,17 @@ def sweep_on_ray(
                     error = "" if status == "done" else f"{cell_label(cell)}: {other.reason}"
                     _record(result, CellOutcome(run_id=other.run_id, status=status, error=error, reused=True), cell)
                     continue
-                running[task.remote(cell.to_dict(), data, plan, key, channel, sweep_id)] = (key, cell, run_id)
+                ref = task.remote(cell.to_dict(), data, plan, key, channel, sweep_id)
+                running[ref] = (key, cell, run_id, len(dataset.y_test))
             if not running:
                 break
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
-            for _, _, run_id in running.values():  # the driver holds the claims of its tasks' rows
+            for _, _, run_id, _ in running.values():  # the driver holds the claims of its tasks' rows
                 store.heartbeat(run_id)
             for key, *report in ray.get(channel.drain.remote(sweep_id)):
                 _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
             for ref in done:
-                key, cell, run_id = running.pop(ref)
+                key, cell, run_id, n_test = running.pop(ref)
                 label = cell_label(cell)
                 try:
                     trained = ray.get(ref)
@@ -274,7 +275,7 @@ def sweep_on_ray(
                     store.fail(run_id, reason)
                     outcome = CellOutcome(run_id=run_id, status="failed", error=f"{label}: {reason}")
                 else:
-                    record = store_result(store, run_id, trained)
+                    record = store_result(store, run_id, trained, n_test=n_test)
                     error = f"{label}: {record.reason}" if record.status == "failed" else ""
                     outcome = CellOutcome(run_id=record.run_id, status=record.status, error=error)
                 _record(result, outcome, cell)
@@ -282,7 +283,7 @@ def sweep_on_ray(
                     finished += 1
                     on_progress(Progress("sweep", finished, len(todo), f"{label} finished"))
     finally:
-        for ref, (_, _, run_id) in running.items():  # the driver stopped early (Ctrl-C, an error): no row stays running
+        for ref, (_, _, run_id, _) in running.items():  # the driver stopped early (Ctrl-C, an error): no row runs on
             ray.cancel(ref, force=True)
             store.fail(run_id, "interrupted: the sweep's driver stopped before this Ray task returned")
         channel.forget.remote(sweep_id)

@@ -5,7 +5,9 @@ Runs are comparable when everything but method, ε, σ, ρ and seed is equal: th
 trained with σ) and one ρ, over seeds; duplicate runs of one config count once.
 At the same seed a method and its baseline see the same batches and noise draws
 (research mode; in release mode only the same initial weights), so the gain is the
-mean *paired* difference with a Student-t interval. Runs that diverged
+mean *paired* difference with a Student-t interval whose standard error adds to the
+seed-to-seed spread the smallest sampling error of the shared test set that the
+accuracies allow (`test_set_error`). Runs that diverged
 (`divergence.py`) are left out unless asked (`include_diverged`). Pages, the CLI
 and reports use these numbers, never re-derive them.
 """
@@ -130,6 +132,7 @@ class CellStats:
     lambda_max_by_seed: Mapping[int, float] = field(default_factory=dict)
     adaptive_by_seed: Mapping[int, float] = field(default_factory=dict)
     validation_by_seed: Mapping[int, float] = field(default_factory=dict)  # seeds whose run had a validation split
+    test_size_by_seed: Mapping[int, int] = field(default_factory=dict)  # seeds whose run stored its test-set size
 
     @property
     def validation_mean(self) -> Optional[float]:
@@ -224,6 +227,7 @@ def group_runs(
                 validation_by_seed={
                     s: r.validation_accuracy for s, r in by_seed.items() if r.validation_accuracy is not None
                 },
+                test_size_by_seed={s: r.summary.n_test for s, r in by_seed.items() if r.summary.n_test is not None},
             )
         )
     return out
@@ -250,6 +254,10 @@ class PairedDifference:
     mean: float
     ci_low: Optional[float]
     ci_high: Optional[float]
+    # test examples the accuracies count, and the test set's share of the standard error (`test_set_error`);
+    # both None when the runs did not store the test-set size: the interval then covers seed-to-seed spread only
+    n_test: Optional[int] = None
+    test_error: Optional[float] = None
 
     @property
     def detectable(self) -> Optional[bool]:
@@ -259,16 +267,35 @@ class PairedDifference:
         return self.ci_low > 0 or self.ci_high < 0
 
 
-def paired_difference(differences: Sequence[float], *, confidence: float = CONFIDENCE) -> PairedDifference:
-    """Mean ± t_{(1+c)/2, n−1}·s/√n of paired differences (one per seed)."""
-    n = len(differences)
-    if n == 0:
+def test_set_error(differences: Sequence[float], n_test: int) -> float:
+    """The smallest standard error the shared test set's sampling gives the mean of paired accuracy differences.
+
+    Per pair, McNemar: Var(d) = ((p_b + p_c) − d²)/n over n test examples, where p_b + p_c, the share of examples
+    exactly one model gets right, is at least |d|; so Var(d) ≥ (|d| − d²)/n. All pairs score one test set, so
+    their errors are taken as fully correlated (the conservative choice): the mean of the per-pair errors."""
+    if n_test < 1:
+        raise ValueError(f"n_test must be a whole number ≥ 1, got {n_test!r}")
+    return statistics.fmean(math.sqrt(max(0.0, abs(d) - d * d) / n_test) for d in differences)
+
+
+def paired_difference(
+    differences: Sequence[float], *, n_test: Optional[int] = None, confidence: float = CONFIDENCE
+) -> PairedDifference:
+    """Mean ± t_{(1+c)/2, k−1}·SE of k paired accuracy differences (one per seed), SE² = s²/k + SE_test²: the
+    seed-to-seed spread plus the test set's sampling error (`test_set_error`) over `n_test` test examples;
+    without `n_test` (runs stored before it was kept) the seed-to-seed term alone."""
+    k = len(differences)
+    if k == 0:
         raise ValueError("no pairs to compare")
     mean = statistics.fmean(differences)
-    if n < 2:
-        return PairedDifference(n_pairs=n, mean=mean, ci_low=None, ci_high=None)
-    half = t_quantile(n - 1, (1 + confidence) / 2) * statistics.stdev(differences) / math.sqrt(n)
-    return PairedDifference(n_pairs=n, mean=mean, ci_low=mean - half, ci_high=mean + half)
+    test_error = None if n_test is None else test_set_error(differences, n_test)
+    if k < 2:
+        return PairedDifference(n_pairs=k, mean=mean, ci_low=None, ci_high=None, n_test=n_test, test_error=test_error)
+    error = math.sqrt(statistics.variance(differences) / k + (test_error or 0.0) ** 2)
+    half = t_quantile(k - 1, (1 + confidence) / 2) * error
+    return PairedDifference(
+        n_pairs=k, mean=mean, ci_low=mean - half, ci_high=mean + half, n_test=n_test, test_error=test_error
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,7 +366,9 @@ def compare_cell(
     seeds = sorted(set(cell.accuracy_by_seed) & set(base.accuracy_by_seed))
     if not seeds:
         return None
-    accuracy = paired_difference([cell.accuracy_by_seed[s] - base.accuracy_by_seed[s] for s in seeds])
+    accuracy = paired_difference(
+        [cell.accuracy_by_seed[s] - base.accuracy_by_seed[s] for s in seeds], n_test=_test_size(cell, base, seeds)
+    )
     lam = _paired_ratio(cell.lambda_max_by_seed, base.lambda_max_by_seed, seeds)
     sharpness = _paired_ratio(cell.adaptive_by_seed, base.adaptive_by_seed, seeds)
     info, base_info = method_info(cell.method), method_info(base.method)
@@ -357,6 +386,13 @@ def compare_cell(
         backward_passes_ratio=info.backward_passes_per_step / base_info.backward_passes_per_step,
         releases_ratio=(info.releases_per_step / base_info.releases_per_step) if base_info.private else 0.0,
     )
+
+
+def _test_size(cell: CellStats, base: CellStats, seeds: Sequence[int]) -> Optional[int]:
+    """The test-set size of the paired runs (they split one data set alike): the smallest any of them stored, the
+    larger error; None when none stored it (runs from before it was kept)."""
+    sizes = [size for s in seeds for size in (cell.test_size_by_seed.get(s), base.test_size_by_seed.get(s)) if size]
+    return min(sizes) if sizes else None
 
 
 def _measured(probe: Optional[CostProbe], method: str, baseline: str) -> Optional[MethodCost]:
@@ -415,6 +451,31 @@ def rho_levels(compared: Sequence[Comparison]) -> list[str]:
     return list(dict.fromkeys(level for (level, _), rhos in seen.items() if len(rhos) > 1))
 
 
+# What an interval of `paired_difference` covers (the README, pages and the report say it in these words)
+INTERVAL_COVERS = "seed-to-seed variation plus at least the test set's sampling error implied by the accuracies"
+
+
+def interval_note(c: Comparison) -> str:
+    """', seed-to-seed spread only (…)' for an interval without the test-set term, else ''."""
+    if c.accuracy.ci_low is None or c.accuracy.test_error is not None:
+        return ""
+    return ", seed-to-seed spread only (runs stored without their test-set size)"
+
+
+def interval_scope(compared: Sequence[Comparison]) -> str:
+    """What the 95% intervals of `compared` cover, in one or two sentences ('' when none has an interval)."""
+    if all(c.accuracy.ci_low is None for c in compared):
+        return ""
+    text = f"The 95% intervals (paired by seed) cover {INTERVAL_COVERS}."
+    without = sum(1 for c in compared if interval_note(c))
+    if without:
+        text += (
+            f" {counted(without, 'comparison')} rest{'s' if without == 1 else ''} on runs stored before their "
+            "test-set size was kept: those intervals cover seed-to-seed variation only (retrain to add the rest)."
+        )
+    return text
+
+
 def conclusion(c: Comparison) -> str:
     """The plain-words reading of a paired accuracy difference."""
     detectable = c.accuracy.detectable
@@ -446,7 +507,9 @@ def verdict(c: Comparison) -> str:
     info, base = method_info(c.method), method_info(c.baseline)
     low, high = c.ci_points
     pairs = counted(c.accuracy.n_pairs, "seed pair")
-    interval = f"95% CI {low:+.1f} to {high:+.1f}, {pairs}" if low is not None else f"{pairs}, no interval"
+    interval = (
+        f"95% CI {low:+.1f} to {high:+.1f}, {pairs}{interval_note(c)}" if low is not None else f"{pairs}, no interval"
+    )
     rho = rho_text(c)
     privacy = (
         f"same ε, paid with more noise ({info.releases_per_step} releases per step)"

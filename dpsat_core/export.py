@@ -120,9 +120,10 @@ def results_rows(
 
 def inert_cell(value: Any) -> Any:
     """A text cell a spreadsheet would run as a formula (a data-set path or target column starting with '=',
-    '+', '-', '@', a tab or a carriage return) prefixed with a single quote, as OWASP advises; numbers (-0.5
-    stays a number) and other text as they are."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+    '+', '-', '@', a tab or a carriage return, and more after it) prefixed with a single quote, as OWASP advises;
+    numbers (-0.5 stays a number), a lone sign (a "-" placeholder is no formula) and other text as they are."""
+    formula = isinstance(value, str) and len(value) > 1 and value.startswith(FORMULA_STARTS)
+    return "'" + value if formula else value
 
 
 def results_csv(records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None) -> bytes:

@@ -92,10 +92,15 @@ def _series(stats: Sequence[CellStats]) -> dict[str, list[CellStats]]:
     return named
 
 
+EPSILON_TITLE = "ε (target, log scale)"
+
+
 def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
-    """A log ε axis with ticks at the values actually swept."""
+    """A log ε axis with ticks at the values actually swept, titled alike on every subplot."""
     ticks = sorted({c.epsilon_axis for c in stats if c.private and c.epsilon_axis is not None})
-    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:.3g}" for t in ticks], title_text="ε", **where)
+    fig.update_xaxes(
+        type="log", tickvals=ticks, ticktext=[f"{t:.3g}" for t in ticks], title_text=EPSILON_TITLE, **where
+    )
 
 
 def _add_series(
@@ -135,7 +140,7 @@ def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
             )
     _add_series(fig, stats, "accuracy_mean", "accuracy_std", scale=100)
     _epsilon_axis(fig, stats)
-    return _layout(fig, "Test accuracy vs privacy budget", "ε (target, log scale)", "test accuracy (%)")
+    return _layout(fig, "Test accuracy vs privacy budget", EPSILON_TITLE, "test accuracy (%)")
 
 
 def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
@@ -146,7 +151,7 @@ def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     _epsilon_axis(fig, stats)
     fig.update_yaxes(title_text="λ_max", row=1, col=1)
     fig.update_yaxes(title_text="trace", row=1, col=2)
-    _layout(fig, "Sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "λ_max")
+    _layout(fig, "Sharpness vs privacy budget (lower = flatter)", EPSILON_TITLE, "λ_max")
     return on_training_data(fig)
 
 
@@ -155,7 +160,7 @@ def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     fig = go.Figure()
     _add_series(fig, stats, "adaptive_mean", "adaptive_std")
     _epsilon_axis(fig, stats)
-    _layout(fig, "Adaptive sharpness vs privacy budget (lower = flatter)", "ε (target, log scale)", "adaptive λ_max")
+    _layout(fig, "Adaptive sharpness vs privacy budget (lower = flatter)", EPSILON_TITLE, "adaptive λ_max")
     return on_training_data(fig)
 
 

@@ -19,14 +19,17 @@ import plotly.graph_objects as go
 
 from . import figures
 from .analysis import analysed_cells
-from .caveats import SEEDED_NOISE, TRAINING_DATA
+from .caveats import PER_RUN, SEEDED_NOISE, TRAINING_DATA
 from .compare import (
+    INTERVAL_COVERS,
     CellStats,
     Comparison,
     comparisons,
     conclusion,
     describe_setting,
     headline_comparisons,
+    interval_note,
+    interval_scope,
     pick_setting,
     rho_text,
     verdict,
@@ -144,15 +147,15 @@ def caveat(compared: list[Comparison]) -> str:
         )
     else:
         reading = (
-            "Differences called measurable have 95% intervals (paired by seed) that exclude zero; the others "
-            "cannot be told apart with these runs."
+            "Differences called measurable have 95% intervals that exclude zero; the others cannot be told apart "
+            "with these runs."
         )
     if any(c.chosen_by_validation for c in compared):
         reading += (
             " Where ρ was picked among several by validation accuracy, its test interval comes after that choice "
             "and is not adjusted for it: confirm the pick on new seeds."
         )
-    return reading
+    return f"{reading} {interval_scope(compared)}".strip()
 
 
 def uncovered(runs: list[RunRecord]) -> str:
@@ -162,6 +165,8 @@ def uncovered(runs: list[RunRecord]) -> str:
         f"batch sizes, are {TRAINING_DATA}: they describe the training rows without noise, and the privacy "
         "guarantee says nothing about them."
     )
+    if any(r.config.private for r in runs):
+        text += f" {PER_RUN}."
     if any(r.config.private and r.config.randomness == "research" for r in runs):
         text += (
             f" The private runs use {SEEDED_NOISE}: anyone with a run's stored seed can regenerate its noise and "
@@ -191,7 +196,9 @@ def bottom_line_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
             info, base = method_info(c.method), method_info(c.baseline)
             low, high = c.ci_points
             accuracy = f"{c.gain_points:+.1f} points" + (
-                f" (95% interval {low:+.1f} to {high:+.1f})" if low is not None else " (one seed pair: no interval)"
+                f" (95% interval {low:+.1f} to {high:+.1f}{interval_note(c)})"
+                if low is not None
+                else " (one seed pair: no interval)"
             )
             compute = (
                 f"{c.cost.ratio:.2f}× (measured)" if c.cost is not None else f"{c.backward_passes_ratio:g}× (counted)"
@@ -289,7 +296,8 @@ every number below is read from the run store.</small></p>
 <p class="bottom-line"><strong>{e(report.caveat)}</strong></p>
 <table class="bottom-line"><tr><th>comparison</th><th>accuracy gain</th><th>compute per step</th>
 <th>privacy cost</th><th>conclusion</th></tr>{bottom}</table>
-<p><small>Accuracy gain: the mean of the per-seed differences ({pairing}), with its 95% interval.
+<p><small>Accuracy gain: the mean of the per-seed differences ({pairing}), with its 95% interval
+({e(INTERVAL_COVERS)}).
 Compute: measured side by side on this setting, or counted from the algorithm when not measured.
 Privacy cost: every method is held to the same budget ε.</small></p>
 <h2>The question</h2><p>{e(question(present))}</p>

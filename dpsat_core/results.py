@@ -136,6 +136,8 @@ class RunSummary(JsonRecord):
     data_fingerprint: Optional[str] = None  # digest of a file data set's bytes (None for built-ins, old runs)
     validation_accuracy: Optional[float] = None  # for choosing ρ, lr or C; None without a validation split
     n_validation: int = 0
+    # test examples the accuracy counts (None in runs stored before it was kept): the test set's sampling error
+    n_test: Optional[int] = None
     initial_train_loss: Optional[float] = None  # before the first step (None in runs stored before it was kept)
     scaling: str = ""  # how the features were scaled and what of it ε covers ("" in runs from before it was kept)
     statistics_noise_multiplier: Optional[float] = None  # of the released scaling statistics (None: none released)
@@ -211,7 +213,7 @@ class RunRecord:
                 "ε covers the training's noisy gradient releases and any scaling statistics released for columns "
                 "without public bounds (the details are stored when the run ends)."
             )
-        scaling = self.summary.scaling
+        scaling = self.summary.scaling.removeprefix("; ")  # runs stored with an empty first part
         if self.summary.statistics_noise_multiplier is not None:
             return f"ε covers the training's noisy gradient releases and the preprocessing statistics: {scaling}."
         return "ε covers the training's noisy gradient releases; the scaling read nothing private" + (

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.actions import start_audit
-from dashboard.state import current_dataset, get_store
+from dashboard.state import current_dataset, get_store, shown_source
 from dashboard.widgets import job_panel, plain_text, show_error
 from dpsat_core import METHODS, DpsatError, TrainConfig
 from dpsat_core.config import AUDIT_MODES, DEFAULT_CANARIES, DEFAULT_EPSILON, MIN_CANARIES
@@ -15,7 +15,8 @@ from dpsat_core.results import format_number
 st.title("Privacy audit")
 dataset = current_dataset()
 st.caption(
-    f"Data set: **{plain_text(dataset['source'])}** (change it on the Data page). An audit trains one run with "
+    f"Data set: **{plain_text(shown_source(dataset['source']))}** (change it on the Data page). "
+    "An audit trains one run with "
     "canaries, each included with probability 1/2, and bounds its ε from below at 95% confidence from how well "
     "an attacker guesses which were included (Steinke, Nasr & Jagielski, NeurIPS 2023). Audit runs are kept "
     "out of every comparison."

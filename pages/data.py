@@ -4,7 +4,7 @@ preprocessing; every problem explained here."""
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import current_dataset, save_schema, save_upload
+from dashboard.state import current_dataset, save_schema, save_upload, shown_source
 from dashboard.widgets import plain_text, show_error
 from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, default_delta, load_dataset
 from dpsat_core.caveats import DELTA_WHY
@@ -14,7 +14,7 @@ from dpsat_core.serve import SERVER_OPTIONS
 MAX_UPLOAD_MB = SERVER_OPTIONS["server.maxUploadSize"]
 
 st.title("Data")
-st.caption(f"Selected for training: **{plain_text(current_dataset()['source'])}**")
+st.caption(f"Selected for training: **{plain_text(shown_source(current_dataset()['source']))}**")
 kind = st.radio("Source", ["Built-in", "Upload a file"], horizontal=True, key="data-kind")
 size, target, schema = None, None, None
 if kind == "Built-in":

@@ -12,10 +12,12 @@ from dashboard.actions import report_file, start_analyses, start_default_compari
 from dashboard.state import get_store
 from dashboard.widgets import chart, download, job_panel, methods_table, one_run_per_method, setting_picker
 from dpsat_core import analysed_cells, cached_analyses, figures, method_info, step_cost
+from dpsat_core.caveats import PER_RUN
 from dpsat_core.compare import (
     best_epsilon,
     comparisons_at,
     headline_comparisons,
+    interval_scope,
     private_epsilons,
     setting_key,
     verdict,
@@ -57,8 +59,10 @@ else:  # nothing to choose: say which ε the verdict and slices are at
 private = [c.method for c in stats if c.private]
 cost = step_cost(store, runs[0].config, private, cached_only=True)
 if epsilon is not None:
-    for comparison in headline_comparisons(comparisons_at(stats, epsilon, cost=cost)):
+    headline = headline_comparisons(comparisons_at(stats, epsilon, cost=cost))
+    for comparison in headline:
         st.markdown(f"- {verdict(comparison)}")
+    st.caption(f"{interval_scope(headline)} {PER_RUN}.".strip())
 if cost is None and private and st.button("Measure the step cost side by side (about a minute)", key="overview-probe"):
     start_probe(runs[0].config, private)
 

@@ -5,7 +5,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import get_store
+from dashboard.state import get_store, shown_source
 from dashboard.widgets import (
     chart,
     download,
@@ -20,15 +20,41 @@ from dpsat_core.export import inert_cell, results_csv, results_json
 from dpsat_core.results import counted, format_number
 from dpsat_core.store import STATUSES
 
+BLANK = "—"  # an empty cell: no target ε (SGD, σ runs), no ρ, no ε spent
+
 st.title("Runs")
 store = get_store()
+
+
+def delete_runs(run_ids: list[str]) -> None:
+    """Delete the confirmed runs before the page redraws, so the selection can drop them, and keep what happened
+    for the next run of the page to say."""
+    deleted = []
+    try:
+        for run_id in run_ids:
+            store.delete(run_id)  # a run still training is refused (cancel it first)
+            deleted.append(run_id)
+    except DpsatError as exc:
+        st.session_state["runs-delete-error"] = exc
+    st.session_state["runs-selected"] = [r for r in run_ids if r not in deleted]
+    st.session_state.pop("runs-confirm", None)
+    if deleted:
+        st.session_state["runs-deleted"] = deleted
+
+
+if deleted := st.session_state.pop("runs-deleted", None):
+    st.success(f"Deleted {counted(len(deleted), 'run')}: {', '.join(deleted)}.")
+if failed := st.session_state.pop("runs-delete-error", None):
+    show_error(failed)
 records = store.list_runs()
 if not records:
     st.info("The store is empty: start runs on **Train & sweep**, or run the default comparison on the Overview.")
     st.stop()
 a, b, c = st.columns(3)
 statuses = a.multiselect("Status", STATUSES, default=list(STATUSES), key="runs-status")
-datasets = b.multiselect("Data set", sorted({r.config.dataset for r in records}), key="runs-dataset")
+datasets = b.multiselect(
+    "Data set", sorted({r.config.dataset for r in records}), format_func=shown_source, key="runs-dataset"
+)
 methods = c.multiselect("Method", sorted({r.method for r in records}), key="runs-method")
 shown = [
     r
@@ -40,10 +66,10 @@ table = pd.DataFrame(
         {
             "run": figures.run_label(r),
             "status": r.status,
-            "dataset": r.config.dataset,
-            "target ε": r.target_epsilon,
-            "ρ": r.config.rho if method_info(r.method).uses_rho else None,
-            "ε spent": format_number(r.epsilon_spent, ".3f"),  # ∞ for runs without noise
+            "dataset": shown_source(r.config.dataset),
+            "target ε": format_number(r.target_epsilon, "g", missing=BLANK),
+            "ρ": format_number(r.config.rho if method_info(r.method).uses_rho else None, "g", missing=BLANK),
+            "ε spent": format_number(r.epsilon_spent, ".3f", missing=BLANK),  # ∞ for runs without noise
             "test accuracy %": None if r.test_accuracy is None else round(100 * r.test_accuracy, 2),
             "validation %": None if r.validation_accuracy is None else round(100 * r.validation_accuracy, 2),
             "epochs": r.config.epochs,
@@ -68,16 +94,9 @@ if selected:
         st.session_state["runs-confirm"] = list(selected)
     if st.session_state.get("runs-confirm") == list(selected):
         st.warning("Deleting removes the runs, their weights and analyses.")
-        if right.button("Yes, delete", type="primary", key="runs-delete-confirm"):
-            try:
-                for run_id in selected:
-                    store.delete(run_id)  # a run still training is refused (cancel it first)
-            except DpsatError as exc:
-                show_error(exc)
-            else:
-                st.session_state.pop("runs-confirm")
-                st.session_state.pop("runs-selected")
-                st.rerun()
+        right.button(
+            "Yes, delete", type="primary", key="runs-delete-confirm", on_click=delete_runs, args=(list(selected),)
+        )
     record = store.get(selected[0])
     st.subheader(f"Run {record.run_id}: {figures.run_label(record)}")
     st.caption(plain_text(record.privacy_note))
@@ -85,7 +104,7 @@ if selected:
     training_data_caption("train_loss and seconds (which track the Poisson batch sizes) in this table")
     epochs = pd.DataFrame([e.to_dict() for e in record.epochs])
     if not epochs.empty:
-        epochs["epsilon_spent"] = [format_number(e.epsilon_spent, ".3f") for e in record.epochs]
+        epochs["epsilon_spent"] = [format_number(e.epsilon_spent, ".3f", missing=BLANK) for e in record.epochs]
     st.dataframe(epochs, hide_index=True)
     st.json(record.to_dict(), expanded=False)
 job_panel()

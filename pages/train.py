@@ -3,7 +3,7 @@
 import streamlit as st
 
 from dashboard.actions import start_sweep, sweep_target
-from dashboard.state import current_dataset
+from dashboard.state import current_dataset, shown_source
 from dashboard.widgets import job_panel, plain_text, show_error
 from dpsat_core import METHODS, DpsatError, SweepSpec, TrainConfig
 from dpsat_core.caveats import DELTA_WHY, SEEDED_NOISE
@@ -14,8 +14,8 @@ from dpsat_core.results import counted
 st.title("Train & sweep")
 dataset = current_dataset()
 st.caption(
-    f"Data set: **{plain_text(dataset['source'])}** (change it on the Data page). Runs already stored are reused. "
-    + sweep_target()
+    f"Data set: **{plain_text(shown_source(dataset['source']))}** (change it on the Data page). "
+    "Runs already stored are reused. " + sweep_target()
 )
 defaults = TrainConfig()
 

@@ -68,6 +68,8 @@ def test_train_json_then_runs_and_show(tmp_path, capsys):
     code, out, _ = cli(capsys, "show", row["run_id"], "--json", "--store", db)
     shown = json.loads(out)
     assert len(shown["epochs"]) == 1 and shown["epochs"][0]["releases"] == row["releases"]
+    sizes = shown["summary"]
+    assert sizes["n_test"] == 114 and sizes["n_train"] + sizes["n_validation"] + sizes["n_test"] == 569  # its rows
     code, out, _ = cli(capsys, *TRAIN_DPSAM, "--store", db)
     assert json.loads(out)["reused"] is True
 
@@ -267,6 +269,28 @@ def test_compare_leaves_diverged_runs_out_unless_asked_and_says_how_many(tmp_pat
     assert main(["compare", "--no-probe", "--store", str(only.path)]) == 2
     err = capsys.readouterr().err
     assert "every finished run diverged" in err and "--include-diverged" in err
+
+
+def test_compare_counts_the_test_set_error_and_starts_with_the_setting(tmp_path, capsys):
+    from dataclasses import replace
+
+    from tests.factories import summary
+
+    store = RunStore(tmp_path / "runs.db")
+    for method, accuracy in (("dpsgd", 300 / 360), ("dpsat", 299 / 360)):  # one test example apart at each seed
+        for seed in (0, 1):
+            config = TrainConfig(method=method, epsilon=3.0, seed=seed, epochs=1).normalized()
+            done = summary(config, accuracy=accuracy, epsilon_spent=2.9, seconds_per_epoch=1.0)
+            store.finish(store.create_run(config), replace(done, n_test=360), {})
+    assert main(["compare", "--no-probe", "--store", str(store.path)]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert err == "" and lines[0].startswith("setting ") and len(lines) == 3
+    assert "2 seed pairs)" in lines[1] and lines[1].endswith("No measurable accuracy difference at this size.")
+    assert "seed-to-seed variation plus at least the test set's sampling error" in lines[2]
+    assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["n_test"] == 360 and row["ci_low"] < 0 < row["ci_high"]
 
 
 AUDIT = ("audit", "--dataset", "breast_cancer", "--method", "dpsat", "--sigma", "1", "--epochs", "1")

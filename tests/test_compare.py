@@ -16,6 +16,7 @@ from dpsat_core.compare import (
     diverged_note,
     group_runs,
     headline_comparisons,
+    interval_scope,
     paired_difference,
     setting_key,
     validation_picks,
@@ -46,6 +47,71 @@ def test_the_paired_interval_is_scipys():
     assert paired_difference([0.02, 0.03, 0.025]).detectable is True
     single = paired_difference([0.05])
     assert single.ci_low is None and single.detectable is None
+
+
+def _tested_on(r, n_test):
+    """`r` as stored with the size of its test set (runs stored before it was kept have None)."""
+    return dataclasses.replace(r, summary=dataclasses.replace(r.summary, n_test=n_test))
+
+
+def _one_example_worse(n_test):
+    """DP-SGD and DP-SAT at two seeds, DP-SAT one test example of 360 worse at each: zero seed-to-seed spread."""
+    runs = [record("dpsgd", 3.0, s, 300 / 360) for s in (0, 1)] + [record("dpsat", 3.0, s, 299 / 360) for s in (0, 1)]
+    return [_tested_on(r, n_test) for r in runs]
+
+
+def test_one_test_example_of_difference_is_not_measurable_once_the_test_set_error_counts():
+    (c,) = comparisons(group_runs(_one_example_worse(360)))
+    assert c.accuracy.n_test == 360 and c.accuracy.ci_low < 0 < c.accuracy.ci_high
+    assert c.accuracy.detectable is False and verdict(c).endswith("No measurable accuracy difference at this size.")
+    assert "seed-to-seed spread only" not in verdict(c)
+    (old,) = comparisons(group_runs(_one_example_worse(None)))  # stored before n_test: the seed term alone, said
+    assert old.accuracy.n_test is None and old.accuracy.ci_low == pytest.approx(old.accuracy.ci_high)
+    assert "seed-to-seed spread only (runs stored without their test-set size)" in verdict(old)
+    assert "1 comparison rests on runs stored before" in interval_scope([old])
+
+
+def test_the_test_set_term_by_hand():
+    # two pairs, d = 0.01 and 0.03 on 100 test examples: s² = 2e-4; SE_test = mean of √((|d| − d²)/n)
+    got = paired_difference([0.01, 0.03], n_test=100)
+    test_error = (math.sqrt((0.01 - 0.0001) / 100) + math.sqrt((0.03 - 0.0009) / 100)) / 2
+    assert got.test_error == pytest.approx(test_error) == pytest.approx(0.0135043, rel=1e-5)
+    half = scipy_stats.t.ppf(0.975, 1) * math.sqrt(2e-4 / 2 + test_error**2)
+    assert (got.ci_low, got.ci_high) == pytest.approx((0.02 - half, 0.02 + half))
+    assert half == pytest.approx(0.213515, rel=1e-4)
+    # the finding's case: zero spread, so the half-width is t·SE_test alone
+    worse = paired_difference([-1 / 360, -1 / 360], n_test=360)
+    assert worse.ci_high - worse.mean == pytest.approx(12.706204736 * math.sqrt(359) / 360 / math.sqrt(360))
+    with pytest.raises(ValueError, match="n_test must be"):
+        paired_difference([0.01, 0.02], n_test=0)
+
+
+def test_the_half_width_is_never_below_the_t_quantile_times_the_test_set_error():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        k, n_test = int(rng.integers(2, 8)), int(rng.integers(20, 5000))
+        differences = list(rng.integers(-30, 31, size=k) / n_test)
+        got = paired_difference(differences, n_test=n_test)
+        floor = scipy_stats.t.ppf(0.975, k - 1) * got.test_error
+        seeds_only = paired_difference(differences)  # the seed-to-seed interval: never wider
+        assert got.ci_high - got.mean >= floor * (1 - 1e-12)
+        assert got.ci_high - got.mean >= (seeds_only.ci_high - seeds_only.mean) * (1 - 1e-12)
+
+
+def test_a_large_consistent_difference_stays_measurable():
+    base = [0.70, 0.72, 0.71]
+    runs = [record("dpsgd", 3.0, s, a) for s, a in enumerate(base)]
+    runs += [record("dpsat", 3.0, s, a + d) for s, (a, d) in enumerate(zip(base, (0.10, 0.11, 0.10)))]
+    (c,) = comparisons(group_runs([_tested_on(r, 360) for r in runs]))
+    assert c.accuracy.detectable is True and c.accuracy.ci_low > 0
+    assert c.accuracy.test_error == pytest.approx(
+        np.mean([math.sqrt((abs(d) - d * d) / 360) for d in (0.10, 0.11, 0.10)])
+    )
+    assert verdict(c).endswith("Measurably more accurate.")
+    assert interval_scope([c]) == (
+        "The 95% intervals (paired by seed) cover seed-to-seed variation plus at least the test set's sampling "
+        "error implied by the accuracies."
+    )
 
 
 def test_the_gain_is_paired_by_seed_not_pooled():

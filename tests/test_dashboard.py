@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.state import get_jobs
 from dashboard.widgets import JOB_PANEL_REFRESH
 from dpsat_core import RunStore, SweepSpec, TrainConfig, sweep
+from dpsat_core.caveats import PER_RUN
 from tests.factories import store_default_analyses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,10 @@ def test_overview_shows_the_verdict(populated, monkeypatch):
     )
     # one budget trained: no slider with a single stop, a line saying which ε is shown
     assert not at.select_slider and any("the only budget trained so far" in c.value for c in at.caption)
+    # under the verdicts: what the intervals cover (the runs stored their test-set size) and that ε is per run
+    (scope,) = [c.value for c in at.caption if "95% intervals" in c.value]
+    assert "plus at least the test set's sampling error" in scope and "only" not in scope
+    assert PER_RUN in scope
 
 
 @ON_POPULATED
@@ -231,11 +236,17 @@ def test_runs_page_deletes_after_confirmation(populated, tmp_path, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(db))
     victim = RunStore(db).list_runs()[0].run_id
     at = open_page("runs")
+    table = at.dataframe[0].value
+    sgd = table[table["run"].str.startswith("SGD")].iloc[0]  # blanks read "—": never "None" or a made-inert "'-"
+    assert (sgd["target ε"], sgd["ρ"], sgd["ε spent"]) == ("—", "—", "—")
+    assert not table.isin(["None", "'-", "'—"]).any().any()
     at.multiselect(key="runs-selected").select(victim).run()
     assert not at.exception and victim in at.subheader[0].value
     at.button(key="runs-delete").click().run()
     at.button(key="runs-delete-confirm").click().run()
     assert victim not in [r.run_id for r in RunStore(db).list_runs()]
+    assert not at.exception and at.success[0].value == f"Deleted 1 run: {victim}."  # said, and no longer selected
+    assert at.multiselect(key="runs-selected").value == [] and not at.subheader
     # a run still training (this process's) is refused with one message, and stays
     live = RunStore(db).create_run(TrainConfig(dataset="digits", epochs=1, seed=99))
     at = open_page("runs")
@@ -296,7 +307,11 @@ def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch
     at.button(key="data-use").click().run()
     chosen = at.session_state["dataset"]
     assert chosen["target"] == "label" and Path(chosen["source"]).read_bytes() == _csv()
-    assert Path(chosen["source"]).parent == tmp_path / "dpsat_uploads"
+    # a unique folder on disk; the file, and so every name shown, is the one uploaded
+    assert Path(chosen["source"]).parent.parent == tmp_path / "dpsat_uploads"
+    assert Path(chosen["source"]).name == "patients.csv"
+    assert at.caption[0].value == "Selected for training: **patients.csv**"
+    assert at.success[0].value == "Training will use patients."
 
 
 def test_a_schema_given_on_the_data_page_scales_from_public_bounds_and_a_bad_one_is_explained(tmp_path, monkeypatch):
@@ -314,7 +329,7 @@ def test_a_schema_given_on_the_data_page_scales_from_public_bounds_and_a_bad_one
     schema = b'{"columns": {"age": {"min": 0, "max": 100}}, "classes": ["no", "yes"]}'
     at.get("file_uploader")[1].upload("s.json", schema, "application/json").run()
     assert not at.error and not at.info  # nothing left to release
-    assert any("public bounds in schema" in _as_rendered(c.value) for c in at.caption)
+    assert any("public bounds in schema s.json" in _as_rendered(c.value) for c in at.caption)
     at.button(key="data-use").click().run()
     assert Path(at.session_state["dataset"]["schema"]).read_bytes() == schema
 
@@ -326,7 +341,8 @@ def test_an_uploaded_csv_with_text_in_a_numeric_column_is_explained(tmp_path, mo
     at.get("file_uploader")[0].upload("bad.csv", _csv(bad_row=True), "text/csv").run()
     at.selectbox(key="data-target").select("label").run()
     assert not at.exception
-    assert "column 'age' is numeric but holds text in 1 rows" in at.error[0].value
+    assert "column 'age' is numeric but holds text in 1 row (row" in at.error[0].value
+    assert _as_rendered(at.error[0].value).startswith("bad.csv: ")  # as uploaded: no digest of its stored copy
     assert not at.button  # nothing to select
 
 
@@ -405,7 +421,7 @@ def _upload(at: AppTest, name: str, content: bytes) -> AppTest:
 
 def _uploads(tmp_path: Path) -> list[str]:
     folder = tmp_path / "dpsat_uploads"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
 @pytest.mark.parametrize(
@@ -426,7 +442,7 @@ def test_a_bad_upload_gets_one_clear_message_and_is_not_kept(tmp_path, monkeypat
     assert not at.exception, at.exception
     if message is None:
         assert not at.error and at.selectbox(key="data-target").value == "label"
-        assert [len(n) for n in _uploads(tmp_path)] == [9 + 80]  # '<digest>-' and the shortened name
+        assert [len(n) for n in _uploads(tmp_path)] == [9 + 80]  # '<digest>/' and the shortened name
         return
     assert [e.value for e in at.error] == [at.error[0].value] and message in _as_rendered(at.error[0].value)
     assert not re.search(r"[0-9a-f]{8}-", at.error[0].value)  # the file as uploaded, not its stored copy

@@ -3,6 +3,7 @@
 import gzip
 import os
 import pickle
+import re
 import tracemalloc
 import zipfile
 
@@ -38,18 +39,23 @@ def test_csv_standardises_numbers_and_one_hot_encodes_categories(tmp_path):  # f
 @pytest.mark.parametrize(
     "body, target, message",
     [
-        ("age,label\n1,a\nx,b\n" + "3,a\n" * 20, "label", "column 'age' is numeric but holds text in 1 rows"),
-        ("age,label\n1,a\n,b\n" + "3,b\n" * 20, "label", "column 'age' has 1 missing values"),
+        (
+            "age,label\n1,a\nx,b\n" + "3,a\n" * 20,
+            "label",
+            "column 'age' is numeric but holds text in 1 row (row 2, e.g.",
+        ),
+        ("age,label\n1,a\n,b\n" + "3,b\n" * 20, "label", "column 'age' has 1 missing value (row 2)"),
         ("age,label\n" + "1,a\n" * 20, "label", "same label"),
         ("age,label\n" + "1,a\n2,b\n" * 10, "lbl", "no column 'lbl'"),
         ("age,label\n" + "1,a\n2,b\n" * 10, None, "name the label column"),
         ("age,label\n", "label", "has a header but no rows"),
         ("name,label\n" + "".join(f"person{i},{i % 2}\n" for i in range(60)), "label", "free text"),
-        ("age,label\n1,\n" + "1,a\n2,b\n" * 10, "label", "missing labels"),
+        ("age,label\n1,\n,\n" + "1,a\n2,b\n" * 10, "label", "has 2 missing labels (rows 1, 2)"),
+        ("age,label\n" + "x,a\n" * 6 + "1,a\n2,b\n" * 10, "label", "holds text in 6 rows (rows 1, 2, 3, 4, 5, …"),
     ],
 )
 def test_csv_errors_say_what_and_where(tmp_path, body, target, message):
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=re.escape(message)):
         load_dataset(write_csv(tmp_path / "bad.csv", body), target=target)
 
 
@@ -74,6 +80,27 @@ def test_binary_non_utf8_blank_and_broken_csv_files_are_one_clear_error(tmp_path
 def test_a_path_with_a_nul_byte_is_a_clear_error():
     with pytest.raises(DataError, match="contains a NUL byte"):
         load_dataset("data\x00.csv", target="label")
+
+
+def test_a_table_without_a_schema_says_what_its_rows_decided_with_no_empty_part(tmp_path):
+    import dataclasses
+
+    from dpsat_core.data.dataset import ROW_DERIVED, release_scaling
+    from tests.factories import record
+
+    bare = load_dataset(write_csv(tmp_path / "t.csv", table()), target="label")
+    assert bare.scaling == f"the class set and category levels {ROW_DERIVED}"
+    rng = np.random.default_rng(0)
+    released = release_scaling(bare, noise_multiplier=2.0, rng=rng, share="its share of ε").scaling  # no validation
+    assert released.startswith("the class set and category levels") and "; 2 numeric column(s) scaled" in released
+    # a run stored with the broken note ("; the class set …") reads without the empty part
+    run = record("dpsgd", 3.0, 0, 0.8)
+    stored = dataclasses.replace(run.summary, scaling=f"; {released}", statistics_noise_multiplier=2.0)
+    note = dataclasses.replace(run, config=dataclasses.replace(run.config, preprocessing="private"), summary=stored)
+    assert (
+        note.privacy_note
+        == f"ε covers the training's noisy gradient releases and the preprocessing statistics: {released}."
+    )
 
 
 def test_empty_and_oversized_files_are_refused(tmp_path, monkeypatch):

@@ -85,7 +85,7 @@ def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
     dpsat_2 = next(c for c in report.stats if c.method == "dpsat" and c.target_epsilon == 2.0)
     assert f"{100 * dpsat_2.accuracy_mean:.1f}% ± {100 * dpsat_2.accuracy_std:.1f}" in page
     assert html.escape(verdict(report.headline[0].comparisons[0])) in page
-    assert "<svg" in page and report.caveat in page
+    assert "<svg" in page and html.escape(report.caveat) in page
     assert files.pdf.read_bytes().startswith(b"%PDF")
     # page 1 is the bottom line: the manager's numbers per comparison, before the question and the evidence
     assert page.index("Bottom line") < page.index("The question") < page.index("The evidence")
@@ -173,6 +173,21 @@ def test_csv_cells_a_spreadsheet_would_run_are_made_inert_and_numbers_stay_numbe
     assert cli_row["config.dataset"] == "'" + dataset
 
 
+def test_a_lone_sign_or_a_dash_for_a_blank_is_no_formula():
+    from dpsat_core.export import inert_cell
+
+    assert [inert_cell(v) for v in ("-", "+", "—", "", "data.csv", -0.5, None)] == [
+        "-",
+        "+",
+        "—",
+        "",
+        "data.csv",
+        -0.5,
+        None,
+    ]
+    assert [inert_cell(v) for v in ("-1+2", "=1", "@SUM(A1)", "\tx")] == ["'-1+2", "'=1", "'@SUM(A1)", "'\tx"]
+
+
 def test_the_report_writes_an_infinite_epsilon_as_infinity(swept):
     import dataclasses
     import math
@@ -239,3 +254,17 @@ def test_the_report_says_once_what_epsilon_does_not_cover(swept):
         dataclasses.replace(r, config=dataclasses.replace(r.config, randomness="release")) for r in swept.list_runs()
     ]
     assert SEEDED_NOISE not in uncovered(release) and TRAINING_DATA in uncovered(release)
+
+
+def test_the_reports_caveats_say_epsilon_is_per_run_and_what_the_intervals_cover(swept):
+    from dpsat_core.caveats import PER_RUN
+    from dpsat_core.compare import INTERVAL_COVERS
+    from dpsat_core.report import uncovered
+    from tests.factories import record
+
+    page = render_html(build_report(swept), static_images=False)
+    per_run = html.escape(PER_RUN)
+    assert page.count(per_run) == 1 and page.index(per_run) > page.index("What ε does not cover")
+    assert html.escape(INTERVAL_COVERS) in page  # the runs stored their test-set size: no "only" note
+    assert "seed-to-seed spread only" not in page and "seed-to-seed variation only" not in page
+    assert PER_RUN not in uncovered([record("sgd", None, 0, 0.9)])  # no ε to speak of

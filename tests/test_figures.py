@@ -21,7 +21,9 @@ def test_figures_use_the_method_table_colours_and_names():
     assert traces["DP-SAT"].line.color == METHODS["dpsat"].color and list(traces["DP-SAT"].y) == [72.0, 83.0]
     assert fig.layout.shapes[0].line.color == METHODS["sgd"].color  # the non-private ceiling as a line
     spectra = {r.run_id: spectrum(5.0) for r in runs}
-    assert len(figures.hessian_vs_epsilon(group_runs(runs, spectra)).data) == 4  # λ_max and trace per method
+    hessian = figures.hessian_vs_epsilon(group_runs(runs, spectra))
+    assert len(hessian.data) == 4  # λ_max and trace per method
+    assert hessian.layout.xaxis.title.text == hessian.layout.xaxis2.title.text == "ε (target, log scale)"
     adaptive = {r.run_id: AdaptiveSharpness(lambda_max=0.5, n_samples=64, n_params=10, seconds=0.1) for r in runs}
     lines = {t.name: t for t in figures.adaptive_vs_epsilon(group_runs(runs, spectra, adaptive)).data}
     assert set(lines) == {"DP-SGD", "DP-SAT"} and list(lines["DP-SAT"].y) == [0.5, 0.5]

@@ -367,8 +367,9 @@ def release_scaling(
         return dataset
     pending = list(dataset.pending)
 
-    def groups(x: np.ndarray) -> np.ndarray:
-        return x[:, pending].reshape(len(x), len(pending), -1).astype(np.float64)
+    def groups(x: np.ndarray) -> np.ndarray:  # the width is explicit: an empty split (no validation rows) has none
+        chosen = x[:, pending]
+        return chosen.reshape(len(x), len(pending), math.prod(chosen.shape[2:])).astype(np.float64)
 
     if released is None:
         release = release_statistics(groups(dataset.x_train), noise_multiplier=noise_multiplier, rng=rng)

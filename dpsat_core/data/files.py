@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..errors import DataError
+from ..results import counted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +51,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _rows(mask: pd.Series) -> str:
-    return ", ".join(str(i + 1) for i in np.flatnonzero(mask.to_numpy())[:5])
+    """'row 6' or 'rows 2, 5, 9, 11, 12, …': the first five flagged rows, counted from 1."""
+    found = np.flatnonzero(mask.to_numpy())
+    listed = ", ".join(str(i + 1) for i in found[:5]) + (", …" if len(found) > 5 else "")
+    return f"row {listed}" if len(found) == 1 else f"rows {listed}"
 
 
 def _encode_table(
@@ -69,7 +73,7 @@ def _encode_table(
         missing = values.isna()
         if missing.any():
             raise DataError(
-                f"{source}: column {column!r} has {int(missing.sum())} missing values (rows {_rows(missing)}): "
+                f"{source}: column {column!r} has {counted(int(missing.sum()), 'missing value')} ({_rows(missing)}): "
                 "fill or drop them"
             )
         if values.dtype.kind in "biuf" and str(column) not in categories:
@@ -84,8 +88,8 @@ def _encode_table(
         if str(column) not in categories and text.mean() < 0.5:
             first = values[text].iloc[0]
             raise DataError(
-                f"{source}: column {column!r} is numeric but holds text in {int(text.sum())} rows "
-                f"(rows {_rows(text)}, e.g. {first!r}): fix or drop those rows"
+                f"{source}: column {column!r} is numeric but holds text in {counted(int(text.sum()), 'row')} "
+                f"({_rows(text)}, e.g. {first!r}): fix or drop them"
             )
         strings = values.astype(str).to_numpy()
         if str(column) in categories:
@@ -148,8 +152,8 @@ def load_csv(
     labels = frame.pop(target)
     if labels.isna().any():
         raise DataError(
-            f"{path.name}: target column {target!r} has {int(labels.isna().sum())} missing labels "
-            f"(rows {_rows(labels.isna())}): drop those rows"
+            f"{path.name}: target column {target!r} has {counted(int(labels.isna().sum()), 'missing label')} "
+            f"({_rows(labels.isna())}): drop them"
         )
     values = labels.astype(str).to_numpy() if labels.dtype == object else labels.to_numpy()
     if preprocessing == "fitted":
@@ -193,9 +197,11 @@ def _read_from_rows(schema: Optional[Schema], *, levels: bool) -> list[str]:
 
 
 def _say_read_from_rows(data: Dataset, read: list[str]) -> Dataset:
+    """`data` whose scaling note also says what the rows decided (no empty part when nothing was scaled yet)."""
     if not read:
         return data
-    return dataclasses.replace(data, scaling=f"{data.scaling}; {' and '.join(read)} {ROW_DERIVED}")
+    said = f"{' and '.join(read)} {ROW_DERIVED}"
+    return dataclasses.replace(data, scaling="; ".join(part for part in (data.scaling, said) if part))
 
 
 def _as_images(x: np.ndarray) -> np.ndarray:
