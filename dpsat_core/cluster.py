@@ -257,7 +257,7 @@ def sweep_on_ray(
                     _record(result, CellOutcome(run_id=other.run_id, status=status, error=error, reused=True), cell)
                     continue
                 ref = task.remote(cell.to_dict(), data, plan, key, channel, sweep_id)
-                running[ref] = (key, cell, run_id, len(dataset.y_test))
+                running[ref] = (key, cell, run_id)
             if not running:
                 break
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
@@ -266,7 +266,7 @@ def sweep_on_ray(
             for key, *report in ray.get(channel.drain.remote(sweep_id)):
                 _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
             for ref in done:
-                key, cell, run_id, n_test = running.pop(ref)
+                key, cell, run_id = running.pop(ref)
                 label = cell_label(cell)
                 try:
                     trained = ray.get(ref)
@@ -275,7 +275,7 @@ def sweep_on_ray(
                     store.fail(run_id, reason)
                     outcome = CellOutcome(run_id=run_id, status="failed", error=f"{label}: {reason}")
                 else:
-                    record = store_result(store, run_id, trained, n_test=n_test)
+                    record = store_result(store, run_id, trained)
                     error = f"{label}: {record.reason}" if record.status == "failed" else ""
                     outcome = CellOutcome(run_id=record.run_id, status=record.status, error=error)
                 _record(result, outcome, cell)

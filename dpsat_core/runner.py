@@ -7,18 +7,17 @@ first and reuses its result, or trains it itself if the first was interrupted.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from .claims import keep_alive, wait_for_claim
 from .config import TrainConfig
-from .data import Dataset, data_fingerprint, load_config_dataset
+from .data import data_fingerprint, load_config_dataset
 from .devices import resolve_device
 from .planning import plan_run
 from .progress import ProgressFn, StopFn, check_stop, no_progress
-from .results import RunRecord, RunSummary
+from .results import RunRecord
 from .store import INTERRUPTED, ClaimHeld, RunStore
 from .training import TrainResult, train
 
@@ -81,39 +80,23 @@ def run(
     return RunOutcome(store.get(run_id), reused=False)
 
 
-def train_claimed(
-    store: RunStore, run_id: str, config: TrainConfig, *, dataset: Optional[Dataset] = None, **options: Any
-) -> TrainResult:
-    """Train `config` (on `dataset`, else its own data) into the row `run_id` already claimed: keep its lease
-    alive, stream each epoch, store the outcome and weights (a crash is stored as failed, then raised). `options`
-    go to `train`."""
+def train_claimed(store: RunStore, run_id: str, config: TrainConfig, **options: Any) -> TrainResult:
+    """Train `config` into the row `run_id` already claimed: keep its lease alive, stream each epoch, store the
+    outcome and weights (a crash is stored as failed, then raised). `options` go to `train`."""
     try:
-        dataset = dataset or load_config_dataset(config)
         with keep_alive(store, run_id):
-            result = train(
-                config,
-                book=store,
-                on_epoch=lambda metrics: store.add_epoch(run_id, metrics),
-                dataset=dataset,
-                **options,
-            )
+            result = train(config, book=store, on_epoch=lambda metrics: store.add_epoch(run_id, metrics), **options)
     except BaseException as exc:
         store.fail(run_id, f"{type(exc).__name__}: {exc}")
         raise
-    store.finish(run_id, finished_summary(result, n_test=len(dataset.y_test)), result.state_dict)
+    store.finish(run_id, result.summary(), result.state_dict)
     return result
 
 
-def finished_summary(result: TrainResult, *, n_test: int) -> RunSummary:
-    """The result's summary with the size of the test set its accuracy counts (what a comparison's interval
-    needs for the test set's sampling error)."""
-    return dataclasses.replace(result.summary(), n_test=n_test)
-
-
-def store_result(store: RunStore, run_id: str, result: TrainResult, *, n_test: int) -> RunRecord:
-    """Write a run trained away from the store (a Ray worker) on a data set with `n_test` test examples into its
-    row: its epochs, then its outcome and weights, as `run` writes a run trained here."""
+def store_result(store: RunStore, run_id: str, result: TrainResult) -> RunRecord:
+    """Write a run trained away from the store (a Ray worker) into its row: its epochs, then its outcome and
+    weights, as `run` writes a run trained here."""
     for metrics in result.epochs:
         store.add_epoch(run_id, metrics)
-    store.finish(run_id, finished_summary(result, n_test=n_test), result.state_dict)
+    store.finish(run_id, result.summary(), result.state_dict)
     return store.get(run_id)

@@ -103,6 +103,7 @@ class TrainResult:
     device: str
     n_train: int
     n_validation: int
+    n_test: int  # the examples the test accuracy counts (a comparison's interval needs it)
     data_fingerprint: Optional[str]
     scaling: str  # how the features were scaled (`Dataset.scaling`)
     released_scaling: Optional[dict[str, list[float]]] = None  # `Dataset.released`, as the store keeps it
@@ -135,6 +136,7 @@ class TrainResult:
             test_accuracy=None if last is None else last.test_accuracy,
             validation_accuracy=None if last is None else last.validation_accuracy,
             n_validation=self.n_validation,
+            n_test=self.n_test,
             test_loss=None if last is None else json_float(last.test_loss),
             train_loss=None if last is None else json_float(last.train_loss),
             seconds=self.seconds,
@@ -474,6 +476,7 @@ def _result(
         device=str(trainer.device),
         n_train=trainer.dataset.n_train,
         n_validation=trainer.dataset.n_val,
+        n_test=len(trainer.dataset.y_test),
         data_fingerprint=trainer.dataset.fingerprint,
         initial_train_loss=trainer.initial_train_loss,
         scaling=trainer.dataset.scaling,
