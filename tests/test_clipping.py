@@ -199,12 +199,16 @@ def test_training_steps_follow_the_hooks_for_every_private_method(method):
     assert fast.releases == hooks.releases == 6 * (2 if method == "dpsam" else 1)
 
 
-def test_dpsat_with_rho_zero_is_dpsgd_under_fast_clipping():
-    common = dict(dataset="digits", noise_multiplier=1.0, seed=3, clipping="fast")
+def assert_dpsat_at_rho_zero_is_dpsgd(steps: int, **common) -> None:
+    """DP-SAT with ρ = 0 and DP-SGD, both built from `common`, hold equal weights after every one of `steps`."""
     sgd, sat = prepare(TrainConfig(method="dpsgd", **common)), prepare(TrainConfig(method="dpsat", rho=0.0, **common))
-    for _ in range(8):
+    for _ in range(steps):
         sgd.step(), sat.step()
         assert all(torch.equal(a, b) for a, b in zip(sgd.model.parameters(), sat.model.parameters()))
+
+
+def test_dpsat_with_rho_zero_is_dpsgd_under_fast_clipping():
+    assert_dpsat_at_rho_zero_is_dpsgd(8, dataset="digits", noise_multiplier=1.0, seed=3, clipping="fast")
 
 
 def test_evaluation_between_steps_is_harmless_but_a_forward_without_backward_is_refused():

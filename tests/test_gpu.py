@@ -13,7 +13,7 @@ from dpsat_core.data import load_dataset
 from dpsat_core.gradients import private_gradient
 from dpsat_core.hessian import hessian_spectrum
 from dpsat_core.landscape import LossEvaluator, iter_surface, random_direction
-from tests.test_clipping import MODELS, SPECS, _optimizer, _per_example_norms
+from tests.test_clipping import MODELS, SPECS, _optimizer, _per_example_norms, assert_dpsat_at_rho_zero_is_dpsgd
 from tests.test_hessian import exact_eigenvalues, tiny_cnn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA here: run on a GPU machine")
@@ -63,11 +63,7 @@ def test_fast_clipping_equals_the_hooks_on_cuda_for_every_project_model(name):
 
 
 def test_dpsat_with_rho_zero_is_dpsgd_step_for_step_on_cuda():
-    common = dict(dataset="digits", noise_multiplier=1.0, seed=3, device="cuda")
-    sgd, sat = prepare(TrainConfig(method="dpsgd", **common)), prepare(TrainConfig(method="dpsat", rho=0.0, **common))
-    for _ in range(6):
-        sgd.step(), sat.step()
-        assert all(torch.equal(a, b) for a, b in zip(sgd.model.parameters(), sat.model.parameters()))
+    assert_dpsat_at_rho_zero_is_dpsgd(6, dataset="digits", noise_multiplier=1.0, seed=3, device="cuda")
 
 
 def test_release_mode_noise_on_cuda_differs_between_runs_of_one_seed():
