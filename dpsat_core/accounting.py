@@ -27,7 +27,7 @@ import numpy as np
 from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as opacus_rdp
 
-from .config import ACCOUNTANTS
+from .config import ACCOUNTANTS, MAX_EPSILON
 from .errors import ConfigError
 from .noise_search import BudgetTooLow, Found, model_epsilon, search_noise_multiplier, signature
 
@@ -61,7 +61,10 @@ _memoize_opacus_rdp()
 # Past this many points PRV's FFT needs gigabytes and minutes, and then fails anyway (σ = 0.1 at q = 0.18 over 180
 # releases: 5.8e7 points, 124 s, "Floating point errors will dominate"); RDP answers at once (looser, still valid).
 MAX_PRV_POINTS = 1 << 24
-PRV_FALLBACK_NOTE = "PRV accountant failed at this budget; ε computed with RDP (looser, still valid)"
+PRV_FALLBACK_NOTE = (
+    "PRV accountant cannot answer at this budget (it failed, or its domain would be too large to try); ε computed "
+    "with RDP (looser, still valid)"
+)
 # What Opacus 1.6's PRV code raises where its discretisation breaks down (large ε, Opacus #604; tiny δ):
 # RuntimeError("Cannot compute epsilon"), RuntimeError("Discrete mean differs significantly from
 # continuous mean."), a bare RuntimeError from its domain search, and ValueError("Floating point errors
@@ -339,6 +342,11 @@ def calibrate_noise(
     _check_accountant(accountant)
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon!r}")
+    if target_epsilon > MAX_EPSILON:
+        raise ConfigError(
+            f"epsilon must be ≤ {MAX_EPSILON:g}, got {target_epsilon!r}: a larger ε protects nothing; for a "
+            "non-private reference train method sgd (or sam)"
+        )
     if releases < 1:
         raise ConfigError(f"calibration needs at least one release, got {releases}")
 
@@ -407,11 +415,14 @@ ALGORITHMS = {"epsilon": "get_epsilon-1", "calibration": "search-2", "epsilon_wi
 
 
 def _settings(kind: str) -> str:
-    """The settings that change which σ a calibration accepts (so retuning one asks afresh); '' for ε questions."""
+    """The settings that change an answer (so retuning one asks afresh): PRV's errors and where it is not tried
+    for every kind; a calibration's search settings too."""
+    prv = f"prv_eps_error={PRV_EPS_ERROR!r} prv_delta_share={PRV_DELTA_ERROR_SHARE!r} prv_points={MAX_PRV_POINTS!r}"
     if kind != "calibration":
-        return ""
+        return prv
     return (
-        f"tolerance={EPSILON_TOLERANCE!r} ceiling={MAX_NOISE_MULTIPLIER!r} prv/model={PRV_OVER_MODEL!r} {signature()}"
+        f"{prv} tolerance={EPSILON_TOLERANCE!r} ceiling={MAX_NOISE_MULTIPLIER!r} prv/model={PRV_OVER_MODEL!r} "
+        f"{signature()}"
     )
 
 

@@ -10,8 +10,9 @@ from opacus.accountants.analysis.rdp import compute_rdp
 
 import dpsat_core.accounting as accounting
 import dpsat_core.noise_search as noise_search
-from dpsat_core import Calibration, ConfigError, TrainConfig, calibrate_noise, epsilon_spent, prepare, train
+from dpsat_core import Calibration, ConfigError, RunStore, TrainConfig, calibrate_noise, epsilon_spent, prepare, train
 from dpsat_core.accounting import epsilon_curve
+from tests.factories import store_finished
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +124,14 @@ def test_prv_failure_falls_back_to_rdp_with_a_note_and_other_errors_surface(monk
     epsilon_spent.cache_clear()
     with pytest.raises(TypeError, match="a bug"):
         epsilon_spent(noise_multiplier=1.0, sample_rate=0.05, releases=100, delta=1e-5, accountant="prv")
+
+
+def test_a_target_above_100_is_refused_by_calibration_yet_stored_runs_with_one_still_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"epsilon must be ≤ 100, got 1000000000.0: a larger ε protects nothing"):
+        calibrate_noise(target_epsilon=1e9, delta=1e-5, sample_rate=0.1, releases=100)
+    store = RunStore(tmp_path / "runs.db")  # a run stored before the cap, with target 200
+    run_id = store_finished(store, TrainConfig(method="dpsgd", dataset="digits", epsilon=200.0))
+    assert [r.run_id for r in store.list_runs()] == [run_id] and store.get(run_id).config.epsilon == 200.0
 
 
 def test_a_tiny_sigma_goes_to_rdp_at_once_instead_of_a_prv_domain_of_gigabytes(monkeypatch):
@@ -369,6 +378,19 @@ def test_retuning_the_search_asks_its_calibrations_afresh(monkeypatch):
     assert len(keys) == 5
 
 
+def test_prv_settings_key_every_kind_of_answer(monkeypatch):
+    # PRV's errors, and where it is not tried, change ε answers too: a store must not answer across them
+    question = dict(noise_multiplier=1.0, sample_rate=0.05, releases=60, delta=1e-5, accountant="prv", prior=())
+    for kind, fields in (("epsilon", {}), ("epsilon_within", {"within": 120}), ("calibration", {})):
+        asked = {**question, **fields} if kind != "calibration" else {"target_epsilon": 2.0, **question}
+        keys = {accounting._question(kind, **asked)}
+        for name, value in (("MAX_PRV_POINTS", 1 << 20), ("PRV_EPS_ERROR", 0.02), ("PRV_DELTA_ERROR_SHARE", 1e-2)):
+            with monkeypatch.context() as m:
+                m.setattr(accounting, name, value)
+                keys.add(accounting._question(kind, **asked))
+        assert len(keys) == 4, kind
+
+
 def _opacus_prv_at(history, delta: float) -> tuple[float, float, float]:
     """Opacus's own PRV (ε lower, estimate, upper) for `history`, on the domain it builds for that history."""
     reference = PRVAccountant()
@@ -449,8 +471,11 @@ def test_a_recorded_curve_keeps_earlier_counts_apart_from_per_count_answers(tmp_
         (((3.0, 1.0, 2), (0.8, 0.05, 300)), 1e-8),  # a prior release of the statistics, sample rate 1
     ],
 )
-def test_domain_sizing_skips_only_orders_that_cannot_hold_the_minimum(history, delta):
+def test_domain_sizing_skips_only_orders_that_cannot_hold_the_minimum(history, delta, monkeypatch):
     from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
+
+    # the second history's domain is past the usual cap (RDP ε ≈ 1,200; Opacus's PRV takes ~50 s to answer inf)
+    monkeypatch.setattr(accounting, "MAX_PRV_POINTS", 1 << 30)
 
     accounting.opacus_rdp._compute_rdp.cache_clear()
     ours = accounting._rdp_epsilon(history, delta)
