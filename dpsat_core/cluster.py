@@ -230,7 +230,7 @@ def sweep_on_ray(
     channel, sweep_id = _channel(ray), uuid.uuid4().hex
     shipped: dict[int, tuple[Dataset, Any]] = {}  # one object-store copy per data set (kept alive, so ids stay)
     queued = list(enumerate(todo))
-    running: dict[Any, tuple[int, TrainConfig, str, int]] = {}  # key, cell, run id, test examples
+    running: dict[Any, tuple[int, TrainConfig, str]] = {}  # key, cell, run id
     finished, stopping = 0, False
     try:
         while queued or running:
@@ -261,7 +261,7 @@ def sweep_on_ray(
             if not running:
                 break
             done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_SECONDS)
-            for _, _, run_id, _ in running.values():  # the driver holds the claims of its tasks' rows
+            for _, _, run_id in running.values():  # the driver holds the claims of its tasks' rows
                 store.heartbeat(run_id)
             for key, *report in ray.get(channel.drain.remote(sweep_id)):
                 _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
@@ -283,7 +283,7 @@ def sweep_on_ray(
                     finished += 1
                     on_progress(Progress("sweep", finished, len(todo), f"{label} finished"))
     finally:
-        for ref, (_, _, run_id, _) in running.items():  # the driver stopped early (Ctrl-C, an error): no row runs on
+        for ref, (_, _, run_id) in running.items():  # the driver stopped early (Ctrl-C, an error): no row runs on
             ray.cancel(ref, force=True)
             store.fail(run_id, "interrupted: the sweep's driver stopped before this Ray task returned")
         channel.forget.remote(sweep_id)
