@@ -264,7 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             {
                 "run_id": record.run_id,
                 "reused": outcome.reused,
-                **(record.summary.to_dict() if record.summary else {}),
+                **(record.summary.readable_dict() if record.summary else {}),
                 "status": record.status,
                 "reason": record.reason,
                 "privacy_note": record.privacy_note,
