@@ -494,6 +494,7 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "ci_low": low,
         "ci_high": high,
         "n_test": c.accuracy.n_test,
+        "exact_test_pairs": c.accuracy.exact_pairs,
         "cost_ratio": None if c.cost is None else c.cost.ratio,
         "cost_ratio_spread": None if c.cost is None else [c.cost.ratio_low, c.cost.ratio_high],
         "backward_passes_ratio": c.backward_passes_ratio,
