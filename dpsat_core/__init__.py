@@ -108,6 +108,7 @@ _EXPORTS = {
     "Trainer": "training",
     "TrainResult": "training",
     "evaluate": "training",
+    "evaluate_examples": "training",
     "prepare": "training",
     "train": "training",
 }

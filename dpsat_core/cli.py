@@ -264,7 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             {
                 "run_id": record.run_id,
                 "reused": outcome.reused,
-                **(record.summary.to_dict() if record.summary else {}),
+                **(record.summary.readable_dict() if record.summary else {}),
                 "status": record.status,
                 "reason": record.reason,
                 "privacy_note": record.privacy_note,
@@ -494,6 +494,7 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "ci_low": low,
         "ci_high": high,
         "n_test": c.accuracy.n_test,
+        "exact_test_pairs": c.accuracy.exact_pairs,
         "cost_ratio": None if c.cost is None else c.cost.ratio,
         "cost_ratio_spread": None if c.cost is None else [c.cost.ratio_low, c.cost.ratio_high],
         "backward_passes_ratio": c.backward_passes_ratio,

@@ -6,8 +6,9 @@ trained with σ) and one ρ, over seeds; duplicate runs of one config count once
 At the same seed a method and its baseline see the same batches and noise draws
 (research mode; in release mode only the same initial weights), so the gain is the
 mean *paired* difference with a Student-t interval whose standard error adds to the
-seed-to-seed spread the smallest sampling error of the shared test set that the
-accuracies allow (`test_set_error`). Runs that diverged
+seed-to-seed spread the sampling error of the shared test set (`test_set_error`):
+counted from the test examples the two models of a pair disagree on where both runs
+stored which examples they got right, else the least the accuracies allow. Runs that diverged
 (`divergence.py`) are left out unless asked (`include_diverged`). Pages, the CLI
 and reports use these numbers, never re-derive them.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 from .config import ADDED_LATER, TrainConfig
+from .correctness import discordant
 from .divergence import DIVERGENCE_FACTOR
 from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
@@ -133,6 +135,8 @@ class CellStats:
     adaptive_by_seed: Mapping[int, float] = field(default_factory=dict)
     validation_by_seed: Mapping[int, float] = field(default_factory=dict)  # seeds whose run had a validation split
     test_size_by_seed: Mapping[int, int] = field(default_factory=dict)  # seeds whose run stored its test-set size
+    # seeds whose run stored which test examples it got right (`RunSummary.test_correct`, test_size_by_seed bits)
+    test_correct_by_seed: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def validation_mean(self) -> Optional[float]:
@@ -228,6 +232,11 @@ def group_runs(
                     s: r.validation_accuracy for s, r in by_seed.items() if r.validation_accuracy is not None
                 },
                 test_size_by_seed={s: r.summary.n_test for s, r in by_seed.items() if r.summary.n_test is not None},
+                test_correct_by_seed={
+                    s: r.summary.test_correct
+                    for s, r in by_seed.items()
+                    if r.summary.test_correct is not None and r.summary.n_test is not None
+                },
             )
         )
     return out
@@ -258,6 +267,8 @@ class PairedDifference:
     # both None when the runs did not store the test-set size: the interval then covers seed-to-seed spread only
     n_test: Optional[int] = None
     test_error: Optional[float] = None
+    # pairs whose test-set term counts the examples their models disagree on (the rest: the floor from accuracies)
+    exact_pairs: int = 0
 
     @property
     def detectable(self) -> Optional[bool]:
@@ -267,35 +278,49 @@ class PairedDifference:
         return self.ci_low > 0 or self.ci_high < 0
 
 
-def test_set_error(differences: Sequence[float], n_test: int) -> float:
-    """The smallest standard error the shared test set's sampling gives the mean of paired accuracy differences.
+def test_set_error(
+    differences: Sequence[float], n_test: int, discordant: Optional[Sequence[Optional[float]]] = None
+) -> float:
+    """The standard error the shared test set's sampling gives the mean of paired accuracy differences.
 
-    Per pair, McNemar: Var(d) = ((p_b + p_c) − d²)/n over n test examples, where p_b + p_c, the share of examples
-    exactly one model gets right, is at least |d|; so Var(d) ≥ (|d| − d²)/n. All pairs score one test set, so
+    Per pair, McNemar: Var(d) = ((p_b + p_c) − d²)/n over n test examples, where p_b + p_c is the share of examples
+    exactly one model gets right: `discordant[i]` where the runs stored which examples they got right, else (None,
+    or no `discordant`) its least possible value |d|, so a floor (|d| − d²)/n. All pairs score one test set, so
     their errors are taken as fully correlated (the conservative choice): the mean of the per-pair errors."""
     if n_test < 1:
         raise ValueError(f"n_test must be a whole number ≥ 1, got {n_test!r}")
-    return statistics.fmean(math.sqrt(max(0.0, abs(d) - d * d) / n_test) for d in differences)
+    shares = [None] * len(differences) if discordant is None else list(discordant)
+    if len(shares) != len(differences):
+        raise ValueError(f"{len(shares)} discordant shares for {len(differences)} differences")
+    # a share is never below |d| (the examples one model gets right and the other not account for d)
+    return statistics.fmean(
+        math.sqrt(max(0.0, max(abs(d), p or 0.0) - d * d) / n_test) for d, p in zip(differences, shares)
+    )
 
 
 def paired_difference(
-    differences: Sequence[float], *, n_test: Optional[int] = None, confidence: float = CONFIDENCE
+    differences: Sequence[float],
+    *,
+    n_test: Optional[int] = None,
+    discordant: Optional[Sequence[Optional[float]]] = None,
+    confidence: float = CONFIDENCE,
 ) -> PairedDifference:
     """Mean ± t_{(1+c)/2, k−1}·SE of k paired accuracy differences (one per seed), SE² = s²/k + SE_test²: the
-    seed-to-seed spread plus the test set's sampling error (`test_set_error`) over `n_test` test examples;
-    without `n_test` (runs stored before it was kept) the seed-to-seed term alone."""
+    seed-to-seed spread plus the test set's sampling error (`test_set_error`) over `n_test` test examples, from
+    each pair's `discordant` share where known, else its floor; without `n_test` (runs stored before it was kept)
+    the seed-to-seed term alone."""
     k = len(differences)
     if k == 0:
         raise ValueError("no pairs to compare")
     mean = statistics.fmean(differences)
-    test_error = None if n_test is None else test_set_error(differences, n_test)
+    test_error = None if n_test is None else test_set_error(differences, n_test, discordant)
+    exact = 0 if n_test is None or discordant is None else sum(p is not None for p in discordant)
+    known = dict(n_test=n_test, test_error=test_error, exact_pairs=exact)
     if k < 2:
-        return PairedDifference(n_pairs=k, mean=mean, ci_low=None, ci_high=None, n_test=n_test, test_error=test_error)
+        return PairedDifference(n_pairs=k, mean=mean, ci_low=None, ci_high=None, **known)
     error = math.sqrt(statistics.variance(differences) / k + (test_error or 0.0) ** 2)
     half = t_quantile(k - 1, (1 + confidence) / 2) * error
-    return PairedDifference(
-        n_pairs=k, mean=mean, ci_low=mean - half, ci_high=mean + half, n_test=n_test, test_error=test_error
-    )
+    return PairedDifference(n_pairs=k, mean=mean, ci_low=mean - half, ci_high=mean + half, **known)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,7 +392,9 @@ def compare_cell(
     if not seeds:
         return None
     accuracy = paired_difference(
-        [cell.accuracy_by_seed[s] - base.accuracy_by_seed[s] for s in seeds], n_test=_test_size(cell, base, seeds)
+        [cell.accuracy_by_seed[s] - base.accuracy_by_seed[s] for s in seeds],
+        n_test=_test_size(cell, base, seeds),
+        discordant=[_discordant_share(cell, base, s) for s in seeds],
     )
     lam = _paired_ratio(cell.lambda_max_by_seed, base.lambda_max_by_seed, seeds)
     sharpness = _paired_ratio(cell.adaptive_by_seed, base.adaptive_by_seed, seeds)
@@ -393,6 +420,16 @@ def _test_size(cell: CellStats, base: CellStats, seeds: Sequence[int]) -> Option
     larger error; None when none stored it (runs from before it was kept)."""
     sizes = [size for s in seeds for size in (cell.test_size_by_seed.get(s), base.test_size_by_seed.get(s)) if size]
     return min(sizes) if sizes else None
+
+
+def _discordant_share(cell: CellStats, base: CellStats, seed: int) -> Optional[float]:
+    """The share of test examples exactly one of the seed's two models got right, when both runs stored which
+    they got right on a test set of one size; else None."""
+    a, b = cell.test_correct_by_seed.get(seed), base.test_correct_by_seed.get(seed)
+    n = cell.test_size_by_seed.get(seed)
+    if a is None or b is None or n is None or n != base.test_size_by_seed.get(seed):
+        return None
+    return discordant(a, b, n) / n
 
 
 def _measured(probe: Optional[CostProbe], method: str, baseline: str) -> Optional[MethodCost]:
@@ -452,22 +489,53 @@ def rho_levels(compared: Sequence[Comparison]) -> list[str]:
 
 
 # What an interval of `paired_difference` covers (the README, pages and the report say it in these words)
-INTERVAL_COVERS = "seed-to-seed variation plus at least the test set's sampling error implied by the accuracies"
+INTERVAL_COVERS = (
+    "seed-to-seed variation plus the test set's sampling error, counted from the test examples each pair of models "
+    "disagrees on (for runs stored before those were kept, at least the part their accuracies imply)"
+)
+_COVERS_EXACT = (
+    "seed-to-seed variation plus the test set's sampling error, counted from the test examples each pair of models "
+    "disagrees on"
+)
+_COVERS_FLOOR = "seed-to-seed variation plus at least the test set's sampling error implied by the accuracies"
+
+
+def _test_term(c: Comparison) -> Optional[str]:
+    """The test-set term of a comparison's interval: 'exact' (every pair's disagreements counted), 'floor' (some
+    pair's bounded by its accuracies), or None (none: runs stored without their test-set size)."""
+    if c.accuracy.test_error is None:
+        return None
+    return "exact" if c.accuracy.exact_pairs == c.accuracy.n_pairs else "floor"
 
 
 def interval_note(c: Comparison) -> str:
-    """', seed-to-seed spread only (…)' for an interval without the test-set term, else ''."""
-    if c.accuracy.ci_low is None or c.accuracy.test_error is not None:
+    """', seed-to-seed spread only (…)' for an interval without the test-set term, ', test-set term a floor (…)'
+    for one whose runs did not all store their per-example results, else ''."""
+    if c.accuracy.ci_low is None:
         return ""
-    return ", seed-to-seed spread only (runs stored without their test-set size)"
+    term = _test_term(c)
+    if term is None:
+        return ", seed-to-seed spread only (runs stored without their test-set size)"
+    if term == "floor":
+        return ", test-set term a floor (runs stored without their per-example results)"
+    return ""
 
 
 def interval_scope(compared: Sequence[Comparison]) -> str:
-    """What the 95% intervals of `compared` cover, in one or two sentences ('' when none has an interval)."""
+    """What the 95% intervals of `compared` cover, in one to three sentences ('' when none has an interval)."""
     if all(c.accuracy.ci_low is None for c in compared):
         return ""
-    text = f"The 95% intervals (paired by seed) cover {INTERVAL_COVERS}."
-    without = sum(1 for c in compared if interval_note(c))
+    terms = [_test_term(c) for c in compared if c.accuracy.ci_low is not None]
+    covers = _COVERS_EXACT if "exact" in terms else _COVERS_FLOOR
+    text = f"The 95% intervals (paired by seed) cover {covers}."
+    floors = terms.count("floor")
+    if floors:
+        text += (
+            f" {counted(floors, 'comparison')} rest{'s' if floors == 1 else ''} on runs stored before their "
+            "per-example test results were kept: there the test-set term is a floor (the models may disagree on "
+            "more examples than their accuracies imply), so the interval may be too narrow (retrain to count them)."
+        )
+    without = terms.count(None)
     if without:
         text += (
             f" {counted(without, 'comparison')} rest{'s' if without == 1 else ''} on runs stored before their "

@@ -144,6 +144,9 @@ class RunSummary(JsonRecord):
     # The released scaling statistics themselves (`ReleasedScaling.to_dict`; None: none released, or a run stored
     # before they were kept): a DP output, so storing it is post-processing; every reload of the run's data uses it
     released_scaling: Optional[dict[str, list[float]]] = field(default=None, hash=False)
+    # Which test examples the final model got right (`correctness.pack_correct`, n_test bits; None in runs stored
+    # before it was kept): a comparison counts from it the examples two paired models disagree on
+    test_correct: Optional[str] = field(default=None, repr=False)
 
     @property
     def diverged(self) -> bool:
@@ -159,6 +162,12 @@ class RunSummary(JsonRecord):
             data["epsilon_spent"] = data.pop("epsilon")
         data["model"] = ModelSpec.from_dict(data["model"])
         return cls(**data)
+
+    def readable_dict(self) -> dict[str, Any]:
+        """`to_dict` without the per-example bits (kept in the store, noise in a listing): what JSON output shows."""
+        data = self.to_dict()
+        del data["test_correct"]
+        return data
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,7 +250,7 @@ class RunRecord:
             "created": self.created,
             "updated": self.updated,
             "config": self.config.to_dict(),
-            "summary": None if self.summary is None else self.summary.to_dict(),
+            "summary": None if self.summary is None else self.summary.readable_dict(),
         }
         if with_epochs:
             data["epochs"] = [e.to_dict() for e in self.epochs]

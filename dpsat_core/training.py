@@ -27,6 +27,7 @@ from torch import nn
 from .accounting import AnswerBook, PrivacySpent, recorded_epsilon
 from .clipping import FastDPOptimizer
 from .config import TrainConfig
+from .correctness import pack_correct
 from .data import Dataset, load_config_dataset
 from .divergence import divergence_reason
 from .gradients import Batch
@@ -104,6 +105,7 @@ class TrainResult:
     n_train: int
     n_validation: int
     n_test: int  # the examples the test accuracy counts (a comparison's interval needs it)
+    test_correct: Optional[str] = None  # which of them the final model got right (`correctness.pack_correct`)
     data_fingerprint: Optional[str]
     scaling: str  # how the features were scaled (`Dataset.scaling`)
     released_scaling: Optional[dict[str, list[float]]] = None  # `Dataset.released`, as the store keeps it
@@ -137,6 +139,7 @@ class TrainResult:
             validation_accuracy=None if last is None else last.validation_accuracy,
             n_validation=self.n_validation,
             n_test=self.n_test,
+            test_correct=self.test_correct,
             test_loss=None if last is None else json_float(last.test_loss),
             train_loss=None if last is None else json_float(last.train_loss),
             seconds=self.seconds,
@@ -183,6 +186,7 @@ class Trainer:
     initial_train_loss: Optional[float] = None  # on the training-loss subset, before the first step
     book: Optional[AnswerBook] = None  # where accountant answers are kept between runs (the run store)
     epoch_epsilons: Optional[tuple[PrivacySpent, ...]] = None  # the plan's per-epoch ε, read once when first needed
+    test_correct: Optional[torch.Tensor] = None  # which test examples the last finished epoch got right
 
     def draw(self) -> Batch:
         idx = self.sampler.indices().to(self.device)
@@ -260,17 +264,24 @@ def prepare(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy, in eval mode without building any graph."""
+def evaluate_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy and which examples the model gets right (a bool per example, on the CPU), in eval mode
+    without building any graph."""
     was_training = model.training
     model.eval()
-    loss, correct = 0.0, 0
+    loss, correct = 0.0, []
     for i in range(0, len(x), EVAL_BATCH):
         logits = model(x[i : i + EVAL_BATCH])
         loss += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i : i + EVAL_BATCH]).sum().item()
+        correct.append((logits.argmax(1) == y[i : i + EVAL_BATCH]).cpu())
     model.train(was_training)
-    return loss / len(x), correct / len(x)
+    return loss / len(x), torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy, in eval mode without building any graph."""
+    loss, correct = evaluate_examples(model, x, y)
+    return loss, int(correct.sum()) / len(x)
 
 
 def _epoch_privacy(trainer: Trainer) -> Optional[PrivacySpent]:
@@ -398,7 +409,8 @@ def _train(
             )
         if status != "done":
             break
-        test_loss, test_accuracy = evaluate(trainer.model, x_test, y_test)
+        test_loss, correct = evaluate_examples(trainer.model, x_test, y_test)
+        test_accuracy = int(correct.sum()) / len(y_test)
         train_loss, _ = evaluate(trainer.model, trainer.x_train[subset], trainer.y_train[subset])
         validation_accuracy = evaluate(trainer.model, x_val, y_val)[1] if len(y_val) else None
         if not (math.isfinite(test_loss) and math.isfinite(train_loss)):
@@ -417,6 +429,7 @@ def _train(
             releases=trainer.releases,
         )
         epochs.append(metrics)
+        trainer.test_correct = correct  # the last finished epoch's, as its test accuracy
         if on_epoch is not None:
             on_epoch(metrics)
         on_progress(
@@ -477,6 +490,7 @@ def _result(
         n_train=trainer.dataset.n_train,
         n_validation=trainer.dataset.n_val,
         n_test=len(trainer.dataset.y_test),
+        test_correct=None if trainer.test_correct is None else pack_correct(trainer.test_correct.tolist()),
         data_fingerprint=trainer.dataset.fingerprint,
         initial_train_loss=trainer.initial_train_loss,
         scaling=trainer.dataset.scaling,

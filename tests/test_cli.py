@@ -286,11 +286,12 @@ def test_compare_counts_the_test_set_error_and_starts_with_the_setting(tmp_path,
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert err == "" and lines[0].startswith("setting ") and len(lines) == 3
-    assert "2 seed pairs)" in lines[1] and lines[1].endswith("No measurable accuracy difference at this size.")
+    assert "2 seed pairs, test-set term a floor" in lines[1]  # stored without which test examples each got right
+    assert lines[1].endswith("No measurable accuracy difference at this size.")
     assert "seed-to-seed variation plus at least the test set's sampling error" in lines[2]
     assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["n_test"] == 360 and row["ci_low"] < 0 < row["ci_high"]
+    assert row["n_test"] == 360 and row["ci_low"] < 0 < row["ci_high"] and row["exact_test_pairs"] == 0
 
 
 AUDIT = ("audit", "--dataset", "breast_cancer", "--method", "dpsat", "--sigma", "1", "--epochs", "1")

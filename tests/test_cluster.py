@@ -55,6 +55,7 @@ def test_ray_cells_give_the_same_accuracies_epsilons_and_weights_as_the_local_ex
     assert dpsgd[ray_store].epsilon_spent <= 3.0 and dpsgd[ray_store].summary.releases > 0
     assert dpsgd[ray_store].config_hash == dpsgd[local_store].config_hash  # reusable by either executor
     assert dpsgd[ray_store].summary.n_test == dpsgd[local_store].summary.n_test is not None  # for the intervals
+    assert dpsgd[ray_store].summary.test_correct == dpsgd[local_store].summary.test_correct is not None  # likewise
     weights = [s.load_weights(dpsgd[s].run_id) for s in (ray_store, local_store)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -16,12 +16,14 @@ from dpsat_core.compare import (
     diverged_note,
     group_runs,
     headline_comparisons,
+    interval_note,
     interval_scope,
     paired_difference,
     setting_key,
     validation_picks,
     verdict,
 )
+from dpsat_core.correctness import pack_correct
 from tests.factories import record, spectrum
 
 
@@ -110,8 +112,77 @@ def test_a_large_consistent_difference_stays_measurable():
     assert verdict(c).endswith("Measurably more accurate.")
     assert interval_scope([c]) == (
         "The 95% intervals (paired by seed) cover seed-to-seed variation plus at least the test set's sampling "
-        "error implied by the accuracies."
+        "error implied by the accuracies. 1 comparison rests on runs stored before their per-example test results "
+        "were kept: there the test-set term is a floor (the models may disagree on more examples than their "
+        "accuracies imply), so the interval may be too narrow (retrain to count them)."
     )
+    assert "test-set term a floor (runs stored without their per-example results)" in verdict(c)
+
+
+def _scored(method, seed, correct, n_test=None):
+    """A run of `method` at ε=3 that stored which of its test examples (`correct`, 0/1) it got right."""
+    r = record(method, 3.0, seed, sum(correct) / len(correct))
+    packed = pack_correct([bool(c) for c in correct])
+    return dataclasses.replace(
+        r, summary=dataclasses.replace(r.summary, n_test=n_test or len(correct), test_correct=packed)
+    )
+
+
+def _mcnemar_se(base, method):
+    """McNemar's standard error of accuracy(method) − accuracy(base) from the counts b, c, by hand."""
+    n = len(base)
+    b = sum(1 for x, y in zip(base, method) if x and not y)  # base right, method wrong
+    c = sum(1 for x, y in zip(base, method) if y and not x)
+    return math.sqrt((b + c) / n**2 - (c - b) ** 2 / n**3)
+
+
+def test_the_test_set_term_counts_the_examples_the_paired_models_disagree_on():
+    base0, dpsat0 = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 1, 1, 1, 0]  # b = 2, c = 3: d = +0.1
+    base1, dpsat1 = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]  # b = 5, c = 5: d = 0
+    runs = [_scored("dpsgd", 0, base0), _scored("dpsat", 0, dpsat0), _scored("dpsgd", 1, base1)]
+    (c,) = comparisons(group_runs([*runs, _scored("dpsat", 1, dpsat1)]))
+    se = (math.sqrt((0.5 - 0.01) / 10) + math.sqrt(1.0 / 10)) / 2  # ((b + c)/n − d²)/n per pair, mean of the SEs
+    assert se == pytest.approx((_mcnemar_se(base0, dpsat0) + _mcnemar_se(base1, dpsat1)) / 2)
+    assert se == pytest.approx(0.268794, rel=1e-5)
+    assert c.accuracy.test_error == pytest.approx(se) and c.accuracy.exact_pairs == 2 and c.accuracy.n_test == 10
+    half = scipy_stats.t.ppf(0.975, 1) * math.sqrt(0.005 / 2 + se**2)
+    assert (c.accuracy.ci_low, c.accuracy.ci_high) == pytest.approx((0.05 - half, 0.05 + half))
+    assert interval_note(c) == "" and "at least" not in interval_scope([c]) and "floor" not in interval_scope([c])
+    assert "counted from the test examples each pair of models disagrees on" in interval_scope([c])
+    # one pair without the per-example results: that pair falls back to the floor, and the note says so
+    (mixed,) = comparisons(group_runs([*runs, record("dpsat", 3.0, 1, 0.5)]))
+    assert mixed.accuracy.exact_pairs == 1  # seed 1 has d = 0, so its floor is 0: half the counted seed-0 term
+    assert mixed.accuracy.test_error == pytest.approx(math.sqrt((0.5 - 0.01) / 10) / 2)
+    assert interval_note(mixed) == ", test-set term a floor (runs stored without their per-example results)"
+    assert "1 comparison rests on runs stored before their per-example test results were kept" in interval_scope(
+        [c, mixed]
+    )
+
+
+def test_equal_accuracies_with_many_disagreements_give_a_wide_interval_not_zero():
+    # 360 test examples, both models right on 300 at each seed, but disagreeing on 40 of them (20 each way)
+    base = [1] * 300 + [0] * 60
+    method = [1] * 280 + [0] * 20 + [1] * 20 + [0] * 40
+    runs = [_scored(m, s, v) for s in (0, 1) for m, v in (("dpsgd", base), ("dpsat", method))]
+    (c,) = comparisons(group_runs(runs))
+    assert c.accuracy.mean == 0 and c.accuracy.test_error == pytest.approx(math.sqrt(40 / 360) / math.sqrt(360))
+    assert c.accuracy.ci_high == pytest.approx(12.706204736 * math.sqrt(40 / 360 / 360)) == pytest.approx(0.2233, 1e-3)
+    assert c.accuracy.ci_low == pytest.approx(-c.accuracy.ci_high) and c.accuracy.detectable is False
+    old = [dataclasses.replace(r, summary=dataclasses.replace(r.summary, test_correct=None)) for r in runs]
+    (floor,) = comparisons(group_runs(old))  # the same runs without their bits: the floor is 0, the interval too
+    assert floor.accuracy.exact_pairs == 0 and floor.accuracy.ci_high - floor.accuracy.ci_low == pytest.approx(0)
+    # the reviewer's case: d = 0.4 points, 6% discordant, n = 360: floor 0.33 points, counted 1.29
+    assert 100 * paired_difference([0.004], n_test=360).test_error == pytest.approx(0.3327, rel=1e-3)
+    assert 100 * paired_difference([0.004], n_test=360, discordant=[0.06]).test_error == pytest.approx(1.2907, 1e-3)
+
+
+def test_runs_scored_on_test_sets_of_different_sizes_are_not_counted_as_pairs():
+    base, method = [1, 1, 0, 0], [1, 0, 1, 1]
+    runs = [_scored("dpsgd", s, base) for s in (0, 1)] + [_scored("dpsat", 0, method), _scored("dpsat", 1, method, 5)]
+    (c,) = comparisons(group_runs(runs))
+    assert c.accuracy.exact_pairs == 1 and c.accuracy.n_test == 4
+    with pytest.raises(ValueError, match="2 discordant shares for 3 differences"):
+        paired_difference([0.0, 0.1, 0.2], n_test=10, discordant=[0.1, None])
 
 
 def test_the_gain_is_paired_by_seed_not_pooled():

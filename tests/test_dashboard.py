@@ -95,9 +95,11 @@ def test_overview_shows_the_verdict(populated, monkeypatch):
     )
     # one budget trained: no slider with a single stop, a line saying which ε is shown
     assert not at.select_slider and any("the only budget trained so far" in c.value for c in at.caption)
-    # under the verdicts: what the intervals cover (the runs stored their test-set size) and that ε is per run
+    # under the verdicts: what the intervals cover (the runs stored which test examples they got right: the
+    # test-set term is counted, not a floor) and that ε is per run
     (scope,) = [c.value for c in at.caption if "95% intervals" in c.value]
-    assert "plus at least the test set's sampling error" in scope and "only" not in scope
+    assert "sampling error, counted from the test examples each pair of models disagrees on" in scope
+    assert "at least" not in scope and "floor" not in scope and "only" not in scope
     assert PER_RUN in scope
 
 

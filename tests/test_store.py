@@ -10,6 +10,7 @@ import torch
 
 from dpsat_core import RunStore, StoreError, TrainConfig, build_model, run
 from dpsat_core.claims import keep_alive
+from dpsat_core.correctness import count_correct
 from dpsat_core.store import ClaimHeld
 from tests.at_once import twice_at_once
 
@@ -20,6 +21,9 @@ def test_round_trip_of_config_metrics_and_weights(store, quick):
     again = store.get(outcome.record.run_id)
     assert again.config == quick.normalized() and again.status == "done" and len(again.epochs) == 1
     assert again.summary.releases == again.summary.steps > 0
+    s = again.summary  # the per-example bits come back, and agree with the accuracy stored beside them
+    assert count_correct(s.test_correct, s.n_test) / s.n_test == s.test_accuracy
+    assert "test_correct" not in again.to_dict()["summary"]  # but not in listings (`dpsat runs --json`, Runs page)
     weights = store.load_weights(again.run_id)
     model = build_model(again.summary.model, seed=99)
     model.load_state_dict(weights)  # loads into a fresh module: no Opacus prefixes

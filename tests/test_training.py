@@ -19,6 +19,22 @@ def test_a_run_reports_per_epoch_metrics_and_weights(quick):
     assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in result.state_dict.values())
 
 
+def test_a_run_keeps_which_test_examples_its_final_model_got_right(quick):
+    from dpsat_core import build_model, evaluate_examples
+    from dpsat_core.correctness import unpack_correct
+    from dpsat_core.data import load_config_dataset
+
+    result = train(TrainConfig(**{**quick.to_dict(), "epochs": 2}))
+    correct = unpack_correct(result.summary().test_correct, result.n_test)
+    assert len(correct) == result.n_test > 0 and 0 < sum(correct) < result.n_test
+    assert sum(correct) / result.n_test == result.test_accuracy == result.summary().test_accuracy  # exactly
+    data = load_config_dataset(result.config)  # the same examples, scored again by the stored weights
+    model = build_model(result.model, seed=0)
+    model.load_state_dict(result.state_dict)
+    _, again = evaluate_examples(model, torch.tensor(data.x_test), torch.tensor(data.y_test))
+    assert again.tolist() == correct
+
+
 def test_same_seed_same_run_different_seed_different_run(quick):
     a, b = train(quick), train(quick)
     c = train(TrainConfig(**{**quick.to_dict(), "seed": 1}))
