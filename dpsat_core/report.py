@@ -209,6 +209,10 @@ def bottom_line_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+# What a table cell's accuracy means, said once under the tables
+ACCURACY_CELLS = "Accuracy: test accuracy, mean over seeds ± its standard deviation across seeds (no ± with one seed)."
+
+
 def _pct(value: Optional[float], std: Optional[float] = None) -> str:
     if value is None:
         return "–"
@@ -307,6 +311,7 @@ Privacy cost: every method is held to the same budget ε.</small></p>
 {"".join(f"<p><small>{e(note)}</small></p>" for note in report.privacy_notes)}
 <table><tr><th>method</th><th>extra privacy cost</th><th>backward passes per step</th></tr>{methods}</table>
 <h2>The evidence, per privacy budget</h2>{"".join(rows) or "<p>No private runs.</p>"}
+<p><small>{e(ACCURACY_CELLS)}</small></p>
 {f"<p>Non-private reference:</p><ul>{ceiling}</ul>" if ceiling else ""}
 <p class="caveat"><strong>Caveat.</strong> {e(report.caveat)}</p>
 <p class="caveat"><strong>What ε does not cover.</strong> {e(report.uncovered)}</p>

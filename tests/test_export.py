@@ -13,7 +13,14 @@ from dpsat_core import RunStore, SweepSpec, TrainConfig, cached_analyses, figure
 from dpsat_core.cli import main
 from dpsat_core.compare import comparisons_at, group_runs, verdict
 from dpsat_core.export import ExportError, figure_bytes, results_csv, results_json
-from dpsat_core.report import bottom_line_rows, build_report, render_html, report_figures, write_report
+from dpsat_core.report import (
+    ACCURACY_CELLS,
+    bottom_line_rows,
+    build_report,
+    render_html,
+    report_figures,
+    write_report,
+)
 
 pytestmark = pytest.mark.xdist_group("export")  # under `pytest -n`: one worker runs this module, so `swept` trains once
 
@@ -84,6 +91,7 @@ def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
     page = files.html.read_text()
     dpsat_2 = next(c for c in report.stats if c.method == "dpsat" and c.target_epsilon == 2.0)
     assert f"{100 * dpsat_2.accuracy_mean:.1f}% ± {100 * dpsat_2.accuracy_std:.1f}" in page
+    assert html.escape(ACCURACY_CELLS) in page  # what ± means, said under the tables
     assert html.escape(verdict(report.headline[0].comparisons[0])) in page
     assert "<svg" in page and html.escape(report.caveat) in page
     assert files.pdf.read_bytes().startswith(b"%PDF")
