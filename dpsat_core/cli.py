@@ -370,13 +370,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _print_table(records: Sequence[RunRecord]) -> None:
     print(
-        f"{'run_id':<12} {'status':<9} {'method':<6} {'dataset':<14} {'seed':>4} {'target ε':>8} {'ρ':>5} "
-        f"{'ε spent':>7} {'acc':>7}"
+        f"{'run_id':<12} {'status':<9} {'method':<6} {'dataset':<14} {'seed':>4} {'noise':<8} {'target ε':>8} "
+        f"{'ρ':>5} {'ε spent':>7} {'acc':>7}"
     )
     for r in records:
         rho = _fmt(r.config.rho if METHODS[r.method].uses_rho else None, "g")
+        noise = r.config.randomness if r.config.private else "–"  # research (seeded) or release
         print(
-            f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} "
+            f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} {noise:<8} "
             f"{_fmt(r.target_epsilon, 'g'):>8} {rho:>5} {_fmt(r.epsilon_spent, '.3f'):>7} "
             f"{_fmt(r.test_accuracy, '.4f'):>7}" + (f"  audit run ({r.config.audit_mode})" if r.config.audit else "")
         )

@@ -91,7 +91,8 @@ def figure_bytes(fig: go.Figure, fmt: str) -> bytes:
 def results_rows(
     records: Sequence[RunRecord], spectra: Optional[Mapping[str, HessianSpectrum]] = None
 ) -> list[dict[str, Any]]:
-    """One row per run: identity, config (its `epsilon` is the target ε), ε spent, accuracy, λ_max, trace, seconds,
+    """One row per run: identity, config (its `epsilon` is the target ε), ε spent, accuracy, λ_max, trace ± its
+    standard error, seconds,
     and what its randomness means (`caveats.randomness_note`: seeded noise is for research, not for release)."""
     spectra = spectra or {}
     rows = []
@@ -111,6 +112,7 @@ def results_rows(
                 "test_accuracy": r.test_accuracy,
                 "lambda_max": spectrum.lambda_max if spectrum else None,
                 "trace": spectrum.trace if spectrum else None,
+                "trace_stderr": spectrum.trace_stderr if spectrum else None,  # Hutchinson's standard error
                 "seconds": s and s.seconds,
                 "randomness_note": randomness_note(r.config),
             }

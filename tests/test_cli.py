@@ -88,6 +88,9 @@ def test_a_pool_sweep_stores_every_cell_in_the_one_store_then_lists_them(tmp_pat
         and "run_id" in out
         and f"store: {db}" in out
     )
+    # where the noise came from: research (seeded) for the private runs, none for SGD
+    rows = {line.split()[2]: line.split()[5] for line in out.splitlines()[2:] if line.strip()}
+    assert rows["dpsgd"] == rows["dpsat"] == "research" and rows["sgd"] == "–"
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,9 @@ def test_results_have_one_row_per_run_with_the_stores_numbers(swept):
         assert row["target_epsilon"] == record.target_epsilon and "config.epsilon" not in row
         assert row["config.method"] == record.method and row["seconds"] == record.summary.seconds
         assert (row["lambda_max"] is not None) == (record.run_id in spectra)
-    assert {"lambda_max", "trace", "epsilon_spent", "test_accuracy", "seconds"} <= set(rows[0])
+        if record.run_id in spectra:  # the trace comes with its uncertainty
+            assert row["trace_stderr"] == spectra[record.run_id].trace_stderr > 0
+    assert {"lambda_max", "trace", "trace_stderr", "epsilon_spent", "test_accuracy", "seconds"} <= set(rows[0])
 
 
 def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
