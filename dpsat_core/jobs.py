@@ -44,7 +44,7 @@ class JobView:
     error: str
     created: float
     finished: Optional[float]
-    cancel_requested: bool = False  # Cancel was clicked (in any session); the job has not ended yet, or ended so
+    cancel_requested: bool  # Cancel was clicked (in any session), whether or not the job has ended since
 
     @property
     def active(self) -> bool:
