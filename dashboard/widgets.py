@@ -36,6 +36,7 @@ from .state import get_jobs, is_operator, may_touch, session_owner, shown_source
 # every open tab reruns its job panel this often while a job runs; in the browser each refresh costs CPU too (with
 # four tabs on the server's machine, Chromium's renderers took ~0.5 cores at "1s", slowing the job they watch)
 JOB_PANEL_REFRESH = "2s"
+CANCELLING = "cancelling…"  # a job's status between Cancel and its end
 ANALYSED_ROWS = f"the first {DEFAULT_SAMPLES:,} training examples"  # what every analysis is evaluated on
 
 
@@ -162,12 +163,22 @@ def _job_panel() -> None:
             extra[0] = f"after epoch {job.metrics['epochs_done']}: {extra[0]}"
         run = f" · {job.metrics['run']}" if job.active and "run" in job.metrics else ""
         status = "" if job.message.startswith(job.status) or job.message == "finished" else f" · {job.status}"
+        if job.cancelling:  # from the job itself, so every tab says so until the job ends as cancelled
+            status = f" · {CANCELLING}"
         whose = "" if job.owner == session_owner() else " · another session's"
         text = f"{job.label}{whose}{status}{run} · {job.message}" + (f" · {', '.join(extra)}" if extra else "")
         cols = st.columns([6, 1])
         cols[0].progress(job.fraction, text=plain_text(text))
-        if job.active and may_touch(job.owner) and cols[1].button("Cancel", key=f"cancel-{job.job_id}"):
-            get_jobs().cancel(job.job_id, by=acting_for)
+        if job.active and may_touch(job.owner):
+            # a callback: the cancel is recorded before this panel reruns, so the click's own rerun shows it
+            cols[1].button(
+                "Cancelling…" if job.cancelling else "Cancel",
+                key=f"cancel-{job.job_id}",
+                disabled=job.cancelling,
+                on_click=get_jobs().cancel,
+                args=(job.job_id,),
+                kwargs={"by": acting_for},
+            )
         if job.error:
             st.error(plain_text(f"{job.label}: {job.error}"))
     if finished_now:

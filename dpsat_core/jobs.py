@@ -44,10 +44,16 @@ class JobView:
     error: str
     created: float
     finished: Optional[float]
+    cancel_requested: bool  # Cancel was clicked (in any session), whether or not the job has ended since
 
     @property
     def active(self) -> bool:
         return self.status not in FINISHED
+
+    @property
+    def cancelling(self) -> bool:
+        """Cancel was asked for and the job is still winding down (storing its run as cancelled)."""
+        return self.active and self.cancel_requested
 
 
 class NotYourJob(DpsatError):
@@ -83,6 +89,7 @@ class _Job:
             error=self.error,
             created=self.created,
             finished=self.finished,
+            cancel_requested=self.stop.is_set(),
         )
 
 
@@ -109,10 +116,10 @@ class JobManager:
         return job.job_id
 
     def _run(self, job: _Job, fn: JobFn) -> None:
-        if job.stop.is_set():
-            job.status, job.finished, job.message = "cancelled", time.time(), "cancelled before it started"
-            return
-        job.status, job.message = "running", "starting"
+        with self._lock:  # `cancel` ends a queued job at once: it and this start never both happen
+            if job.status != "queued":
+                return
+            job.status, job.message = "running", "starting"
 
         def report(p: Progress) -> None:
             job.fraction, job.message = p.fraction, p.message
@@ -147,7 +154,10 @@ class JobManager:
             raise NotYourJob(
                 f"job {job.label!r} belongs to another session: only that session (or an operator) may cancel it"
             )
-        job.stop.set()
+        with self._lock:
+            job.stop.set()
+            if job.status == "queued":  # waiting for a worker: it ends now, not when a worker frees
+                job.status, job.finished, job.message = "cancelled", time.time(), "cancelled before it started"
 
     def jobs(self) -> list[JobView]:
         """All jobs, newest first (by submission order: clock stamps can tie)."""

@@ -215,7 +215,7 @@ def sweep(
         (result.reused.append(done.run_id) if done else todo.append(cell))
     total = len(todo)
     on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
-    calibrate_cells(todo, store)
+    calibrate_cells(todo, store, should_stop=should_stop)
     if should_stop is not None and should_stop():  # cancelled while planning (seconds for a big grid): start nothing
         result.cancelled = True
         result.skipped.extend(cell_label(cell) for cell in todo)
@@ -231,14 +231,17 @@ def sweep(
     return result
 
 
-def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore) -> None:
+def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore, *, should_stop: Optional[StopFn] = None) -> None:
     """Calibrate σ for every cell here, once, into the store, then its per-epoch ε, so workers read them instead
     of each recomputing them (seeds running side by side would ask the same questions at once, each worker
-    without the accountant's memo); a cell that cannot be planned is left for its run to report."""
+    without the accountant's memo); a cell that cannot be planned is left for its run to report. `should_stop()`
+    ends it between cells (a grid's planning takes seconds a cell): the sweep then starts nothing."""
     from .data import load_config_dataset
     from .planning import plan_run, record_epoch_epsilons
 
     for cell in cells:
+        if should_stop is not None and should_stop():
+            return
         try:  # the whole plan, so a table's released statistics are composed in as the run will compose them
             plan = plan_run(cell, load_config_dataset(cell), store, device_here=False).privacy
         except DpsatError:

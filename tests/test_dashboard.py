@@ -597,6 +597,30 @@ def test_two_sessions_see_each_others_jobs_but_cancel_and_clear_only_their_own(t
     assert get_jobs().wait(other, timeout=60).status == "cancelled"
 
 
+def test_a_clicked_cancel_shows_at_once_in_every_session_until_the_job_ends_cancelled(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    monkeypatch.delenv("DPSAT_OPERATOR", raising=False)
+    a, b = open_page("train"), open_page("train")
+    release = threading.Event()  # a job slow to stop: it ends only when released
+    owner = a.session_state["session_owner"]
+    job = get_jobs().submit("x", "slow to stop", lambda progress, stop: release.wait(60), owner=owner)
+    a.run()
+    assert a.button(key=f"cancel-{job}").label == "Cancel" and not a.button(key=f"cancel-{job}").disabled
+    a.button(key=f"cancel-{job}").click().run()
+    # the click's own rerun already says so, and the button cannot be clicked again
+    button = a.button(key=f"cancel-{job}")
+    assert button.disabled and button.label == "Cancelling…" and not a.exception
+    assert any(p.proto.text.startswith("slow to stop · cancelling…") for p in a.get("progress"))
+    b.run()  # another tab reads it from the job, not from A's session
+    assert any(p.proto.text.startswith("slow to stop · another session's · cancelling…") for p in b.get("progress"))
+    release.set()
+    assert get_jobs().wait(job, timeout=60).status == "cancelled"
+    a.run()
+    texts = [p.proto.text for p in a.get("progress")]
+    assert not [x for x in a.button if x.key == f"cancel-{job}"] and not any("cancelling" in t for t in texts), texts
+    assert any(t.startswith("slow to stop · cancelled") for t in texts), texts
+
+
 def test_a_job_started_from_a_page_belongs_to_its_session(tmp_path, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
     at = open_page("train")

@@ -90,6 +90,24 @@ def test_a_session_cancels_and_clears_only_its_own_jobs():
     jobs.shutdown()
 
 
+def test_a_cancel_shows_on_the_job_at_once_and_a_queued_job_ends_without_waiting_for_a_worker():
+    jobs = JobManager(max_workers=1)
+    release = threading.Event()
+    busy = jobs.submit("x", "ignores stop until released", lambda progress, stop: release.wait(60))
+    queued = jobs.submit("x", "waits for the one worker", lambda progress, stop: 1)
+    assert not jobs.get(busy).cancel_requested and not jobs.get(busy).cancelling
+    jobs.cancel(busy)
+    view = jobs.get(busy)
+    assert view.cancelling and view.active  # asked, and still winding down: every reader of the record sees it
+    jobs.cancel(queued)
+    assert jobs.get(queued).status == "cancelled" and jobs.get(queued).message == "cancelled before it started"
+    release.set()
+    ended = jobs.wait(busy)
+    assert ended.status == "cancelled" and ended.cancel_requested and not ended.cancelling
+    jobs.shutdown()
+    assert jobs.result(queued) is None  # the queued job never ran
+
+
 def _long_run(store: RunStore) -> partial:
     """A sweep task of one DP-SGD run far too long to finish within a test: it trains until stopped."""
     spec = SweepSpec(

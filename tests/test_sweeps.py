@@ -3,6 +3,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,21 @@ def test_after_the_parent_plans_a_cell_its_run_asks_the_accountant_nothing(store
     assert record.epsilon_spent == epsilon_spent(releases=record.summary.releases, **question).epsilon
     if accountant == "rdp":  # RDP's per-epoch ε is its ε for those releases
         assert curve == tuple(epsilon_spent(releases=e.releases, **question) for e in record.epochs)
+
+
+def test_a_stop_while_the_sweep_plans_its_cells_ends_it_before_the_next_cell_is_planned(store, monkeypatch):
+    import dpsat_core.planning as planning
+    from dpsat_core import DpsatError
+
+    planned, stop = [], threading.Event()
+
+    def plan_then_stop(cell, *args, **kwargs):  # the user clicks Cancel while the first cell is being planned
+        planned.append(cell.epsilon)
+        stop.set()
+        raise DpsatError("left for its run to report")  # calibrate_cells goes on to the next cell
+
+    monkeypatch.setattr(planning, "plan_run", plan_then_stop)
+    spec = SweepSpec(base=BASE, methods=("dpsgd",), epsilons=(2.0, 3.0), seeds=(0,))
+    result = sweep(spec, store, should_stop=stop.is_set)
+    assert planned == [2.0]  # the second cell's σ and per-epoch ε were never computed
+    assert result.cancelled and len(result.skipped) == 2 and result.run_ids == [] and store.list_runs() == []
