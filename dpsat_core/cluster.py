@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .config import TrainConfig
 from .errors import ConfigError
-from .progress import Progress, ProgressFn, StopFn
+from .progress import Progress, ProgressFn, StopFn, stop_asked
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def sweep_on_ray(
     finished, stopping = 0, False
     try:
         while queued or running:
-            if should_stop is not None and should_stop() and not stopping:
+            if stop_asked(should_stop) and not stopping:
                 stopping = True
                 channel.stop.remote(sweep_id)
             while queued and not stopping and len(running) < window:

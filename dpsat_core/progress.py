@@ -35,7 +35,12 @@ class Cancelled(Exception):
     """Raised inside long computations when `should_stop()` turns true."""
 
 
+def stop_asked(should_stop: Optional[StopFn]) -> bool:
+    """True when the caller gave a stop check and it says stop."""
+    return should_stop is not None and should_stop()
+
+
 def check_stop(should_stop: Optional[StopFn]) -> None:
     """Raise `Cancelled` if the caller asked to stop."""
-    if should_stop is not None and should_stop():
+    if stop_asked(should_stop):
         raise Cancelled()

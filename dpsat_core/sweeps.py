@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from .config import TrainConfig
 from .errors import ConfigError, DpsatError
 from .methods import METHODS, method_info
-from .progress import Cancelled, Progress, ProgressFn, StopFn, no_progress
+from .progress import Cancelled, Progress, ProgressFn, StopFn, no_progress, stop_asked
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def sweep(
     total = len(todo)
     on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
     calibrate_cells(todo, store, should_stop=should_stop)
-    if should_stop is not None and should_stop():  # cancelled while planning (seconds for a big grid): start nothing
+    if stop_asked(should_stop):  # cancelled while planning (seconds for a big grid): start nothing
         result.cancelled = True
         result.skipped.extend(cell_label(cell) for cell in todo)
         return result
@@ -240,7 +240,7 @@ def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore, *, should_sto
     from .planning import plan_run, record_epoch_epsilons
 
     for cell in cells:
-        if should_stop is not None and should_stop():
+        if stop_asked(should_stop):
             return
         try:  # the whole plan, so a table's released statistics are composed in as the run will compose them
             plan = plan_run(cell, load_config_dataset(cell), store, device_here=False).privacy
@@ -282,7 +282,7 @@ def _sweep_inline(
     should_stop: Optional[StopFn],
 ) -> None:
     for i, cell in enumerate(todo):
-        if should_stop is not None and should_stop():
+        if stop_asked(should_stop):
             result.cancelled = True
             result.skipped.extend(cell_label(c) for c in todo[i:])
             return
@@ -321,7 +321,7 @@ def _sweep_pool(
         finished = 0
         while pending:
             done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            if should_stop is not None and should_stop() and not stop.is_set():
+            if stop_asked(should_stop) and not stop.is_set():
                 stop.set()
                 for future in pending:
                     future.cancel()
@@ -346,5 +346,5 @@ def _sweep_pool(
                 if outcome.status not in ("cancelled", "skipped"):
                     finished += 1
                     on_progress(Progress("sweep", finished, len(todo), f"{cell_label(cell)} finished"))
-    if should_stop is not None and should_stop():
+    if stop_asked(should_stop):
         result.cancelled = True

@@ -34,7 +34,7 @@ from .gradients import Batch
 from .methods import method_info
 from .models import build_model, count_parameters
 from .planning import PrivacyPlan, RunPlan, plan_run, record_epoch_epsilons
-from .progress import Progress, ProgressFn, StopFn, no_progress
+from .progress import Progress, ProgressFn, StopFn, no_progress, stop_asked
 from .results import EpochMetrics, ModelSpec, RunSummary, json_float
 from .steps import Step
 
@@ -385,7 +385,7 @@ def _train(
     trainer.model.train()
     for epoch in range(1, config.epochs + 1):
         for _ in range(steps_per_epoch):
-            if should_stop is not None and should_stop():
+            if stop_asked(should_stop):
                 status, reason = "cancelled", f"cancelled at epoch {epoch}, step {step}"
                 break
             start = time.perf_counter()
