@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import math
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from opacus.accountants.analysis import rdp as opacus_rdp
 from .config import ACCOUNTANTS, MAX_EPSILON
 from .errors import ConfigError
 from .noise_search import BudgetTooLow, Found, model_epsilon, search_noise_multiplier, signature
+from .progress import StopFn, check_stop
 
 # Earlier releases composed before the training's: ((noise multiplier, sample rate, count), ...), as Opacus's
 # accountants keep their `history`.
@@ -326,7 +328,11 @@ class Calibration:
     note: str = ""
 
 
-@functools.lru_cache(maxsize=256)
+CALIBRATIONS_KEPT = 256  # calibrations remembered per process (each a few accountant evaluations)
+_calibrations: dict[tuple, Calibration] = {}
+_calibrations_lock = threading.Lock()
+
+
 def calibrate_noise(
     *,
     target_epsilon: float,
@@ -335,10 +341,39 @@ def calibrate_noise(
     releases: int,
     accountant: str = "prv",
     prior: History = (),
+    should_stop: Optional[StopFn] = None,
 ) -> Calibration:
     """Smallest σ (to 0.01 in ε, as Opacus's `get_noise_multiplier` accepts it) whose ε after the `prior` releases
-    and `releases` releases at σ stays ≤ target, found in a few accountant evaluations (`noise_search`); cached:
-    it is pure."""
+    and `releases` releases at σ stays ≤ target, found in a few accountant evaluations (`noise_search`);
+    remembered per process by its question (pure). `should_stop()` is asked before each evaluation: a stop raises
+    `Cancelled` between two of them (seconds at small ε) and remembers nothing."""
+    question = (target_epsilon, delta, sample_rate, releases, accountant, prior)
+    with _calibrations_lock:
+        known = _calibrations.get(question)
+    if known is not None:
+        return known
+    found = _calibrate(*question, should_stop=should_stop)
+    with _calibrations_lock:
+        if len(_calibrations) >= CALIBRATIONS_KEPT:
+            del _calibrations[next(iter(_calibrations))]  # the oldest question
+        _calibrations[question] = found
+    return found
+
+
+calibrate_noise.cache_clear = _calibrations.clear  # type: ignore[attr-defined]  # as the lru-cached answers have
+
+
+def _calibrate(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    releases: int,
+    accountant: str,
+    prior: History,
+    *,
+    should_stop: Optional[StopFn],
+) -> Calibration:
+    """`calibrate_noise` computed: the search with `accountant`, or RDP where PRV cannot answer."""
     _check_accountant(accountant)
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ConfigError(f"target epsilon must be > 0, got {target_epsilon!r}")
@@ -351,16 +386,15 @@ def calibrate_noise(
         raise ConfigError(f"calibration needs at least one release, got {releases}")
 
     def solve(mechanism: str) -> Found:
+        def epsilon_at(sigma: float) -> float:
+            check_stop(should_stop)  # between evaluations: each one is a whole accountant call
+            return _epsilon_with(
+                mechanism, noise_multiplier=sigma, sample_rate=sample_rate, releases=releases, delta=delta, prior=prior
+            )
+
         try:
             return search_noise_multiplier(
-                lambda sigma: _epsilon_with(
-                    mechanism,
-                    noise_multiplier=sigma,
-                    sample_rate=sample_rate,
-                    releases=releases,
-                    delta=delta,
-                    prior=prior,
-                ),
+                epsilon_at,
                 lambda sigma: model_epsilon((*prior, (sigma, sample_rate, releases)), delta=delta),
                 target_epsilon=target_epsilon,
                 tolerance=EPSILON_TOLERANCE,
@@ -538,9 +572,11 @@ def recorded_calibration(
     releases: int,
     accountant: str,
     prior: History = (),
+    should_stop: Optional[StopFn] = None,
 ) -> Calibration:
     """`calibrate_noise`, read from `book` when it holds the answer, else computed and written there, with the ε
-    its accountant computed at σ as the answer to that ε question (the run's final one)."""
+    its accountant computed at σ as the answer to that ε question (the run's final one). A stop (`should_stop`)
+    while computing raises `Cancelled` and writes nothing."""
 
     def record_epsilon(calibration: Calibration) -> None:
         question = dict(
@@ -557,7 +593,7 @@ def recorded_calibration(
     return _recorded(
         book,
         "calibration",
-        calibrate_noise,
+        functools.partial(calibrate_noise, should_stop=should_stop),
         lambda found: Calibration(**found),
         record_epsilon,
         target_epsilon=target_epsilon,

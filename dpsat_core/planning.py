@@ -26,6 +26,7 @@ from .data.scaling import STATISTICS_RELEASES
 from .devices import resolve_device
 from .methods import method_info
 from .models import model_spec
+from .progress import StopFn
 from .results import ModelSpec
 
 
@@ -78,11 +79,16 @@ class RunPlan:
 
 
 def plan_privacy(
-    config: TrainConfig, n_train: int, book: Optional[AnswerBook] = None, *, prior: History = ()
+    config: TrainConfig,
+    n_train: int,
+    book: Optional[AnswerBook] = None,
+    *,
+    prior: History = (),
+    should_stop: Optional[StopFn] = None,
 ) -> PrivacyPlan:
     """Fix σ (calibrated for all planned releases after the `prior` ones when a target ε is given, so that
     their composition is the target), q, δ and steps; accountant answers come from `book` (the run store)
-    when it holds them."""
+    when it holds them. `should_stop()` can end σ's search between evaluations (`Cancelled`)."""
     delta = resolve_for_data(config, n_train)
     sample_rate = config.batch_size / n_train
     steps = config.epochs * max(1, round(n_train / config.batch_size))
@@ -128,6 +134,7 @@ def plan_privacy(
         releases=releases,
         accountant=config.accountant,
         prior=prior,
+        should_stop=should_stop,
     )
     return PrivacyPlan(
         noise_multiplier=calibration.noise_multiplier,
@@ -173,11 +180,16 @@ def statistics_noise(config: TrainConfig, n_train: int) -> Optional[float]:
 
 
 def plan_run(
-    config: TrainConfig, dataset: Dataset, book: Optional[AnswerBook] = None, *, device_here: bool = True
+    config: TrainConfig,
+    dataset: Dataset,
+    book: Optional[AnswerBook] = None,
+    *,
+    device_here: bool = True,
+    should_stop: Optional[StopFn] = None,
 ) -> RunPlan:
     """Check `config` against `dataset` (as `load_config_dataset` gives it) and fix its plan, composing any
     released scaling statistics into its ε (accountant answers from `book` when it has them); raises
-    `ConfigError` with the fix. With `device_here=False` (a run
+    `ConfigError` with the fix, `Cancelled` when `should_stop()` ends σ's search. With `device_here=False` (a run
     trained on another machine) the device stays a name for that machine to resolve."""
     if dataset.pending:  # a programming error: the features' scale has not been released yet
         raise RuntimeError(f"{dataset.name}: {len(dataset.pending)} features are unscaled: use load_config_dataset")
@@ -185,4 +197,8 @@ def plan_run(
     prior = () if noise is None or not config.private else ((noise, 1.0, STATISTICS_RELEASES),)
     model = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
     device = str(resolve_device(config.device)) if device_here else config.device
-    return RunPlan(privacy=plan_privacy(config, dataset.n_train, book, prior=prior), model=model, device=device)
+    return RunPlan(
+        privacy=plan_privacy(config, dataset.n_train, book, prior=prior, should_stop=should_stop),
+        model=model,
+        device=device,
+    )

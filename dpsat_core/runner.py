@@ -65,7 +65,8 @@ def run(
                 return RunOutcome(existing, reused=True)
         if plan is None:
             dataset = load_config_dataset(config)
-            plan = plan_run(config, dataset, store)  # raises ConfigError before any row is written
+            # raises ConfigError (or Cancelled, stopped during σ's search) before any row is written
+            plan = plan_run(config, dataset, store, should_stop=should_stop)
         check_stop(should_stop)  # stopped while planning or waiting: claim nothing
         try:
             run_id = store.create_run(config, unless_done_since=looked if reuse else None)

@@ -235,7 +235,8 @@ def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore, *, should_sto
     """Calibrate σ for every cell here, once, into the store, then its per-epoch ε, so workers read them instead
     of each recomputing them (seeds running side by side would ask the same questions at once, each worker
     without the accountant's memo); a cell that cannot be planned is left for its run to report. `should_stop()`
-    ends it between cells (a grid's planning takes seconds a cell): the sweep then starts nothing."""
+    ends it between cells or between two evaluations of a cell's σ search (seconds to a minute at small ε): the
+    sweep then starts nothing."""
     from .data import load_config_dataset
     from .planning import plan_run, record_epoch_epsilons
 
@@ -243,9 +244,11 @@ def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore, *, should_sto
         if stop_asked(should_stop):
             return
         try:  # the whole plan, so a table's released statistics are composed in as the run will compose them
-            plan = plan_run(cell, load_config_dataset(cell), store, device_here=False).privacy
+            plan = plan_run(cell, load_config_dataset(cell), store, device_here=False, should_stop=should_stop).privacy
         except DpsatError:
             continue
+        except Cancelled:  # stopped during σ's search: nothing of this cell was written
+            return
         record_epoch_epsilons(plan, cell.epochs, store)  # right after σ: its last evaluation's PRVs are still held
 
 

@@ -208,12 +208,13 @@ def prepare(
     book: Optional[AnswerBook] = None,
     *,
     instrument: Optional[Instrument] = None,
+    should_stop: Optional[StopFn] = None,
 ) -> Trainer:
     """Build model, optimizer and method step for `config` (loading its data set and planning it unless given;
-    accountant answers from `book` when it holds them); an `instrument` (audits only) wraps the trained module
-    and hooks the private optimizer's releases."""
+    accountant answers from `book` when it holds them; `should_stop()` can end σ's search with `Cancelled`); an
+    `instrument` (audits only) wraps the trained module and hooks the private optimizer's releases."""
     dataset = dataset or load_config_dataset(config)
-    run_plan = plan or plan_run(config, dataset, book)
+    run_plan = plan or plan_run(config, dataset, book, should_stop=should_stop)
     privacy = run_plan.privacy
     device = torch.device(run_plan.device)
     spec = run_plan.model
@@ -341,7 +342,7 @@ def train(
     what ε it spent. A crash (an exception while training) is logged with its traceback.
     """
     with quiet_hooks():
-        trainer = prepare(config, dataset, plan, book, instrument=instrument)
+        trainer = prepare(config, dataset, plan, book, instrument=instrument, should_stop=should_stop)
         finished: list[EpochMetrics] = []
 
         def keep(metrics: EpochMetrics) -> None:

@@ -501,3 +501,26 @@ def test_a_curve_asked_right_after_its_calibration_reuses_its_last_discretisatio
     after = accounting._discretised_prvs.cache_info()
     assert (after.hits, after.misses) == (before.hits + 1, before.misses)  # no domain or discretisation again
     assert curve[-1].epsilon == calibration.epsilon  # the calibration's ε at σ is the run's final ε
+
+
+@pytest.mark.parametrize("stop_after", [0, 1])
+def test_a_stop_ends_the_sigma_search_between_evaluations_and_keeps_nothing(tmp_path, monkeypatch, stop_after):
+    from dpsat_core import Cancelled, RunStore
+    from dpsat_core.accounting import recorded_calibration
+
+    target = dict(target_epsilon=0.3, delta=1e-5, sample_rate=0.05, releases=300, accountant="prv")
+    evaluations: list[float] = []
+    real = accounting._epsilon_with
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: evaluations.append(1) or real(*a, **k))
+    whole = calibrate_noise(**target)
+    needed = len(evaluations)
+    assert needed > stop_after  # else the stop would come after the search and test nothing
+    calibrate_noise.cache_clear()
+    evaluations.clear()
+    store = RunStore(tmp_path / "runs.db")
+    with pytest.raises(Cancelled):
+        recorded_calibration(store, **target, should_stop=lambda: len(evaluations) >= stop_after)
+    assert len(evaluations) == stop_after  # stopped between evaluations, not after the search
+    assert store.find_accounting(accounting._question("calibration", **target)) is None  # nothing half-done stored
+    assert calibrate_noise(**target, should_stop=lambda: False) == whole  # nor remembered: searched again in full
+    assert len(evaluations) == stop_after + needed

@@ -264,6 +264,7 @@ def test_after_the_parent_plans_a_cell_its_run_asks_the_accountant_nothing(store
 
 def test_a_stop_while_the_sweep_plans_its_cells_ends_it_before_the_next_cell_is_planned(store, monkeypatch):
     import dpsat_core.planning as planning
+    import dpsat_core.runner  # noqa: F401  # imported before the patch, so it keeps the real plan_run for later tests
     from dpsat_core import DpsatError
 
     planned, stop = [], threading.Event()
@@ -278,3 +279,22 @@ def test_a_stop_while_the_sweep_plans_its_cells_ends_it_before_the_next_cell_is_
     result = sweep(spec, store, should_stop=stop.is_set)
     assert planned == [2.0]  # the second cell's σ and per-epoch ε were never computed
     assert result.cancelled and len(result.skipped) == 2 and result.run_ids == [] and store.list_runs() == []
+
+
+def test_a_stop_during_a_cells_sigma_search_ends_the_search_and_stores_nothing(store, monkeypatch):
+    import dpsat_core.accounting as accounting
+    from dpsat_core import Cancelled
+    from dpsat_core.runner import run
+
+    accounting.calibrate_noise.cache_clear()  # σ searched here, not read from an earlier test's answer
+    evaluations: list[float] = []
+    real = accounting._epsilon_with
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: evaluations.append(1) or real(*a, **k))
+    spec = SweepSpec(base=BASE, methods=("dpsgd",), epsilons=(0.7, 0.8), seeds=(0,))
+    result = sweep(spec, store, should_stop=lambda: len(evaluations) >= 1)  # Cancel clicked during the first search
+    assert len(evaluations) == 1 and result.cancelled and len(result.skipped) == 2 and result.run_ids == []
+    assert store.list_runs() == [] and store.find_done(spec.cells()[0].normalized().config_hash()) is None
+    with pytest.raises(Cancelled):  # a single run: stopped before it claims a row
+        run(spec.cells()[0], store, should_stop=lambda: len(evaluations) >= 2)
+    assert len(evaluations) == 2 and store.list_runs() == []
+    accounting.calibrate_noise.cache_clear()
