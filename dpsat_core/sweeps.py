@@ -121,14 +121,18 @@ class SweepResult:
 
 
 def cell_label(cell: TrainConfig) -> str:
-    """'dpsat ε=3 seed=0' (σ or no privacy when the cell has no target ε)."""
+    """A cell as users read it in progress, errors and the skipped list: 'DP-SAT, ε = 3, ρ = 0.05, seed 0' (σ = 1.2
+    for a cell given σ; no privacy part for a non-private method, no ρ for a method without one). Distinct for the
+    cells of one sweep: the job panel tells a sweep's runs apart by it."""
+    info = method_info(cell.method)
+    parts = [info.label]
     if cell.epsilon is not None:
-        privacy = f" ε={cell.epsilon:g}"
+        parts.append(f"ε = {cell.epsilon:g}")
     elif cell.noise_multiplier is not None:
-        privacy = f" σ={cell.noise_multiplier:g}"
-    else:
-        privacy = ""
-    return f"{cell.method}{privacy} seed={cell.seed}"
+        parts.append(f"σ = {cell.noise_multiplier:g}")
+    if info.uses_rho:
+        parts.append(f"ρ = {cell.rho:g}")
+    return ", ".join([*parts, f"seed {cell.seed}"])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,7 +77,8 @@ def test_a_diverging_cell_fails_with_the_same_reasons_on_ray_and_locally(local_r
     on_cluster = sweep(diverging, RunStore(tmp_path / "ray.db"), cluster=RayCluster())
     here = sweep(diverging, RunStore(tmp_path / "local.db"))
     assert on_cluster.errors == here.errors and len(on_cluster.failed) == len(here.failed) == 1
-    assert on_cluster.errors[0].startswith("dpsgd ε=3 seed=0: training diverged") and "lower lr" in on_cluster.errors[0]
+    first = on_cluster.errors[0]
+    assert first.startswith("DP-SGD, ε = 3, seed 0: training diverged") and "lower lr" in first
 
 
 @pytest.mark.ray
@@ -96,7 +97,7 @@ def test_a_cell_that_raises_on_the_worker_is_reported_and_its_row_says_why(local
     assert all("on the Ray worker: device='cuda' asked for CUDA but none is available" in e for e in result.errors)
     rows = store.list_runs()
     assert {r.status for r in rows} == {"failed"} and all("asked for CUDA" in r.reason for r in rows)
-    assert result.problems().startswith("2 of the cells failed: sgd seed=")
+    assert result.problems().startswith("2 of the cells failed: SGD (non-private), seed ")
 
 
 @pytest.mark.ray

@@ -185,7 +185,7 @@ def test_bad_settings_are_explained_on_the_train_page(tmp_path, monkeypatch):
     at.text_input(key="train-epsilons").input("1e-9")  # valid as a number, unreachable by any σ: checked first
     at.button(key="train-start").click().run()
     (error,) = at.error
-    assert "dpsgd ε=1e-09 seed=0: epsilon=1e-09 is too small to reach" in error.value and not at.success
+    assert "DP-SGD, ε = 1e-09, seed 0: epsilon=1e-09 is too small to reach" in error.value and not at.success
     at.text_input(key="train-epsilons").input("3")
     at.text_input(key="train-rhos").input("0.05, wide")
     at.button(key="train-start").click().run()

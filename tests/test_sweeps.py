@@ -24,6 +24,20 @@ def test_cells_cover_the_grid_once_and_non_private_methods_once_per_seed():
     assert {c.epsilon for c in cells if c.method == "sgd"} == {None}
 
 
+def test_cell_labels_name_the_method_as_users_know_it_and_tell_every_cell_of_a_grid_apart():
+    from dpsat_core import method_info
+    from dpsat_core.sweeps import cell_label
+
+    spec = SweepSpec(base=BASE, methods=("sgd", "dpsgd", "dpsat"), epsilons=(1.0, 4.0), seeds=(0, 1), rhos=(0.01, 0.1))
+    labels = [cell_label(c) for c in spec.cells()]
+    assert len(set(labels)) == len(labels) == 2 + 2 * 2 + 2 * 2 * 2
+    assert "DP-SAT, ε = 4, ρ = 0.1, seed 1" in labels and "SGD (non-private), seed 0" in labels
+    assert "DP-SGD, σ = 1.5, seed 2" == cell_label(
+        dataclasses.replace(BASE, method="dpsgd", epsilon=None, noise_multiplier=1.5, seed=2)
+    )
+    assert all(label.split(",")[0] in {method_info(m).label for m in spec.methods} for label in labels)
+
+
 def test_a_small_sweep_stores_every_cell_and_a_rerun_trains_nothing(store):
     spec = SweepSpec(base=BASE, methods=("dpsgd", "dpsat"), epsilons=(2.0,), seeds=(0,))
     reports = []
@@ -31,6 +45,7 @@ def test_a_small_sweep_stores_every_cell_and_a_rerun_trains_nothing(store):
     assert len(first.trained) == 2 and not first.failed and not first.reused
     assert reports[-1].done == reports[-1].total == 2
     assert any(r.metrics.get("epsilon_spent") and r.metrics.get("test_accuracy") is not None for r in reports)
+    assert any(r.message.startswith("DP-SAT, ε = 2, ρ = 0.05, seed 0: ") for r in reports)  # the method's own name
     records = [store.get(r) for r in first.trained]
     assert {r.method for r in records} == {"dpsgd", "dpsat"}
     assert all(r.status == "done" and r.epsilon_spent <= 2.0 for r in records)
