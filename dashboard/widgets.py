@@ -27,11 +27,12 @@ from dpsat_core.compare import (
     setting_key,
 )
 from dpsat_core.errors import DpsatError
+from dpsat_core.estimates import analysis_estimate, describe_estimate
 from dpsat_core.export import MIME, figure_bytes, find_chromium
 from dpsat_core.figures import run_label
 from dpsat_core.results import counted, format_number
 
-from .state import get_jobs, is_operator, may_touch, session_owner, shown_source
+from .state import get_jobs, get_store, is_operator, may_touch, session_owner, shown_source
 
 # every open tab reruns its job panel this often while a job runs; in the browser each refresh costs CPU too (with
 # four tabs on the server's machine, Chromium's renderers took ~0.5 cores at "1s", slowing the job they watch)
@@ -183,6 +184,12 @@ def _job_panel() -> None:
             st.error(plain_text(f"{job.label}: {job.error}"))
     if finished_now:
         st.rerun(scope="app")
+
+
+def analysis_time_caption(work: dict[str, int], runs: Sequence[RunRecord]) -> None:
+    """Before an analysis button: how long `work` ({kind: runs to analyse}) should take, measured from earlier
+    analyses in the store (`estimates.analysis_estimate`), or why that is not known yet."""
+    st.caption(plain_text(describe_estimate(analysis_estimate(get_store(), work, runs))))
 
 
 def randomness_caption(records: Sequence[RunRecord]) -> None:

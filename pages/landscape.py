@@ -6,6 +6,7 @@ from dashboard.actions import start_analyses, start_line
 from dashboard.state import get_store
 from dashboard.widgets import (
     ANALYSED_ROWS,
+    analysis_time_caption,
     baseline_pair,
     chart,
     comparable_runs_or_stop,
@@ -33,9 +34,13 @@ stored_slices = cached_analyses(store, chosen_ids, "slice")
 stored_surfaces = cached_analyses(store, chosen_ids, "surface")
 slices = {labels[r.run_id]: (r.method, stored_slices[r.run_id]) for r in chosen if r.run_id in stored_slices}
 surfaces = {labels[r.run_id]: stored_surfaces[r.run_id] for r in chosen if r.run_id in stored_surfaces}
+kinds = {"slice": stored_slices, "surface": stored_surfaces}
 missing = [r for r in chosen_ids if r not in stored_slices or r not in stored_surfaces]
-if missing and st.button(f"Compute slices and surfaces for {counted(len(missing), 'run')}", key="land-go"):
-    start_analyses(missing, ["slice", "surface"])
+if missing:
+    lacking = {kind: sum(r not in stored for r in missing) for kind, stored in kinds.items()}
+    analysis_time_caption(lacking, chosen)
+    if st.button(f"Compute slices and surfaces for {counted(len(missing), 'run')}", key="land-go"):
+        start_analyses(missing, list(kinds))
 if slices:
     chart(figures.slices_overlay(slices), key="land-slices")
 if surfaces:

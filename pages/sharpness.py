@@ -6,6 +6,7 @@ from dashboard.actions import start_analyses
 from dashboard.state import get_store
 from dashboard.widgets import (
     ANALYSED_ROWS,
+    analysis_time_caption,
     chart,
     comparable_runs_or_stop,
     job_panel,
@@ -37,6 +38,7 @@ if lacking:
         + "; ".join(f"{ANALYSES[kind].label} for {len(ids)} of {len(runs)} runs" for kind, ids in lacking.items())
         + "."
     )
+    analysis_time_caption({kind: len(ids) for kind, ids in lacking.items()}, runs)
     if st.button(f"Compute {', '.join(names)} for {counted(len(missing), 'run')}", key="sharp-go"):
         start_analyses(missing, list(lacking))
 stats = group_runs(runs, spectra, adaptive)

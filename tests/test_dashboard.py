@@ -79,6 +79,8 @@ def test_every_page_renders_with_runs(name, populated, monkeypatch):
     charts = at.get("plotly_chart")
     if name in ("overview", "privacy_utility", "sharpness", "landscape"):
         assert len(charts) >= 2, f"{name} should draw its figures"
+    if name == "landscape":  # SGD's run has no slice or surface yet: the time they take is said before the click
+        assert any(c.value.startswith("Estimated time: about 1 s.") for c in at.caption)
 
 
 @ON_POPULATED
@@ -114,6 +116,9 @@ def test_sharpness_shows_adaptive_sharpness_beside_lambda_max(populated, monkeyp
     # says which analyses are missing for how many runs (seed 0's private runs have all three, 4 of 6 lack them)
     (missing,) = [c.value for c in at.caption if c.value.startswith("Not computed yet")]
     assert "Hessian spectrum for 4 of 6 runs" in missing and "Noise robustness for 4 of 6 runs" in missing
+    # and, before the click, how long that takes: 4 runs × 3 kinds at the 0.1 s each stored analysis took
+    (estimate,) = [c.value for c in at.caption if c.value.startswith("Estimated time")]
+    assert estimate.startswith("Estimated time: about 1 s.") and "6 earlier analyses" in estimate
 
 
 def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monkeypatch):
