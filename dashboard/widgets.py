@@ -204,17 +204,22 @@ def training_data_caption(what: str) -> None:
     st.caption(f"{what}: {TRAINING_DATA}.")
 
 
+def _latest(runs: Sequence[RunRecord]) -> RunRecord:
+    """The most recently finished of `runs` (a finished run's row was last updated when it finished)."""
+    return max(runs, key=lambda r: r.updated)
+
+
 def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]:
     """Pick a data set, then one comparable setting; returns the finished runs of that setting (and says what
-    their randomness means)."""
+    their randomness means). Opens on the data set and setting of the most recently finished run, where a user who
+    just trained looks; a choice made here sticks (widget keys)."""
     done = [r for r in records if r.status == "done" and not r.config.audit]  # audit runs are never compared
     datasets = sorted({r.config.dataset for r in done})
     if not datasets:
         return []
-    runs_of = {d: sum(r.config.dataset == d for r in done) for d in datasets}
-    largest = max(datasets, key=runs_of.__getitem__)  # open on the data set with the most runs
+    newest = _latest(done).config.dataset
     dataset = st.selectbox(
-        "Data set", datasets, index=datasets.index(largest), format_func=shown_source, key=f"{key}-dataset"
+        "Data set", datasets, index=datasets.index(newest), format_func=shown_source, key=f"{key}-dataset"
     )
     ordered = runs_by_setting([r for r in done if r.config.dataset == dataset])  # diverged runs left out
     if not ordered:  # every finished run of this data set diverged
@@ -223,9 +228,11 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
     chosen = 0
     if len(ordered) > 1:
         labels = [f"{describe_setting(rs[0])} ({counted(len(rs), 'run')})" for rs in ordered]
+        newest_setting = setting_key(_latest([r for rs in ordered for r in rs]))
         chosen = st.selectbox(
             "Setting (runs are compared only within one)",
             range(len(ordered)),
+            index=next(i for i, rs in enumerate(ordered) if setting_key(rs[0]) == newest_setting),
             format_func=labels.__getitem__,
             key=f"{key}-setting-{dataset}",  # its own widget per data set: labels never outlive a switch
         )

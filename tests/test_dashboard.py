@@ -696,13 +696,22 @@ def test_pages_that_show_research_runs_say_their_noise_is_seeded(name, populated
         assert any("train_loss and seconds" in c.value and TRAINING_DATA in c.value for c in at.caption)
 
 
-def test_the_overview_opens_on_the_data_set_with_the_most_runs(tmp_path, monkeypatch):
+def test_pages_open_on_the_data_set_and_setting_of_the_latest_run_and_keep_the_users_choice(tmp_path, monkeypatch):
     from tests.factories import store_finished
 
     store = RunStore(tmp_path / "runs.db")
-    for dataset, seeds in (("breast_cancer", (0,)), ("digits", (0, 1, 2))):  # alphabetically first has fewer
-        for seed in seeds:
-            store_finished(store, TrainConfig(dataset=dataset, method="dpsgd", epsilon=3.0, seed=seed, epochs=1))
+    # digits has the most runs, and breast cancer's larger setting (one epoch) the most of its own; the run that
+    # finished last is breast cancer's two-epoch one: what the user just trained
+    for dataset, seed, epochs in [("digits", s, 1) for s in (0, 1, 2)] + [("breast_cancer", s, 1) for s in (0, 1)]:
+        store_finished(store, TrainConfig(dataset=dataset, method="dpsgd", epsilon=3.0, seed=seed, epochs=epochs))
+    latest = store_finished(store, TrainConfig(dataset="breast_cancer", method="dpsgd", epsilon=3.0, epochs=2))
+    assert max(store.list_runs(), key=lambda r: r.updated).run_id == latest
     monkeypatch.setenv("DPSAT_STORE", str(store.path))
     at = open_page("overview")
+    assert not at.exception and at.selectbox(key="overview-dataset").value == "breast_cancer"
+    setting = at.selectbox(key="overview-setting-breast_cancer")
+    shown = setting.options[setting.index]
+    assert shown.startswith("breast_cancer: 2 epochs") and shown.endswith("(1 run)")  # not the larger setting
+    at.selectbox(key="overview-dataset").select("digits").run()  # the user's choice sticks over reruns
+    at.run()
     assert not at.exception and at.selectbox(key="overview-dataset").value == "digits"
