@@ -3,6 +3,8 @@
 Session-state keys used across pages:
 - "dataset": {"source": str, "target": str | None, "size": int | None, "schema": str | None}, the data
   set the Data page chose, with its schema file if one was given (default: the built-in digits).
+- "upload": {"path": str, "schema": str | None}, the file (and schema) last uploaded on the Data page, as stored
+  (`dpsat_uploads/<digest>/<name>`): the page shows it again when the user comes back, until they clear it.
 - "watched_jobs": ids of jobs this session saw running (to rerun when they finish).
 - "session_owner": this session's id, the owner of the jobs it submits (a reload starts a new session).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import streamlit as st
 
@@ -91,14 +93,51 @@ def save_schema(name: str, content: bytes) -> Path:
 
 
 def _in_use() -> set[str]:
-    """Uploaded files that must not be pruned: those stored runs were trained with, and this session's choice."""
-    chosen = current_dataset()
+    """Uploaded files that must not be pruned: those stored runs were trained with, and this session's choice and
+    kept upload."""
+    chosen, kept = current_dataset(), kept_upload() or {}
     runs = get_store().list_runs()
     return (
         {r.config.dataset for r in runs}
         | {r.config.schema for r in runs if r.config.schema}
-        | {p for p in (chosen["source"], chosen.get("schema")) if p}
+        | {p for p in (chosen["source"], chosen.get("schema"), kept.get("path"), kept.get("schema")) if p}
     )
+
+
+def kept_upload() -> Optional[dict]:
+    """This session's last upload on the Data page ({"path", "schema"}), or None."""
+    return st.session_state.get("upload")
+
+
+def keep_upload(path: Path) -> None:
+    """Remember an upload the Data page received (a different file starts without the earlier one's schema)."""
+    kept = kept_upload()
+    if kept is None or kept["path"] != str(path):
+        st.session_state["upload"] = {"path": str(path), "schema": None}
+
+
+def keep_schema(path: Optional[str]) -> None:
+    """Remember the schema given with the kept upload."""
+    if kept_upload() is not None:
+        st.session_state["upload"] = {**st.session_state["upload"], "schema": path}
+
+
+def reopen_upload() -> Optional[Upload]:
+    """The kept upload read back from the uploads folder, or None (none kept, or pruned since: then forgotten)."""
+    from .uploads import stored_upload
+
+    kept = kept_upload()
+    found = None if kept is None else stored_upload(uploads_dir(), kept["path"])
+    if found is None:
+        st.session_state.pop("upload", None)
+    return found
+
+
+def forget_upload() -> None:
+    """Clear the kept upload; a selection of it for training goes back to the default data set."""
+    kept = st.session_state.pop("upload", None)
+    if kept is not None and current_dataset()["source"] == kept["path"]:
+        st.session_state["dataset"] = DEFAULT_DATASET
 
 
 def current_dataset() -> dict:

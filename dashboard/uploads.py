@@ -64,14 +64,31 @@ def receive_upload(folder: Path, name: str, content: bytes, *, keep: Collection[
     path = _save(folder, safe_name(name), content)
     prune_uploads(folder, keep=[*keep, str(path)])
     try:
-        preview = read_csv(path, rows=PREVIEW_ROWS) if path.suffix.lower() == ".csv" else None
-        if preview is None:
-            npz_arrays(path)
+        return _checked(path)
     except DataError as exc:
         if path.resolve() not in _resolved(keep):
             _delete(path, folder)
         raise _as_uploaded(exc, path, name) from None
+
+
+def _checked(path: Path) -> Upload:
+    """A saved upload read back: a CSV's header and first rows, an NPZ's arrays as declared (`DataError` if not)."""
+    preview = read_csv(path, rows=PREVIEW_ROWS) if path.suffix.lower() == ".csv" else None
+    if preview is None:
+        npz_arrays(path)
     return Upload(path, preview)
+
+
+def stored_upload(folder: Path, path: str) -> Optional[Upload]:
+    """An upload saved earlier in `folder` (`<digest>/<name>`), read back to show it again; None when it is no
+    longer there (pruned), lies outside `folder`, or no longer reads."""
+    stored = Path(path)
+    if folder.resolve() not in stored.resolve().parents or not stored.is_file():
+        return None
+    try:
+        return _checked(stored)
+    except DataError:
+        return None
 
 
 def receive_schema(folder: Path, name: str, content: bytes, *, keep: Collection[str] = ()) -> Path:

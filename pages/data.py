@@ -1,10 +1,22 @@
 """Data: pick a built-in data set or upload a CSV/NPZ (and its schema); preview it; say what ε covers of its
 preprocessing; every problem explained here."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import current_dataset, save_schema, save_upload, shown_source
+from dashboard.state import (
+    current_dataset,
+    forget_upload,
+    keep_schema,
+    keep_upload,
+    kept_upload,
+    reopen_upload,
+    save_schema,
+    save_upload,
+    shown_source,
+)
 from dashboard.widgets import plain_text, show_error
 from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, default_delta, load_dataset
 from dpsat_core.caveats import DELTA_WHY
@@ -14,11 +26,16 @@ from dpsat_core.serve import SERVER_OPTIONS
 MAX_UPLOAD_MB = SERVER_OPTIONS["server.maxUploadSize"]
 
 st.title("Data")
-st.caption(f"Selected for training: **{plain_text(shown_source(current_dataset()['source']))}**")
-kind = st.radio("Source", ["Built-in", "Upload a file"], horizontal=True, key="data-kind")
+chosen_before = current_dataset()
+st.caption(f"Selected for training: **{plain_text(shown_source(chosen_before['source']))}**")
+# the widgets' own state is dropped while another page shows: they open on this session's choice and upload
+kinds = ["Built-in", "Upload a file"]
+kind = st.radio("Source", kinds, index=int(kept_upload() is not None), horizontal=True, key="data-kind")
 size, target, schema = None, None, None
 if kind == "Built-in":
-    source = st.selectbox("Data set", list(BUILTIN_DATASETS), key="data-builtin")
+    builtins = list(BUILTIN_DATASETS)
+    opened = builtins.index(chosen_before["source"]) if chosen_before["source"] in builtins else 0
+    source = st.selectbox("Data set", builtins, index=opened, key="data-builtin")
     if source in DEFAULT_SIZES:
         size = int(st.number_input("Examples to generate", 200, 100_000, DEFAULT_SIZES[source], key="data-size"))
 else:
@@ -29,19 +46,29 @@ else:
         max_upload_size=MAX_UPLOAD_MB,
         key="data-upload",
     )
-    if upload is None:
-        st.info("Upload a file to check and preview it. Nothing leaves this machine.")
-        st.stop()
-    try:
-        received = save_upload(upload.name, upload.getvalue())
-    except DpsatError as exc:
-        show_error(exc)
-        st.stop()
+    if upload is not None:
+        try:
+            received = save_upload(upload.name, upload.getvalue())
+        except DpsatError as exc:
+            show_error(exc)
+            st.stop()
+        keep_upload(received.path)
+    else:
+        earlier = reopen_upload()
+        if earlier is None:
+            st.info("Upload a file to check and preview it. Nothing leaves this machine.")
+            st.stop()
+        received = earlier
+        note, clear = st.columns([5, 1])
+        note.caption(f"Your earlier upload: **{plain_text(received.path.name)}** (kept for this session).")
+        clear.button("Clear", key="data-upload-clear", on_click=forget_upload)
     source = str(received.path)
     if received.preview is not None:
         st.dataframe(received.preview, hide_index=True)
         columns = [str(c) for c in received.preview.columns]
-        target = st.selectbox("Target (label) column", columns, index=len(columns) - 1, key="data-target")
+        same = chosen_before["source"] == source and chosen_before["target"] in columns
+        opened = columns.index(chosen_before["target"]) if same else len(columns) - 1
+        target = st.selectbox("Target (label) column", columns, index=opened, key="data-target")
     schema_upload = st.file_uploader(
         "Schema (optional, JSON or TOML): public column bounds, category levels and classes, so that scaling "
         "reads nothing private (format in the README)",
@@ -53,6 +80,10 @@ else:
         except DpsatError as exc:
             show_error(exc)
             st.stop()
+        keep_schema(schema)
+    elif upload is None and (kept_upload() or {}).get("schema"):  # back on the page: the schema given with it
+        schema = kept_upload()["schema"]
+        st.caption(f"Schema from earlier: **{plain_text(Path(schema).name)}**.")
 
 try:
     data = load_dataset(

@@ -321,6 +321,34 @@ def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch
     assert at.success[0].value == "Training will use patients."
 
 
+def test_the_data_page_shows_an_upload_and_its_selection_again_on_return_until_cleared(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
+    at = open_page("data")
+    at.radio(key="data-kind").set_value("Upload a file").run()
+    at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
+    at.selectbox(key="data-target").select("colour").run()
+    schema = b'{"columns": {"age": {"min": 0, "max": 100}}}'
+    at.get("file_uploader")[1].upload("s.json", schema, "application/json").run()
+    at.button(key="data-use").click().run()
+    chosen = at.session_state["dataset"]
+    at.switch_page("../pages/train.py").run()
+    at.switch_page("../pages/data.py").run()  # the uploaders' own state is gone: the page shows the kept upload
+    assert not at.exception and at.get("file_uploader")[0].value is None
+    assert at.radio(key="data-kind").value == "Upload a file" and at.selectbox(key="data-target").value == "colour"
+    assert len(at.dataframe[0].value) == 8 and at.caption[0].value == "Selected for training: **patients.csv**"
+    captions = [_as_rendered(c.value) for c in at.caption]
+    assert "Your earlier upload: **patients.csv** (kept for this session)." in captions
+    assert "Schema from earlier: **s.json**." in captions and not at.info  # age's bounds are public: nothing released
+    assert at.session_state["upload"] == {"path": chosen["source"], "schema": chosen["schema"]}
+    at.button(key="data-upload-clear").click().run()
+    assert not at.exception and "Upload a file to check" in at.info[0].value
+    assert at.session_state["dataset"]["source"] == "digits"  # it was selected: the selection goes with it
+    assert at.caption[0].value == "Selected for training: **digits**"
+    at.switch_page("../pages/train.py").run()
+    at.switch_page("../pages/data.py").run()  # cleared: the page opens on the built-in data sets again
+    assert at.radio(key="data-kind").value == "Built-in" and at.selectbox(key="data-builtin").value == "digits"
+
+
 def test_a_schema_given_on_the_data_page_scales_from_public_bounds_and_a_bad_one_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
     at = open_page("data")
@@ -502,6 +530,22 @@ def test_a_saved_upload_is_kept_while_a_run_uses_it(tmp_path, monkeypatch):
     assert first.path.exists() and len(list(tmp_path.iterdir())) == 2
     receive_upload(tmp_path, "c.csv", _csv(rows=21))
     assert not first.path.exists()
+
+
+def test_a_stored_upload_reads_back_only_while_it_is_in_the_uploads_folder(tmp_path):
+    from dashboard.uploads import receive_upload, stored_upload
+
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    saved = receive_upload(folder, "a.csv", _csv())
+    again = stored_upload(folder, str(saved.path))
+    assert again is not None and again.path == saved.path and again.preview.equals(saved.preview)
+    outside = tmp_path / "a.csv"
+    outside.write_bytes(_csv())
+    assert stored_upload(folder, str(outside)) is None  # only this server's uploads, never another path
+    assert stored_upload(folder, str(folder / ".." / "a.csv")) is None
+    saved.path.unlink()  # pruned since
+    assert stored_upload(folder, str(saved.path)) is None
 
 
 def test_the_runs_page_shows_infinite_and_partial_epsilons(tmp_path, monkeypatch):
