@@ -335,8 +335,9 @@ def train(
     book: Optional[AnswerBook] = None,
     instrument: Optional[Instrument] = None,
 ) -> TrainResult:
-    """Train `config` to the end, or until it diverges or crashes (status failed) or `should_stop()` (cancelled);
-    accountant answers (σ, ε per epoch) come from `book` (the run store) when it holds them.
+    """Train `config` to the end, or until it diverges or crashes (status failed) or `should_stop()` (cancelled;
+    `Cancelled` raised while σ is still being calibrated, before any step); accountant answers (σ, ε per epoch) come
+    from `book` (the run store) when it holds them.
 
     A failed or cancelled run is charged for the releases it made, so its result (and the stored run) says
     what ε it spent. A crash (an exception while training) is logged with its traceback.
