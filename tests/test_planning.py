@@ -54,7 +54,7 @@ def test_cuda_without_a_gpu_writes_no_row_from_the_cli(tmp_path, capsys):
 
 def test_a_sweep_with_an_unreachable_epsilon_is_refused_before_any_cell(store):
     spec = SweepSpec(base=TrainConfig(**TABLE), methods=("dpsgd", "dpsat"), epsilons=(2.0, 1e-9), seeds=(0,))
-    with pytest.raises(ConfigError, match=r"dpsgd ε=1e-09 seed=0: epsilon=1e-09 is too small"):
+    with pytest.raises(ConfigError, match=r"DP-SGD, ε = 1e-09, seed 0: epsilon=1e-09 is too small"):
         check_sweep(spec)
     assert store.list_runs() == []
 

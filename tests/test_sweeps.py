@@ -64,9 +64,9 @@ def test_in_process_and_pool_sweeps_give_the_same_reasons_and_messages(tmp_path)
         outcomes[workers] = (sorted(result.errors), {r.message for r in reports}, len(result.failed))
     assert outcomes[1] == outcomes[2]
     errors, messages, failed = outcomes[1]
-    assert failed == 2 and errors[0].startswith("dpsgd ε=3 seed=0: training diverged") and "lower lr" in errors[0]
-    assert {"dpsgd ε=3 seed=0 finished", "sgd seed=0 finished"} <= messages
-    assert any(m.startswith("dpsgd ε=3 seed=0: epoch 1/1") for m in messages)
+    assert failed == 2 and errors[0].startswith("DP-SGD, ε = 3, seed 0: training diverged") and "lower lr" in errors[0]
+    assert {"DP-SGD, ε = 3, seed 0 finished", "SGD (non-private), seed 0 finished"} <= messages
+    assert any(m.startswith("DP-SGD, ε = 3, seed 0: epoch 1/1") for m in messages)
 
 
 def test_cancelling_a_sweep_keeps_what_finished(store):
