@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Collection, Optional
 
 import streamlit as st
 
@@ -107,6 +107,13 @@ def _in_use() -> set[str]:
 def kept_upload() -> Optional[dict]:
     """This session's last upload on the Data page ({"path", "schema"}), or None."""
     return st.session_state.get("upload")
+
+
+def opens_on_upload(built_in: Collection[str]) -> bool:
+    """Whether the Data page opens on its upload side: an upload is kept and the session has not selected one of
+    the `built_in` data sets (the default counts as not selected)."""
+    chose_built_in = "dataset" in st.session_state and current_dataset()["source"] in built_in
+    return kept_upload() is not None and not chose_built_in
 
 
 def keep_upload(path: Path) -> None:

@@ -360,7 +360,7 @@ def calibrate_noise(
     return found
 
 
-calibrate_noise.cache_clear = _calibrations.clear  # type: ignore[attr-defined]  # as the lru-cached answers have
+calibrate_noise.cache_clear = _calibrations.clear  # type: ignore[attr-defined]  # cleared like the lru-cached answers
 
 
 def _calibrate(

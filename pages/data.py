@@ -12,6 +12,7 @@ from dashboard.state import (
     keep_schema,
     keep_upload,
     kept_upload,
+    opens_on_upload,
     reopen_upload,
     save_schema,
     save_upload,
@@ -30,7 +31,7 @@ chosen_before = current_dataset()
 st.caption(f"Selected for training: **{plain_text(shown_source(chosen_before['source']))}**")
 # the widgets' own state is dropped while another page shows: they open on this session's choice and upload
 kinds = ["Built-in", "Upload a file"]
-kind = st.radio("Source", kinds, index=int(kept_upload() is not None), horizontal=True, key="data-kind")
+kind = st.radio("Source", kinds, index=int(opens_on_upload(BUILTIN_DATASETS)), horizontal=True, key="data-kind")
 size, target, schema = None, None, None
 if kind == "Built-in":
     builtins = list(BUILTIN_DATASETS)

@@ -344,9 +344,15 @@ def test_the_data_page_shows_an_upload_and_its_selection_again_on_return_until_c
     assert not at.exception and "Upload a file to check" in at.info[0].value
     assert at.session_state["dataset"]["source"] == "digits"  # it was selected: the selection goes with it
     assert at.caption[0].value == "Selected for training: **digits**"
+    at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()  # kept again, not selected
+    at.radio(key="data-kind").set_value("Built-in").run()
+    at.selectbox(key="data-builtin").select("breast_cancer").run()
+    at.button(key="data-use").click().run()
     at.switch_page("../pages/train.py").run()
-    at.switch_page("../pages/data.py").run()  # cleared: the page opens on the built-in data sets again
-    assert at.radio(key="data-kind").value == "Built-in" and at.selectbox(key="data-builtin").value == "digits"
+    at.switch_page("../pages/data.py").run()  # a built-in selected since: opens on it, the upload one click away
+    assert at.radio(key="data-kind").value == "Built-in" and at.selectbox(key="data-builtin").value == "breast_cancer"
+    at.radio(key="data-kind").set_value("Upload a file").run()
+    assert any(c.value.startswith("Your earlier upload: **patients.csv**") for c in at.caption)
 
 
 def test_a_schema_given_on_the_data_page_scales_from_public_bounds_and_a_bad_one_is_explained(tmp_path, monkeypatch):
