@@ -78,6 +78,8 @@ def _duration(seconds: float) -> str:
 def describe_estimate(estimate: TimeEstimate) -> str:
     """One line for a button's caption: the estimate with its range and what it rests on, or why there is none."""
     unknown = ", ".join(ANALYSES[kind].label for kind in estimate.unknown)
+    if not (estimate.measured or estimate.unknown):
+        return "Nothing left to compute."
     if not estimate.measured:
         return f"Time unknown until the first run finishes: no {unknown} has been computed in this store yet."
     rest = f"; plus {unknown}, whose time is unknown until its first run finishes" if estimate.unknown else ""

@@ -23,6 +23,7 @@ def test_the_estimate_is_runs_times_each_kinds_median_with_the_fastest_and_slowe
 
 
 def test_the_words_say_estimate_range_and_machine_or_that_the_time_is_unknown():
+    assert describe_estimate(estimate_time({"hessian": [5.0]}, {"hessian": 0})) == "Nothing left to compute."
     unknown = describe_estimate(estimate_time({}, {"hessian": 2}))
     assert unknown.startswith("Time unknown until the first run finishes") and "Hessian spectrum" in unknown
     known = describe_estimate(estimate_time({"hessian": [60.0, 180.0, 600.0], "noise": []}, {"hessian": 3, "noise": 1}))
