@@ -22,6 +22,7 @@ from .analysis import analysed_cells
 from .caveats import PER_RUN, SEEDED_NOISE, TRAINING_DATA
 from .compare import (
     INTERVAL_COVERS,
+    RATIO_INTERVAL,
     CellStats,
     Comparison,
     comparisons,
@@ -315,7 +316,7 @@ Privacy cost: every method is held to the same budget ε.</small></p>
 {f"<p>Non-private reference:</p><ul>{ceiling}</ul>" if ceiling else ""}
 <p class="caveat"><strong>Caveat.</strong> {e(report.caveat)}</p>
 <p class="caveat"><strong>What ε does not cover.</strong> {e(report.uncovered)}</p>
-<p>{e(MEASURES)}</p>
+<p>{e(MEASURES)} {e(RATIO_INTERVAL)}.</p>
 {"".join(parts)}
 {audit_section(report.audits)}
 </body></html>"""

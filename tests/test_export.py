@@ -137,6 +137,7 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     keys = {"method", "baseline", "target_epsilon", "epsilon_spent", "rho", "n_pairs", "gain_points", "ci_low"}
     keys |= {"ci_high", "cost_ratio", "cost_ratio_spread", "backward_passes_ratio", "sharpness_ratio", "verdict"}
+    keys |= {"sharpness_ratio_ci", "sharpness_ratio_pairs", "lambda_max_ratio", "lambda_max_ratio_ci"}
     assert all(keys <= set(row) for row in rows)
     assert [(r["method"], r["target_epsilon"]) for r in rows] == [
         ("dpsam", 2.0),
@@ -147,6 +148,9 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     dpsam = rows[0]
     assert dpsam["baseline"] == "dpsgd" and dpsam["n_pairs"] == 2 and dpsam["backward_passes_ratio"] == 2
     assert dpsam["ci_low"] <= dpsam["gain_points"] <= dpsam["ci_high"]
+    low, high = dpsam["lambda_max_ratio_ci"]  # Hessians at ε = 2 for both seeds: a geometric mean and its interval
+    assert dpsam["lambda_max_ratio_pairs"] == 2 and low < dpsam["lambda_max_ratio"] < high
+    assert f"λ_max ×{dpsam['lambda_max_ratio']:.2f} (95% CI {low:.2f} to {high:.2f}, 2 seed pairs)" in dpsam["verdict"]
     low, high = dpsam["cost_ratio_spread"]  # measured by the probe on first use, then stored
     assert low <= dpsam["cost_ratio"] <= high and "compute per step (measured" in dpsam["verdict"]
     assert main(["compare", "--no-probe", "--store", str(swept.path)]) == 0
@@ -268,7 +272,7 @@ def test_the_report_says_once_what_epsilon_does_not_cover(swept):
 
 def test_the_reports_caveats_say_epsilon_is_per_run_and_what_the_intervals_cover(swept):
     from dpsat_core.caveats import PER_RUN
-    from dpsat_core.compare import INTERVAL_COVERS
+    from dpsat_core.compare import INTERVAL_COVERS, RATIO_INTERVAL
     from dpsat_core.report import uncovered
     from tests.factories import record
 
@@ -276,5 +280,6 @@ def test_the_reports_caveats_say_epsilon_is_per_run_and_what_the_intervals_cover
     per_run = html.escape(PER_RUN)
     assert page.count(per_run) == 1 and page.index(per_run) > page.index("What ε does not cover")
     assert html.escape(INTERVAL_COVERS) in page  # the runs stored their test-set size: no "only" note
+    assert html.escape(RATIO_INTERVAL) in page and "λ_max ×" in page and "2 seed pairs)" in page
     assert "seed-to-seed spread only" not in page and "seed-to-seed variation only" not in page
     assert PER_RUN not in uncovered([record("sgd", None, 0, 0.9)])  # no ε to speak of
