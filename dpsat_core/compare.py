@@ -127,6 +127,7 @@ class CellStats:
     lambda_max_std: Optional[float]
     trace_mean: Optional[float]
     trace_std: Optional[float]
+    trace_stderr: Optional[float]  # Hutchinson's standard error of the trace, where one seed was analysed
     adaptive_mean: Optional[float]  # adaptive (scale-invariant) λ_max
     adaptive_std: Optional[float]
     run_ids: tuple[str, ...]
@@ -204,7 +205,8 @@ def group_runs(
         eps_mean, _ = _mean_std([r.epsilon_spent for r in runs if r.epsilon_spent is not None])
         lam_by_seed = {s: spectra[r.run_id].lambda_max for s, r in by_seed.items() if r.run_id in spectra}
         lam_mean, lam_std = _mean_std(list(lam_by_seed.values()))
-        tr_mean, tr_std = _mean_std([spectra[r.run_id].trace for r in runs if r.run_id in spectra])
+        analysed = [spectra[r.run_id] for r in runs if r.run_id in spectra]
+        tr_mean, tr_std = _mean_std([spectrum.trace for spectrum in analysed])
         ad_by_seed = {s: adaptive[r.run_id].lambda_max for s, r in by_seed.items() if r.run_id in adaptive}
         ad_mean, ad_std = _mean_std(list(ad_by_seed.values()))
         out.append(
@@ -222,6 +224,7 @@ def group_runs(
                 lambda_max_std=lam_std,
                 trace_mean=tr_mean,
                 trace_std=tr_std,
+                trace_stderr=analysed[0].trace_stderr if len(analysed) == 1 else None,
                 adaptive_mean=ad_mean,
                 adaptive_std=ad_std,
                 run_ids=tuple(r.run_id for r in runs),

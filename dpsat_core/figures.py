@@ -103,27 +103,80 @@ def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
     )
 
 
+# What the error bars of `_add_series` are, said under the title of every figure that draws them
+ERROR_BARS = "mean ± std over seeds (no bar for a single seed)"
+TRACE_ERROR_BARS = "mean ± std over seeds; a single seed: no bar on λ_max, the trace ± its Hutchinson standard error"
+
+
+def with_error_bars(fig: go.Figure, bars: str) -> go.Figure:
+    """Put `bars` (what the error bars are) on the first line under the title, above any subtitle already there."""
+    below = fig.layout.title.subtitle.text
+    text = f"{bars}<br>{below}" if below else bars
+    return fig.update_layout(title_subtitle_text=text, margin_t=125 if below else 95)  # room above subplot titles
+
+
+# Methods at one ε are drawn this share of the ε axis's log span apart, so equal values do not hide each other
+DODGE = 0.025
+
+
+def _dodges(stats: Sequence[CellStats]) -> dict[str, float]:
+    """Series name → the factor its ε values are multiplied by when drawn: series spread symmetrically around
+    the true ε on the log axis, in one order for every figure of these cells (a method keeps its offset)."""
+    names = list(_series(stats))
+    axis = [c.epsilon_axis for c in stats if c.private and c.epsilon_axis is not None]
+    span = max(math.log10(max(axis) / min(axis)), 0.5) if axis else 0.5
+    middle = (len(names) - 1) / 2
+    return {name: 10 ** ((i - middle) * DODGE * span) for i, name in enumerate(names)}
+
+
+def _spread(c: CellStats, std: str) -> tuple[float, str]:
+    """The error bar of a cell's point and what it is, in words for the hover."""
+    value = getattr(c, std)
+    if value is not None:
+        return value, f"± s.d. over {c.seeds} seeds"
+    if std == "trace_std" and c.trace_stderr is not None:
+        return c.trace_stderr, "1 seed: ± Hutchinson standard error"
+    return 0.0, "1 seed: no spread"
+
+
 def _add_series(
     fig: go.Figure, stats: Sequence[CellStats], mean: str, std: str, *, scale: float = 1.0, **subplot
 ) -> None:
-    """One line per `_series` of the cells that have `mean`: mean ± std (× `scale`) along the ε axis."""
+    """One line per `_series` of the cells that have `mean`: mean ± std (× `scale`) along the ε axis, each
+    series dodged along x (`_dodges`) with its error bars in its own colour; the hover gives the true ε."""
+    dodges = _dodges(stats)
     shown = [c for c in stats if getattr(c, mean) is not None]
     for name, cells in _series(shown).items():
         rhos = [c.rho for c in shown if c.method == cells[0].method]
+        style = _style(cells[0].method, _rho_variant(cells[0].method, cells[0].rho, rhos))
+        spreads = [_spread(c, std) for c in cells]
         fig.add_trace(
             go.Scatter(
-                x=[c.epsilon_axis for c in cells],
+                x=[dodges[name] * c.epsilon_axis for c in cells],
                 y=[scale * getattr(c, mean) for c in cells],
                 name=name,
                 mode="lines+markers",
                 showlegend=subplot.get("col", 1) == 1,
-                error_y=dict(type="data", array=[scale * (getattr(c, std) or 0) for c in cells], visible=True),
-                customdata=[[c.seeds, c.privacy] for c in cells],
-                hovertemplate="%{customdata[1]}<br>%{y:.3g}<br>%{customdata[0]} seeds",
-                **_style(cells[0].method, _rho_variant(cells[0].method, cells[0].rho, rhos)),
+                error_y=dict(
+                    type="data",
+                    array=[scale * error for error, _ in spreads],
+                    visible=True,
+                    color=style["line_color"],
+                    thickness=1.5,
+                    width=4,
+                ),
+                customdata=[[c.privacy, _true_epsilon(c), scale * e, words] for c, (e, words) in zip(cells, spreads)],
+                hovertemplate=f"{name}<br>%{{customdata[0]}}%{{customdata[1]}}<br>%{{y:.3g}} ± %{{customdata[2]:.2g}}"
+                "<br>%{customdata[3]}<extra></extra>",
+                **style,
             ),
             **subplot,
         )
+
+
+def _true_epsilon(c: CellStats) -> str:
+    """'' for a cell at its target ε (its privacy label says it), else ' (ε spent 1.3)' for σ runs."""
+    return "" if c.target_epsilon is not None else f" (ε spent {c.epsilon_axis:.3g})"
 
 
 def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
@@ -140,7 +193,8 @@ def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
             )
     _add_series(fig, stats, "accuracy_mean", "accuracy_std", scale=100)
     _epsilon_axis(fig, stats)
-    return _layout(fig, "Test accuracy vs privacy budget", EPSILON_TITLE, "test accuracy (%)")
+    _layout(fig, "Test accuracy vs privacy budget", EPSILON_TITLE, "test accuracy (%)")
+    return with_error_bars(fig, ERROR_BARS)
 
 
 def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
@@ -152,7 +206,7 @@ def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     fig.update_yaxes(title_text="λ_max", row=1, col=1)
     fig.update_yaxes(title_text="trace", row=1, col=2)
     _layout(fig, "Sharpness vs privacy budget (lower = flatter)", EPSILON_TITLE, "λ_max")
-    return on_training_data(fig)
+    return with_error_bars(on_training_data(fig), TRACE_ERROR_BARS)
 
 
 def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
@@ -161,7 +215,7 @@ def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     _add_series(fig, stats, "adaptive_mean", "adaptive_std")
     _epsilon_axis(fig, stats)
     _layout(fig, "Adaptive sharpness vs privacy budget (lower = flatter)", EPSILON_TITLE, "adaptive λ_max")
-    return on_training_data(fig)
+    return with_error_bars(on_training_data(fig), ERROR_BARS)
 
 
 def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> go.Figure:

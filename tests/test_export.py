@@ -111,10 +111,16 @@ def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
     assert html.escape(report.privacy_notes[0]) in page and "read nothing private" in report.privacy_notes[0]
 
 
-def test_every_report_figure_labels_its_axes(swept):
-    for title, fig in report_figures(build_report(swept)).items():
+def test_every_report_figure_labels_its_axes_and_says_what_its_error_bars_are(swept):
+    from dpsat_core.caveats import TRAINING_DATA
+
+    drawn = report_figures(build_report(swept))
+    for title, fig in drawn.items():
         axes = [k for k in fig.layout.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]
         assert axes and all(fig.layout[k].title.text for k in axes), title
+        assert TRAINING_DATA not in (fig.layout.title.subtitle.text or ""), title  # the caveats say it once
+    assert drawn["Accuracy vs ε"].layout.title.subtitle.text == figures.ERROR_BARS
+    assert drawn["Sharpness vs ε"].layout.title.subtitle.text == figures.TRACE_ERROR_BARS
 
 
 def test_without_chromium_images_explain_the_fix_and_html_csv_still_work(swept, figure, tmp_path, monkeypatch):

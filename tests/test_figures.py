@@ -1,10 +1,14 @@
 import dataclasses
+import math
 
 import plotly.graph_objects as go
+import pytest
 
 from dpsat_core import METHODS, AdaptiveSharpness, Slice, Surface, figures
 from dpsat_core.compare import group_runs
 from tests.factories import record, spectrum
+
+METHODS_ORDER = ("dpsgd", "dpsam", "dpsat")
 
 
 def test_figures_use_the_method_table_colours_and_names():
@@ -37,7 +41,40 @@ def test_methods_that_coincide_stay_visible_and_sigma_runs_are_drawn_as_private(
     a, b = traces["DP-SGD"], traces["DP-SAT"]
     assert (a.line.dash, a.marker.symbol) != (b.line.dash, b.marker.symbol)
     sigma = traces["DP-SGD (σ runs, at ε spent)"]
-    assert list(sigma.x) == [1.3] and list(sigma.y) == [70.0]
+    assert sigma.x[0] == pytest.approx(1.3, rel=0.1) and list(sigma.y) == [70.0]
+    assert list(sigma.customdata[0][:2]) == ["σ=2", " (ε spent 1.3)"]  # the hover gives the true ε, not the dodged x
+
+
+def test_methods_at_one_epsilon_are_dodged_apart_with_their_own_error_bars_and_the_true_epsilon_in_the_hover():
+    runs = [record(m, e, s, 0.8 + 0.01 * s) for m in ("dpsgd", "dpsam", "dpsat") for e in (1.0, 8.0) for s in (0, 1)]
+    adaptive = {r.run_id: AdaptiveSharpness(lambda_max=0.5, n_samples=8, n_params=4, seconds=0.1) for r in runs}
+    stats = group_runs(runs, None, adaptive)
+    for fig in (figures.accuracy_vs_epsilon(stats), figures.adaptive_vs_epsilon(stats)):
+        sgd, sam, sat = fig.data
+        for eps, i in ((1.0, 0), (8.0, 1)):
+            xs = [t.x[i] for t in (sgd, sam, sat)]
+            assert xs[0] < xs[1] < xs[2] and xs[1] == pytest.approx(eps)  # registry order, centred on the true ε
+            assert xs[0] * xs[2] == pytest.approx(eps**2)  # symmetric on the log axis
+            assert 1.03 < xs[2] / xs[1] < 1.15  # apart, but nowhere near the next swept ε
+        assert [t.customdata[1][0] for t in (sgd, sam, sat)] == ["ε=8"] * 3
+        assert all(t.error_y.color == t.line.color == METHODS[m].color for t, m in zip(fig.data, METHODS_ORDER))
+        assert list(fig.layout.xaxis.tickvals) == [1.0, 8.0]  # the ticks stay at the swept values
+    acc, sharp = figures.accuracy_vs_epsilon(stats), figures.adaptive_vs_epsilon(stats)
+    assert [list(t.x) for t in acc.data] == [list(t.x) for t in sharp.data]  # a method keeps its offset
+    assert acc.data[0].error_y.array[0] == pytest.approx(100 * stats[0].accuracy_std)
+    assert acc.layout.title.subtitle.text == figures.ERROR_BARS
+
+
+def test_sharpness_error_bars_are_the_seed_spread_or_for_one_seed_the_traces_standard_error():
+    runs = [record("dpsgd", 2.0, s, 0.8, run_id=f"g{s}") for s in (0, 1)] + [record("dpsat", 2.0, 0, 0.8, run_id="t")]
+    spectra = {"g0": spectrum(4.0), "g1": spectrum(6.0), "t": dataclasses.replace(spectrum(5.0), trace_stderr=0.7)}
+    fig = figures.hessian_vs_epsilon(group_runs(runs, spectra))
+    lam_sgd, lam_sat, trace_sgd, trace_sat = fig.data
+    assert lam_sgd.error_y.array[0] == pytest.approx(math.sqrt(2)) and "s.d. over 2 seeds" in lam_sgd.customdata[0][3]
+    assert trace_sgd.error_y.array[0] == pytest.approx(10 * math.sqrt(2))  # trace = 10·λ_max in the factory
+    assert lam_sat.error_y.array[0] == 0 and lam_sat.customdata[0][3] == "1 seed: no spread"
+    assert trace_sat.error_y.array[0] == 0.7 and "Hutchinson" in trace_sat.customdata[0][3]
+    assert fig.layout.title.subtitle.text.startswith(figures.TRACE_ERROR_BARS)
 
 
 def surface(loss, center):
@@ -183,4 +220,4 @@ def test_every_figure_of_training_data_says_so_and_the_others_do_not():
     assert "Poisson batch sizes" in labelled["wall time"].layout.title.subtitle.text
     # test accuracy and ε are measured on held-out rows or accounted: no label
     for fig in (figures.accuracy_vs_epsilon(stats), figures.training_curves(runs), figures.epsilon_over_epochs(runs)):
-        assert not fig.layout.title.subtitle.text
+        assert TRAINING_DATA not in (fig.layout.title.subtitle.text or "")
