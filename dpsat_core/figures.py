@@ -104,7 +104,7 @@ def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
 
 
 # What the error bars of `_add_series` are, said under the title of every figure that draws them
-ERROR_BARS = "mean ± std over seeds (no bar for a single seed)"
+ERROR_BARS = "mean ± std over seeds (one seed: no bar)"
 TRACE_ERROR_BARS = "mean ± std over seeds; a single seed: no bar on λ_max, the trace ± its Hutchinson standard error"
 
 
@@ -203,9 +203,10 @@ def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     _add_series(fig, stats, "lambda_max_mean", "lambda_max_std", row=1, col=1)
     _add_series(fig, stats, "trace_mean", "trace_std", row=1, col=2)
     _epsilon_axis(fig, stats)
-    fig.update_yaxes(title_text="λ_max", row=1, col=1)
-    fig.update_yaxes(title_text="trace", row=1, col=2)
-    _layout(fig, "Sharpness vs privacy budget (lower = flatter)", EPSILON_TITLE, "λ_max")
+    fig.update_yaxes(title_text="λ_max (lower = flatter)", row=1, col=1)
+    fig.update_yaxes(title_text="trace (lower = flatter)", row=1, col=2)
+    # short titles: plotly never wraps one, and a long one is cut off in a narrow column
+    _layout(fig, "Sharpness vs privacy budget", EPSILON_TITLE, "λ_max (lower = flatter)")
     return with_error_bars(on_training_data(fig), TRACE_ERROR_BARS)
 
 
@@ -214,7 +215,7 @@ def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     fig = go.Figure()
     _add_series(fig, stats, "adaptive_mean", "adaptive_std")
     _epsilon_axis(fig, stats)
-    _layout(fig, "Adaptive sharpness vs privacy budget (lower = flatter)", EPSILON_TITLE, "adaptive λ_max")
+    _layout(fig, "Adaptive sharpness vs privacy budget", EPSILON_TITLE, "adaptive λ_max (lower = flatter)")
     return with_error_bars(on_training_data(fig), ERROR_BARS)
 
 
@@ -386,14 +387,25 @@ def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
     return on_training_data(fig, "tracks the Poisson batch sizes: ")
 
 
+# What the per-run spectrum figure's numbers carry: one run per bar group, so no spread across seeds
+TOP_EIGENVALUES_SPREAD = "one run per colour (no spread across seeds); trace ± its Hutchinson standard error"
+
+
 def top_eigenvalues(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:
+    """The top eigenvalues of each run's Hessian, with the run's trace ± its Hutchinson standard error named in
+    the legend (the one estimate here with a sampling error)."""
     fig = go.Figure()
     for label, (method, s) in spectra.items():
         fig.add_trace(
-            go.Bar(x=[f"λ{i + 1}" for i in range(len(s.top))], y=s.top, name=label, marker_color=_color(method))
+            go.Bar(
+                x=[f"λ{i + 1}" for i in range(len(s.top))],
+                y=s.top,
+                name=f"{label}: trace {s.trace:.3g} ± {s.trace_stderr:.2g}",
+                marker_color=_color(method),
+            )
         )
     _layout(fig, "Top Hessian eigenvalues", "rank", "eigenvalue", barmode="group")
-    return on_training_data(fig)
+    return with_error_bars(on_training_data(fig), TOP_EIGENVALUES_SPREAD)
 
 
 def eigenvalue_density(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:

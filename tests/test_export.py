@@ -154,9 +154,6 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     dpsam = rows[0]
     assert dpsam["baseline"] == "dpsgd" and dpsam["n_pairs"] == 2 and dpsam["backward_passes_ratio"] == 2
     assert dpsam["ci_low"] <= dpsam["gain_points"] <= dpsam["ci_high"]
-    low, high = dpsam["lambda_max_ratio_ci"]  # Hessians at ε = 2 for both seeds: a geometric mean and its interval
-    assert dpsam["lambda_max_ratio_pairs"] == 2 and low < dpsam["lambda_max_ratio"] < high
-    assert f"λ_max ×{dpsam['lambda_max_ratio']:.2f} (95% CI {low:.2f} to {high:.2f}, 2 seed pairs)" in dpsam["verdict"]
     low, high = dpsam["cost_ratio_spread"]  # measured by the probe on first use, then stored
     assert low <= dpsam["cost_ratio"] <= high and "compute per step (measured" in dpsam["verdict"]
     assert main(["compare", "--no-probe", "--store", str(swept.path)]) == 0
@@ -286,6 +283,6 @@ def test_the_reports_caveats_say_epsilon_is_per_run_and_what_the_intervals_cover
     per_run = html.escape(PER_RUN)
     assert page.count(per_run) == 1 and page.index(per_run) > page.index("What ε does not cover")
     assert html.escape(INTERVAL_COVERS) in page  # the runs stored their test-set size: no "only" note
-    assert html.escape(RATIO_INTERVAL) in page and "λ_max ×" in page and "2 seed pairs)" in page
+    assert html.escape(RATIO_INTERVAL) in page
     assert "seed-to-seed spread only" not in page and "seed-to-seed variation only" not in page
     assert PER_RUN not in uncovered([record("sgd", None, 0, 0.9)])  # no ε to speak of

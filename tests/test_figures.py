@@ -60,6 +60,8 @@ def test_methods_at_one_epsilon_are_dodged_apart_with_their_own_error_bars_and_t
         assert all(t.error_y.color == t.line.color == METHODS[m].color for t, m in zip(fig.data, METHODS_ORDER))
         assert list(fig.layout.xaxis.tickvals) == [1.0, 8.0]  # the ticks stay at the swept values
     acc, sharp = figures.accuracy_vs_epsilon(stats), figures.adaptive_vs_epsilon(stats)
+    # plotly never wraps a title: the Overview's half-width column cut off a longer one at a 1,100-pixel window
+    assert all(len(f.layout.title.text) <= 36 for f in (acc, sharp, figures.hessian_vs_epsilon(stats)))
     assert [list(t.x) for t in acc.data] == [list(t.x) for t in sharp.data]  # a method keeps its offset
     assert acc.data[0].error_y.array[0] == pytest.approx(100 * stats[0].accuracy_std)
     assert acc.layout.title.subtitle.text == figures.ERROR_BARS
@@ -75,6 +77,8 @@ def test_sharpness_error_bars_are_the_seed_spread_or_for_one_seed_the_traces_sta
     assert lam_sat.error_y.array[0] == 0 and lam_sat.customdata[0][3] == "1 seed: no spread"
     assert trace_sat.error_y.array[0] == 0.7 and "Hutchinson" in trace_sat.customdata[0][3]
     assert fig.layout.title.subtitle.text.startswith(figures.TRACE_ERROR_BARS)
+    (bars,) = figures.top_eigenvalues({"DP-SAT ε=2 s0": ("dpsat", spectra["t"])}).data  # one run: its trace's error
+    assert bars.name == "DP-SAT ε=2 s0: trace 50 ± 0.7" and list(bars.y) == [5.0]
 
 
 def surface(loss, center):
