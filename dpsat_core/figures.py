@@ -387,8 +387,9 @@ def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
     return on_training_data(fig, "tracks the Poisson batch sizes: ")
 
 
-# What the per-run spectrum figure's numbers carry: one run per bar group, so no spread across seeds
-TOP_EIGENVALUES_SPREAD = "one run per colour (no spread across seeds); trace ± its Hutchinson standard error"
+# What the per-run spectrum figure's numbers carry (one run per colour: no spread across seeds); short, as the
+# figure sits in a half-width column
+TOP_EIGENVALUES_SPREAD = "legend: each run's trace ± its Hutchinson standard error"
 
 
 def top_eigenvalues(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:
