@@ -23,6 +23,7 @@ from dpsat_core.compare import (
     diverged_left_out,
     diverged_note,
     interval_scope,
+    ratio_interval,
     runs_by_setting,
     setting_key,
 )
@@ -119,6 +120,7 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
             "95% CI": "–" if c.ci_points[0] is None else f"{c.ci_points[0]:+.2f} to {c.ci_points[1]:+.2f}",
             "seed pairs": c.accuracy.n_pairs,
             "backward passes ×": c.backward_passes_ratio,
+            "adaptive sharpness": "not analysed" if c.sharpness_ratio is None else ratio_interval(c.sharpness_ratio),
             "reading": conclusion(c),
         }
         for c in compared
