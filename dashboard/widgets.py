@@ -23,7 +23,6 @@ from dpsat_core.compare import (
     diverged_left_out,
     diverged_note,
     interval_scope,
-    ratio_interval,
     runs_by_setting,
     setting_key,
 )
@@ -106,6 +105,18 @@ def cell_table(stats: Sequence[CellStats]) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={**columns, "wall s / epoch": _fixed(3)})
 
 
+def _ratio_cell(c: Comparison) -> str:
+    """'1.12 (0.95 to 1.31)': a comparison's adaptive sharpness ratio and its interval, short enough for a table
+    cell; its pair count where it differs from the accuracy's."""
+    ratio = c.sharpness_ratio
+    if ratio is None:
+        return "not analysed"
+    pairs = f", {counted(ratio.n_pairs, 'pair')}" if ratio.n_pairs != c.accuracy.n_pairs else ""
+    if ratio.ci_low is None or ratio.ci_high is None:
+        return f"{ratio.ratio:.2f} (no interval{pairs or ': 1 pair'})"
+    return f"{ratio.ratio:.2f} ({ratio.ci_low:.2f} to {ratio.ci_high:.2f}{pairs})"
+
+
 def comparison_table(compared: Sequence[Comparison]) -> None:
     """One row per compared cell: paired gain in points with its 95% interval, pairs, and the reading."""
     if not compared:
@@ -120,7 +131,7 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
             "95% CI": "–" if c.ci_points[0] is None else f"{c.ci_points[0]:+.2f} to {c.ci_points[1]:+.2f}",
             "seed pairs": c.accuracy.n_pairs,
             "backward passes ×": c.backward_passes_ratio,
-            "adaptive sharpness": "not analysed" if c.sharpness_ratio is None else ratio_interval(c.sharpness_ratio),
+            "adaptive sharpness × (95% CI)": _ratio_cell(c),
             "reading": conclusion(c),
         }
         for c in compared

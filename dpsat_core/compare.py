@@ -608,18 +608,13 @@ def rho_text(c: Comparison) -> str:
     return f" (ρ={c.rho:g}{_PICK_WORDS.get(c.validation_pick or '', '')})"
 
 
-def ratio_interval(ratio: PairedRatio) -> str:
-    """'×0.91 (95% CI 0.80 to 1.04, 3 seed pairs)', worded like the accuracy interval; '×0.91 (1 seed pair, no
-    interval)' with one pair."""
+def ratio_text(what: str, ratio: PairedRatio) -> str:
+    """'λ_max ×0.91 (95% CI 0.80 to 1.04, 3 seed pairs)', worded like the accuracy interval; 'λ_max ×0.91 (1 seed
+    pair, no interval)' with one pair."""
     pairs = counted(ratio.n_pairs, "seed pair")
     if ratio.ci_low is None or ratio.ci_high is None:
-        return f"×{ratio.ratio:.2f} ({pairs}, no interval)"
-    return f"×{ratio.ratio:.2f} (95% CI {ratio.ci_low:.2f} to {ratio.ci_high:.2f}, {pairs})"
-
-
-def ratio_text(what: str, ratio: PairedRatio) -> str:
-    """'λ_max ×0.91 (95% CI 0.80 to 1.04, 3 seed pairs)': a verdict's sharpness ratio (`ratio_interval`)."""
-    return f"{what} {ratio_interval(ratio)}"
+        return f"{what} ×{ratio.ratio:.2f} ({pairs}, no interval)"
+    return f"{what} ×{ratio.ratio:.2f} (95% CI {ratio.ci_low:.2f} to {ratio.ci_high:.2f}, {pairs})"
 
 
 def verdict(c: Comparison) -> str:

@@ -273,8 +273,8 @@ def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     labels = _download_labels(at)
     charts = len(at.get("plotly_chart"))
     (table,) = [d.value for d in at.dataframe if "seed pairs" in d.value.columns]  # the paired comparisons
-    one_pair = r"×\d\.\d\d \(1 seed pair, no interval\)"  # only seed 0's runs are analysed
-    assert len(table) and all(re.fullmatch(one_pair, v) for v in table["adaptive sharpness"])
+    one_pair = r"\d\.\d\d \(no interval, 1 pair\)"  # only seed 0's runs are analysed, of two seeds
+    assert len(table) and all(re.fullmatch(one_pair, v) for v in table["adaptive sharpness × (95% CI)"])
     assert charts == 4 and all(labels.count(fmt) == charts for fmt in ("PNG", "SVG", "PDF", "HTML"))
     at = open_page("runs")
     assert {"Results CSV", "Results JSON"} <= set(_download_labels(at))
