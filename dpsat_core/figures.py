@@ -78,12 +78,17 @@ def _rho_variant(method: str, rho: float, rhos: Sequence[float]) -> int:
     return ranked.index(rho) if len(ranked) > 1 else 0
 
 
+def _line_key(c: CellStats) -> tuple[str, float, bool]:
+    """The line of `_series` a private cell is drawn on: method, ρ, and whether it was trained with σ."""
+    return (c.method, c.rho, c.noise_multiplier is not None)
+
+
 def _series(stats: Sequence[CellStats]) -> dict[str, list[CellStats]]:
     """Private cells as lines along the ε axis: one per method, ρ, and kind (target ε, or σ runs at ε spent)."""
     groups: dict[tuple, list[CellStats]] = {}
     for c in stats:
         if c.private and c.epsilon_axis is not None:
-            groups.setdefault((c.method, c.rho, c.noise_multiplier is not None), []).append(c)
+            groups.setdefault(_line_key(c), []).append(c)
     rhos = {m: {k[1] for k in groups if k[0] == m} for m, _, _ in groups}
     named = {}
     for (method, rho, by_sigma), cells in groups.items():
@@ -119,21 +124,23 @@ def with_error_bars(fig: go.Figure, bars: str) -> go.Figure:
 DODGE = 0.025
 
 
-def _dodges(stats: Sequence[CellStats]) -> dict[str, float]:
-    """Series name → the factor its ε values are multiplied by when drawn: series spread symmetrically around
-    the true ε on the log axis, in one order for every figure of these cells (a method keeps its offset)."""
-    names = list(_series(stats))
-    axis = [c.epsilon_axis for c in stats if c.private and c.epsilon_axis is not None]
+def _dodges(stats: Sequence[CellStats]) -> dict[tuple[str, float, bool], float]:
+    """`_line_key` → the factor its ε values are multiplied by when drawn: lines spread symmetrically around the
+    true ε on the log axis, in one order for every figure of these cells (a line keeps its offset even in a
+    figure where some lines have nothing to draw)."""
+    cells = [c for c in stats if c.private and c.epsilon_axis is not None]
+    keys = list(dict.fromkeys(_line_key(c) for c in cells))
+    axis = [c.epsilon_axis for c in cells]
     span = max(math.log10(max(axis) / min(axis)), 0.5) if axis else 0.5
-    middle = (len(names) - 1) / 2
-    return {name: 10 ** ((i - middle) * DODGE * span) for i, name in enumerate(names)}
+    middle = (len(keys) - 1) / 2
+    return {key: 10 ** ((i - middle) * DODGE * span) for i, key in enumerate(keys)}
 
 
 def _spread(c: CellStats, std: str) -> tuple[float, str]:
     """The error bar of a cell's point and what it is, in words for the hover."""
     value = getattr(c, std)
     if value is not None:
-        return value, f"± s.d. over {c.seeds} seeds"
+        return value, f"± std over {c.seeds} seeds"
     if std == "trace_std" and c.trace_stderr is not None:
         return c.trace_stderr, "1 seed: ± Hutchinson standard error"
     return 0.0, "1 seed: no spread"
@@ -152,7 +159,7 @@ def _add_series(
         spreads = [_spread(c, std) for c in cells]
         fig.add_trace(
             go.Scatter(
-                x=[dodges[name] * c.epsilon_axis for c in cells],
+                x=[dodges[_line_key(c)] * c.epsilon_axis for c in cells],
                 y=[scale * getattr(c, mean) for c in cells],
                 name=name,
                 mode="lines+markers",

@@ -67,12 +67,22 @@ def test_methods_at_one_epsilon_are_dodged_apart_with_their_own_error_bars_and_t
     assert acc.layout.title.subtitle.text == figures.ERROR_BARS
 
 
+def test_a_line_keeps_its_offset_in_a_figure_where_other_lines_have_nothing_to_draw():
+    runs = [record("dpsgd", 2.0, 0, 0.8, run_id="g")]
+    runs += [record("dpsat", 2.0, 0, 0.8, rho=r, run_id=f"t{r}") for r in (0.05, 0.2)]
+    adaptive = {i: AdaptiveSharpness(lambda_max=0.5, n_samples=8, n_params=4, seconds=0.1) for i in ("g", "t0.05")}
+    stats = group_runs(runs, None, adaptive)
+    acc = {t.name: t.x[0] for t in figures.accuracy_vs_epsilon(stats).data}
+    sharp = {t.name: t.x[0] for t in figures.adaptive_vs_epsilon(stats).data}  # ρ=0.2 not analysed
+    assert len(set(acc.values())) == 3 and acc["DP-SGD"] == sharp["DP-SGD"] and acc["DP-SAT ρ=0.05"] == sharp["DP-SAT"]
+
+
 def test_sharpness_error_bars_are_the_seed_spread_or_for_one_seed_the_traces_standard_error():
     runs = [record("dpsgd", 2.0, s, 0.8, run_id=f"g{s}") for s in (0, 1)] + [record("dpsat", 2.0, 0, 0.8, run_id="t")]
     spectra = {"g0": spectrum(4.0), "g1": spectrum(6.0), "t": dataclasses.replace(spectrum(5.0), trace_stderr=0.7)}
     fig = figures.hessian_vs_epsilon(group_runs(runs, spectra))
     lam_sgd, lam_sat, trace_sgd, trace_sat = fig.data
-    assert lam_sgd.error_y.array[0] == pytest.approx(math.sqrt(2)) and "s.d. over 2 seeds" in lam_sgd.customdata[0][3]
+    assert lam_sgd.error_y.array[0] == pytest.approx(math.sqrt(2)) and "std over 2 seeds" in lam_sgd.customdata[0][3]
     assert trace_sgd.error_y.array[0] == pytest.approx(10 * math.sqrt(2))  # trace = 10·λ_max in the factory
     assert lam_sat.error_y.array[0] == 0 and lam_sat.customdata[0][3] == "1 seed: no spread"
     assert trace_sat.error_y.array[0] == 0.7 and "Hutchinson" in trace_sat.customdata[0][3]
