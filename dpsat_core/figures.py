@@ -120,6 +120,8 @@ def with_error_bars(fig: go.Figure, bars: str) -> go.Figure:
     return fig.update_layout(title_subtitle_text=text, margin_t=125 if below else 95)  # room above subplot titles
 
 
+RHO_ERROR_BARS = "gain: paired 95% interval (none with one seed pair); sharpness: mean ± std over seeds"
+
 # Methods at one ε are drawn this share of the ε axis's log span apart, so equal values do not hide each other
 DODGE = 0.025
 
@@ -232,19 +234,28 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
     `comparisons` and `stats` should be of that level."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy gain over the baseline", "adaptive sharpness"))
     fig.add_hline(y=0, line_dash="dot", line_color="#888", row=1, col=1)
-    for method in dict.fromkeys(c.method for c in comparisons):
+    methods = list(dict.fromkeys(c.method for c in comparisons))
+    rhos = [c.rho for c in comparisons] or [0.0]
+    span = (max(rhos) - min(rhos)) or max(rhos) or 1.0  # a single ρ: a share of it
+    # methods at one ρ drawn a little apart (the ρ axis is linear), so one's interval does not hide another's
+    shift = {m: (i - (len(methods) - 1) / 2) * DODGE * span for i, m in enumerate(methods)}
+    true_rho = "ρ=%{customdata:.3g}<br>"
+    for method in methods:
         mine = sorted((c for c in comparisons if c.method == method), key=lambda c: c.rho)
         # error bars to the interval's ends; none with a single seed pair (no interval)
         low = [0.0 if c.ci_points[0] is None else c.gain_points - c.ci_points[0] for c in mine]
         high = [0.0 if c.ci_points[1] is None else c.ci_points[1] - c.gain_points for c in mine]
         style = _style(method)
+        color = style["line_color"]
         fig.add_trace(
             go.Scatter(
-                x=[c.rho for c in mine],
+                x=[c.rho + shift[method] for c in mine],
                 y=[c.gain_points for c in mine],
                 name=method_info(method).label,
                 mode="lines+markers",
-                error_y=dict(type="data", symmetric=False, array=high, arrayminus=low),
+                error_y=dict(type="data", symmetric=False, array=high, arrayminus=low, color=color),
+                customdata=[c.rho for c in mine],
+                hovertemplate=true_rho + "%{y:+.2f} points<extra>%{fullData.name}</extra>",
                 **style,
             ),
             row=1,
@@ -255,11 +266,13 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
         if chosen:
             fig.add_trace(
                 go.Scatter(
-                    x=[c.rho for c in chosen],
+                    x=[c.rho + shift[method] for c in chosen],
                     y=[c.gain_points for c in chosen],
                     name=f"{method_info(method).label}: {'best' if len(best) == 1 else 'tied best'} ρ by validation",
                     mode="markers",
-                    marker=dict(symbol="circle-open", size=22, line_width=2, color=style["line_color"]),
+                    marker=dict(symbol="circle-open", size=22, line_width=2, color=color),
+                    customdata=[c.rho for c in chosen],
+                    hovertemplate=true_rho + "%{y:+.2f} points<extra>%{fullData.name}</extra>",
                 ),
                 row=1,
                 col=1,
@@ -268,11 +281,14 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
         if cells:
             fig.add_trace(
                 go.Scatter(
-                    x=[c.rho for c in cells],
+                    x=[c.rho + shift[method] for c in cells],
                     y=[c.adaptive_mean for c in cells],
                     name=method_info(method).label,
                     mode="lines+markers",
                     showlegend=False,
+                    error_y=dict(type="data", array=[c.adaptive_std or 0.0 for c in cells], color=color),
+                    customdata=[c.rho for c in cells],
+                    hovertemplate=true_rho + "%{y:.3g} (mean over seeds)<extra>%{fullData.name}</extra>",
                     **style,
                 ),
                 row=1,
@@ -291,7 +307,7 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
     fig.update_yaxes(title_text="points (paired, 95% interval)", row=1, col=1)
     fig.update_yaxes(title_text="adaptive λ_max", row=1, col=2)
     _layout(fig, "ρ, the methods' own knob", "ρ", "points (paired, 95% interval)")
-    return on_training_data(fig, "adaptive sharpness: ")
+    return with_error_bars(on_training_data(fig, "adaptive sharpness: "), RHO_ERROR_BARS)
 
 
 def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D loss slices") -> go.Figure:

@@ -146,6 +146,31 @@ def test_the_rho_view_plots_the_paired_gain_and_sharpness_against_rho_and_circle
     assert [a.text for a in bare.layout.annotations if "not computed yet" in a.text]
 
 
+def test_the_rho_view_draws_methods_at_one_rho_apart_with_their_own_error_bars_and_the_true_rho_in_the_hover():
+    from dpsat_core.compare import comparisons
+
+    runs = [record("dpsgd", 2.0, s, 0.8, run_id=f"g{s}") for s in range(2)]
+    runs += [
+        record(m, 2.0, s, 0.8 + s / 100, rho=r, run_id=f"{m}{r}{s}")
+        for m in ("dpsam", "dpsat")
+        for r in (0.05, 0.2)
+        for s in range(2)
+    ]
+    adaptive = {
+        r.run_id: AdaptiveSharpness(lambda_max=1 + r.config.seed, n_samples=8, n_params=4, seconds=0.1) for r in runs
+    }
+    stats = group_runs(runs, None, adaptive)
+    fig = figures.rho_view(stats, comparisons(stats))
+    gains = [t for t in fig.data if t.xaxis == "x" and t.mode == "lines+markers"]
+    sharp = [t for t in fig.data if t.xaxis == "x2"]
+    assert [t.name for t in gains] == ["DP-SAM", "DP-SAT"]
+    assert gains[0].x[0] < 0.05 < gains[1].x[0] and gains[0].x[0] + gains[1].x[0] == pytest.approx(0.1)
+    assert [list(t.customdata) for t in gains + sharp] == [[0.05, 0.2]] * 4  # the hover's true ρ
+    assert [t.error_y.color for t in gains + sharp] == [METHODS["dpsam"].color, METHODS["dpsat"].color] * 2
+    assert list(sharp[0].error_y.array) == pytest.approx([math.sqrt(0.5)] * 2)  # std of 1 and 2 over the seeds
+    assert fig.layout.title.subtitle.text.startswith(figures.RHO_ERROR_BARS)
+
+
 def test_training_curves_draw_one_line_per_cell_the_mean_over_seeds_in_the_methods_hue():
     from dpsat_core import EpochMetrics
 
