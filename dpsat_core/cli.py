@@ -17,6 +17,7 @@ from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
 from .caveats import TRAINING_DATA, randomness_note
 from .compare import (
     Comparison,
+    PairedRatio,
     comparisons,
     describe_setting,
     diverged_left_out,
@@ -480,6 +481,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio_json(key: str, ratio: Optional[PairedRatio]) -> dict[str, Any]:
+    """`key` (the geometric mean), `key_ci` ([low, high], null with one pair) and `key_pairs`; all null when the
+    runs were not analysed."""
+    if ratio is None:
+        return {key: None, f"{key}_ci": None, f"{key}_pairs": None}
+    ci = None if ratio.ci_low is None else [ratio.ci_low, ratio.ci_high]
+    return {key: ratio.ratio, f"{key}_ci": ci, f"{key}_pairs": ratio.n_pairs}
+
+
 def _comparison_json(c: Comparison) -> dict[str, Any]:
     """One compared cell as `dpsat compare --json` prints it (keys documented in the README)."""
     low, high = c.ci_points
@@ -500,8 +510,8 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "cost_ratio_spread": None if c.cost is None else [c.cost.ratio_low, c.cost.ratio_high],
         "backward_passes_ratio": c.backward_passes_ratio,
         "releases_ratio": c.releases_ratio,
-        "lambda_max_ratio": c.lambda_max_ratio,
-        "sharpness_ratio": c.sharpness_ratio,
+        **_ratio_json("lambda_max_ratio", c.lambda_max_ratio),
+        **_ratio_json("sharpness_ratio", c.sharpness_ratio),
         "chosen_by_validation": c.chosen_by_validation,
         "validation_pick": c.validation_pick,
         "verdict": verdict(c),

@@ -127,6 +127,7 @@ class CellStats:
     lambda_max_std: Optional[float]
     trace_mean: Optional[float]
     trace_std: Optional[float]
+    trace_stderr: Optional[float]  # Hutchinson's standard error of the trace, where one seed was analysed
     adaptive_mean: Optional[float]  # adaptive (scale-invariant) λ_max
     adaptive_std: Optional[float]
     run_ids: tuple[str, ...]
@@ -204,7 +205,8 @@ def group_runs(
         eps_mean, _ = _mean_std([r.epsilon_spent for r in runs if r.epsilon_spent is not None])
         lam_by_seed = {s: spectra[r.run_id].lambda_max for s, r in by_seed.items() if r.run_id in spectra}
         lam_mean, lam_std = _mean_std(list(lam_by_seed.values()))
-        tr_mean, tr_std = _mean_std([spectra[r.run_id].trace for r in runs if r.run_id in spectra])
+        analysed = [spectra[r.run_id] for r in runs if r.run_id in spectra]
+        tr_mean, tr_std = _mean_std([spectrum.trace for spectrum in analysed])
         ad_by_seed = {s: adaptive[r.run_id].lambda_max for s, r in by_seed.items() if r.run_id in adaptive}
         ad_mean, ad_std = _mean_std(list(ad_by_seed.values()))
         out.append(
@@ -222,6 +224,7 @@ def group_runs(
                 lambda_max_std=lam_std,
                 trace_mean=tr_mean,
                 trace_std=tr_std,
+                trace_stderr=analysed[0].trace_stderr if len(analysed) == 1 else None,
                 adaptive_mean=ad_mean,
                 adaptive_std=ad_std,
                 run_ids=tuple(r.run_id for r in runs),
@@ -324,6 +327,33 @@ def paired_difference(
 
 
 @dataclass(frozen=True, kw_only=True)
+class PairedRatio:
+    """Geometric mean of paired ratios (method/baseline, one per seed) with its Student-t interval on the log
+    ratios (None with fewer than two pairs)."""
+
+    n_pairs: int
+    ratio: float
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+
+
+def paired_ratio(ratios: Sequence[float], *, confidence: float = CONFIDENCE) -> PairedRatio:
+    """exp(mean ± t_{(1+c)/2, k−1}·s/√k) of the logs of k positive paired ratios: a ratio's seed-to-seed spread is
+    multiplicative, so the interval is symmetric on the log scale and never crosses 0. One ratio: no interval."""
+    k = len(ratios)
+    if k == 0:
+        raise ValueError("no pairs to compare")
+    if any(not r > 0 or not math.isfinite(r) for r in ratios):
+        raise ValueError(f"paired ratios must be positive and finite, got {list(ratios)!r}")
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    if k < 2:
+        return PairedRatio(n_pairs=k, ratio=math.exp(mean), ci_low=None, ci_high=None)
+    half = t_quantile(k - 1, (1 + confidence) / 2) * math.sqrt(statistics.variance(logs) / k)
+    return PairedRatio(n_pairs=k, ratio=math.exp(mean), ci_low=math.exp(mean - half), ci_high=math.exp(mean + half))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Comparison:
     """A method cell against its baseline's cell at the same privacy level, paired by seed."""
 
@@ -335,8 +365,9 @@ class Comparison:
     epsilon_spent: Optional[float]
     accuracy: PairedDifference  # in accuracy fractions (0.01 = one point)
     cost: Optional[MethodCost]  # measured step cost against the baseline (a probe of this setting), if any
-    lambda_max_ratio: Optional[float]  # mean over paired seeds of λ_max(method)/λ_max(baseline)
-    sharpness_ratio: Optional[float]  # the same for adaptive (scale-invariant) λ_max
+    # λ_max(method)/λ_max(baseline) over the seeds both analysed (geometric mean, interval on the log ratios)
+    lambda_max_ratio: Optional[PairedRatio]
+    sharpness_ratio: Optional[PairedRatio]  # the same for adaptive (scale-invariant) λ_max
     backward_passes_ratio: float
     releases_ratio: float
     # where the method ran at several ρ at this level: "picked" (best validation accuracy), "tied" (shares
@@ -374,10 +405,11 @@ def _baseline_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Cell
     return None
 
 
-def _paired_ratio(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequence[int]) -> Optional[float]:
-    """Mean over the seeds both have of a[seed]/b[seed] (None when no seed has both)."""
-    both = [s for s in seeds if s in a and s in b and b[s]]
-    return statistics.fmean(a[s] / b[s] for s in both) if both else None
+def _paired_ratio(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequence[int]) -> Optional[PairedRatio]:
+    """`paired_ratio` of a[seed]/b[seed] over the seeds where both are positive (a ratio of curvatures of
+    opposite sign says nothing about flatness); None when no seed has both."""
+    both = [s for s in seeds if a.get(s, 0.0) > 0 and b.get(s, 0.0) > 0]
+    return paired_ratio([a[s] / b[s] for s in both]) if both else None
 
 
 def compare_cell(
@@ -488,6 +520,13 @@ def rho_levels(compared: Sequence[Comparison]) -> list[str]:
     return list(dict.fromkeys(level for (level, _), rhos in seen.items() if len(rhos) > 1))
 
 
+# What a sharpness ratio in a verdict is and what its interval covers (the README and the report say it so)
+RATIO_INTERVAL = (
+    "Sharpness ratios (×) are the geometric mean over seed pairs of the method's value divided by its baseline's "
+    "(pairs where both are positive), with a 95% Student-t interval on the log ratios: it covers seed-to-seed "
+    "variation of the analysed runs; with one seed pair there is no interval"
+)
+
 # What an interval of `paired_difference` covers (the README, pages and the report say it in these words)
 INTERVAL_COVERS = (
     "seed-to-seed variation plus the test set's sampling error, counted from the test examples each pair of models "
@@ -569,9 +608,18 @@ def rho_text(c: Comparison) -> str:
     return f" (ρ={c.rho:g}{_PICK_WORDS.get(c.validation_pick or '', '')})"
 
 
+def ratio_text(what: str, ratio: PairedRatio) -> str:
+    """'λ_max ×0.91 (95% CI 0.80 to 1.04, 3 seed pairs)', worded like the accuracy interval; 'λ_max ×0.91 (1 seed
+    pair, no interval)' with one pair."""
+    pairs = counted(ratio.n_pairs, "seed pair")
+    if ratio.ci_low is None or ratio.ci_high is None:
+        return f"{what} ×{ratio.ratio:.2f} ({pairs}, no interval)"
+    return f"{what} ×{ratio.ratio:.2f} (95% CI {ratio.ci_low:.2f} to {ratio.ci_high:.2f}, {pairs})"
+
+
 def verdict(c: Comparison) -> str:
     """'At ε=3, DP-SAT vs DP-SGD: +0.4 points (95% CI −1.2 to +2.0, 3 seed pairs), 1× backward passes,
-    same ε; λ_max ×0.91. No measurable accuracy difference at this size.'"""
+    same ε, λ_max ×0.91 (95% CI 0.80 to 1.04, 3 seed pairs). No measurable accuracy difference at this size.'"""
     info, base = method_info(c.method), method_info(c.baseline)
     low, high = c.ci_points
     pairs = counted(c.accuracy.n_pairs, "seed pair")
@@ -591,9 +639,9 @@ def verdict(c: Comparison) -> str:
     parts = [f"At {c.privacy}, {info.label}{rho} vs {base.label}: {c.gain_points:+.1f} points ({interval})", compute]
     parts.append(privacy)
     if c.sharpness_ratio is not None:
-        parts.append(f"adaptive sharpness ×{c.sharpness_ratio:.2f}")
+        parts.append(ratio_text("adaptive sharpness", c.sharpness_ratio))
     if c.lambda_max_ratio is not None:
-        parts.append(f"λ_max ×{c.lambda_max_ratio:.2f}")
+        parts.append(ratio_text("λ_max", c.lambda_max_ratio))
     return ", ".join(parts) + f". {conclusion(c).capitalize()}."
 
 

@@ -78,12 +78,17 @@ def _rho_variant(method: str, rho: float, rhos: Sequence[float]) -> int:
     return ranked.index(rho) if len(ranked) > 1 else 0
 
 
+def _line_key(c: CellStats) -> tuple[str, float, bool]:
+    """The line of `_series` a private cell is drawn on: method, ρ, and whether it was trained with σ."""
+    return (c.method, c.rho, c.noise_multiplier is not None)
+
+
 def _series(stats: Sequence[CellStats]) -> dict[str, list[CellStats]]:
     """Private cells as lines along the ε axis: one per method, ρ, and kind (target ε, or σ runs at ε spent)."""
     groups: dict[tuple, list[CellStats]] = {}
     for c in stats:
         if c.private and c.epsilon_axis is not None:
-            groups.setdefault((c.method, c.rho, c.noise_multiplier is not None), []).append(c)
+            groups.setdefault(_line_key(c), []).append(c)
     rhos = {m: {k[1] for k in groups if k[0] == m} for m, _, _ in groups}
     named = {}
     for (method, rho, by_sigma), cells in groups.items():
@@ -103,27 +108,84 @@ def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
     )
 
 
+# What the error bars of `_add_series` are, said under the title of every figure that draws them
+ERROR_BARS = "mean ± std over seeds (one seed: no bar)"
+TRACE_ERROR_BARS = "mean ± std over seeds; a single seed: no bar on λ_max, the trace ± its Hutchinson standard error"
+
+
+def with_error_bars(fig: go.Figure, bars: str) -> go.Figure:
+    """Put `bars` (what the error bars are) on the first line under the title, above any subtitle already there."""
+    below = fig.layout.title.subtitle.text
+    text = f"{bars}<br>{below}" if below else bars
+    return fig.update_layout(title_subtitle_text=text, margin_t=125 if below else 95)  # room above subplot titles
+
+
+RHO_ERROR_BARS = "gain: paired 95% interval (none with one seed pair); sharpness: mean ± std over seeds"
+
+# Methods at one ε are drawn this share of the ε axis's log span apart, so equal values do not hide each other
+DODGE = 0.025
+
+
+def _dodges(stats: Sequence[CellStats]) -> dict[tuple[str, float, bool], float]:
+    """`_line_key` → the factor its ε values are multiplied by when drawn: lines spread symmetrically around the
+    true ε on the log axis, in one order for every figure of these cells (a line keeps its offset even in a
+    figure where some lines have nothing to draw)."""
+    cells = [c for c in stats if c.private and c.epsilon_axis is not None]
+    keys = list(dict.fromkeys(_line_key(c) for c in cells))
+    axis = [c.epsilon_axis for c in cells]
+    span = max(math.log10(max(axis) / min(axis)), 0.5) if axis else 0.5
+    middle = (len(keys) - 1) / 2
+    return {key: 10 ** ((i - middle) * DODGE * span) for i, key in enumerate(keys)}
+
+
+def _spread(c: CellStats, std: str) -> tuple[float, str]:
+    """The error bar of a cell's point and what it is, in words for the hover."""
+    value = getattr(c, std)
+    if value is not None:
+        return value, f"± std over {c.seeds} seeds"
+    if std == "trace_std" and c.trace_stderr is not None:
+        return c.trace_stderr, "1 seed: ± Hutchinson standard error"
+    return 0.0, "1 seed: no spread"
+
+
 def _add_series(
     fig: go.Figure, stats: Sequence[CellStats], mean: str, std: str, *, scale: float = 1.0, **subplot
 ) -> None:
-    """One line per `_series` of the cells that have `mean`: mean ± std (× `scale`) along the ε axis."""
+    """One line per `_series` of the cells that have `mean`: mean ± std (× `scale`) along the ε axis, each
+    series dodged along x (`_dodges`) with its error bars in its own colour; the hover gives the true ε."""
+    dodges = _dodges(stats)
     shown = [c for c in stats if getattr(c, mean) is not None]
     for name, cells in _series(shown).items():
         rhos = [c.rho for c in shown if c.method == cells[0].method]
+        style = _style(cells[0].method, _rho_variant(cells[0].method, cells[0].rho, rhos))
+        spreads = [_spread(c, std) for c in cells]
         fig.add_trace(
             go.Scatter(
-                x=[c.epsilon_axis for c in cells],
+                x=[dodges[_line_key(c)] * c.epsilon_axis for c in cells],
                 y=[scale * getattr(c, mean) for c in cells],
                 name=name,
                 mode="lines+markers",
                 showlegend=subplot.get("col", 1) == 1,
-                error_y=dict(type="data", array=[scale * (getattr(c, std) or 0) for c in cells], visible=True),
-                customdata=[[c.seeds, c.privacy] for c in cells],
-                hovertemplate="%{customdata[1]}<br>%{y:.3g}<br>%{customdata[0]} seeds",
-                **_style(cells[0].method, _rho_variant(cells[0].method, cells[0].rho, rhos)),
+                error_y=dict(
+                    type="data",
+                    array=[scale * error for error, _ in spreads],
+                    visible=True,
+                    color=style["line_color"],
+                    thickness=1.5,
+                    width=4,
+                ),
+                customdata=[[c.privacy, _true_epsilon(c), scale * e, words] for c, (e, words) in zip(cells, spreads)],
+                hovertemplate=f"{name}<br>%{{customdata[0]}}%{{customdata[1]}}<br>%{{y:.3g}} ± %{{customdata[2]:.2g}}"
+                "<br>%{customdata[3]}<extra></extra>",
+                **style,
             ),
             **subplot,
         )
+
+
+def _true_epsilon(c: CellStats) -> str:
+    """'' for a cell at its target ε (its privacy label says it), else ' (ε spent 1.3)' for σ runs."""
+    return "" if c.target_epsilon is not None else f" (ε spent {c.epsilon_axis:.3g})"
 
 
 def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
@@ -140,7 +202,8 @@ def accuracy_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
             )
     _add_series(fig, stats, "accuracy_mean", "accuracy_std", scale=100)
     _epsilon_axis(fig, stats)
-    return _layout(fig, "Test accuracy vs privacy budget", EPSILON_TITLE, "test accuracy (%)")
+    _layout(fig, "Test accuracy vs privacy budget", EPSILON_TITLE, "test accuracy (%)")
+    return with_error_bars(fig, ERROR_BARS)
 
 
 def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
@@ -149,10 +212,11 @@ def hessian_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     _add_series(fig, stats, "lambda_max_mean", "lambda_max_std", row=1, col=1)
     _add_series(fig, stats, "trace_mean", "trace_std", row=1, col=2)
     _epsilon_axis(fig, stats)
-    fig.update_yaxes(title_text="λ_max", row=1, col=1)
-    fig.update_yaxes(title_text="trace", row=1, col=2)
-    _layout(fig, "Sharpness vs privacy budget (lower = flatter)", EPSILON_TITLE, "λ_max")
-    return on_training_data(fig)
+    fig.update_yaxes(title_text="λ_max (lower = flatter)", row=1, col=1)
+    fig.update_yaxes(title_text="trace (lower = flatter)", row=1, col=2)
+    # short titles: plotly never wraps one, and a long one is cut off in a narrow column
+    _layout(fig, "Sharpness vs privacy budget", EPSILON_TITLE, "λ_max (lower = flatter)")
+    return with_error_bars(on_training_data(fig), TRACE_ERROR_BARS)
 
 
 def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
@@ -160,8 +224,8 @@ def adaptive_vs_epsilon(stats: Sequence[CellStats]) -> go.Figure:
     fig = go.Figure()
     _add_series(fig, stats, "adaptive_mean", "adaptive_std")
     _epsilon_axis(fig, stats)
-    _layout(fig, "Adaptive sharpness vs privacy budget (lower = flatter)", EPSILON_TITLE, "adaptive λ_max")
-    return on_training_data(fig)
+    _layout(fig, "Adaptive sharpness vs privacy budget", EPSILON_TITLE, "adaptive λ_max (lower = flatter)")
+    return with_error_bars(on_training_data(fig), ERROR_BARS)
 
 
 def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> go.Figure:
@@ -170,19 +234,28 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
     `comparisons` and `stats` should be of that level."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy gain over the baseline", "adaptive sharpness"))
     fig.add_hline(y=0, line_dash="dot", line_color="#888", row=1, col=1)
-    for method in dict.fromkeys(c.method for c in comparisons):
+    methods = list(dict.fromkeys(c.method for c in comparisons))
+    rhos = [c.rho for c in comparisons] or [0.0]
+    span = (max(rhos) - min(rhos)) or max(rhos) or 1.0  # a single ρ: a share of it
+    # methods at one ρ drawn a little apart (the ρ axis is linear), so one's interval does not hide another's
+    shift = {m: (i - (len(methods) - 1) / 2) * DODGE * span for i, m in enumerate(methods)}
+    true_rho = "ρ=%{customdata:.3g}<br>"
+    for method in methods:
         mine = sorted((c for c in comparisons if c.method == method), key=lambda c: c.rho)
         # error bars to the interval's ends; none with a single seed pair (no interval)
         low = [0.0 if c.ci_points[0] is None else c.gain_points - c.ci_points[0] for c in mine]
         high = [0.0 if c.ci_points[1] is None else c.ci_points[1] - c.gain_points for c in mine]
         style = _style(method)
+        color = style["line_color"]
         fig.add_trace(
             go.Scatter(
-                x=[c.rho for c in mine],
+                x=[c.rho + shift[method] for c in mine],
                 y=[c.gain_points for c in mine],
                 name=method_info(method).label,
                 mode="lines+markers",
-                error_y=dict(type="data", symmetric=False, array=high, arrayminus=low),
+                error_y=dict(type="data", symmetric=False, array=high, arrayminus=low, color=color),
+                customdata=[c.rho for c in mine],
+                hovertemplate=true_rho + "%{y:+.2f} points<extra>%{fullData.name}</extra>",
                 **style,
             ),
             row=1,
@@ -193,11 +266,13 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
         if chosen:
             fig.add_trace(
                 go.Scatter(
-                    x=[c.rho for c in chosen],
+                    x=[c.rho + shift[method] for c in chosen],
                     y=[c.gain_points for c in chosen],
                     name=f"{method_info(method).label}: {'best' if len(best) == 1 else 'tied best'} ρ by validation",
                     mode="markers",
-                    marker=dict(symbol="circle-open", size=22, line_width=2, color=style["line_color"]),
+                    marker=dict(symbol="circle-open", size=22, line_width=2, color=color),
+                    customdata=[c.rho for c in chosen],
+                    hovertemplate=true_rho + "%{y:+.2f} points<extra>%{fullData.name}</extra>",
                 ),
                 row=1,
                 col=1,
@@ -206,11 +281,14 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
         if cells:
             fig.add_trace(
                 go.Scatter(
-                    x=[c.rho for c in cells],
+                    x=[c.rho + shift[method] for c in cells],
                     y=[c.adaptive_mean for c in cells],
                     name=method_info(method).label,
                     mode="lines+markers",
                     showlegend=False,
+                    error_y=dict(type="data", array=[c.adaptive_std or 0.0 for c in cells], color=color),
+                    customdata=[c.rho for c in cells],
+                    hovertemplate=true_rho + "%{y:.3g} (mean over seeds)<extra>%{fullData.name}</extra>",
                     **style,
                 ),
                 row=1,
@@ -229,7 +307,7 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
     fig.update_yaxes(title_text="points (paired, 95% interval)", row=1, col=1)
     fig.update_yaxes(title_text="adaptive λ_max", row=1, col=2)
     _layout(fig, "ρ, the methods' own knob", "ρ", "points (paired, 95% interval)")
-    return on_training_data(fig, "adaptive sharpness: ")
+    return with_error_bars(on_training_data(fig, "adaptive sharpness: "), RHO_ERROR_BARS)
 
 
 def slices_overlay(slices: Mapping[str, tuple[str, Slice]], *, title: str = "1D loss slices") -> go.Figure:
@@ -332,14 +410,26 @@ def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
     return on_training_data(fig, "tracks the Poisson batch sizes: ")
 
 
+# What the per-run spectrum figure's numbers carry (one run per colour: no spread across seeds); short, as the
+# figure sits in a half-width column
+TOP_EIGENVALUES_SPREAD = "legend: each run's trace ± its Hutchinson standard error"
+
+
 def top_eigenvalues(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:
+    """The top eigenvalues of each run's Hessian, with the run's trace ± its Hutchinson standard error named in
+    the legend (the one estimate here with a sampling error)."""
     fig = go.Figure()
     for label, (method, s) in spectra.items():
         fig.add_trace(
-            go.Bar(x=[f"λ{i + 1}" for i in range(len(s.top))], y=s.top, name=label, marker_color=_color(method))
+            go.Bar(
+                x=[f"λ{i + 1}" for i in range(len(s.top))],
+                y=s.top,
+                name=f"{label}: trace {s.trace:.3g} ± {s.trace_stderr:.2g}",
+                marker_color=_color(method),
+            )
         )
     _layout(fig, "Top Hessian eigenvalues", "rank", "eigenvalue", barmode="group")
-    return on_training_data(fig)
+    return with_error_bars(on_training_data(fig), TOP_EIGENVALUES_SPREAD)
 
 
 def eigenvalue_density(spectra: Mapping[str, tuple[str, HessianSpectrum]]) -> go.Figure:

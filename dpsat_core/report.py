@@ -22,6 +22,7 @@ from .analysis import analysed_cells
 from .caveats import PER_RUN, SEEDED_NOISE, TRAINING_DATA
 from .compare import (
     INTERVAL_COVERS,
+    RATIO_INTERVAL,
     CellStats,
     Comparison,
     comparisons,
@@ -176,15 +177,15 @@ def uncovered(runs: list[RunRecord]) -> str:
 
 
 def report_figures(report: Report) -> dict[str, go.Figure]:
-    out = {"Accuracy vs ε": figures.accuracy_vs_epsilon(report.stats)}
+    """The report's figures, each saying what its error bars are; the caveats say once what ε does not cover,
+    so no figure repeats it."""
+    out = {"Accuracy vs ε": (figures.accuracy_vs_epsilon(report.stats), figures.ERROR_BARS)}
     if any(c.adaptive_mean is not None for c in report.stats):
-        out["Adaptive sharpness vs ε"] = figures.adaptive_vs_epsilon(report.stats)
+        out["Adaptive sharpness vs ε"] = (figures.adaptive_vs_epsilon(report.stats), figures.ERROR_BARS)
     if any(c.lambda_max_mean is not None for c in report.stats):
-        out["Sharpness vs ε"] = figures.hessian_vs_epsilon(report.stats)
-    out["Wall time of the runs"] = figures.cost_per_epoch(report.stats)
-    for fig in out.values():  # the caveats say once what ε does not cover; no figure repeats it
-        fig.update_layout(title_subtitle_text=None)
-    return out
+        out["Sharpness vs ε"] = (figures.hessian_vs_epsilon(report.stats), figures.TRACE_ERROR_BARS)
+    out["Wall time of the runs"] = (figures.cost_per_epoch(report.stats), None)
+    return {title: fig.update_layout(title_subtitle_text=bars) for title, (fig, bars) in out.items()}
 
 
 def bottom_line_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
@@ -315,7 +316,7 @@ Privacy cost: every method is held to the same budget ε.</small></p>
 {f"<p>Non-private reference:</p><ul>{ceiling}</ul>" if ceiling else ""}
 <p class="caveat"><strong>Caveat.</strong> {e(report.caveat)}</p>
 <p class="caveat"><strong>What ε does not cover.</strong> {e(report.uncovered)}</p>
-<p>{e(MEASURES)}</p>
+<p>{e(MEASURES)} {e(RATIO_INTERVAL)}.</p>
 {"".join(parts)}
 {audit_section(report.audits)}
 </body></html>"""

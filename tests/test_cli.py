@@ -1,5 +1,6 @@
 import gzip
 import json
+import math
 import os
 import pickle
 import re
@@ -295,6 +296,32 @@ def test_compare_counts_the_test_set_error_and_starts_with_the_setting(tmp_path,
     assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["n_test"] == 360 and row["ci_low"] < 0 < row["ci_high"] and row["exact_test_pairs"] == 0
+
+
+def test_compare_prints_sharpness_ratios_with_their_interval(tmp_path, capsys):
+    from scipy import stats
+
+    from tests.factories import store_default_analyses, summary
+
+    store = RunStore(tmp_path / "runs.db")
+    curvature = {("dpsgd", 0): 2.0, ("dpsat", 0): 1.6, ("dpsgd", 1): 3.0, ("dpsat", 1): 2.7, ("dpsgd", 2): 1.0}
+    for (method, seed), lam in curvature.items():
+        config = TrainConfig(method=method, epsilon=3.0, seed=seed, epochs=1).normalized()
+        run_id = store.create_run(config)
+        store.finish(run_id, summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0), {})
+        store_default_analyses(store, run_id, lam)
+    assert main(["compare", "--no-probe", "--store", str(store.path)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    ratios = [0.8, 0.9]  # DP-SAT/DP-SGD at seeds 0 and 1 (seed 2 has no DP-SAT run): t with 1 degree of freedom
+    half = stats.t.ppf(0.975, 1) * abs(math.log(0.8) - math.log(0.9)) / 2
+    middle = math.fsum(map(math.log, ratios)) / 2
+    interval = f"{math.exp(middle):.2f} (95% CI {math.exp(middle - half):.2f} to {math.exp(middle + half):.2f}, 2 seed"
+    assert f"adaptive sharpness ×{interval} pairs)" in line and f"λ_max ×{interval} pairs)" in line
+    assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["sharpness_ratio"] == pytest.approx(math.exp(middle)) and row["sharpness_ratio_pairs"] == 2
+    assert row["sharpness_ratio_ci"] == pytest.approx([math.exp(middle - half), math.exp(middle + half)])
+    assert row["lambda_max_ratio_ci"] == pytest.approx(row["sharpness_ratio_ci"])
 
 
 AUDIT = ("audit", "--dataset", "breast_cancer", "--method", "dpsat", "--sigma", "1", "--epochs", "1")

@@ -19,11 +19,14 @@ from dpsat_core.compare import (
     interval_note,
     interval_scope,
     paired_difference,
+    paired_ratio,
+    ratio_text,
     setting_key,
     validation_picks,
     verdict,
 )
 from dpsat_core.correctness import pack_correct
+from dpsat_core.results import AdaptiveSharpness
 from tests.factories import record, spectrum
 
 
@@ -286,8 +289,50 @@ def test_two_settings_never_read_the_same():
 def test_lambda_max_ratio_is_paired_by_seed():
     runs = [record("dpsgd", 2.0, 0, 0.80, run_id="a"), record("dpsat", 2.0, 0, 0.85, run_id="b")]
     (c,) = comparisons(group_runs(runs, {"a": spectrum(10.0), "b": spectrum(8.0)}))
-    assert c.lambda_max_ratio == pytest.approx(0.8) and "λ_max ×0.80" in verdict(c)
+    assert c.lambda_max_ratio.ratio == pytest.approx(0.8) and c.lambda_max_ratio.ci_low is None
+    assert "λ_max ×0.80 (1 seed pair, no interval)" in verdict(c)
     assert c.backward_passes_ratio == 1 and c.releases_ratio == 1
+
+
+def test_the_ratio_interval_is_a_t_interval_on_the_log_ratios():
+    ratios = [1.31, 0.94, 1.12, 1.05]
+    got = paired_ratio(ratios)
+    logs = np.log(ratios)
+    half = scipy_stats.t.ppf(0.975, len(ratios) - 1) * logs.std(ddof=1) / math.sqrt(len(ratios))
+    assert got.n_pairs == 4 and got.ratio == pytest.approx(math.exp(logs.mean()))
+    assert (got.ci_low, got.ci_high) == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
+    assert got.ci_low < got.ratio < got.ci_high
+    # the log scale makes a ratio and its reciprocal mirror images: ×2 and ×0.5 have reciprocal intervals
+    up, down = paired_ratio([2.0, 2.2, 1.8]), paired_ratio([1 / 2.0, 1 / 2.2, 1 / 1.8])
+    assert (down.ci_low, down.ci_high) == pytest.approx((1 / up.ci_high, 1 / up.ci_low))
+    single = paired_ratio([1.22])
+    assert single.ratio == pytest.approx(1.22) and single.ci_low is None and single.ci_high is None
+    with pytest.raises(ValueError, match="positive"):
+        paired_ratio([1.1, -0.5])
+    with pytest.raises(ValueError, match="no pairs"):
+        paired_ratio([])
+
+
+def _adaptive(lam):
+    return AdaptiveSharpness(lambda_max=lam, n_samples=100, n_params=10, seconds=0.1)
+
+
+def test_sharpness_ratios_in_the_verdict_carry_their_interval_and_pair_count():
+    lam = {0: (4.0, 5.0), 1: (3.0, 3.3), 2: (2.0, 2.6)}  # seed: (DP-SGD, DP-SAT)
+    runs = [record(m, 2.0, s, 0.8, run_id=f"{m}{s}") for s in lam for m in ("dpsgd", "dpsat")]
+    adaptive = {f"{m}{s}": _adaptive(lam[s][i]) for s in lam for i, m in enumerate(("dpsgd", "dpsat"))}
+    spectra = {f"dpsgd{s}": spectrum(lam[s][0]) for s in lam} | {f"dpsat{s}": spectrum(2 * lam[s][1]) for s in lam}
+    (c,) = comparisons(group_runs(runs, spectra, adaptive))
+    expected = paired_ratio([b / a for a, b in lam.values()])
+    assert c.sharpness_ratio == expected and c.sharpness_ratio.n_pairs == 3
+    assert c.lambda_max_ratio.ratio == pytest.approx(2 * expected.ratio)
+    interval = f"95% CI {expected.ci_low:.2f} to {expected.ci_high:.2f}, 3 seed pairs"
+    shown = f"adaptive sharpness ×{expected.ratio:.2f} ({interval})"
+    assert shown in verdict(c) and ratio_text("adaptive sharpness", expected) == shown
+    # a seed whose curvature is not positive leaves the ratio, and the pair count says so
+    adaptive["dpsat2"] = _adaptive(-0.1)
+    (c,) = comparisons(group_runs(runs, spectra, adaptive))
+    assert c.sharpness_ratio.n_pairs == 2 and "3 seed pairs" in verdict(c) and ", 2 seed pairs)" in verdict(c)
 
 
 def test_settings_separate_incomparable_runs_and_the_default_epsilon_is_the_best_covered():

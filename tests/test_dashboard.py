@@ -89,12 +89,10 @@ def test_overview_shows_the_verdict(populated, monkeypatch):
     at = open_page("overview")
     verdicts = [m.value for m in at.markdown if "vs DP-SGD" in m.value]
     assert verdicts and verdicts[0].startswith("- At ε=3, DP-SAT (ρ=0.05) vs DP-SGD:")
-    assert (
-        "95% CI" in verdicts[0]
-        and "2 seed pairs" in verdicts[0]
-        and "λ_max ×" in verdicts[0]
-        and "same ε" in verdicts[0]
-    )
+    assert "95% CI" in verdicts[0] and "2 seed pairs" in verdicts[0] and "same ε" in verdicts[0]
+    # only seed 0's runs are analysed: one seed pair, so the ratios say they have no interval
+    assert re.search(r"adaptive sharpness ×\d\.\d\d \(1 seed pair, no interval\)", verdicts[0]), verdicts[0]
+    assert re.search(r"λ_max ×\d\.\d\d \(1 seed pair, no interval\)", verdicts[0]), verdicts[0]
     # one budget trained: no slider with a single stop, a line saying which ε is shown
     assert not at.select_slider and any("the only budget trained so far" in c.value for c in at.caption)
     # under the verdicts: what the intervals cover (the runs stored which test examples they got right: the
@@ -279,6 +277,9 @@ def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     at = open_page("privacy_utility")
     labels = _download_labels(at)
     charts = len(at.get("plotly_chart"))
+    (table,) = [d.value for d in at.dataframe if "seed pairs" in d.value.columns]  # the paired comparisons
+    one_pair = r"\d\.\d\d \(no interval, 1 pair\)"  # only seed 0's runs are analysed, of two seeds
+    assert len(table) and all(re.fullmatch(one_pair, v) for v in table["adaptive sharpness × (95% CI)"])
     assert charts == 4 and all(labels.count(fmt) == charts for fmt in ("PNG", "SVG", "PDF", "HTML"))
     at = open_page("runs")
     assert {"Results CSV", "Results JSON"} <= set(_download_labels(at))

@@ -111,10 +111,16 @@ def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
     assert html.escape(report.privacy_notes[0]) in page and "read nothing private" in report.privacy_notes[0]
 
 
-def test_every_report_figure_labels_its_axes(swept):
-    for title, fig in report_figures(build_report(swept)).items():
+def test_every_report_figure_labels_its_axes_and_says_what_its_error_bars_are(swept):
+    from dpsat_core.caveats import TRAINING_DATA
+
+    drawn = report_figures(build_report(swept))
+    for title, fig in drawn.items():
         axes = [k for k in fig.layout.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]
         assert axes and all(fig.layout[k].title.text for k in axes), title
+        assert TRAINING_DATA not in (fig.layout.title.subtitle.text or ""), title  # the caveats say it once
+    assert drawn["Accuracy vs ε"].layout.title.subtitle.text == figures.ERROR_BARS
+    assert not drawn["Wall time of the runs"].layout.title.subtitle.text  # bars, not points with a spread
 
 
 def test_without_chromium_images_explain_the_fix_and_html_csv_still_work(swept, figure, tmp_path, monkeypatch):
@@ -137,6 +143,7 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     keys = {"method", "baseline", "target_epsilon", "epsilon_spent", "rho", "n_pairs", "gain_points", "ci_low"}
     keys |= {"ci_high", "cost_ratio", "cost_ratio_spread", "backward_passes_ratio", "sharpness_ratio", "verdict"}
+    keys |= {"sharpness_ratio_ci", "sharpness_ratio_pairs", "lambda_max_ratio", "lambda_max_ratio_ci"}
     assert all(keys <= set(row) for row in rows)
     assert [(r["method"], r["target_epsilon"]) for r in rows] == [
         ("dpsam", 2.0),
@@ -268,7 +275,7 @@ def test_the_report_says_once_what_epsilon_does_not_cover(swept):
 
 def test_the_reports_caveats_say_epsilon_is_per_run_and_what_the_intervals_cover(swept):
     from dpsat_core.caveats import PER_RUN
-    from dpsat_core.compare import INTERVAL_COVERS
+    from dpsat_core.compare import INTERVAL_COVERS, RATIO_INTERVAL
     from dpsat_core.report import uncovered
     from tests.factories import record
 
@@ -276,5 +283,6 @@ def test_the_reports_caveats_say_epsilon_is_per_run_and_what_the_intervals_cover
     per_run = html.escape(PER_RUN)
     assert page.count(per_run) == 1 and page.index(per_run) > page.index("What ε does not cover")
     assert html.escape(INTERVAL_COVERS) in page  # the runs stored their test-set size: no "only" note
+    assert html.escape(RATIO_INTERVAL) in page
     assert "seed-to-seed spread only" not in page and "seed-to-seed variation only" not in page
     assert PER_RUN not in uncovered([record("sgd", None, 0, 0.9)])  # no ε to speak of

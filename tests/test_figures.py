@@ -1,10 +1,14 @@
 import dataclasses
+import math
 
 import plotly.graph_objects as go
+import pytest
 
 from dpsat_core import METHODS, AdaptiveSharpness, Slice, Surface, figures
 from dpsat_core.compare import group_runs
 from tests.factories import record, spectrum
+
+METHODS_ORDER = ("dpsgd", "dpsam", "dpsat")
 
 
 def test_figures_use_the_method_table_colours_and_names():
@@ -37,7 +41,54 @@ def test_methods_that_coincide_stay_visible_and_sigma_runs_are_drawn_as_private(
     a, b = traces["DP-SGD"], traces["DP-SAT"]
     assert (a.line.dash, a.marker.symbol) != (b.line.dash, b.marker.symbol)
     sigma = traces["DP-SGD (σ runs, at ε spent)"]
-    assert list(sigma.x) == [1.3] and list(sigma.y) == [70.0]
+    assert sigma.x[0] == pytest.approx(1.3, rel=0.1) and list(sigma.y) == [70.0]
+    assert list(sigma.customdata[0][:2]) == ["σ=2", " (ε spent 1.3)"]  # the hover gives the true ε, not the dodged x
+
+
+def test_methods_at_one_epsilon_are_dodged_apart_with_their_own_error_bars_and_the_true_epsilon_in_the_hover():
+    runs = [record(m, e, s, 0.8 + 0.01 * s) for m in ("dpsgd", "dpsam", "dpsat") for e in (1.0, 8.0) for s in (0, 1)]
+    adaptive = {r.run_id: AdaptiveSharpness(lambda_max=0.5, n_samples=8, n_params=4, seconds=0.1) for r in runs}
+    stats = group_runs(runs, None, adaptive)
+    for fig in (figures.accuracy_vs_epsilon(stats), figures.adaptive_vs_epsilon(stats)):
+        sgd, sam, sat = fig.data
+        for eps, i in ((1.0, 0), (8.0, 1)):
+            xs = [t.x[i] for t in (sgd, sam, sat)]
+            assert xs[0] < xs[1] < xs[2] and xs[1] == pytest.approx(eps)  # registry order, centred on the true ε
+            assert xs[0] * xs[2] == pytest.approx(eps**2)  # symmetric on the log axis
+            assert 1.03 < xs[2] / xs[1] < 1.15  # apart, but nowhere near the next swept ε
+        assert [t.customdata[1][0] for t in (sgd, sam, sat)] == ["ε=8"] * 3
+        assert all(t.error_y.color == t.line.color == METHODS[m].color for t, m in zip(fig.data, METHODS_ORDER))
+        assert list(fig.layout.xaxis.tickvals) == [1.0, 8.0]  # the ticks stay at the swept values
+    acc, sharp = figures.accuracy_vs_epsilon(stats), figures.adaptive_vs_epsilon(stats)
+    # plotly never wraps a title: the Overview's half-width column cut off a longer one at a 1,100-pixel window
+    assert all(len(f.layout.title.text) <= 36 for f in (acc, sharp, figures.hessian_vs_epsilon(stats)))
+    assert [list(t.x) for t in acc.data] == [list(t.x) for t in sharp.data]  # a method keeps its offset
+    assert acc.data[0].error_y.array[0] == pytest.approx(100 * stats[0].accuracy_std)
+    assert acc.layout.title.subtitle.text == figures.ERROR_BARS
+
+
+def test_a_line_keeps_its_offset_in_a_figure_where_other_lines_have_nothing_to_draw():
+    runs = [record("dpsgd", 2.0, 0, 0.8, run_id="g")]
+    runs += [record("dpsat", 2.0, 0, 0.8, rho=r, run_id=f"t{r}") for r in (0.05, 0.2)]
+    adaptive = {i: AdaptiveSharpness(lambda_max=0.5, n_samples=8, n_params=4, seconds=0.1) for i in ("g", "t0.05")}
+    stats = group_runs(runs, None, adaptive)
+    acc = {t.name: t.x[0] for t in figures.accuracy_vs_epsilon(stats).data}
+    sharp = {t.name: t.x[0] for t in figures.adaptive_vs_epsilon(stats).data}  # ρ=0.2 not analysed
+    assert len(set(acc.values())) == 3 and acc["DP-SGD"] == sharp["DP-SGD"] and acc["DP-SAT ρ=0.05"] == sharp["DP-SAT"]
+
+
+def test_sharpness_error_bars_are_the_seed_spread_or_for_one_seed_the_traces_standard_error():
+    runs = [record("dpsgd", 2.0, s, 0.8, run_id=f"g{s}") for s in (0, 1)] + [record("dpsat", 2.0, 0, 0.8, run_id="t")]
+    spectra = {"g0": spectrum(4.0), "g1": spectrum(6.0), "t": dataclasses.replace(spectrum(5.0), trace_stderr=0.7)}
+    fig = figures.hessian_vs_epsilon(group_runs(runs, spectra))
+    lam_sgd, lam_sat, trace_sgd, trace_sat = fig.data
+    assert lam_sgd.error_y.array[0] == pytest.approx(math.sqrt(2)) and "std over 2 seeds" in lam_sgd.customdata[0][3]
+    assert trace_sgd.error_y.array[0] == pytest.approx(10 * math.sqrt(2))  # trace = 10·λ_max in the factory
+    assert lam_sat.error_y.array[0] == 0 and lam_sat.customdata[0][3] == "1 seed: no spread"
+    assert trace_sat.error_y.array[0] == 0.7 and "Hutchinson" in trace_sat.customdata[0][3]
+    assert fig.layout.title.subtitle.text.startswith(figures.TRACE_ERROR_BARS)
+    (bars,) = figures.top_eigenvalues({"DP-SAT ε=2 s0": ("dpsat", spectra["t"])}).data  # one run: its trace's error
+    assert bars.name == "DP-SAT ε=2 s0: trace 50 ± 0.7" and list(bars.y) == [5.0]
 
 
 def surface(loss, center):
@@ -93,6 +144,31 @@ def test_the_rho_view_plots_the_paired_gain_and_sharpness_against_rho_and_circle
     assert not [a for a in fig.layout.annotations if "not computed yet" in a.text]
     bare = figures.rho_view(group_runs(runs), compared)  # before the analysis: the empty panel says why
     assert [a.text for a in bare.layout.annotations if "not computed yet" in a.text]
+
+
+def test_the_rho_view_draws_methods_at_one_rho_apart_with_their_own_error_bars_and_the_true_rho_in_the_hover():
+    from dpsat_core.compare import comparisons
+
+    runs = [record("dpsgd", 2.0, s, 0.8, run_id=f"g{s}") for s in range(2)]
+    runs += [
+        record(m, 2.0, s, 0.8 + s / 100, rho=r, run_id=f"{m}{r}{s}")
+        for m in ("dpsam", "dpsat")
+        for r in (0.05, 0.2)
+        for s in range(2)
+    ]
+    adaptive = {
+        r.run_id: AdaptiveSharpness(lambda_max=1 + r.config.seed, n_samples=8, n_params=4, seconds=0.1) for r in runs
+    }
+    stats = group_runs(runs, None, adaptive)
+    fig = figures.rho_view(stats, comparisons(stats))
+    gains = [t for t in fig.data if t.xaxis == "x" and t.mode == "lines+markers"]
+    sharp = [t for t in fig.data if t.xaxis == "x2"]
+    assert [t.name for t in gains] == ["DP-SAM", "DP-SAT"]
+    assert gains[0].x[0] < 0.05 < gains[1].x[0] and gains[0].x[0] + gains[1].x[0] == pytest.approx(0.1)
+    assert [list(t.customdata) for t in gains + sharp] == [[0.05, 0.2]] * 4  # the hover's true ρ
+    assert [t.error_y.color for t in gains + sharp] == [METHODS["dpsam"].color, METHODS["dpsat"].color] * 2
+    assert list(sharp[0].error_y.array) == pytest.approx([math.sqrt(0.5)] * 2)  # std of 1 and 2 over the seeds
+    assert fig.layout.title.subtitle.text.startswith(figures.RHO_ERROR_BARS)
 
 
 def test_training_curves_draw_one_line_per_cell_the_mean_over_seeds_in_the_methods_hue():
@@ -183,4 +259,4 @@ def test_every_figure_of_training_data_says_so_and_the_others_do_not():
     assert "Poisson batch sizes" in labelled["wall time"].layout.title.subtitle.text
     # test accuracy and ε are measured on held-out rows or accounted: no label
     for fig in (figures.accuracy_vs_epsilon(stats), figures.training_curves(runs), figures.epsilon_over_epochs(runs)):
-        assert not fig.layout.title.subtitle.text
+        assert TRAINING_DATA not in (fig.layout.title.subtitle.text or "")
