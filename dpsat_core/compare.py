@@ -548,15 +548,15 @@ def _test_term(c: Comparison) -> Optional[str]:
 
 
 def interval_note(c: Comparison) -> str:
-    """', seed-to-seed spread only (…)' for an interval without the test-set term, ', test-set term a floor (…)'
-    for one whose runs did not all store their per-example results, else ''."""
+    """'; seed-to-seed spread only, …' for an interval without the test-set term, '; test-set term a floor, …'
+    for one whose runs did not all store their per-example results, else '' (no brackets: it goes inside one)."""
     if c.accuracy.ci_low is None:
         return ""
     term = _test_term(c)
     if term is None:
-        return ", seed-to-seed spread only (runs stored without their test-set size)"
+        return "; seed-to-seed spread only, as the runs were stored without their test-set size"
     if term == "floor":
-        return ", test-set term a floor (runs stored without their per-example results)"
+        return "; test-set term a floor, as the runs were stored without their per-example results"
     return ""
 
 

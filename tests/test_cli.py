@@ -290,7 +290,7 @@ def test_compare_counts_the_test_set_error_and_starts_with_the_setting(tmp_path,
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert err == "" and lines[0].startswith("setting ") and len(lines) == 3
-    assert "2 seed pairs, test-set term a floor" in lines[1]  # stored without which test examples each got right
+    assert "2 seed pairs; test-set term a floor" in lines[1]  # stored without which test examples each got right
     assert lines[1].endswith("No measurable accuracy difference at this size.")
     assert "seed-to-seed variation plus at least the test set's sampling error" in lines[2]
     assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0

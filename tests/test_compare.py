@@ -72,7 +72,7 @@ def test_one_test_example_of_difference_is_not_measurable_once_the_test_set_erro
     assert "seed-to-seed spread only" not in verdict(c)
     (old,) = comparisons(group_runs(_one_example_worse(None)))  # stored before n_test: the seed term alone, said
     assert old.accuracy.n_test is None and old.accuracy.ci_low == pytest.approx(old.accuracy.ci_high)
-    assert "seed-to-seed spread only (runs stored without their test-set size)" in verdict(old)
+    assert "seed-to-seed spread only, as the runs were stored without their test-set size" in verdict(old)
     assert "1 comparison rests on runs stored before" in interval_scope([old])
 
 
@@ -119,7 +119,7 @@ def test_a_large_consistent_difference_stays_measurable():
         "were kept: there the test-set term is a floor (the models may disagree on more examples than their "
         "accuracies imply), so the interval may be too narrow (retrain to count them)."
     )
-    assert "test-set term a floor (runs stored without their per-example results)" in verdict(c)
+    assert "test-set term a floor, as the runs were stored without their per-example results" in verdict(c)
 
 
 def _scored(method, seed, correct, n_test=None):
@@ -156,7 +156,7 @@ def test_the_test_set_term_counts_the_examples_the_paired_models_disagree_on():
     (mixed,) = comparisons(group_runs([*runs, record("dpsat", 3.0, 1, 0.5)]))
     assert mixed.accuracy.exact_pairs == 1  # seed 1 has d = 0, so its floor is 0: half the counted seed-0 term
     assert mixed.accuracy.test_error == pytest.approx(math.sqrt((0.5 - 0.01) / 10) / 2)
-    assert interval_note(mixed) == ", test-set term a floor (runs stored without their per-example results)"
+    assert interval_note(mixed) == "; test-set term a floor, as the runs were stored without their per-example results"
     assert "1 comparison rests on runs stored before their per-example test results were kept" in interval_scope(
         [c, mixed]
     )
