@@ -1,30 +1,15 @@
 """Data: pick a built-in data set or upload a CSV/NPZ (and its schema); preview it; say what ε covers of its
 preprocessing; every problem explained here."""
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import (
-    current_dataset,
-    forget_upload,
-    keep_schema,
-    keep_upload,
-    kept_upload,
-    opens_on_upload,
-    reopen_upload,
-    save_schema,
-    save_upload,
-    shown_source,
-)
+from dashboard.state import current_dataset, opens_on_upload, shown_source
+from dashboard.upload_picker import upload_picker
 from dashboard.widgets import plain_text, show_error
 from dpsat_core import BUILTIN_DATASETS, DpsatError, TrainConfig, default_delta, load_dataset
 from dpsat_core.caveats import DELTA_WHY
-from dpsat_core.data import DEFAULT_SIZES, FILE_TYPES
-from dpsat_core.serve import SERVER_OPTIONS
-
-MAX_UPLOAD_MB = SERVER_OPTIONS["server.maxUploadSize"]
+from dpsat_core.data import DEFAULT_SIZES
 
 st.title("Data")
 chosen_before = current_dataset()
@@ -40,51 +25,7 @@ if kind == "Built-in":
     if source in DEFAULT_SIZES:
         size = int(st.number_input("Examples to generate", 200, 100_000, DEFAULT_SIZES[source], key="data-size"))
 else:
-    # No `type=`: Streamlit would raise on a forged name (a NUL byte) before this page runs; `save_upload`
-    # checks the name and the type and answers in one message.
-    upload = st.file_uploader(
-        f"CSV (with a header row) or NPZ with arrays x and y ({', '.join(FILE_TYPES)}), ≤ {MAX_UPLOAD_MB} MB",
-        max_upload_size=MAX_UPLOAD_MB,
-        key="data-upload",
-    )
-    if upload is not None:
-        try:
-            received = save_upload(upload.name, upload.getvalue())
-        except DpsatError as exc:
-            show_error(exc)
-            st.stop()
-        keep_upload(received.path)
-    else:
-        earlier = reopen_upload()
-        if earlier is None:
-            st.info("Upload a file to check and preview it. Nothing leaves this machine.")
-            st.stop()
-        received = earlier
-        note, clear = st.columns([5, 1])
-        note.caption(f"Your earlier upload: **{plain_text(received.path.name)}** (kept for this session).")
-        clear.button("Clear", key="data-upload-clear", on_click=forget_upload)
-    source = str(received.path)
-    if received.preview is not None:
-        st.dataframe(received.preview, hide_index=True)
-        columns = [str(c) for c in received.preview.columns]
-        same = chosen_before["source"] == source and chosen_before["target"] in columns
-        opened = columns.index(chosen_before["target"]) if same else len(columns) - 1
-        target = st.selectbox("Target (label) column", columns, index=opened, key="data-target")
-    schema_upload = st.file_uploader(
-        "Schema (optional, JSON or TOML): public column bounds, category levels and classes, so that scaling "
-        "reads nothing private (format in the README)",
-        key="data-schema",
-    )
-    if schema_upload is not None:
-        try:
-            schema = str(save_schema(schema_upload.name, schema_upload.getvalue()))
-        except DpsatError as exc:
-            show_error(exc)
-            st.stop()
-        keep_schema(schema)
-    elif upload is None and (kept_upload() or {}).get("schema"):  # back on the page: the schema given with it
-        schema = kept_upload()["schema"]
-        st.caption(f"Schema from earlier: **{plain_text(Path(schema).name)}**.")
+    source, target, schema = upload_picker(chosen_before)
 
 try:
     data = load_dataset(
