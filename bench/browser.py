@@ -28,9 +28,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(store: Path, *, app: Optional[Path] = None, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start a server (the dashboard, or `app`) on `store` and yield (url, process) once `/_stcore/health` is ok."""
-    port = free_port()
+def served(
+    store: Path, *, app: Optional[Path] = None, port: Optional[int] = None, timeout: float = 120
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start a server (the dashboard, or `app`) on `store` (on `port`, else a free one) and yield (url, process) once
+    `/_stcore/health` is ok."""
+    port = port or free_port()
     command = streamlit_command(port=port)
     if app is not None:
         command[4] = str(app)  # `python -m streamlit run <app> …`: the same options for a reference app
@@ -60,13 +63,17 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
 
 
-def cold_title_seconds(browser, store: Path, *, title: str = TITLE, app: Optional[Path] = None) -> float:
-    """Seconds from starting a new server process to `title` visible in a new Chromium tab."""
+def cold_title_seconds(
+    browser, store: Path, *, title: str = TITLE, app: Optional[Path] = None, context=None, port: Optional[int] = None
+) -> float:
+    """Seconds from starting a new server process to `title` visible in a new Chromium tab: of a fresh browser
+    context (nothing cached), or of `context` on a fixed `port`, where a returning user's browser has Streamlit's
+    hashed bundles cached from an earlier visit to the same address."""
     from playwright.sync_api import expect
 
-    page = browser.new_page()
+    page = (context or browser).new_page()
     start = time.perf_counter()
-    with served(store, app=app) as (url, _):
+    with served(store, app=app, port=port) as (url, _):
         page.goto(url)
         expect(page.get_by_text(title)).to_be_visible(timeout=120_000)
         seconds = time.perf_counter() - start
