@@ -134,9 +134,14 @@ def test_after_the_one_click_comparison_all_three_overview_panels_are_filled(tmp
     import dashboard.actions as actions
 
     small = SweepSpec(
-        base=TrainConfig(dataset="digits", epochs=1), methods=("sgd", "dpsgd", "dpsat"), epsilons=(3.0,), seeds=(0,)
+        base=TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64),
+        methods=("sgd", "dpsgd", "dpsat"),
+        epsilons=(3.0,),
+        seeds=(0,),
     )
     monkeypatch.setattr(actions, "default_comparison", lambda dataset="digits": small)  # the real one takes minutes
+    # trained in the job's own process: no worker pool (the Train-page job test covers a page's pool sweep)
+    monkeypatch.setattr(actions, "default_workers", lambda: 1)
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
     at = open_page("overview")
     at.button(key="overview-default").click().run()
