@@ -355,7 +355,10 @@ def test_an_uploaded_csv_with_text_in_a_numeric_column_is_explained(tmp_path, mo
 
 @ON_POPULATED
 def test_a_diverging_run_fails_its_job_with_the_reason_and_keeps_earlier_runs(populated, tmp_path, monkeypatch):
-    from dashboard.actions import start_sweep
+    import dashboard.actions as actions
+
+    # trained in the job's own process: no worker pool (a pool cell's reason is checked in test_sweeps)
+    monkeypatch.setattr(actions, "default_workers", lambda: 1)
 
     db = tmp_path / "copy.db"
     db.write_bytes(populated.read_bytes())
@@ -364,7 +367,7 @@ def test_a_diverging_run_fails_its_job_with_the_reason_and_keeps_earlier_runs(po
     spec = SweepSpec(
         base=TrainConfig(dataset="digits", epochs=1, lr=1e38), methods=("dpsgd",), epsilons=(3.0,), seeds=(0,)
     )
-    view = get_jobs().wait(start_sweep(spec), timeout=120)
+    view = get_jobs().wait(actions.start_sweep(spec), timeout=120)
     assert view.status == "failed" and "diverged" in view.error and "lower lr" in view.error
     assert len(RunStore(db).list_runs(status="done")) == before
     at = open_page("train")
