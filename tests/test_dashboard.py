@@ -137,9 +137,14 @@ def test_after_the_one_click_comparison_all_three_overview_panels_are_filled(tmp
     import dashboard.actions as actions
 
     small = SweepSpec(
-        base=TrainConfig(dataset="digits", epochs=1), methods=("sgd", "dpsgd", "dpsat"), epsilons=(3.0,), seeds=(0,)
+        base=TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64),
+        methods=("sgd", "dpsgd", "dpsat"),
+        epsilons=(3.0,),
+        seeds=(0,),
     )
     monkeypatch.setattr(actions, "default_comparison", lambda dataset="digits": small)  # the real one takes minutes
+    # trained in the job's own process: no worker pool (the Train-page job test covers a page's pool sweep)
+    monkeypatch.setattr(actions, "default_workers", lambda: 1)
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
     at = open_page("overview")
     at.button(key="overview-default").click().run()
@@ -390,7 +395,10 @@ def test_an_uploaded_csv_with_text_in_a_numeric_column_is_explained(tmp_path, mo
 
 @ON_POPULATED
 def test_a_diverging_run_fails_its_job_with_the_reason_and_keeps_earlier_runs(populated, tmp_path, monkeypatch):
-    from dashboard.actions import start_sweep
+    import dashboard.actions as actions
+
+    # trained in the job's own process: no worker pool (a pool cell's reason is checked in test_sweeps)
+    monkeypatch.setattr(actions, "default_workers", lambda: 1)
 
     db = tmp_path / "copy.db"
     db.write_bytes(populated.read_bytes())
@@ -399,7 +407,7 @@ def test_a_diverging_run_fails_its_job_with_the_reason_and_keeps_earlier_runs(po
     spec = SweepSpec(
         base=TrainConfig(dataset="digits", epochs=1, lr=1e38), methods=("dpsgd",), epsilons=(3.0,), seeds=(0,)
     )
-    view = get_jobs().wait(start_sweep(spec), timeout=120)
+    view = get_jobs().wait(actions.start_sweep(spec), timeout=120)
     assert view.status == "failed" and "diverged" in view.error and "lower lr" in view.error
     assert len(RunStore(db).list_runs(status="done")) == before
     at = open_page("train")
