@@ -7,7 +7,8 @@ Uses the library's probe (`dpsat_core.probe.probe_step_cost`): one fixed batch o
 exactly `batch_size` examples, one step of every method per round in a fresh
 (seeded) order, so no method always follows the same one (a step after DP-SAM's
 long one runs slower), each ratio taken within a round; the median over rounds is
-reported with the interquartile range of the per-round ratios. Ratios come from
+reported with its 95% confidence interval (`_ci95`, order statistics) and the
+interquartile range of the per-round ratios (`_iqr`, their spread). Ratios come from
 this one run. Torch and the BLAS/OpenMP pools run on `--threads` threads (set here,
 and recorded with the allocator's state: warm-up steps, glibc, malloc settings).
 """
@@ -85,6 +86,7 @@ def measure(
             raise RuntimeError(f"the registry compares {method} with {cost.reference}, not {reference}")
         report[key] = round(cost.ratio, 3)
         report[f"{key}_iqr"] = [round(cost.ratio_low, 3), round(cost.ratio_high, 3)]
+        report[f"{key}_ci95"] = [round(cost.ratio_ci_low, 3), round(cost.ratio_ci_high, 3)]
     return report
 
 
@@ -118,7 +120,14 @@ def main() -> None:
             f"{r['rounds']} rounds, batch {args.batch_size}, threads {r['thread_state']}, probe {r['probe_seconds']} s"
         )
         print("  " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in r["seconds_per_step"].items()))
-        print("  " + "  ".join(f"{k} {r[k]:.2f}× (IQR {r[k + '_iqr'][0]:.2f}–{r[k + '_iqr'][1]:.2f})" for k in RATIOS))
+        print(
+            "  "
+            + "  ".join(
+                f"{k} {r[k]:.3f}× (95% CI {r[k + '_ci95'][0]:.3f}–{r[k + '_ci95'][1]:.3f}; "
+                f"IQR {r[k + '_iqr'][0]:.2f}–{r[k + '_iqr'][1]:.2f})"
+                for k in RATIOS
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -508,6 +508,9 @@ def _comparison_json(c: Comparison) -> dict[str, Any]:
         "exact_test_pairs": c.accuracy.exact_pairs,
         "cost_ratio": None if c.cost is None else c.cost.ratio,
         "cost_ratio_spread": None if c.cost is None else [c.cost.ratio_low, c.cost.ratio_high],
+        "cost_ratio_ci": None
+        if c.cost is None or c.cost.ratio_ci_low is None
+        else [c.cost.ratio_ci_low, c.cost.ratio_ci_high],
         "backward_passes_ratio": c.backward_passes_ratio,
         "releases_ratio": c.releases_ratio,
         **_ratio_json("lambda_max_ratio", c.lambda_max_ratio),

@@ -5,7 +5,9 @@ comes and goes, and a step after a long one runs slower. The probe builds every
 method on the setting's model and batch size, feeds each the same fixed batch,
 runs one step of every method per round in a freshly shuffled order, and
 divides each step by its reference's step *in the same round*; the ratio is the
-median over rounds, its spread the interquartile range. `step_cost` keeps the
+median over rounds, with a 95% confidence interval for that median (order
+statistics: the rounds' ratios need no distribution) and the rounds' spread, the
+interquartile range. `step_cost` keeps the
 probe in the store, keyed by setting and device.
 
 On CPU the probe runs on one torch thread and times each step by the thread's CPU
@@ -17,6 +19,7 @@ read 0.75). On CUDA it times wall clock between synchronisations.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import statistics
 import time
@@ -175,13 +178,31 @@ def probe_step_cost(
     )
 
 
+def median_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
+    """A distribution-free `level` confidence interval for the median of `values` (i.i.d. draws): the order
+    statistics x₍ⱼ₎ ≤ median ≤ x₍ₙ₊₁₋ⱼ₎ with j the largest index whose binomial(n, ½) tail P(B < j) ≤ (1 − level)/2;
+    None when n is too small for any such interval (n < 6 at 95%)."""
+    n = len(values)
+    tail, j, below = (1 - level) / 2, 0, 0.0  # below = P(B ≤ j − 1), B ~ binomial(n, ½)
+    while j < n // 2:
+        next_below = below + math.comb(n, j) / 2**n
+        if next_below > tail:
+            break
+        j, below = j + 1, next_below
+    if j == 0:
+        return None
+    ordered = sorted(values)
+    return ordered[j - 1], ordered[n - j]
+
+
 def _method_cost(method: str, reference: Optional[str], times: dict[str, list[float]]) -> MethodCost:
     info = METHODS[method]
-    ratio = low = high = passes = None
+    ratio = low = high = passes = interval = None
     if reference is not None:
         per_round = [a / b for a, b in zip(times[method], times[reference])]
         ratio = statistics.median(per_round)
         low, high = (ratio, ratio) if len(per_round) < 2 else _quartiles(per_round)
+        interval = median_interval(per_round)
         passes = info.backward_passes_per_step / METHODS[reference].backward_passes_per_step
     return MethodCost(
         method=method,
@@ -193,6 +214,8 @@ def _method_cost(method: str, reference: Optional[str], times: dict[str, list[fl
         backward_passes_per_step=info.backward_passes_per_step,
         releases_per_step=info.releases_per_step,
         backward_passes_ratio=passes,
+        ratio_ci_low=None if interval is None else interval[0],
+        ratio_ci_high=None if interval is None else interval[1],
     )
 
 

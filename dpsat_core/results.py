@@ -344,6 +344,10 @@ class MethodCost(JsonRecord):
     backward_passes_per_step: int
     releases_per_step: int
     backward_passes_ratio: Optional[float]  # analytic: backward passes / the reference's
+    # 95% confidence interval of the median ratio (order statistics, no distribution assumed); None with fewer
+    # than 6 rounds, and in probes stored before it was kept
+    ratio_ci_low: Optional[float] = None
+    ratio_ci_high: Optional[float] = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -142,7 +142,8 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     assert main(["compare", "--json", "--store", str(swept.path)]) == 0
     rows = json.loads(capsys.readouterr().out)
     keys = {"method", "baseline", "target_epsilon", "epsilon_spent", "rho", "n_pairs", "gain_points", "ci_low"}
-    keys |= {"ci_high", "cost_ratio", "cost_ratio_spread", "backward_passes_ratio", "sharpness_ratio", "verdict"}
+    keys |= {"ci_high", "cost_ratio", "cost_ratio_spread", "cost_ratio_ci", "backward_passes_ratio", "verdict"}
+    keys |= {"sharpness_ratio"}
     keys |= {"sharpness_ratio_ci", "sharpness_ratio_pairs", "lambda_max_ratio", "lambda_max_ratio_ci"}
     assert all(keys <= set(row) for row in rows)
     assert [(r["method"], r["target_epsilon"]) for r in rows] == [
@@ -156,6 +157,9 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     assert dpsam["ci_low"] <= dpsam["gain_points"] <= dpsam["ci_high"]
     low, high = dpsam["cost_ratio_spread"]  # measured by the probe on first use, then stored
     assert low <= dpsam["cost_ratio"] <= high and "compute per step (measured" in dpsam["verdict"]
+    ci_low, ci_high = dpsam["cost_ratio_ci"]  # the median's 95% interval lies inside the rounds' spread
+    assert low <= ci_low <= dpsam["cost_ratio"] <= ci_high <= high
+    assert f"(measured; 95% CI {ci_low:.2f}–{ci_high:.2f}, rounds' IQR {low:.2f}–{high:.2f})" in dpsam["verdict"]
     assert main(["compare", "--no-probe", "--store", str(swept.path)]) == 0
     assert "compute per step (measured" in capsys.readouterr().out  # the stored probe is reused
     assert main(["export", "--format", "json", "--store", str(swept.path)]) == 0

@@ -37,6 +37,7 @@ def test_ratios_hold_while_the_machine_is_busy(busy_cpus):
         cost = probe.cost(name)
         assert cost.reference == "dpsgd"
         assert cost.ratio_low <= cost.ratio <= cost.ratio_high
+        assert cost.ratio_low <= cost.ratio_ci_low <= cost.ratio <= cost.ratio_ci_high <= cost.ratio_high  # n = 60
     assert probe.cost("dpsgd").ratio is None  # no non-private reference probed
     assert probe.cost("dpsam").backward_passes_ratio == 2 and probe.cost("dpsam").releases_per_step == 2
     assert probe.cost("dpsat").backward_passes_ratio == 1 and probe.cost("dpsat").releases_per_step == 1
@@ -81,7 +82,27 @@ def test_a_probe_is_measured_once_per_setting_and_device(tmp_path, monkeypatch):
 def test_a_probe_round_trips_through_json_and_names_its_reference():
     probe = probe_step_cost(SMALL, ["sgd", "dpsat"], rounds=3, warmup=0)
     assert CostProbe.from_dict(probe.to_dict()) == probe
+    assert probe.cost("dpsat").ratio_ci_low is None  # 3 rounds: too few for a 95% interval of the median
+    stored_before = probe.to_dict()
+    for cost in stored_before["costs"]:  # a probe stored before the interval was kept still loads
+        del cost["ratio_ci_low"], cost["ratio_ci_high"]
+    assert CostProbe.from_dict(stored_before) == probe
     assert probe.cost("dpsgd").reference == "sgd" and probe.cost("sgd").ratio is None
     assert set(probe.ratio) == {"dpsgd", "dpsat"}
     with pytest.raises(KeyError, match="not probed"):
         probe.cost("dpsam")
+
+
+def test_the_median_interval_is_the_binomial_order_statistics_interval():
+    from scipy import stats
+
+    from dpsat_core.probe import median_interval
+
+    assert median_interval([1.0, 2, 3, 4, 5]) is None  # n = 5: even (min, max) covers only 93.75%
+    for n in (6, 7, 20, 101, 300):
+        values = [float((i * 37) % n) for i in range(n)]  # a shuffled 0..n-1: the k-th order statistic is k-1
+        low, high = median_interval(values)
+        j = int(low) + 1  # 1-based order statistic
+        assert high == n - j  # symmetric: x(n+1-j)
+        # the largest j with P(B ≤ j-1) ≤ 2.5%, B ~ binomial(n, 1/2): coverage 1 - 2·P(B ≤ j-1) ≥ 95%
+        assert stats.binom.cdf(j - 1, n, 0.5) <= 0.025 < stats.binom.cdf(j, n, 0.5)
