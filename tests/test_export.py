@@ -102,8 +102,9 @@ def test_the_reports_headline_numbers_are_the_stores(swept, tmp_path):
     first_page = page[: page.index("The question")]
     rows = bottom_line_rows(report)
     assert len(rows) == sum(len(r.comparisons) for r in report.headline) == 4
-    for what, accuracy, _compute, privacy, reading in rows:
+    for what, accuracy, compute, privacy, reading in rows:
         assert html.escape(accuracy) in first_page and html.escape(reading) in first_page
+        assert html.escape(compute) in first_page and ("(measured" not in compute or "95% interval" in compute)
     assert not any(jargon in first_page for jargon in ("σ", "PRV", "clip"))  # no unexplained jargon up front
     assert "break-after:avoid" in page and "λ_max is the largest curvature" in page
     # what ε covers, once: breast_cancer's documented bounds read nothing private
@@ -162,6 +163,7 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     assert f"(measured; 95% CI {ci_low:.2f}–{ci_high:.2f}, rounds' IQR {low:.2f}–{high:.2f})" in dpsam["verdict"]
     assert main(["compare", "--no-probe", "--store", str(swept.path)]) == 0
     assert "compute per step (measured" in capsys.readouterr().out  # the stored probe is reused
+    assert all("(measured; 95% interval " in compute for _, _, compute, _, _ in bottom_line_rows(build_report(swept)))
     assert main(["export", "--format", "json", "--store", str(swept.path)]) == 0
     assert len(json.loads(capsys.readouterr().out)) == len(swept.list_runs())
     assert main(["report", "--store", str(swept.path), "--out", str(tmp_path), "--dataset", "digits"]) == 2
