@@ -286,19 +286,26 @@ def test_set_error(
 ) -> float:
     """The standard error the shared test set's sampling gives the mean of paired accuracy differences.
 
-    Per pair, McNemar: Var(d) = ((p_b + p_c) − d²)/n over n test examples, where p_b + p_c is the share of examples
-    exactly one model gets right: `discordant[i]` where the runs stored which examples they got right, else (None,
-    or no `discordant`) its least possible value |d|, so a floor (|d| − d²)/n. All pairs score one test set, so
-    their errors are taken as fully correlated (the conservative choice): the mean of the per-pair errors."""
+    Per pair, McNemar's variance on the pair's 2×2 table of right/wrong with half an example added to each cell
+    (Agresti & Min 2005), so that two models agreeing on every test example still leave a sampling error:
+    Var(d) = (p̃ − d̃²)/(n + 2), p̃ = (n·(p_b + p_c) + 1)/(n + 2), d̃ = n·d/(n + 2), over n test examples, where
+    p_b + p_c is the share of examples exactly one model gets right: `discordant[i]` where the runs stored which
+    examples they got right, else (None, or no `discordant`) its least possible value |d|, a floor. All pairs score
+    one test set, so their errors are taken as fully correlated (the conservative choice): the mean of the
+    per-pair errors."""
     if n_test < 1:
         raise ValueError(f"n_test must be a whole number ≥ 1, got {n_test!r}")
     shares = [None] * len(differences) if discordant is None else list(discordant)
     if len(shares) != len(differences):
         raise ValueError(f"{len(shares)} discordant shares for {len(differences)} differences")
-    # a share is never below |d| (the examples one model gets right and the other not account for d)
-    return statistics.fmean(
-        math.sqrt(max(0.0, max(abs(d), p or 0.0) - d * d) / n_test) for d, p in zip(differences, shares)
-    )
+
+    def error(d: float, share: Optional[float]) -> float:
+        # a share is never below |d| (the examples one model gets right and the other not account for d)
+        disagreed = n_test * max(abs(d), share or 0.0)
+        p, dd = (disagreed + 1) / (n_test + 2), n_test * d / (n_test + 2)
+        return math.sqrt((p - dd * dd) / (n_test + 2))
+
+    return statistics.fmean(error(d, p) for d, p in zip(differences, shares))
 
 
 def paired_difference(

@@ -77,16 +77,19 @@ def test_one_test_example_of_difference_is_not_measurable_once_the_test_set_erro
 
 
 def test_the_test_set_term_by_hand():
-    # two pairs, d = 0.01 and 0.03 on 100 test examples: s² = 2e-4; SE_test = mean of √((|d| − d²)/n)
+    # two pairs, d = 0.01 and 0.03 on 100 test examples: s² = 2e-4; SE_test = mean of the pairs' floors (b = 0,
+    # c = 1 and c = 3: the fewest disagreements these accuracies allow)
     got = paired_difference([0.01, 0.03], n_test=100)
-    test_error = (math.sqrt((0.01 - 0.0001) / 100) + math.sqrt((0.03 - 0.0009) / 100)) / 2
-    assert got.test_error == pytest.approx(test_error) == pytest.approx(0.0135043, rel=1e-5)
+    test_error = (_adjusted_se(0, 1, 100) + _adjusted_se(0, 3, 100)) / 2
+    assert got.test_error == pytest.approx(test_error) == pytest.approx(0.016611, rel=1e-4)
     half = scipy_stats.t.ppf(0.975, 1) * math.sqrt(2e-4 / 2 + test_error**2)
     assert (got.ci_low, got.ci_high) == pytest.approx((0.02 - half, 0.02 + half))
-    assert half == pytest.approx(0.213515, rel=1e-4)
     # the finding's case: zero spread, so the half-width is t·SE_test alone
     worse = paired_difference([-1 / 360, -1 / 360], n_test=360)
-    assert worse.ci_high - worse.mean == pytest.approx(12.706204736 * math.sqrt(359) / 360 / math.sqrt(360))
+    assert worse.ci_high - worse.mean == pytest.approx(12.706204736 * _adjusted_se(1, 0, 360))
+    # two models that agree on every one of 80 test examples (the new-user finding): not a zero-width interval
+    agreeing = paired_difference([0.0, 0.0], n_test=80, discordant=[0.0, 0.0])
+    assert agreeing.ci_high == pytest.approx(12.706204736 * _adjusted_se(0, 0, 80)) == pytest.approx(0.155, rel=1e-2)
     with pytest.raises(ValueError, match="n_test must be"):
         paired_difference([0.01, 0.02], n_test=0)
 
@@ -109,9 +112,7 @@ def test_a_large_consistent_difference_stays_measurable():
     runs += [record("dpsat", 3.0, s, a + d) for s, (a, d) in enumerate(zip(base, (0.10, 0.11, 0.10)))]
     (c,) = comparisons(group_runs([_tested_on(r, 360) for r in runs]))
     assert c.accuracy.detectable is True and c.accuracy.ci_low > 0
-    assert c.accuracy.test_error == pytest.approx(
-        np.mean([math.sqrt((abs(d) - d * d) / 360) for d in (0.10, 0.11, 0.10)])
-    )
+    assert c.accuracy.test_error == pytest.approx(np.mean([_adjusted_se(0, 360 * d, 360) for d in (0.10, 0.11, 0.10)]))
     assert verdict(c).endswith("Measurably more accurate.")
     assert interval_scope([c]) == (
         "The 95% intervals (paired by seed) cover seed-to-seed variation plus at least the test set's sampling "
@@ -131,12 +132,18 @@ def _scored(method, seed, correct, n_test=None):
     )
 
 
+def _adjusted_se(b, c, n):
+    """McNemar's standard error of accuracy(method) − accuracy(base) on the 2×2 table with half an example added
+    to each of its four cells (Agresti & Min 2005), from b (only the base right) and c (only the method right)."""
+    pb, pc, m = (b + 0.5) / (n + 2), (c + 0.5) / (n + 2), n + 2
+    return math.sqrt((pb + pc - (pc - pb) ** 2) / m)
+
+
 def _mcnemar_se(base, method):
-    """McNemar's standard error of accuracy(method) − accuracy(base) from the counts b, c, by hand."""
-    n = len(base)
+    """`_adjusted_se` from two models' per-example right/wrong, counted by hand."""
     b = sum(1 for x, y in zip(base, method) if x and not y)  # base right, method wrong
     c = sum(1 for x, y in zip(base, method) if y and not x)
-    return math.sqrt((b + c) / n**2 - (c - b) ** 2 / n**3)
+    return _adjusted_se(b, c, len(base))
 
 
 def test_the_test_set_term_counts_the_examples_the_paired_models_disagree_on():
@@ -144,9 +151,9 @@ def test_the_test_set_term_counts_the_examples_the_paired_models_disagree_on():
     base1, dpsat1 = [1, 1, 1, 1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]  # b = 5, c = 5: d = 0
     runs = [_scored("dpsgd", 0, base0), _scored("dpsat", 0, dpsat0), _scored("dpsgd", 1, base1)]
     (c,) = comparisons(group_runs([*runs, _scored("dpsat", 1, dpsat1)]))
-    se = (math.sqrt((0.5 - 0.01) / 10) + math.sqrt(1.0 / 10)) / 2  # ((b + c)/n − d²)/n per pair, mean of the SEs
+    se = (_adjusted_se(2, 3, 10) + _adjusted_se(5, 5, 10)) / 2  # per pair, then the mean of the SEs
     assert se == pytest.approx((_mcnemar_se(base0, dpsat0) + _mcnemar_se(base1, dpsat1)) / 2)
-    assert se == pytest.approx(0.268794, rel=1e-5)
+    assert se == pytest.approx((math.sqrt((6 / 12 - (1 / 12) ** 2) / 12) + math.sqrt((11 / 12) / 12)) / 2)
     assert c.accuracy.test_error == pytest.approx(se) and c.accuracy.exact_pairs == 2 and c.accuracy.n_test == 10
     half = scipy_stats.t.ppf(0.975, 1) * math.sqrt(0.005 / 2 + se**2)
     assert (c.accuracy.ci_low, c.accuracy.ci_high) == pytest.approx((0.05 - half, 0.05 + half))
@@ -154,8 +161,8 @@ def test_the_test_set_term_counts_the_examples_the_paired_models_disagree_on():
     assert "counted from the test examples each pair of models disagrees on" in interval_scope([c])
     # one pair without the per-example results: that pair falls back to the floor, and the note says so
     (mixed,) = comparisons(group_runs([*runs, record("dpsat", 3.0, 1, 0.5)]))
-    assert mixed.accuracy.exact_pairs == 1  # seed 1 has d = 0, so its floor is 0: half the counted seed-0 term
-    assert mixed.accuracy.test_error == pytest.approx(math.sqrt((0.5 - 0.01) / 10) / 2)
+    assert mixed.accuracy.exact_pairs == 1  # seed 1 has d = 0, so its floor is b = c = 0
+    assert mixed.accuracy.test_error == pytest.approx((_adjusted_se(2, 3, 10) + _adjusted_se(0, 0, 10)) / 2)
     assert interval_note(mixed) == "; test-set term a floor, as the runs were stored without their per-example results"
     assert "1 comparison rests on runs stored before their per-example test results were kept" in interval_scope(
         [c, mixed]
@@ -168,15 +175,19 @@ def test_equal_accuracies_with_many_disagreements_give_a_wide_interval_not_zero(
     method = [1] * 280 + [0] * 20 + [1] * 20 + [0] * 40
     runs = [_scored(m, s, v) for s in (0, 1) for m, v in (("dpsgd", base), ("dpsat", method))]
     (c,) = comparisons(group_runs(runs))
-    assert c.accuracy.mean == 0 and c.accuracy.test_error == pytest.approx(math.sqrt(40 / 360) / math.sqrt(360))
-    assert c.accuracy.ci_high == pytest.approx(12.706204736 * math.sqrt(40 / 360 / 360)) == pytest.approx(0.2233, 1e-3)
+    assert c.accuracy.mean == 0 and c.accuracy.test_error == pytest.approx(_adjusted_se(20, 20, 360))
+    assert c.accuracy.ci_high == pytest.approx(12.706204736 * _adjusted_se(20, 20, 360)) == pytest.approx(0.2247, 1e-3)
     assert c.accuracy.ci_low == pytest.approx(-c.accuracy.ci_high) and c.accuracy.detectable is False
     old = [dataclasses.replace(r, summary=dataclasses.replace(r.summary, test_correct=None)) for r in runs]
-    (floor,) = comparisons(group_runs(old))  # the same runs without their bits: the floor is 0, the interval too
-    assert floor.accuracy.exact_pairs == 0 and floor.accuracy.ci_high - floor.accuracy.ci_low == pytest.approx(0)
-    # the reviewer's case: d = 0.4 points, 6% discordant, n = 360: floor 0.33 points, counted 1.29
-    assert 100 * paired_difference([0.004], n_test=360).test_error == pytest.approx(0.3327, rel=1e-3)
-    assert 100 * paired_difference([0.004], n_test=360, discordant=[0.06]).test_error == pytest.approx(1.2907, 1e-3)
+    (floor,) = comparisons(group_runs(old))  # the same runs without their bits: the floor is b = c = 0
+    assert floor.accuracy.exact_pairs == 0 and floor.accuracy.test_error == pytest.approx(_adjusted_se(0, 0, 360))
+    assert 0 < floor.accuracy.ci_high - floor.accuracy.ci_low < c.accuracy.ci_high - c.accuracy.ci_low
+    # the reviewer's case: d = 0.4 points, 6% discordant, n = 360 (b + c = 21.6, c − b = 1.44): floor 0.43 points
+    # (b = 0, c = 1.44), counted 1.31
+    assert paired_difference([0.004], n_test=360).test_error == pytest.approx(_adjusted_se(0, 1.44, 360))
+    assert 100 * paired_difference([0.004], n_test=360).test_error == pytest.approx(0.4310, rel=1e-3)
+    counted = paired_difference([0.004], n_test=360, discordant=[0.06]).test_error
+    assert counted == pytest.approx(_adjusted_se(10.08, 11.52, 360)) == pytest.approx(0.013131, rel=1e-3)
 
 
 def test_runs_scored_on_test_sets_of_different_sizes_are_not_counted_as_pairs():
