@@ -22,6 +22,7 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from .config import ADDED_LATER, TrainConfig
@@ -663,7 +664,9 @@ def pick_setting(
     include_diverged: bool = False,
 ) -> list[RunRecord]:
     """The finished runs of one setting: `setting` (a key or its prefix), else the one with the most runs
-    (of `dataset`, if given); diverged runs only when asked. A `StoreError` says what is missing."""
+    (of `dataset`, if given: a stored data set, or the file name of one, as the dashboard shows uploads); diverged
+    runs only when asked. A `StoreError` says what is missing."""
+    dataset = stored_dataset(records, dataset)
     groups = runs_by_setting(
         [r for r in records if dataset is None or r.config.dataset == dataset], include_diverged=include_diverged
     )
@@ -676,8 +679,23 @@ def pick_setting(
                 f"every finished run{where} diverged (training loss ended over {DIVERGENCE_FACTOR:g}× its start): "
                 "they are left out of comparisons; `dpsat compare --include-diverged` counts them"
             )
+        stored = sorted({r.config.dataset for r in records})
+        if dataset is not None and stored:
+            raise StoreError(f"no finished runs{where} in the store; its data sets: {', '.join(stored)}")
         raise StoreError(f"no finished runs{where} in the store: train some first (dpsat sweep …)")
     return groups[0]
+
+
+def stored_dataset(records: Sequence[RunRecord], name: Optional[str]) -> Optional[str]:
+    """`name` as the runs store it: itself, or the one stored file whose file name it is (an upload stored as
+    `…/dpsat_uploads/<digest>/table.csv` is `table.csv` on the pages); a `StoreError` when that name is ambiguous."""
+    stored = {r.config.dataset for r in records}
+    if name is None or name in stored:
+        return name
+    named = sorted(d for d in stored if Path(d).name == name)
+    if len(named) > 1:
+        raise StoreError(f"several stored data sets are named {name!r}: give the path of one: {', '.join(named)}")
+    return named[0] if named else name
 
 
 def private_epsilons(stats: Sequence[CellStats]) -> list[float]:

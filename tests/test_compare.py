@@ -388,3 +388,26 @@ def test_the_pure_python_t_quantile_is_scipys_and_refuses_bad_input():
     for dof, p in ((0, 0.9), (2.5, 0.9), (3, 1.0), (3, 0.4)):
         with pytest.raises(ValueError):
             t_quantile(dof, p)
+
+
+def test_a_data_set_is_found_by_the_file_name_the_pages_show_and_a_missing_one_lists_the_stored_ones():
+    from dpsat_core.compare import pick_setting
+    from dpsat_core.errors import StoreError
+
+    def on(path, r):
+        config = dataclasses.replace(r.config, dataset=path, target="label")
+        return dataclasses.replace(r, config=config, config_hash=config.config_hash())
+
+    upload = "/srv/dpsat_uploads/10bc4175/my_table.csv"
+    runs = [on(upload, record(m, 3.0, s, 0.5, run_id=f"u-{m}-{s}")) for m in ("dpsgd", "dpsat") for s in (0, 1)]
+    digits = [record(m, 3.0, s, 0.9) for m in ("dpsgd", "dpsat") for s in range(3)]  # more: the default
+    assert pick_setting([*runs, *digits]) == pick_setting(digits)
+    assert sorted(r.run_id for r in pick_setting([*runs, *digits], dataset="my_table.csv")) == sorted(
+        r.run_id for r in runs
+    )
+    assert pick_setting([*runs, *digits], dataset=upload) == pick_setting([*runs, *digits], dataset="my_table.csv")
+    with pytest.raises(StoreError, match="its data sets: /srv/dpsat_uploads/10bc4175/my_table.csv, digits"):
+        pick_setting([*runs, *digits], dataset="other.csv")
+    twin = [on("/srv/dpsat_uploads/99aa0000/my_table.csv", record("dpsgd", 3.0, 0, 0.5, run_id="twin"))]
+    with pytest.raises(StoreError, match="several stored data sets are named 'my_table.csv'"):
+        pick_setting([*runs, *twin], dataset="my_table.csv")
