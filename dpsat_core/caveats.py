@@ -13,6 +13,8 @@ SEEDED_NOISE = "seeded noise: for research, not for release"
 RELEASE_NOISE = "release noise: drawn from the OS entropy source, never stored, not reproducible"
 # Outputs that read the training rows without noise (training loss, sharpness, landscapes, timings).
 TRAINING_DATA = "computed on training data, not covered by ε"
+# Timings: they follow each epoch's Poisson-sampled batch sizes, part of the mechanism's secret randomness.
+BATCH_TIMING = "the times follow each epoch's Poisson batch sizes, which ε does not cover"
 # ε is one run's: what picking or publishing several runs trained on the same rows costs on top (README).
 PER_RUN = (
     "ε is per run: choosing among, or releasing several of, the private runs trained on the same rows costs "

@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .caveats import TRAINING_DATA
+from .caveats import BATCH_TIMING, TRAINING_DATA
 from .compare import CellStats, Comparison, privacy_label, validation_picks
 from .methods import METHODS, method_info
 from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
@@ -407,7 +407,8 @@ def cost_per_epoch(stats: Sequence[CellStats]) -> go.Figure:
         "wall seconds per epoch",
         barmode="group",
     )
-    return on_training_data(fig, "tracks the Poisson batch sizes: ")
+    fig.update_layout(title_subtitle_text=BATCH_TIMING[0].upper() + BATCH_TIMING[1:], margin_t=95)
+    return fig
 
 
 # What the per-run spectrum figure's numbers carry (one run per colour: no spread across seeds); short, as the
