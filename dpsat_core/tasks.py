@@ -67,11 +67,12 @@ def analyses_task(
 ) -> None:
     """Compute and store each (run id, analysis kind) not stored yet, reporting 'k of n'."""
     from .analysis import ANALYSES, analyze
-    from .figures import run_label
+    from .sweeps import cell_label
 
     for i, (run_id, kind) in enumerate(work):
         check_stop(should_stop)
-        what = f"{ANALYSES[kind].label} of {run_label(store.get(run_id))} ({i + 1} of {len(work)})"
+        # the run named as training progress names its cell ("DP-SAT, ε = 3, ρ = 0.05, seed 0")
+        what = f"{ANALYSES[kind].label} of {cell_label(store.get(run_id).config)} ({i + 1} of {len(work)})"
         on_progress(Progress("analysis", i, len(work), what))
         analyze(store, run_id, kind, should_stop=should_stop)
     on_progress(Progress("analysis", len(work), len(work), "analyses stored"))

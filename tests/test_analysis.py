@@ -117,3 +117,15 @@ def test_analysis_settings_are_checked_by_the_registry(store, run_id):
         analysis.analyze(store, run_id, "curvature")
     with pytest.raises(ConfigError, match="n_samples must be a whole number ≥ 1, got 0"):  # the library entry too
         measures.load_run_model(store, run_id, n_samples=0)
+
+
+def test_analysis_progress_names_each_run_as_training_progress_names_its_cell(tmp_path, monkeypatch):
+    from dpsat_core import RunStore
+    from dpsat_core.tasks import analyses_task
+
+    store = RunStore(tmp_path / "runs.db")
+    run_id = store.create_run(TrainConfig(method="dpsat", epsilon=3.0, rho=0.05, seed=1))
+    monkeypatch.setattr(analysis, "analyze", lambda *args, **kwargs: None)
+    said = []
+    analyses_task(lambda p: said.append(p.message), lambda: False, store=store, work=[(run_id, "hessian")])
+    assert said[0] == "Hessian spectrum of DP-SAT, ε = 3, ρ = 0.05, seed 1 (1 of 1)"
