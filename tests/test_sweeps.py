@@ -321,8 +321,7 @@ def test_after_the_grid_is_checked_the_sweeps_planning_has_no_sigma_search_left_
     import dpsat_core.accounting as accounting
     from dpsat_core.sweeps import calibrate_cells, check_sweep
 
-    spec = SweepSpec(base=dataclasses.replace(BASE, accountant="rdp"), methods=("dpsgd",), epsilons=(2.2,), seeds=(0,))
-    accounting.calibrate_noise.cache_clear()
+    spec = SweepSpec(base=dataclasses.replace(BASE, accountant="rdp"), methods=("dpsgd",), epsilons=(2.5,), seeds=(0,))
     check_sweep(spec, store)  # what the page and `dpsat sweep` do before starting
     accounting.calibrate_noise.cache_clear()  # a job is a fresh process: only the store remembers
     monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("σ searched again in the job"))
