@@ -430,3 +430,19 @@ def test_a_reader_that_stops_early_gets_no_error_message(tmp_path):
     proc.stdout.close()
     assert proc.wait(timeout=120) == 141
     assert proc.stderr.read() == b""
+
+
+def test_compare_json_says_at_which_seeds_a_ratio_was_withheld():
+    from dpsat_core.cli import _ratio_json
+    from dpsat_core.compare import WithheldRatio, paired_ratio
+
+    withheld = _ratio_json("lambda_max_ratio", WithheldRatio(nonpositive_seeds=(0, 2)))
+    assert withheld == {
+        "lambda_max_ratio": None,
+        "lambda_max_ratio_ci": None,
+        "lambda_max_ratio_pairs": None,
+        "lambda_max_ratio_withheld": [0, 2],
+    }
+    shown = _ratio_json("lambda_max_ratio", paired_ratio([0.5, 2.0]))
+    assert shown["lambda_max_ratio"] == pytest.approx(1.0) and shown["lambda_max_ratio_withheld"] is None
+    assert all(v is None for v in _ratio_json("lambda_max_ratio", None).values())  # not analysed
