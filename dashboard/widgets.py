@@ -18,13 +18,16 @@ from dpsat_core.caveats import TRAINING_DATA, randomness_note
 from dpsat_core.compare import (
     CellStats,
     Comparison,
+    WithheldRatio,
     conclusion,
     describe_setting,
     diverged_left_out,
     diverged_note,
     interval_scope,
+    ratio_number,
     runs_by_setting,
     setting_key,
+    withheld_reason,
 )
 from dpsat_core.errors import DpsatError
 from dpsat_core.estimates import analysis_estimate, describe_estimate
@@ -108,14 +111,16 @@ def cell_table(stats: Sequence[CellStats]) -> None:
 
 def _ratio_cell(c: Comparison) -> str:
     """'1.12 (0.95 to 1.31)': a comparison's adaptive sharpness ratio and its interval, short enough for a table
-    cell; its pair count where it differs from the accuracy's."""
+    cell; '2 of 3 pairs' where fewer pairs than the accuracy's were analysed; why none is shown where withheld."""
     ratio = c.sharpness_ratio
     if ratio is None:
         return "not analysed"
-    pairs = f", {counted(ratio.n_pairs, 'pair')}" if ratio.n_pairs != c.accuracy.n_pairs else ""
+    if isinstance(ratio, WithheldRatio):
+        return f"not shown: {withheld_reason(ratio)}"
+    pairs = f", {ratio.n_pairs} of {c.accuracy.n_pairs} pairs" if ratio.n_pairs < c.accuracy.n_pairs else ""
     if ratio.ci_low is None or ratio.ci_high is None:
-        return f"{ratio.ratio:.2f} (no interval{pairs or ': 1 pair'})"
-    return f"{ratio.ratio:.2f} ({ratio.ci_low:.2f} to {ratio.ci_high:.2f}{pairs})"
+        return f"{ratio_number(ratio.ratio)} (no interval{pairs or ': 1 pair'})"
+    return f"{ratio_number(ratio.ratio)} ({ratio_number(ratio.ci_low)} to {ratio_number(ratio.ci_high)}{pairs})"
 
 
 def comparison_table(compared: Sequence[Comparison]) -> None:

@@ -17,10 +17,17 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 from .compare import CellStats, group_runs
 from .errors import ConfigError
 from .progress import ProgressFn, StopFn, no_progress
-from .results import AdaptiveSharpness, HessianSpectrum, JsonRecord, NoiseRobustness, RunRecord, Slice, Surface
+from .results import (
+    DEFAULT_SAMPLES,
+    AdaptiveSharpness,
+    HessianSpectrum,
+    JsonRecord,
+    NoiseRobustness,
+    RunRecord,
+    Slice,
+    Surface,
+)
 from .store import RunStore
-
-DEFAULT_SAMPLES = 1024
 
 
 @dataclass(frozen=True)

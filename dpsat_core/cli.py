@@ -18,6 +18,7 @@ from .caveats import TRAINING_DATA, randomness_note
 from .compare import (
     Comparison,
     PairedRatio,
+    SharpnessRatio,
     comparisons,
     describe_setting,
     diverged_left_out,
@@ -481,13 +482,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ratio_json(key: str, ratio: Optional[PairedRatio]) -> dict[str, Any]:
-    """`key` (the geometric mean), `key_ci` ([low, high], null with one pair) and `key_pairs`; all null when the
-    runs were not analysed."""
-    if ratio is None:
-        return {key: None, f"{key}_ci": None, f"{key}_pairs": None}
+def _ratio_json(key: str, ratio: Optional[SharpnessRatio]) -> dict[str, Any]:
+    """`key` (the geometric mean), `key_ci` ([low, high], null with one pair), `key_pairs` and `key_withheld` (the
+    seeds with an analysed value ≤ 0, where no ratio is shown; else null); all null when not analysed."""
+    if not isinstance(ratio, PairedRatio):
+        withheld = list(ratio.nonpositive_seeds) if ratio is not None else None
+        return {key: None, f"{key}_ci": None, f"{key}_pairs": None, f"{key}_withheld": withheld}
     ci = None if ratio.ci_low is None else [ratio.ci_low, ratio.ci_high]
-    return {key: ratio.ratio, f"{key}_ci": ci, f"{key}_pairs": ratio.n_pairs}
+    return {key: ratio.ratio, f"{key}_ci": ci, f"{key}_pairs": ratio.n_pairs, f"{key}_withheld": None}
 
 
 def _comparison_json(c: Comparison) -> dict[str, Any]:

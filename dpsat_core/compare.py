@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from .caveats import TRAINING_DATA
 from .config import ADDED_LATER, TrainConfig
 from .correctness import discordant
 from .divergence import DIVERGENCE_FACTOR
 from .errors import StoreError
 from .methods import METHODS, compared_methods, method_info
-from .results import AdaptiveSharpness, CostProbe, HessianSpectrum, MethodCost, RunRecord, counted
+from .results import DEFAULT_SAMPLES, AdaptiveSharpness, CostProbe, HessianSpectrum, MethodCost, RunRecord, counted
 from .student_t import t_quantile
 
 _VARYING = ("method", "epsilon", "noise_multiplier", "rho", "seed", "device", "max_physical_batch_size")
@@ -362,6 +363,18 @@ def paired_ratio(ratios: Sequence[float], *, confidence: float = CONFIDENCE) -> 
 
 
 @dataclass(frozen=True, kw_only=True)
+class WithheldRatio:
+    """No ratio shown: at these seeds an analysed value of the pair is ≤ 0 (Lanczos's algebraically largest
+    eigenvalue ≤ 0 is a finding about the model, not noise to average away)."""
+
+    nonpositive_seeds: tuple[int, ...]
+
+
+# A comparison's sharpness ratio: the paired ratio, or why none is shown (None: no seed pair analysed)
+SharpnessRatio = PairedRatio | WithheldRatio
+
+
+@dataclass(frozen=True, kw_only=True)
 class Comparison:
     """A method cell against its baseline's cell at the same privacy level, paired by seed."""
 
@@ -374,8 +387,8 @@ class Comparison:
     accuracy: PairedDifference  # in accuracy fractions (0.01 = one point)
     cost: Optional[MethodCost]  # measured step cost against the baseline (a probe of this setting), if any
     # λ_max(method)/λ_max(baseline) over the seeds both analysed (geometric mean, interval on the log ratios)
-    lambda_max_ratio: Optional[PairedRatio]
-    sharpness_ratio: Optional[PairedRatio]  # the same for adaptive (scale-invariant) λ_max
+    lambda_max_ratio: Optional[SharpnessRatio]
+    sharpness_ratio: Optional[SharpnessRatio]  # the same for adaptive (scale-invariant) λ_max
     backward_passes_ratio: float
     releases_ratio: float
     # where the method ran at several ρ at this level: "picked" (best validation accuracy), "tied" (shares
@@ -413,10 +426,13 @@ def _baseline_cell(stats: Sequence[CellStats], cell: CellStats) -> Optional[Cell
     return None
 
 
-def _paired_ratio(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequence[int]) -> Optional[PairedRatio]:
-    """`paired_ratio` of a[seed]/b[seed] over the seeds where both are positive (a ratio of curvatures of
-    opposite sign says nothing about flatness); None when no seed has both."""
-    both = [s for s in seeds if a.get(s, 0.0) > 0 and b.get(s, 0.0) > 0]
+def _paired_ratio(a: Mapping[int, float], b: Mapping[int, float], seeds: Sequence[int]) -> Optional[SharpnessRatio]:
+    """`paired_ratio` of a[seed]/b[seed] over the seeds where both were analysed; a `WithheldRatio` when any such
+    value is ≤ 0 (a ratio of curvatures of opposite sign says nothing about flatness); None when no seed has both."""
+    both = [s for s in seeds if s in a and s in b]
+    nonpositive = tuple(s for s in both if not (a[s] > 0 and b[s] > 0))
+    if nonpositive:
+        return WithheldRatio(nonpositive_seeds=nonpositive)
     return paired_ratio([a[s] / b[s] for s in both]) if both else None
 
 
@@ -528,11 +544,14 @@ def rho_levels(compared: Sequence[Comparison]) -> list[str]:
     return list(dict.fromkeys(level for (level, _), rhos in seen.items() if len(rhos) > 1))
 
 
-# What a sharpness ratio in a verdict is and what its interval covers (the README and the report say it so)
+# What a sharpness ratio in a verdict is and what its interval covers (the README, the report, the CLI and the
+# pages say it so): every analysis reads one fixed training subset, its estimators start from seed 0
 RATIO_INTERVAL = (
-    "Sharpness ratios (×) are the geometric mean over seed pairs of the method's value divided by its baseline's "
-    "(pairs where both are positive), with a 95% Student-t interval on the log ratios: it covers seed-to-seed "
-    "variation of the analysed runs; with one seed pair there is no interval"
+    "Sharpness ratios (×) are the geometric mean over seed pairs of the method's value divided by its baseline's, "
+    f"each the λ_max (plain or adaptive) of the loss on a fixed {DEFAULT_SAMPLES:,}-row training subset, "
+    f"{TRAINING_DATA}; their 95% Student-t interval on the log ratios covers seed-to-seed variation of the "
+    "analysed runs (including the estimates' numerical error), not the choice of rows; with one seed pair there "
+    "is no interval, and where an analysed value is ≤ 0 no ratio is shown"
 )
 
 # What an interval of `paired_difference` covers (the README, pages and the report say it in these words)
@@ -545,6 +564,10 @@ _COVERS_EXACT = (
     "disagrees on"
 )
 _COVERS_FLOOR = "seed-to-seed variation plus at least the test set's sampling error implied by the accuracies"
+_COVERS_SEEDS = (
+    "seed-to-seed variation only: the runs were stored without their test-set size (retrain to add the test "
+    "set's sampling error)"
+)
 
 
 def _test_term(c: Comparison) -> Optional[str]:
@@ -568,13 +591,25 @@ def interval_note(c: Comparison) -> str:
     return ""
 
 
-def interval_scope(compared: Sequence[Comparison]) -> str:
-    """What the 95% intervals of `compared` cover, in one to three sentences ('' when none has an interval)."""
-    if all(c.accuracy.ci_low is None for c in compared):
-        return ""
+def interval_scope(compared: Sequence[Comparison], *, ratios: bool = True) -> str:
+    """What the accuracy intervals of `compared` cover, in one to three sentences, then (`ratios`, where any
+    comparison shows a sharpness ratio) what the ratios and their intervals are (`RATIO_INTERVAL`); '' when
+    there is nothing to say."""
+    text = _accuracy_scope(compared)
+    if ratios and any(r is not None for c in compared for r in (c.lambda_max_ratio, c.sharpness_ratio)):
+        text = f"{text} {RATIO_INTERVAL}.".strip()
+    return text
+
+
+def _accuracy_scope(compared: Sequence[Comparison]) -> str:
+    """What the accuracy intervals cover, the first sentence from the test-set terms present ('' without one)."""
     terms = [_test_term(c) for c in compared if c.accuracy.ci_low is not None]
-    covers = _COVERS_EXACT if "exact" in terms else _COVERS_FLOOR
-    text = f"The 95% intervals (paired by seed) cover {covers}."
+    if not terms:
+        return ""
+    covers = _COVERS_EXACT if "exact" in terms else _COVERS_FLOOR if "floor" in terms else _COVERS_SEEDS
+    text = f"The accuracy intervals (95%, paired by seed) cover {covers}."
+    if covers is _COVERS_SEEDS:
+        return text
     floors = terms.count("floor")
     if floors:
         text += (
@@ -616,18 +651,35 @@ def rho_text(c: Comparison) -> str:
     return f" (ρ={c.rho:g}{_PICK_WORDS.get(c.validation_pick or '', '')})"
 
 
-def ratio_text(what: str, ratio: PairedRatio) -> str:
-    """'λ_max ×0.91 (95% CI 0.80 to 1.04, 3 seed pairs)', worded like the accuracy interval; 'λ_max ×0.91 (1 seed
-    pair, no interval)' with one pair."""
+def ratio_number(value: float) -> str:
+    """A ratio to three significant figures ('0.913', '1.00', '0.00312'): never '0.00' for a small one."""
+    return f"{value:#.3g}".rstrip(".")
+
+
+def withheld_reason(ratio: WithheldRatio) -> str:
+    """'a value ≤ 0 at seed 2' ('at seeds 1, 2' for several): why a comparison shows no ratio."""
+    seeds = ", ".join(str(s) for s in ratio.nonpositive_seeds)
+    return f"a value ≤ 0 at seed{'s' if len(ratio.nonpositive_seeds) > 1 else ''} {seeds}"
+
+
+def ratio_text(what: str, ratio: SharpnessRatio, *, of_pairs: Optional[int] = None) -> str:
+    """'λ_max ×0.910 (95% CI 0.800 to 1.04, 3 seed pairs)', worded like the accuracy interval; '… (1 seed pair, no
+    interval)' with one pair; '2 of 3 seed pairs analysed' when fewer than `of_pairs` (the accuracy's) were
+    analysed; why not, for a `WithheldRatio`."""
+    if isinstance(ratio, WithheldRatio):
+        return f"{what} ratio not shown: {withheld_reason(ratio)}"
     pairs = counted(ratio.n_pairs, "seed pair")
+    if of_pairs is not None and ratio.n_pairs < of_pairs:
+        pairs = f"{ratio.n_pairs} of {counted(of_pairs, 'seed pair')} analysed"
     if ratio.ci_low is None or ratio.ci_high is None:
-        return f"{what} ×{ratio.ratio:.2f} ({pairs}, no interval)"
-    return f"{what} ×{ratio.ratio:.2f} (95% CI {ratio.ci_low:.2f} to {ratio.ci_high:.2f}, {pairs})"
+        return f"{what} ×{ratio_number(ratio.ratio)} ({pairs}, no interval)"
+    low, high = ratio_number(ratio.ci_low), ratio_number(ratio.ci_high)
+    return f"{what} ×{ratio_number(ratio.ratio)} (95% CI {low} to {high}, {pairs})"
 
 
 def verdict(c: Comparison) -> str:
     """'At ε=3, DP-SAT vs DP-SGD: +0.4 points (95% CI −1.2 to +2.0, 3 seed pairs), 1× backward passes,
-    same ε, λ_max ×0.91 (95% CI 0.80 to 1.04, 3 seed pairs). No measurable accuracy difference at this size.'"""
+    same ε, λ_max ×0.910 (95% CI 0.800 to 1.04, 3 seed pairs). No measurable accuracy difference at this size.'"""
     info, base = method_info(c.method), method_info(c.baseline)
     low, high = c.ci_points
     pairs = counted(c.accuracy.n_pairs, "seed pair")
@@ -650,9 +702,9 @@ def verdict(c: Comparison) -> str:
     parts = [f"At {c.privacy}, {info.label}{rho} vs {base.label}: {c.gain_points:+.1f} points ({interval})", compute]
     parts.append(privacy)
     if c.sharpness_ratio is not None:
-        parts.append(ratio_text("adaptive sharpness", c.sharpness_ratio))
+        parts.append(ratio_text("adaptive sharpness", c.sharpness_ratio, of_pairs=c.accuracy.n_pairs))
     if c.lambda_max_ratio is not None:
-        parts.append(ratio_text("λ_max", c.lambda_max_ratio))
+        parts.append(ratio_text("λ_max", c.lambda_max_ratio, of_pairs=c.accuracy.n_pairs))
     return ", ".join(parts) + f". {conclusion(c).capitalize()}."
 
 

@@ -1,5 +1,5 @@
-"""How long analyses will take, told before the click: measured from the wall times of earlier analyses of the
-same kinds in the run store, never a constant.
+"""How long analyses will take, told before the click: measured from the compute times of earlier analyses of the
+same kinds, data set and model in the run store, never a constant.
 
 `estimate_time` is the pure part (past wall times and the work in, an estimate with its range out);
 `analysis_estimate` reads the past wall times from the store; `describe_estimate` says it in words, as an estimate,
@@ -75,22 +75,32 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _mid_sentence(label: str) -> str:
+    """An analysis label as it reads inside a sentence: 'adaptive sharpness (…)'; a name (Hessian) keeps its capital."""
+    return label if label.startswith("Hessian") else label[:1].lower() + label[1:]
+
+
 def describe_estimate(estimate: TimeEstimate) -> str:
     """One line for a button's caption: the estimate with its range and what it rests on, or why there is none."""
-    unknown = ", ".join(ANALYSES[kind].label for kind in estimate.unknown)
+    unknown = ", ".join(_mid_sentence(ANALYSES[kind].label) for kind in estimate.unknown)
     if not (estimate.measured or estimate.unknown):
         return "Nothing left to compute."
     if not estimate.measured:
-        return f"Time unknown until the first run finishes: no {unknown} has been computed in this store yet."
-    rest = f"; plus {unknown}, whose time is unknown until its first run finishes" if estimate.unknown else ""
+        return (
+            f"Time unknown until the first analysis finishes: no {unknown} has been computed for this data set and "
+            "model at default settings yet."
+        )
+    rest = f"; plus {unknown}, whose time is unknown until its first analysis finishes" if estimate.unknown else ""
     spread = (
         ""
         if _duration(estimate.low) == _duration(estimate.high)
-        else f" ({_duration(estimate.low)} to {_duration(estimate.high)})"
+        else f" ({_duration(estimate.low)} to {_duration(estimate.high)}: every run at the fastest / slowest earlier "
+        "time)"
     )
     earlier = "1 earlier analysis" if estimate.measured == 1 else f"{estimate.measured:,} earlier analyses"
     return (
-        f"Estimated time: about {_duration(estimate.seconds)}{spread}{rest}. An estimate from the wall times of "
-        f"{earlier} of the same kinds on this data set and model, for the machine that ran them (this server: "
-        f"{counted(os.cpu_count() or 1, 'CPU core')}); other jobs running at once slow it."
+        f"Estimated time: about {_duration(estimate.seconds)}{spread}{rest}. An estimate from the compute time of "
+        f"{earlier} (loading and start-up not included) of the same kinds for this data set and model at default "
+        f"settings, on the machine that ran them (this server: {counted(os.cpu_count() or 1, 'CPU core')}); other "
+        "jobs running at once slow it."
     )

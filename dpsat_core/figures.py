@@ -5,6 +5,7 @@ Method colours and names come from `METHODS`, so they are identical everywhere.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -14,7 +15,7 @@ from plotly.subplots import make_subplots
 from .caveats import BATCH_TIMING, TRAINING_DATA
 from .compare import CellStats, Comparison, privacy_label, validation_picks
 from .methods import METHODS, method_info
-from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface
+from .results import EpochMetrics, HessianSpectrum, NoiseRobustness, RunRecord, Slice, Surface, counted
 
 TEMPLATE = "plotly_white"
 
@@ -110,7 +111,10 @@ def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
 
 # What the error bars of `_add_series` are, said under the title of every figure that draws them
 ERROR_BARS = "mean ± std over seeds (one seed: no bar)"
-TRACE_ERROR_BARS = "mean ± std over seeds; a single seed: no bar on λ_max, the trace ± its Hutchinson standard error"
+TRACE_ERROR_BARS = (
+    "mean ± std over the seeds analysed; a single seed: no bar on λ_max, on the trace a thin bar without caps, "
+    "its Hutchinson standard error"
+)
 
 
 def with_error_bars(fig: go.Figure, bars: str) -> go.Figure:
@@ -124,28 +128,54 @@ RHO_ERROR_BARS = "gain: paired 95% interval (none with one seed pair); sharpness
 
 # Methods at one ε are drawn this share of the ε axis's log span apart, so equal values do not hide each other
 DODGE = 0.025
+# ... but all of them together within this share of the narrowest gap between two ticks, so that a value's points
+# stay on its side of the midpoint to the next, however many lines there are
+DODGE_GAP = 0.25
+
+
+def dodge_step(ticks: Sequence[float], lines: int, span: float) -> float:
+    """How far apart (in axis units: log10 ε, or ρ) `lines` lines at one tick are drawn: `DODGE`·`span`, capped so
+    the whole spread stays within `DODGE_GAP` of the narrowest gap between `ticks`."""
+    gaps = [b - a for a, b in itertools.pairwise(sorted(set(ticks)))]
+    if lines < 2 or not gaps:
+        return DODGE * span
+    return min(DODGE * span, DODGE_GAP * min(gaps) / (lines - 1))
 
 
 def _dodges(stats: Sequence[CellStats]) -> dict[tuple[str, float, bool], float]:
     """`_line_key` → the factor its ε values are multiplied by when drawn: lines spread symmetrically around the
-    true ε on the log axis, in one order for every figure of these cells (a line keeps its offset even in a
-    figure where some lines have nothing to draw)."""
+    true ε on the log axis (`dodge_step`), in one order for every figure of these cells (a line keeps its offset
+    even in a figure where some lines have nothing to draw)."""
     cells = [c for c in stats if c.private and c.epsilon_axis is not None]
     keys = list(dict.fromkeys(_line_key(c) for c in cells))
-    axis = [c.epsilon_axis for c in cells]
-    span = max(math.log10(max(axis) / min(axis)), 0.5) if axis else 0.5
+    axis = [math.log10(c.epsilon_axis) for c in cells]
+    span = max(max(axis) - min(axis), 0.5) if axis else 0.5
+    step = dodge_step(axis, len(keys), span)
     middle = (len(keys) - 1) / 2
-    return {key: 10 ** ((i - middle) * DODGE * span) for i, key in enumerate(keys)}
+    return {key: 10 ** ((i - middle) * step) for i, key in enumerate(keys)}
 
 
-def _spread(c: CellStats, std: str) -> tuple[float, str]:
-    """The error bar of a cell's point and what it is, in words for the hover."""
+def _analysed(c: CellStats, std: str) -> str:
+    """'3 seeds', or '2 of 3 seeds analysed' where the measure of `std` was computed for fewer of the cell's runs."""
+    count = {
+        "lambda_max_std": c.lambda_max_by_seed,
+        "trace_std": c.lambda_max_by_seed,
+        "adaptive_std": c.adaptive_by_seed,
+    }
+    n = len(count[std]) if std in count else c.seeds
+    return counted(n, "seed") if n == c.seeds else f"{n} of {counted(c.seeds, 'seed')} analysed"
+
+
+def _spread(c: CellStats, std: str, scale: float) -> tuple[float, bool, str]:
+    """The error bar of a cell's point (× `scale`), whether it is a single run's Hutchinson standard error (drawn
+    apart, `_add_series`), and the hover's words after the value: ' ± 0.012 (std over 3 seeds)'."""
     value = getattr(c, std)
     if value is not None:
-        return value, f"± std over {c.seeds} seeds"
+        return scale * value, False, f" ± {scale * value:.2g} (std over {_analysed(c, std)})"
     if std == "trace_std" and c.trace_stderr is not None:
-        return c.trace_stderr, "1 seed: ± Hutchinson standard error"
-    return 0.0, "1 seed: no spread"
+        words = f" ± {scale * c.trace_stderr:.2g} (Hutchinson standard error of one run; {_analysed(c, std)})"
+        return scale * c.trace_stderr, True, words
+    return 0.0, False, f" ({_analysed(c, std)}: no spread)"
 
 
 def _add_series(
@@ -158,29 +188,56 @@ def _add_series(
     for name, cells in _series(shown).items():
         rhos = [c.rho for c in shown if c.method == cells[0].method]
         style = _style(cells[0].method, _rho_variant(cells[0].method, cells[0].rho, rhos))
-        spreads = [_spread(c, std) for c in cells]
+        spreads = [_spread(c, std, scale) for c in cells]
+        x = [dodges[_line_key(c)] * c.epsilon_axis for c in cells]
+        y = [scale * getattr(c, mean) for c in cells]
+        customdata = [[c.privacy, _true_epsilon(c), error, words] for c, (error, _, words) in zip(cells, spreads)]
         fig.add_trace(
             go.Scatter(
-                x=[dodges[_line_key(c)] * c.epsilon_axis for c in cells],
-                y=[scale * getattr(c, mean) for c in cells],
+                x=x,
+                y=y,
                 name=name,
                 mode="lines+markers",
+                legendgroup=name,
                 showlegend=subplot.get("col", 1) == 1,
                 error_y=dict(
                     type="data",
-                    array=[scale * error for error, _ in spreads],
+                    array=[0.0 if single else error for error, single, _ in spreads],
                     visible=True,
                     color=style["line_color"],
                     thickness=1.5,
                     width=4,
                 ),
-                customdata=[[c.privacy, _true_epsilon(c), scale * e, words] for c, (e, words) in zip(cells, spreads)],
-                hovertemplate=f"{name}<br>%{{customdata[0]}}%{{customdata[1]}}<br>%{{y:.3g}} ± %{{customdata[2]:.2g}}"
-                "<br>%{customdata[3]}<extra></extra>",
+                customdata=customdata,
+                hovertemplate=f"{name}<br>%{{customdata[0]}}%{{customdata[1]}}<br>%{{y:.3g}}%{{customdata[3]}}"
+                "<extra></extra>",
                 **style,
             ),
             **subplot,
         )
+        if any(single for _, single, _ in spreads):  # one run's estimation error: thin, no caps, unlike a seed spread
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    name=f"{name}: Hutchinson standard error",
+                    mode="markers",
+                    legendgroup=name,
+                    showlegend=False,
+                    marker=dict(opacity=0, color=style["line_color"]),
+                    error_y=dict(
+                        type="data",
+                        array=[error if single else 0.0 for error, single, _ in spreads],
+                        visible=True,
+                        color=style["line_color"],
+                        thickness=0.75,
+                        width=0,
+                    ),
+                    customdata=customdata,
+                    hoverinfo="skip",
+                ),
+                **subplot,
+            )
 
 
 def _true_epsilon(c: CellStats) -> str:
@@ -238,7 +295,8 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
     rhos = [c.rho for c in comparisons] or [0.0]
     span = (max(rhos) - min(rhos)) or max(rhos) or 1.0  # a single ρ: a share of it
     # methods at one ρ drawn a little apart (the ρ axis is linear), so one's interval does not hide another's
-    shift = {m: (i - (len(methods) - 1) / 2) * DODGE * span for i, m in enumerate(methods)}
+    step = dodge_step(rhos, len(methods), span)
+    shift = {m: (i - (len(methods) - 1) / 2) * step for i, m in enumerate(methods)}
     true_rho = "ρ=%{customdata:.3g}<br>"
     for method in methods:
         mine = sorted((c for c in comparisons if c.method == method), key=lambda c: c.rho)

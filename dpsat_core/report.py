@@ -38,7 +38,7 @@ from .compare import (
 from .export import ExportError, figure_image, find_chromium
 from .methods import METHODS, compared_methods, method_info
 from .probe import step_cost
-from .results import AuditResult, RunRecord, counted, format_number
+from .results import DEFAULT_SAMPLES, AuditResult, RunRecord, counted, format_number
 from .store import RunStore
 
 STYLE = """
@@ -51,12 +51,13 @@ h2,h3{break-after:avoid;page-break-after:avoid}
 section,table,.figure{break-inside:avoid;page-break-inside:avoid}
 .first-page{break-after:page;page-break-after:always}
 """
-# One sentence per sharpness measure, for readers who have not met them.
+# One sentence per sharpness measure, for readers who have not met them (`RATIO_INTERVAL`, which follows it, says
+# that they are computed on training data, not covered by ε).
 MEASURES = (
-    "λ_max is the largest curvature of the training loss at the trained weights (lower means flatter); "
-    "the trace is the sum of all curvatures. Adaptive sharpness is λ_max measured in units of each weight's "
-    "own size (Kwon et al. 2021), so rescaling a layer that a normalisation undoes does not change it: "
-    "it is the fairer flatness comparison."
+    f"λ_max is the largest curvature of the loss on a fixed {DEFAULT_SAMPLES:,}-row training subset at the trained "
+    "weights (lower means flatter); the trace is the sum of all curvatures. Adaptive sharpness is λ_max measured "
+    "in units of each weight's own size (Kwon et al. 2021), so rescaling a layer that a normalisation undoes does "
+    "not change it: it is the fairer flatness comparison."
 )
 
 
@@ -156,7 +157,7 @@ def caveat(compared: list[Comparison]) -> str:
             " Where ρ was picked among several by validation accuracy, its test interval comes after that choice "
             "and is not adjusted for it: confirm the pick on new seeds."
         )
-    return f"{reading} {interval_scope(compared)}".strip()
+    return f"{reading} {interval_scope(compared, ratios=False)}".strip()  # the ratios: said once, by MEASURES
 
 
 def uncovered(runs: list[RunRecord]) -> str:

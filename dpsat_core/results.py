@@ -17,6 +17,8 @@ from .config import TrainConfig
 from .divergence import diverged
 
 R = TypeVar("R", bound="JsonRecord")
+# Rows of the fixed training subset every analysis of a run evaluates (the first of its seeded training split).
+DEFAULT_SAMPLES = 1024
 # How runs with `preprocessing="fitted"` (every run before private scaling) were scaled: not covered by ε.
 FITTED_SCALING = (
     "standardised with the training rows' mean and std, and a table's category levels and classes taken from all "

@@ -293,6 +293,7 @@ def test_compare_counts_the_test_set_error_and_starts_with_the_setting(tmp_path,
     assert "2 seed pairs; test-set term a floor" in lines[1]  # stored without which test examples each got right
     assert lines[1].endswith("No measurable accuracy difference at this size.")
     assert "seed-to-seed variation plus at least the test set's sampling error" in lines[2]
+    assert lines[2].strip().startswith("The accuracy intervals") and "Sharpness ratios" not in out  # none analysed
     assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["n_test"] == 360 and row["ci_low"] < 0 < row["ci_high"] and row["exact_test_pairs"] == 0
@@ -301,6 +302,7 @@ def test_compare_counts_the_test_set_error_and_starts_with_the_setting(tmp_path,
 def test_compare_prints_sharpness_ratios_with_their_interval(tmp_path, capsys):
     from scipy import stats
 
+    from dpsat_core.compare import RATIO_INTERVAL
     from tests.factories import store_default_analyses, summary
 
     store = RunStore(tmp_path / "runs.db")
@@ -311,17 +313,22 @@ def test_compare_prints_sharpness_ratios_with_their_interval(tmp_path, capsys):
         store.finish(run_id, summary(config, accuracy=0.8, epsilon_spent=2.9, seconds_per_epoch=1.0), {})
         store_default_analyses(store, run_id, lam)
     assert main(["compare", "--no-probe", "--store", str(store.path)]) == 0
-    line = capsys.readouterr().out.splitlines()[1]
+    lines = capsys.readouterr().out.splitlines()
+    line = lines[1]
     ratios = [0.8, 0.9]  # DP-SAT/DP-SGD at seeds 0 and 1 (seed 2 has no DP-SAT run): t with 1 degree of freedom
     half = stats.t.ppf(0.975, 1) * abs(math.log(0.8) - math.log(0.9)) / 2
     middle = math.fsum(map(math.log, ratios)) / 2
-    interval = f"{math.exp(middle):.2f} (95% CI {math.exp(middle - half):.2f} to {math.exp(middle + half):.2f}, 2 seed"
+    low, high = math.exp(middle - half), math.exp(middle + half)
+    interval = f"{math.exp(middle):#.3g} (95% CI {low:#.3g} to {high:#.3g}, 2 seed"
     assert f"adaptive sharpness ×{interval} pairs)" in line and f"λ_max ×{interval} pairs)" in line
+    # the caption under the verdicts: the accuracy intervals first, then what the ratio intervals cover
+    assert lines[2].strip().startswith("The accuracy intervals") and lines[2].endswith(f" {RATIO_INTERVAL}.")
     assert main(["compare", "--json", "--no-probe", "--store", str(store.path)]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["sharpness_ratio"] == pytest.approx(math.exp(middle)) and row["sharpness_ratio_pairs"] == 2
     assert row["sharpness_ratio_ci"] == pytest.approx([math.exp(middle - half), math.exp(middle + half)])
     assert row["lambda_max_ratio_ci"] == pytest.approx(row["sharpness_ratio_ci"])
+    assert row["sharpness_ratio_withheld"] is None and row["lambda_max_ratio_withheld"] is None
 
 
 AUDIT = ("audit", "--dataset", "breast_cancer", "--method", "dpsat", "--sigma", "1", "--epochs", "1")
@@ -423,3 +430,19 @@ def test_a_reader_that_stops_early_gets_no_error_message(tmp_path):
     proc.stdout.close()
     assert proc.wait(timeout=120) == 141
     assert proc.stderr.read() == b""
+
+
+def test_compare_json_says_at_which_seeds_a_ratio_was_withheld():
+    from dpsat_core.cli import _ratio_json
+    from dpsat_core.compare import WithheldRatio, paired_ratio
+
+    withheld = _ratio_json("lambda_max_ratio", WithheldRatio(nonpositive_seeds=(0, 2)))
+    assert withheld == {
+        "lambda_max_ratio": None,
+        "lambda_max_ratio_ci": None,
+        "lambda_max_ratio_pairs": None,
+        "lambda_max_ratio_withheld": [0, 2],
+    }
+    shown = _ratio_json("lambda_max_ratio", paired_ratio([0.5, 2.0]))
+    assert shown["lambda_max_ratio"] == pytest.approx(1.0) and shown["lambda_max_ratio_withheld"] is None
+    assert all(v is None for v in _ratio_json("lambda_max_ratio", None).values())  # not analysed

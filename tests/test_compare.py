@@ -8,6 +8,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from dpsat_core.compare import (
+    RATIO_INTERVAL,
+    WithheldRatio,
     best_epsilon,
     comparisons,
     comparisons_at,
@@ -73,7 +75,13 @@ def test_one_test_example_of_difference_is_not_measurable_once_the_test_set_erro
     (old,) = comparisons(group_runs(_one_example_worse(None)))  # stored before n_test: the seed term alone, said
     assert old.accuracy.n_test is None and old.accuracy.ci_low == pytest.approx(old.accuracy.ci_high)
     assert "seed-to-seed spread only, as the runs were stored without their test-set size" in verdict(old)
-    assert "1 comparison rests on runs stored before" in interval_scope([old])
+    # no comparison has a test-set term: the first sentence says seed-to-seed only, never "plus at least …"
+    scope = interval_scope([old])
+    assert scope.startswith("The accuracy intervals (95%, paired by seed) cover seed-to-seed variation only")
+    assert "at least" not in scope and "plus" not in scope and "rests on" not in scope
+    mixed = interval_scope([c, old])  # one with the floor term, one without: the first sentence from the floor
+    assert mixed.startswith("The accuracy intervals (95%, paired by seed) cover seed-to-seed variation plus at least")
+    assert "1 comparison rests on runs stored before their test-set size was kept" in mixed
 
 
 def test_the_test_set_term_by_hand():
@@ -115,9 +123,9 @@ def test_a_large_consistent_difference_stays_measurable():
     assert c.accuracy.test_error == pytest.approx(np.mean([_adjusted_se(0, 360 * d, 360) for d in (0.10, 0.11, 0.10)]))
     assert verdict(c).endswith("Measurably more accurate.")
     assert interval_scope([c]) == (
-        "The 95% intervals (paired by seed) cover seed-to-seed variation plus at least the test set's sampling "
-        "error implied by the accuracies. 1 comparison rests on runs stored before their per-example test results "
-        "were kept: there the test-set term is a floor (the models may disagree on more examples than their "
+        "The accuracy intervals (95%, paired by seed) cover seed-to-seed variation plus at least the test set's "
+        "sampling error implied by the accuracies. 1 comparison rests on runs stored before their per-example test "
+        "results were kept: there the test-set term is a floor (the models may disagree on more examples than their "
         "accuracies imply), so the interval may be too narrow (retrain to count them)."
     )
     assert "test-set term a floor, as the runs were stored without their per-example results" in verdict(c)
@@ -301,7 +309,7 @@ def test_lambda_max_ratio_is_paired_by_seed():
     runs = [record("dpsgd", 2.0, 0, 0.80, run_id="a"), record("dpsat", 2.0, 0, 0.85, run_id="b")]
     (c,) = comparisons(group_runs(runs, {"a": spectrum(10.0), "b": spectrum(8.0)}))
     assert c.lambda_max_ratio.ratio == pytest.approx(0.8) and c.lambda_max_ratio.ci_low is None
-    assert "λ_max ×0.80 (1 seed pair, no interval)" in verdict(c)
+    assert "λ_max ×0.800 (1 seed pair, no interval)" in verdict(c)
     assert c.backward_passes_ratio == 1 and c.releases_ratio == 1
 
 
@@ -337,13 +345,50 @@ def test_sharpness_ratios_in_the_verdict_carry_their_interval_and_pair_count():
     expected = paired_ratio([b / a for a, b in lam.values()])
     assert c.sharpness_ratio == expected and c.sharpness_ratio.n_pairs == 3
     assert c.lambda_max_ratio.ratio == pytest.approx(2 * expected.ratio)
-    interval = f"95% CI {expected.ci_low:.2f} to {expected.ci_high:.2f}, 3 seed pairs"
-    shown = f"adaptive sharpness ×{expected.ratio:.2f} ({interval})"
+    interval = f"95% CI {expected.ci_low:#.3g} to {expected.ci_high:#.3g}, 3 seed pairs"
+    shown = f"adaptive sharpness ×{expected.ratio:#.3g} ({interval})"
     assert shown in verdict(c) and ratio_text("adaptive sharpness", expected) == shown
-    # a seed whose curvature is not positive leaves the ratio, and the pair count says so
+    # a seed not analysed for one method: fewer pairs than the accuracy's, and the count says how many of them
+    del adaptive["dpsat2"]
+    (c,) = comparisons(group_runs(runs, spectra, adaptive))
+    assert c.sharpness_ratio == paired_ratio([b / a for a, b in list(lam.values())[:2]])
+    assert "adaptive sharpness ×" in verdict(c) and ", 2 of 3 seed pairs analysed)" in verdict(c)
+    # a seed whose analysed curvature is ≤ 0: no ratio at all (a finding, not noise to drop), and why
     adaptive["dpsat2"] = _adaptive(-0.1)
     (c,) = comparisons(group_runs(runs, spectra, adaptive))
-    assert c.sharpness_ratio.n_pairs == 2 and "3 seed pairs" in verdict(c) and ", 2 seed pairs)" in verdict(c)
+    assert c.sharpness_ratio == WithheldRatio(nonpositive_seeds=(2,)) and c.lambda_max_ratio.n_pairs == 3
+    assert "adaptive sharpness ratio not shown: a value ≤ 0 at seed 2," in verdict(c)
+    assert "adaptive sharpness ×" not in verdict(c)
+    adaptive["dpsgd0"] = _adaptive(0.0)
+    (c,) = comparisons(group_runs(runs, spectra, adaptive))
+    assert "adaptive sharpness ratio not shown: a value ≤ 0 at seeds 0, 2," in verdict(c)
+
+
+def test_small_ratios_keep_three_significant_figures():
+    tiny = paired_ratio([0.003, 0.0031, 0.0033])
+    text = ratio_text("λ_max", tiny)
+    assert "0.00 " not in text and "0.00)" not in text and f"×{tiny.ratio:#.3g}" in text
+    assert float(text.split("×")[1].split(" ")[0]) == pytest.approx(tiny.ratio, rel=5e-3)
+    assert ratio_text("λ_max", paired_ratio([0.9997])) == "λ_max ×1.00 (1 seed pair, no interval)"
+    assert ratio_text("λ_max", paired_ratio([123.4])) == "λ_max ×123 (1 seed pair, no interval)"
+
+
+def test_the_caption_says_what_the_ratio_intervals_cover_only_where_a_ratio_is_shown():
+    from dpsat_core.caveats import TRAINING_DATA
+    from dpsat_core.results import DEFAULT_SAMPLES
+
+    runs = [
+        record(m, 2.0, s, 0.8 + 0.01 * s * (m == "dpsat"), run_id=f"{m}{s}") for s in (0, 1) for m in ("dpsgd", "dpsat")
+    ]
+    spectra = {f"{m}{s}": spectrum(3.0 + s) for s in (0, 1) for m in ("dpsgd", "dpsat")}
+    (bare,) = comparisons(group_runs(runs))
+    (sharp,) = comparisons(group_runs(runs, spectra))
+    assert interval_scope([bare]).startswith("The accuracy intervals") and RATIO_INTERVAL not in interval_scope([bare])
+    scope = interval_scope([bare, sharp])
+    assert scope.startswith("The accuracy intervals") and scope.endswith(f" {RATIO_INTERVAL}.")
+    assert "The 95% intervals" not in scope and interval_scope([sharp], ratios=False) == interval_scope([bare])
+    assert TRAINING_DATA in RATIO_INTERVAL and f"fixed {DEFAULT_SAMPLES:,}-row training subset" in RATIO_INTERVAL
+    assert "not the choice of rows" in RATIO_INTERVAL
 
 
 def test_settings_separate_incomparable_runs_and_the_default_epsilon_is_the_best_covered():

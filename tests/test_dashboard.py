@@ -16,6 +16,7 @@ from dashboard.state import get_jobs
 from dashboard.widgets import JOB_PANEL_REFRESH
 from dpsat_core import RunStore, SweepSpec, TrainConfig, sweep
 from dpsat_core.caveats import PER_RUN
+from dpsat_core.compare import RATIO_INTERVAL
 from tests.factories import store_default_analyses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,17 +91,18 @@ def test_overview_shows_the_verdict(populated, monkeypatch):
     verdicts = [m.value for m in at.markdown if "vs DP-SGD" in m.value]
     assert verdicts and verdicts[0].startswith("- At ε=3, DP-SAT (ρ=0.05) vs DP-SGD:")
     assert "95% CI" in verdicts[0] and "2 seed pairs" in verdicts[0] and "same ε" in verdicts[0]
-    # only seed 0's runs are analysed: one seed pair, so the ratios say they have no interval
-    assert re.search(r"adaptive sharpness ×\d\.\d\d \(1 seed pair, no interval\)", verdicts[0]), verdicts[0]
-    assert re.search(r"λ_max ×\d\.\d\d \(1 seed pair, no interval\)", verdicts[0]), verdicts[0]
+    # only seed 0's runs are analysed: one of the two seed pairs, so the ratios say so and have no interval
+    one = r" ×\d\.\d{2,3} \(1 of 2 seed pairs analysed, no interval\)"
+    assert re.search("adaptive sharpness" + one, verdicts[0]) and re.search("λ_max" + one, verdicts[0]), verdicts[0]
     # one budget trained: no slider with a single stop, a line saying which ε is shown
     assert not at.select_slider and any("the only budget trained so far" in c.value for c in at.caption)
     # under the verdicts: what the intervals cover (the runs stored which test examples they got right: the
     # test-set term is counted, not a floor) and that ε is per run
-    (scope,) = [c.value for c in at.caption if "95% intervals" in c.value]
+    (scope,) = [c.value for c in at.caption if "accuracy intervals" in c.value]
+    assert scope.startswith("The accuracy intervals (95%, paired by seed) cover seed-to-seed variation plus")
     assert "sampling error, counted from the test examples each pair of models disagrees on" in scope
     assert "at least" not in scope and "floor" not in scope and "only" not in scope
-    assert PER_RUN in scope
+    assert f"{RATIO_INTERVAL}. {PER_RUN}" in scope  # ratios are shown: what their intervals cover, training data
 
 
 @ON_POPULATED
@@ -283,7 +285,7 @@ def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     labels = _download_labels(at)
     charts = len(at.get("plotly_chart"))
     (table,) = [d.value for d in at.dataframe if "seed pairs" in d.value.columns]  # the paired comparisons
-    one_pair = r"\d\.\d\d \(no interval, 1 pair\)"  # only seed 0's runs are analysed, of two seeds
+    one_pair = r"\d\.\d{2,3} \(no interval, 1 of 2 pairs\)"  # only seed 0's runs are analysed, of two seeds
     assert len(table) and all(re.fullmatch(one_pair, v) for v in table["adaptive sharpness × (95% CI)"])
     assert charts == 4 and all(labels.count(fmt) == charts for fmt in ("PNG", "SVG", "PDF", "HTML"))
     at = open_page("runs")

@@ -25,10 +25,20 @@ def test_the_estimate_is_runs_times_each_kinds_median_with_the_fastest_and_slowe
 def test_the_words_say_estimate_range_and_machine_or_that_the_time_is_unknown():
     assert describe_estimate(estimate_time({"hessian": [5.0]}, {"hessian": 0})) == "Nothing left to compute."
     unknown = describe_estimate(estimate_time({}, {"hessian": 2}))
-    assert unknown.startswith("Time unknown until the first run finishes") and "Hessian spectrum" in unknown
+    assert unknown == (
+        "Time unknown until the first analysis finishes: no Hessian spectrum has been computed for this data set "
+        "and model at default settings yet."
+    )
+    adaptive = describe_estimate(estimate_time({}, {"adaptive": 4}))
+    assert "no adaptive sharpness (scale-invariant λ_max) has been" in adaptive  # lower case mid-sentence
     known = describe_estimate(estimate_time({"hessian": [60.0, 180.0, 600.0], "noise": []}, {"hessian": 3, "noise": 1}))
-    assert known.startswith("Estimated time: about 9 min (3 min to 30 min); plus Noise robustness, whose time")
-    assert "3 earlier analyses" in known and f"this server: {os.cpu_count()} CPU core" in known
+    assert known.startswith(
+        "Estimated time: about 9 min (3 min to 30 min: every run at the fastest / slowest earlier time); plus noise "
+        "robustness, whose time is unknown until its first analysis finishes."
+    )
+    assert "compute time of 3 earlier analyses (loading and start-up not included)" in known
+    assert "for this data set and model at default settings" in known and "in this store" not in known
+    assert f"this server: {os.cpu_count()} CPU core" in known
     assert "estimate" in known.split(".")[1]  # says it is an estimate, not a promise
 
 

@@ -146,6 +146,7 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     keys |= {"ci_high", "cost_ratio", "cost_ratio_spread", "cost_ratio_ci", "backward_passes_ratio", "verdict"}
     keys |= {"sharpness_ratio"}
     keys |= {"sharpness_ratio_ci", "sharpness_ratio_pairs", "lambda_max_ratio", "lambda_max_ratio_ci"}
+    keys |= {"sharpness_ratio_withheld", "lambda_max_ratio_withheld"}
     assert all(keys <= set(row) for row in rows)
     assert [(r["method"], r["target_epsilon"]) for r in rows] == [
         ("dpsam", 2.0),
@@ -265,11 +266,16 @@ def test_exports_say_what_the_randomness_of_a_run_and_training_data_figures_are(
 
 def test_the_report_says_once_what_epsilon_does_not_cover(swept):
     from dpsat_core.caveats import SEEDED_NOISE, TRAINING_DATA
-    from dpsat_core.report import uncovered
+    from dpsat_core.compare import RATIO_INTERVAL
+    from dpsat_core.report import MEASURES, uncovered
+    from dpsat_core.results import DEFAULT_SAMPLES
 
     report = build_report(swept)
     page = render_html(report, static_images=True)
-    assert page.count(TRAINING_DATA) == 1 and page.count(SEEDED_NOISE) == 1  # in the caveats, not per figure
+    # in the caveats and where the sharpness ratios are defined (`RATIO_INTERVAL`), not per figure
+    assert page.count(TRAINING_DATA) == 2 and page.count(SEEDED_NOISE) == 1
+    assert html.escape(f"{MEASURES} {RATIO_INTERVAL}") in page and TRAINING_DATA in RATIO_INTERVAL
+    assert f"fixed {DEFAULT_SAMPLES:,}-row training subset" in MEASURES
     assert page.index("What ε does not cover") > page.index("The evidence")
     assert "Sharpness" in report.uncovered and "wall time per epoch" in report.uncovered
     # a setting of release-mode runs has no seeded noise to warn about

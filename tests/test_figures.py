@@ -1,4 +1,5 @@
 import dataclasses
+import itertools
 import math
 
 import plotly.graph_objects as go
@@ -26,7 +27,8 @@ def test_figures_use_the_method_table_colours_and_names():
     assert fig.layout.shapes[0].line.color == METHODS["sgd"].color  # the non-private ceiling as a line
     spectra = {r.run_id: spectrum(5.0) for r in runs}
     hessian = figures.hessian_vs_epsilon(group_runs(runs, spectra))
-    assert len(hessian.data) == 4  # λ_max and trace per method
+    # λ_max and trace per method, and (one seed each) the trace's Hutchinson error bars on a trace of their own
+    assert sorted(t.mode for t in hessian.data) == ["lines+markers"] * 4 + ["markers"] * 2
     assert hessian.layout.xaxis.title.text == hessian.layout.xaxis2.title.text == "ε (target, log scale)"
     adaptive = {r.run_id: AdaptiveSharpness(lambda_max=0.5, n_samples=64, n_params=10, seconds=0.1) for r in runs}
     lines = {t.name: t for t in figures.adaptive_vs_epsilon(group_runs(runs, spectra, adaptive)).data}
@@ -67,6 +69,50 @@ def test_methods_at_one_epsilon_are_dodged_apart_with_their_own_error_bars_and_t
     assert acc.layout.title.subtitle.text == figures.ERROR_BARS
 
 
+def test_many_lines_stay_on_their_side_of_the_midpoint_between_two_swept_epsilons():
+    grid, sat, sam = (1.0, 2.0, 3.0, 4.0, 8.0), (0.01, 0.02, 0.05, 0.1, 0.2), (0.02, 0.05, 0.1)
+    runs = [record("dpsgd", e, s, 0.8) for e in grid for s in (0, 1)]
+    runs += [
+        record(m, e, s, 0.8, rho=r)
+        for m, rhos in (("dpsat", sat), ("dpsam", sam))
+        for r in rhos
+        for e in grid
+        for s in (0, 1)
+    ]
+    fig = figures.accuracy_vs_epsilon(group_runs(runs))
+    assert len(fig.data) == 9  # 9 lines: uncapped, ε=3's points reached 3.69, past the midpoint √12 ≈ 3.46 to ε=4
+    drawn = {e: [t.x[i] for t in fig.data] for i, e in enumerate(grid)}
+    for a, b in itertools.pairwise(grid):
+        assert max(drawn[a]) < math.sqrt(a * b) < min(drawn[b])
+    # the whole spread at a tick stays within a quarter of the narrowest log gap (3 to 4)
+    assert math.log10(max(drawn[3.0]) / min(drawn[3.0])) <= 0.25 * math.log10(4 / 3) + 1e-12
+    assert figures.dodge_step([1.0], 9, 1.0) == figures.DODGE  # one tick: nothing to cap against
+
+
+def test_the_rho_views_dodge_is_capped_by_the_narrowest_rho_gap():
+    from dpsat_core.compare import comparisons
+
+    rhos = (0.01, 0.02, 1.0)  # span ≈ 1: the uncapped shift 0.025 would pass 0.015, the midpoint of 0.01 and 0.02
+    runs = [record("dpsgd", 2.0, s, 0.8) for s in (0, 1)]
+    runs += [record(m, 2.0, s, 0.8, rho=r) for m in ("dpsam", "dpsat") for r in rhos for s in (0, 1)]
+    stats = group_runs(runs)
+    gains = [t for t in figures.rho_view(stats, comparisons(stats)).data if t.mode == "lines+markers"]
+    assert [t.name for t in gains] == ["DP-SAM", "DP-SAT"]
+    for i, (a, b) in enumerate(itertools.pairwise(rhos)):
+        assert max(t.x[i] for t in gains) < (a + b) / 2 < min(t.x[i + 1] for t in gains)
+    assert gains[1].x[0] - gains[0].x[0] == pytest.approx(0.25 * 0.01)
+
+
+def test_the_sharpness_hover_counts_the_seeds_analysed_and_shows_no_zero_spread():
+    runs = [record(m, 2.0, s, 0.8, run_id=f"{m}{s}") for s in (0, 1, 2) for m in ("dpsgd", "dpsat")]
+    spectra = {"dpsgd0": spectrum(4.0), "dpsgd1": spectrum(5.0), "dpsat0": spectrum(3.0)}  # 2 and 1 of 3 analysed
+    lam_sgd, lam_sat, *_ = figures.hessian_vs_epsilon(group_runs(runs, spectra)).data
+    assert lam_sgd.customdata[0][3] == f" ± {math.sqrt(0.5):.2g} (std over 2 of 3 seeds analysed)"
+    assert lam_sat.customdata[0][3] == " (1 of 3 seeds analysed: no spread)" and "±" not in lam_sat.customdata[0][3]
+    acc_sgd = figures.accuracy_vs_epsilon(group_runs(runs, spectra)).data[0]
+    assert acc_sgd.customdata[0][3] == " ± 0 (std over 3 seeds)"  # the accuracy counts every seed
+
+
 def test_a_line_keeps_its_offset_in_a_figure_where_other_lines_have_nothing_to_draw():
     runs = [record("dpsgd", 2.0, 0, 0.8, run_id="g")]
     runs += [record("dpsat", 2.0, 0, 0.8, rho=r, run_id=f"t{r}") for r in (0.05, 0.2)]
@@ -81,11 +127,17 @@ def test_sharpness_error_bars_are_the_seed_spread_or_for_one_seed_the_traces_sta
     runs = [record("dpsgd", 2.0, s, 0.8, run_id=f"g{s}") for s in (0, 1)] + [record("dpsat", 2.0, 0, 0.8, run_id="t")]
     spectra = {"g0": spectrum(4.0), "g1": spectrum(6.0), "t": dataclasses.replace(spectrum(5.0), trace_stderr=0.7)}
     fig = figures.hessian_vs_epsilon(group_runs(runs, spectra))
-    lam_sgd, lam_sat, trace_sgd, trace_sat = fig.data
-    assert lam_sgd.error_y.array[0] == pytest.approx(math.sqrt(2)) and "std over 2 seeds" in lam_sgd.customdata[0][3]
+    lam_sgd, lam_sat, trace_sgd, trace_sat, hutchinson = fig.data
+    assert lam_sgd.error_y.array[0] == pytest.approx(math.sqrt(2))
+    assert lam_sgd.customdata[0][3] == f" ± {math.sqrt(2):.2g} (std over 2 seeds)"
     assert trace_sgd.error_y.array[0] == pytest.approx(10 * math.sqrt(2))  # trace = 10·λ_max in the factory
-    assert lam_sat.error_y.array[0] == 0 and lam_sat.customdata[0][3] == "1 seed: no spread"
-    assert trace_sat.error_y.array[0] == 0.7 and "Hutchinson" in trace_sat.customdata[0][3]
+    assert lam_sat.error_y.array[0] == 0 and lam_sat.customdata[0][3] == " (1 seed: no spread)"  # no "± 0"
+    # one run's trace: its Hutchinson standard error, drawn thin and capless on a trace of its own, said in the hover
+    assert trace_sat.error_y.array[0] == 0 and "Hutchinson standard error" in trace_sat.customdata[0][3]
+    assert trace_sat.customdata[0][3].startswith(" ± 0.7 ") and "%{customdata[3]}" in trace_sat.hovertemplate
+    assert list(hutchinson.error_y.array) == [0.7] and list(hutchinson.x) == list(trace_sat.x)
+    assert hutchinson.error_y.width == 0 < hutchinson.error_y.thickness < trace_sat.error_y.thickness
+    assert hutchinson.showlegend is False and hutchinson.hoverinfo == "skip" and hutchinson.xaxis == "x2"
     assert fig.layout.title.subtitle.text.startswith(figures.TRACE_ERROR_BARS)
     (bars,) = figures.top_eigenvalues({"DP-SAT ε=2 s0": ("dpsat", spectra["t"])}).data  # one run: its trace's error
     assert bars.name == "DP-SAT ε=2 s0: trace 50 ± 0.7" and list(bars.y) == [5.0]

@@ -313,3 +313,18 @@ def test_a_stop_during_a_cells_sigma_search_ends_the_search_and_stores_nothing(s
         run(spec.cells()[0], store, should_stop=lambda: len(evaluations) >= 2)
     assert len(evaluations) == 2 and store.list_runs() == []
     accounting.calibrate_noise.cache_clear()
+
+
+def test_after_the_grid_is_checked_the_sweeps_planning_has_no_sigma_search_left_to_cancel(store, monkeypatch):
+    # the README's wording: a sweep's σ are found by `check_sweep` before the job exists; the job's own planning
+    # then reads them, so a Cancel there has no σ search to stop (a single run's job still searches, and stops)
+    import dpsat_core.accounting as accounting
+    from dpsat_core.sweeps import calibrate_cells, check_sweep
+
+    spec = SweepSpec(base=dataclasses.replace(BASE, accountant="rdp"), methods=("dpsgd",), epsilons=(2.5,), seeds=(0,))
+    check_sweep(spec, store)  # what the page and `dpsat sweep` do before starting
+    accounting.calibrate_noise.cache_clear()  # a job is a fresh process: only the store remembers
+    monkeypatch.setattr(accounting, "_epsilon_with", lambda *a, **k: pytest.fail("σ searched again in the job"))
+    asked = []
+    calibrate_cells([c.normalized() for c in spec.cells()], store, should_stop=lambda: asked.append(1) and False)
+    assert asked == [1]  # asked once, between cells: never during a σ search
