@@ -7,8 +7,10 @@ Uses the library's probe (`dpsat_core.probe.probe_step_cost`): one fixed batch o
 exactly `batch_size` examples, one step of every method per round in a fresh
 (seeded) order, so no method always follows the same one (a step after DP-SAM's
 long one runs slower), each ratio taken within a round; the median over rounds is
-reported with its 95% confidence interval (`_ci95`, order statistics) and the
-interquartile range of the per-round ratios (`_iqr`, their spread). Ratios come from
+reported with its 95% confidence interval (`_ci95`, order statistics: no distribution
+assumed, but the rounds are taken as independent; it covers this run's round-to-round
+noise, not a rerun's) and the interquartile range of the per-round ratios (`_iqr`, their
+spread). Ratios come from
 this one run. Torch and the BLAS/OpenMP pools run on `--threads` threads (set here,
 and recorded with the allocator's state: warm-up steps, glibc, malloc settings).
 """

@@ -206,7 +206,9 @@ def bottom_line_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
             if c.cost is not None:
                 has_interval = c.cost.ratio_ci_low is not None  # probes stored before the interval was kept: none
                 compute = f"{c.cost.ratio:.2f}× (measured" + (
-                    f"; 95% interval {c.cost.ratio_ci_low:.2f} to {c.cost.ratio_ci_high:.2f})" if has_interval else ")"
+                    f"; 95% interval {c.cost.ratio_ci_low:.2f} to {c.cost.ratio_ci_high:.2f} over the probe's rounds)"
+                    if has_interval
+                    else ")"
                 )
             privacy = "same budget" + (", more noise per step" if c.releases_ratio > 1 else "")
             what = f"{info.label}{rho_text(c)} vs {base.label}, {c.privacy}"

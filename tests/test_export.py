@@ -161,7 +161,10 @@ def test_cli_report_and_export(swept, tmp_path, capsys):
     assert low <= dpsam["cost_ratio"] <= high and "compute per step (measured" in dpsam["verdict"]
     ci_low, ci_high = dpsam["cost_ratio_ci"]  # the median's 95% interval lies inside the rounds' spread
     assert low <= ci_low <= dpsam["cost_ratio"] <= ci_high <= high
-    assert f"(measured; 95% CI {ci_low:.2f}–{ci_high:.2f}, rounds' IQR {low:.2f}–{high:.2f})" in dpsam["verdict"]
+    assert (
+        f"(measured; 95% CI {ci_low:.2f}–{ci_high:.2f} over this probe's rounds, rounds' IQR {low:.2f}–{high:.2f})"
+        in dpsam["verdict"]
+    )
     assert main(["compare", "--no-probe", "--store", str(swept.path)]) == 0
     assert "compute per step (measured" in capsys.readouterr().out  # the stored probe is reused
     assert all("(measured; 95% interval " in compute for _, _, compute, _, _ in bottom_line_rows(build_report(swept)))
