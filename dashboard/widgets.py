@@ -80,8 +80,14 @@ def show_error(exc: Exception) -> None:
     st.error(plain_text(exc if isinstance(exc, DpsatError) else f"{type(exc).__name__}: {exc}"))
 
 
+def wrapped_table(rows: Sequence[dict[str, Any]]) -> None:
+    """A static table whose cells wrap, so a sentence column stays readable in the page's width without a
+    horizontal scrollbar (a dataframe cuts it off); every cell plain text, since `st.table` renders Markdown."""
+    st.table(pd.DataFrame(rows).map(plain_text), hide_index=True)
+
+
 def methods_table() -> None:
-    st.dataframe(pd.DataFrame(method_table()), hide_index=True)
+    wrapped_table(method_table())
 
 
 def _fixed(digits: int) -> Any:
@@ -129,28 +135,23 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
         st.caption("No method has runs at the same privacy level as its baseline yet.")
         return
     rows = [
-        {
+        {  # the reading right after the numbers it reads: a narrow page shows it without scrolling
             "method": f"{method_info(c.method).label} vs {method_info(c.baseline).label}",
             "privacy": c.privacy,
-            "ρ": c.rho,
-            "gain (points)": c.gain_points,
+            "ρ": f"{c.rho:g}",
+            "gain (points)": f"{c.gain_points:+.2f}",
             "95% CI": "–" if c.ci_points[0] is None else f"{c.ci_points[0]:+.2f} to {c.ci_points[1]:+.2f}",
-            "seed pairs": c.accuracy.n_pairs,
-            "backward passes ×": c.backward_passes_ratio,
             "reading": conclusion(c),
-            "adaptive sharpness × (95% CI)": _ratio_cell(c),  # last: a narrow window scrolls to it, never the reading
+            "adaptive sharpness × (95% CI)": _ratio_cell(c),
+            "seed pairs": c.accuracy.n_pairs,
+            "backward passes ×": f"{c.backward_passes_ratio:g}",
         }
         for c in compared
     ]
-    sharpness = st.column_config.TextColumn(
-        "sharpness × (95% CI)",
-        help="Adaptive (scale-invariant) λ_max of the method over its baseline's: the geometric mean over seed "
-        "pairs, with its 95% interval",
-    )
-    st.dataframe(
-        pd.DataFrame(rows),
-        hide_index=True,
-        column_config={"gain (points)": _fixed(2), "adaptive sharpness × (95% CI)": sharpness},
+    wrapped_table(rows)
+    st.caption(
+        "Adaptive sharpness ×: the method's adaptive (scale-invariant) λ_max over its baseline's, the geometric "
+        "mean over seed pairs with its 95% interval."
     )
     scope = interval_scope(compared)
     if scope:

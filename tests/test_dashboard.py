@@ -21,6 +21,7 @@ from tests.factories import store_default_analyses
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
+SHARPNESS = "adaptive sharpness × (95% CI)"  # the comparison table's ratio column
 PAGES = ["overview", "data", "train", "privacy_utility", "sharpness", "landscape", "runs", "audit"]
 
 
@@ -124,7 +125,8 @@ def test_sharpness_shows_adaptive_sharpness_beside_lambda_max(populated, monkeyp
 def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "empty.db"))
     at = open_page("overview")
-    assert "DP-SAT" in at.dataframe[0].value["method"].tolist()
+    # a wrapping table: its "what it does" sentences are never cut off at the column's edge
+    assert "DP-SAT" in at.table[0].value["method"].tolist() and "what it does" in at.table[0].value.columns
     at.button(key="overview-default").click().run()
     jobs = get_jobs().jobs()
     assert len(jobs) == 1 and "DP-SGD, DP-SAM, DP-SAT" in jobs[0].label
@@ -284,9 +286,11 @@ def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     at = open_page("privacy_utility")
     labels = _download_labels(at)
     charts = len(at.get("plotly_chart"))
-    (table,) = [d.value for d in at.dataframe if "seed pairs" in d.value.columns]  # the paired comparisons
+    (table,) = [d.value for d in at.table if "seed pairs" in d.value.columns]  # the paired comparisons, wrapping
+    # the reading next to the numbers it reads, before the columns a narrow window may squeeze
+    assert list(table.columns[:7]) == ["method", "privacy", "ρ", "gain (points)", "95% CI", "reading", SHARPNESS]
     one_pair = r"\d\.\d{2,3} \(no interval, 1 of 2 pairs\)"  # only seed 0's runs are analysed, of two seeds
-    assert len(table) and all(re.fullmatch(one_pair, v) for v in table["adaptive sharpness × (95% CI)"])
+    assert len(table) and all(re.fullmatch(one_pair, v) for v in table[SHARPNESS])
     assert charts == 4 and all(labels.count(fmt) == charts for fmt in ("PNG", "SVG", "PDF", "HTML"))
     at = open_page("runs")
     assert {"Results CSV", "Results JSON"} <= set(_download_labels(at))
