@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from streamlit.proto.Block_pb2 import Block
 from streamlit.testing.v1 import AppTest
 
 from dashboard.state import get_jobs
@@ -350,6 +351,10 @@ def test_the_data_page_shows_an_upload_and_its_selection_again_on_return_until_c
     assert len(at.dataframe[0].value) == 8 and at.caption[0].value == "Selected for training: **patients.csv**"
     captions = [_as_rendered(c.value) for c in at.caption]
     assert "Your earlier upload: **patients.csv** (kept for this session)." in captions
+    note, clear = [c for c in at.columns if c.get("caption") or c.button]  # the caption and its Clear button
+    assert "Your earlier upload" in note.get("caption")[0].value and clear.button[0].key == "data-upload-clear"
+    # centred on one line, the button not hanging below the caption
+    assert {c.proto.vertical_alignment for c in (note, clear)} == {Block.Column.VerticalAlignment.CENTER}
     assert "Schema from earlier: **s.json**." in captions and not at.info  # age's bounds are public: nothing released
     assert at.session_state["upload"] == {"path": chosen["source"], "schema": chosen["schema"]}
     at.button(key="data-upload-clear").click().run()
