@@ -65,8 +65,11 @@ def test_in_process_and_pool_sweeps_give_the_same_reasons_and_messages(tmp_path)
     assert outcomes[1] == outcomes[2]
     errors, messages, failed = outcomes[1]
     assert failed == 2 and errors[0].startswith("DP-SGD, ε = 3, seed 0: training diverged") and "lower lr" in errors[0]
-    assert {"DP-SGD, ε = 3, seed 0 finished", "SGD (non-private), seed 0 finished"} <= messages
-    assert any(m.startswith("DP-SGD, ε = 3, seed 0: epoch 1/1") for m in messages)
+    # each cell named with its place in the grid as it is planned, starts, steps and finishes, in both paths
+    sgd, dp = "SGD (non-private), seed 0 · 1 of 2", "DP-SGD, ε = 3, seed 0 · 2 of 2"
+    assert {f"{sgd} finished", f"{dp} finished", f"{sgd}: starting", f"{dp}: starting"} <= messages
+    assert {f"planning σ for {sgd}", f"planning σ for {dp}"} <= messages
+    assert any(m.startswith(f"{dp}: epoch 1/1") for m in messages)
 
 
 def test_cancelling_a_sweep_keeps_what_finished(store):
