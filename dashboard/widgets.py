@@ -214,6 +214,17 @@ def _job_panel() -> None:
         st.rerun(scope="app")
 
 
+def not_being_analysed(lacking: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`lacking` ({analysis kind: run ids without it}) less the runs a queued or running job of this server will
+    analyse for that kind, saying how many runs that leaves to the job, so a page never offers work twice."""
+    pending = get_jobs().pending_work()
+    covered = {run_id for kind, ids in lacking.items() for run_id in ids if (run_id, kind) in pending}
+    if covered:
+        st.caption(f"{counted(len(covered), 'run')} already being analysed by a running job (progress under Jobs).")
+    left = {kind: [i for i in ids if (i, kind) not in pending] for kind, ids in lacking.items()}
+    return {kind: ids for kind, ids in left.items() if ids}
+
+
 def analysis_time_caption(work: dict[str, int], runs: Sequence[RunRecord]) -> None:
     """Before an analysis button: how long `work` ({kind: runs to analyse}) should take, measured from earlier
     analyses in the store (`estimates.analysis_estimate`), or why that is not known yet."""

@@ -785,3 +785,26 @@ def test_pages_open_on_the_data_set_and_setting_of_the_latest_run_and_keep_the_u
     at.selectbox(key="overview-dataset").select("digits").run()  # the user's choice sticks over reruns
     at.run()
     assert not at.exception and at.selectbox(key="overview-dataset").value == "digits"
+
+
+@ON_POPULATED
+def test_the_sharpness_page_leaves_runs_a_running_job_analyses_out_of_its_offer(populated, monkeypatch):
+    from dpsat_core import cached_analyses
+
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    store = RunStore(populated)
+    ids = [r.run_id for r in store.list_runs(status="done")]
+    lacking = [i for i in ids if i not in cached_analyses(store, ids, "hessian")]
+    assert len(lacking) == 4
+    release = threading.Event()
+    work = frozenset((i, kind) for i in lacking[:3] for kind in ("hessian", "adaptive", "noise"))
+    job = get_jobs().submit("analysis", "held", lambda progress, stop: release.wait(60), work=work)
+    try:
+        at = open_page("sharpness")
+        assert not at.exception
+        assert "3 runs already being analysed by a running job (progress under Jobs)." in [c.value for c in at.caption]
+        button = at.button(key="sharp-go").label  # only the one run no job covers
+        assert button.startswith("Compute Hessian spectrum, ") and button.endswith(" for 1 run")
+    finally:
+        release.set()
+        get_jobs().wait(job, timeout=60)
