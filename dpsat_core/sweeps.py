@@ -351,7 +351,8 @@ def _sweep_pool(
     initargs = (os.getpid(), dict(os.environ), threads, reports, stop)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
         pending: dict[Future, tuple[int, TrainConfig]] = {
-            pool.submit(_cell_worker, cell.to_dict(), key, str(store.path)): (key, cell) for key, cell in enumerate(todo)
+            pool.submit(_cell_worker, cell.to_dict(), key, str(store.path)): (key, cell)
+            for key, cell in enumerate(todo)
         }
         finished = 0
         while pending:

@@ -45,7 +45,8 @@ def test_a_small_sweep_stores_every_cell_and_a_rerun_trains_nothing(store):
     assert len(first.trained) == 2 and not first.failed and not first.reused
     assert reports[-1].done == reports[-1].total == 2
     assert any(r.metrics.get("epsilon_spent") and r.metrics.get("test_accuracy") is not None for r in reports)
-    assert any(r.message.startswith("DP-SAT, ε = 2, ρ = 0.05, seed 0 · 2 of 2: ") for r in reports)  # the method's own name
+    # the method's own name, and the cell's place in the grid
+    assert any(r.message.startswith("DP-SAT, ε = 2, ρ = 0.05, seed 0 · 2 of 2: ") for r in reports)
     records = [store.get(r) for r in first.trained]
     assert {r.method for r in records} == {"dpsgd", "dpsat"}
     assert all(r.status == "done" and r.epsilon_spent <= 2.0 for r in records)
