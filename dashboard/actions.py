@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import streamlit as st
 
@@ -31,11 +31,16 @@ def _submit(kind: str, label: str, task: partial) -> str:
     """Queue a `dpsat_core.tasks` task as a job in a process of its own (the server's reruns cannot slow it), and
     say so where the user is looking (a toast), not only in the job panel below."""
     job_id = get_jobs().submit(kind, label, task, owner=session_owner(), own_process=True)
+    _started(label)
+    return job_id
+
+
+def _started(label: str) -> None:
+    """Say that a job started where the user is looking (a toast), not only in the job panel below."""
     st.toast(
         f"Started: {plain_text(label)}. Progress is under **Jobs** at the bottom of the page.",
         icon=":material/hourglass_top:",
     )
-    return job_id
 
 
 def start_sweep(spec: SweepSpec, *, then_analyse: Sequence[str] = ()) -> str:
@@ -98,13 +103,32 @@ def start_probe(config: TrainConfig, methods: Sequence[str]) -> str:
     return _submit("probe", f"step cost of {', '.join(methods)}", task)
 
 
-def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> str:
-    """Compute (and store) the given analyses (registry names) for each run at their default settings;
-    already stored ones are not recomputed."""
+def _analyses_label(work: Sequence[tuple[str, str]]) -> str:
+    """'Hessian spectrum, Noise robustness for 4 runs': what an analysis job computes."""
+    kinds = dict.fromkeys(kind for _, kind in work)
+    runs = dict.fromkeys(run_id for run_id, _ in work)
+    return f"{', '.join(ANALYSES[kind].label for kind in kinds)} for {counted(len(runs), 'run')}"
+
+
+def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> Optional[str]:
+    """Compute (and store) the given analyses (registry names) for each run at their default settings; already
+    stored ones are not recomputed, and pairs a queued or running job of this server covers are left to it (None:
+    all of them were)."""
     work = [(run_id, kind) for run_id in run_ids for kind in kinds]
-    labels = ", ".join(ANALYSES[kind].label for kind in kinds)
-    task = partial(tasks.analyses_task, store=get_store(), work=work)
-    return _submit("analysis", f"{labels} for {counted(len(run_ids), 'run')}", task)
+    store = get_store()
+    job_id = get_jobs().submit_new_work(
+        "analysis",
+        _analyses_label,
+        lambda part: partial(tasks.analyses_task, store=store, work=part),
+        work,
+        owner=session_owner(),
+        own_process=True,
+    )
+    if job_id is None:
+        st.toast("Already being computed by a running job: progress is under **Jobs**.")
+    else:
+        _started(get_jobs().get(job_id).label)
+    return job_id
 
 
 def start_line(run_a: str, run_b: str) -> str:

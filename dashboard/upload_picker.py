@@ -42,7 +42,7 @@ def upload_picker(chosen_before: dict) -> tuple[str, Optional[str], Optional[str
             st.info("Upload a file to check and preview it. Nothing leaves this machine.")
             st.stop()
         received = earlier
-        note, clear = st.columns([5, 1])
+        note, clear = st.columns([5, 1], vertical_alignment="center")  # the button on the caption's line
         note.caption(f"Your earlier upload: **{plain_text(received.path.name)}** (kept for this session).")
         clear.button("Clear", key="data-upload-clear", on_click=forget_upload)
     source = str(received.path)

@@ -80,8 +80,14 @@ def show_error(exc: Exception) -> None:
     st.error(plain_text(exc if isinstance(exc, DpsatError) else f"{type(exc).__name__}: {exc}"))
 
 
+def wrapped_table(rows: Sequence[dict[str, Any]]) -> None:
+    """A static table whose cells wrap, so a sentence column stays readable in the page's width without a
+    horizontal scrollbar (a dataframe cuts it off); every cell plain text, since `st.table` renders Markdown."""
+    st.table(pd.DataFrame(rows).map(plain_text), hide_index=True)
+
+
 def methods_table() -> None:
-    st.dataframe(pd.DataFrame(method_table()), hide_index=True)
+    wrapped_table(method_table())
 
 
 def _fixed(digits: int) -> Any:
@@ -129,28 +135,23 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
         st.caption("No method has runs at the same privacy level as its baseline yet.")
         return
     rows = [
-        {
+        {  # the reading right after the numbers it reads: a narrow page shows it without scrolling
             "method": f"{method_info(c.method).label} vs {method_info(c.baseline).label}",
             "privacy": c.privacy,
-            "ρ": c.rho,
-            "gain (points)": c.gain_points,
+            "ρ": f"{c.rho:g}",
+            "gain (points)": f"{c.gain_points:+.2f}",
             "95% CI": "–" if c.ci_points[0] is None else f"{c.ci_points[0]:+.2f} to {c.ci_points[1]:+.2f}",
-            "seed pairs": c.accuracy.n_pairs,
-            "backward passes ×": c.backward_passes_ratio,
             "reading": conclusion(c),
-            "adaptive sharpness × (95% CI)": _ratio_cell(c),  # last: a narrow window scrolls to it, never the reading
+            "adaptive sharpness × (95% CI)": _ratio_cell(c),
+            "seed pairs": c.accuracy.n_pairs,
+            "backward passes ×": f"{c.backward_passes_ratio:g}",
         }
         for c in compared
     ]
-    sharpness = st.column_config.TextColumn(
-        "sharpness × (95% CI)",
-        help="Adaptive (scale-invariant) λ_max of the method over its baseline's: the geometric mean over seed "
-        "pairs, with its 95% interval",
-    )
-    st.dataframe(
-        pd.DataFrame(rows),
-        hide_index=True,
-        column_config={"gain (points)": _fixed(2), "adaptive sharpness × (95% CI)": sharpness},
+    wrapped_table(rows)
+    st.caption(
+        "Adaptive sharpness ×: the method's adaptive (scale-invariant) λ_max over its baseline's, the geometric "
+        "mean over seed pairs with its 95% interval."
     )
     scope = interval_scope(compared)
     if scope:
@@ -211,6 +212,17 @@ def _job_panel() -> None:
             st.error(plain_text(f"{job.label}: {job.error}"))
     if finished_now:
         st.rerun(scope="app")
+
+
+def not_being_analysed(lacking: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`lacking` ({analysis kind: run ids without it}) less the runs a queued or running job of this server will
+    analyse for that kind, saying how many runs that leaves to the job, so a page never offers work twice."""
+    pending = get_jobs().pending_work()
+    covered = {run_id for kind, ids in lacking.items() for run_id in ids if (run_id, kind) in pending}
+    if covered:
+        st.caption(f"{counted(len(covered), 'run')} already being analysed by a running job (progress under Jobs).")
+    left = {kind: [i for i in ids if (i, kind) not in pending] for kind, ids in lacking.items()}
+    return {kind: ids for kind, ids in left.items() if ids}
 
 
 def analysis_time_caption(work: dict[str, int], runs: Sequence[RunRecord]) -> None:

@@ -185,7 +185,8 @@ def _config(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
 
 
 class _StderrProgress:
-    """One overwritten line on a terminal; in a pipe or a log, one line per stage and per finished stage."""
+    """One overwritten line on a terminal; in a pipe or a log, one line per stage, per finished stage and per
+    sweep cell planned, started or finished (a report with an "event")."""
 
     def __init__(self) -> None:
         self.last: Optional[tuple[str, bool]] = None
@@ -197,7 +198,7 @@ class _StderrProgress:
             self.open = True
             return
         mark = (p.stage, p.done >= p.total)
-        if mark != self.last:
+        if mark != self.last or "event" in p.metrics:
             self.last = mark
             print(f"[{p.stage}] {p.done}/{p.total} {p.message}", file=sys.stderr, flush=True)
 

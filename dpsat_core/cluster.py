@@ -222,7 +222,7 @@ def sweep_on_ray(
     from .planning import plan_run
     from .runner import store_result
     from .store import ClaimHeld
-    from .sweeps import CellOutcome, _cell_progress, _record, cell_label
+    from .sweeps import CellOutcome, _cell_progress, _record, cell_finished, cell_label
 
     ray = connect(cluster)
     window = capacity(ray, cluster)
@@ -264,7 +264,7 @@ def sweep_on_ray(
             for _, _, run_id in running.values():  # the driver holds the claims of its tasks' rows
                 store.heartbeat(run_id)
             for key, *report in ray.get(channel.drain.remote(sweep_id)):
-                _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
+                _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]), key + 1)(Progress(*report))
             for ref in done:
                 key, cell, run_id = running.pop(ref)
                 label = cell_label(cell)
@@ -281,7 +281,7 @@ def sweep_on_ray(
                 _record(result, outcome, cell)
                 if outcome.status != "cancelled":
                     finished += 1
-                    on_progress(Progress("sweep", finished, len(todo), f"{label} finished"))
+                    cell_finished(on_progress, finished, len(todo), label, key + 1)
     finally:
         for ref, (_, _, run_id) in running.items():  # the driver stopped early (Ctrl-C, an error): no row runs on
             ray.cancel(ref, force=True)

@@ -24,19 +24,30 @@ def _color(method: str) -> str:
     return method_info(method).color
 
 
+# Figure height with a few legend entries, and the height added per entry beyond them: a legend wraps to one entry
+# a line in a narrow column, and it should push the figure down rather than squeeze the plot or scroll
+HEIGHT = 450
+LEGEND_ROOMY = 4
+LEGEND_LINE = 19
+
+
 def _layout(fig: go.Figure, title: str, x: str, y: str, **extra) -> go.Figure:
+    entries = sum(1 for t in fig.data if t.showlegend is not False)
     fig.update_layout(
         title=title,
         template=TEMPLATE,
         xaxis_title=x,
         yaxis_title=y,
         legend_title_text="",
-        # below the plot, so a narrow column keeps its plot area
-        legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
+        # below the plot, so a narrow column keeps its plot width; anchored to the bottom of the whole figure
+        # (`yref="container"`), so plotly grows the bottom margin to fit it under the x-axis title, never over it
+        legend=dict(orientation="h", yref="container", yanchor="bottom", y=0, xanchor="left", x=0),
         showlegend=True,  # also with a single trace: the name says which run or method it is
         margin=dict(l=60, r=20, t=60, b=50),
         **extra,
     )
+    if fig.layout.height is None:
+        fig.update_layout(height=HEIGHT + LEGEND_LINE * max(0, entries - LEGEND_ROOMY))
     return fig
 
 
@@ -99,6 +110,8 @@ def _series(stats: Sequence[CellStats]) -> dict[str, list[CellStats]]:
 
 
 EPSILON_TITLE = "ε (target, log scale)"
+# With a single ε (or ρ) the axis spans this far either side of it: log10 units for ε, a share of ρ for ρ
+SINGLE_TICK_HALF_RANGE = 0.3
 
 
 def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
@@ -107,6 +120,9 @@ def _epsilon_axis(fig: go.Figure, stats: Sequence[CellStats], **where) -> None:
     fig.update_xaxes(
         type="log", tickvals=ticks, ticktext=[f"{t:.3g}" for t in ticks], title_text=EPSILON_TITLE, **where
     )
+    if len(ticks) == 1:  # no gap to autorange over: a fixed range keeps the dodge a small offset around the tick
+        middle = math.log10(ticks[0])
+        fig.update_xaxes(range=[middle - SINGLE_TICK_HALF_RANGE, middle + SINGLE_TICK_HALF_RANGE], **where)
 
 
 # What the error bars of `_add_series` are, said under the title of every figure that draws them
@@ -362,6 +378,10 @@ def rho_view(stats: Sequence[CellStats], comparisons: Sequence[Comparison]) -> g
             showarrow=False,
         )
     fig.update_xaxes(title_text="ρ")
+    if len(set(rhos)) == 1:  # no gap to autorange over: keep the dodge a small offset around the only ρ
+        rho = rhos[0]
+        half = SINGLE_TICK_HALF_RANGE * (abs(rho) or 1.0)
+        fig.update_xaxes(range=[rho - half, rho + half], tickvals=[rho], ticktext=[f"{rho:g}"])
     fig.update_yaxes(title_text="points (paired, 95% interval)", row=1, col=1)
     fig.update_yaxes(title_text="adaptive λ_max", row=1, col=2)
     _layout(fig, "ρ, the methods' own knob", "ρ", "points (paired, 95% interval)")

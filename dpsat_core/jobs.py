@@ -20,13 +20,15 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from .errors import DpsatError
 from .progress import Cancelled, Progress, ProgressFn, StopFn
 
 JobFn = Callable[[ProgressFn, StopFn], Any]
 FINISHED = ("done", "failed", "cancelled")
+Work = frozenset[tuple[str, str]]  # the (run id, analysis kind) pairs a job computes
+WorkList = Sequence[tuple[str, str]]  # the same, in the order a job computes them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +47,7 @@ class JobView:
     created: float
     finished: Optional[float]
     cancel_requested: bool  # Cancel was clicked (in any session), whether or not the job has ended since
+    work: Work = frozenset()
 
     @property
     def active(self) -> bool:
@@ -75,6 +78,7 @@ class _Job:
     created: float = field(default_factory=time.time)
     finished: Optional[float] = None
     stop: threading.Event = field(default_factory=threading.Event)
+    work: Work = frozenset()
 
     def view(self) -> JobView:
         return JobView(
@@ -90,6 +94,7 @@ class _Job:
             created=self.created,
             finished=self.finished,
             cancel_requested=self.stop.is_set(),
+            work=self.work,
         )
 
 
@@ -100,20 +105,45 @@ class JobManager:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dpsat-job")
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # `submit_new_work`: the check and the submit as one step
 
-    def submit(self, kind: str, label: str, fn: JobFn, *, owner: str = "", own_process: bool = False) -> str:
+    def submit(
+        self, kind: str, label: str, fn: JobFn, *, owner: str = "", own_process: bool = False, work: Work = frozenset()
+    ) -> str:
         """Queue `fn` as a job of `owner` (a session id; '' for scripts) and return its id; `own_process`: run it
         in a spawned process of its own (`fn` must pickle: a module-level function or a `functools.partial` of
-        one), which dies with this one."""
+        one), which dies with this one. `work`: the (run id, analysis kind) pairs it computes (`pending_work`)."""
         if own_process:
             from .job_process import run_in_process
 
             fn = partial(run_in_process, fn)
-        job = _Job(uuid.uuid4().hex[:10], kind, label, owner)
+        job = _Job(uuid.uuid4().hex[:10], kind, label, owner, work=frozenset(work))
         with self._lock:
             self._jobs[job.job_id] = job
         self._executor.submit(self._run, job, fn)
         return job.job_id
+
+    def submit_new_work(
+        self,
+        kind: str,
+        label: Callable[[WorkList], str],
+        fn: Callable[[WorkList], JobFn],
+        work: WorkList,
+        **options: Any,
+    ) -> Optional[str]:
+        """Submit a job for the part of `work` that no queued or running job covers (`fn(part)`, labelled
+        `label(part)`), checked and submitted as one step so two clicks (two tabs) never both take a pair; None
+        when nothing is left."""
+        with self._submit_lock:
+            pending = self.pending_work()
+            new = [pair for pair in dict.fromkeys(work) if pair not in pending]
+            return self.submit(kind, label(new), fn(new), work=frozenset(new), **options) if new else None
+
+    def pending_work(self) -> Work:
+        """The (run id, analysis kind) pairs that queued or running jobs, not being cancelled, will compute."""
+        with self._lock:
+            live = [j.work for j in self._jobs.values() if j.status not in FINISHED and not j.stop.is_set()]
+        return frozenset().union(*live)
 
     def _run(self, job: _Job, fn: JobFn) -> None:
         with self._lock:  # `cancel` ends a queued job at once: it and this start never both happen

@@ -193,6 +193,7 @@ def _cell_worker(config: dict, key: int, store_path: str) -> CellOutcome:
         except Exception:  # a full or closed queue must never stop training
             pass
 
+    forward(CELL_STARTED)
     with training():
         return run_cell(
             cell, RunStore(store_path), on_progress=forward, should_stop=lambda: stopping() or stop.is_set()
@@ -219,7 +220,7 @@ def sweep(
         (result.reused.append(done.run_id) if done else todo.append(cell))
     total = len(todo)
     on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
-    calibrate_cells(todo, store, should_stop=should_stop)
+    calibrate_cells(todo, store, should_stop=should_stop, on_progress=on_progress)
     if stop_asked(should_stop):  # cancelled while planning (seconds for a big grid): start nothing
         result.cancelled = True
         result.skipped.extend(cell_label(cell) for cell in todo)
@@ -235,18 +236,27 @@ def sweep(
     return result
 
 
-def calibrate_cells(cells: Sequence[TrainConfig], store: RunStore, *, should_stop: Optional[StopFn] = None) -> None:
+def calibrate_cells(
+    cells: Sequence[TrainConfig],
+    store: RunStore,
+    *,
+    should_stop: Optional[StopFn] = None,
+    on_progress: ProgressFn = no_progress,
+) -> None:
     """Calibrate σ for every cell here, once, into the store, then its per-epoch ε, so workers read them instead
     of each recomputing them (seeds running side by side would ask the same questions at once, each worker
     without the accountant's memo); a cell that cannot be planned is left for its run to report. `should_stop()`
     ends it between cells or between two evaluations of a cell's σ search (seconds to a minute at small ε): the
-    sweep then starts nothing."""
+    sweep then starts nothing. Each cell is named in `on_progress` as it is planned (a σ search takes seconds)."""
     from .data import load_config_dataset
     from .planning import plan_run, record_epoch_epsilons
 
-    for cell in cells:
+    for i, cell in enumerate(cells):
         if stop_asked(should_stop):
             return
+        label = cell_label(cell)
+        planning = f"planning σ for {cell_position(label, i + 1, len(cells))}"
+        on_progress(Progress("sweep", 0, len(cells), planning, {"cell": label, "event": "planning"}))
         try:  # the whole plan, so a table's released statistics are composed in as the run will compose them
             plan = plan_run(cell, load_config_dataset(cell), store, device_here=False, should_stop=should_stop).privacy
         except DpsatError:
@@ -271,14 +281,31 @@ def _record(result: SweepResult, outcome: CellOutcome, cell: TrainConfig) -> Non
         result.errors.append(outcome.error)
 
 
-def _cell_progress(on_progress: ProgressFn, index: int, total: int, label: str) -> ProgressFn:
-    """Report a cell's own progress as sweep progress: 'label: message', with the cell's fraction."""
+def cell_position(label: str, number: int, total: int) -> str:
+    """'DP-SAT, ε = 3, ρ = 0.05, seed 0 · 2 of 4': a cell as progress names it, with its place in the grid."""
+    return f"{label} · {number} of {total}"
+
+
+# A cell's first report, sent as it starts: a sweep's progress names the cell before its first step
+CELL_STARTED = Progress("train", 0, 1, "starting", {"event": "started"})
+
+
+def _cell_progress(on_progress: ProgressFn, done: int, total: int, label: str, number: int) -> ProgressFn:
+    """Report a cell's own progress as sweep progress: 'label · number of total: message', where `done` cells of
+    `total` have finished and this one's fraction is under way."""
 
     def report(p: Progress) -> None:
-        metrics = {**p.metrics, "cell": label, "run": f"run {index + 1} of {total}"}
-        on_progress(Progress("sweep", index, total, f"{label}: {p.message}", metrics, within=p.fraction))
+        metrics = {**p.metrics, "cell": label, "run": f"run {number} of {total}"}
+        message = f"{cell_position(label, number, total)}: {p.message}"
+        on_progress(Progress("sweep", done, total, message, metrics, within=p.fraction))
 
     return report
+
+
+def cell_finished(on_progress: ProgressFn, done: int, total: int, label: str, number: int) -> None:
+    """Report that cell `number` finished, the `done`-th of `total` to finish."""
+    message = f"{cell_position(label, number, total)} finished"
+    on_progress(Progress("sweep", done, total, message, {"cell": label, "event": "finished"}))
 
 
 def _sweep_inline(
@@ -294,13 +321,14 @@ def _sweep_inline(
             result.skipped.extend(cell_label(c) for c in todo[i:])
             return
         label = cell_label(cell)
-        progress = _cell_progress(on_progress, i, len(todo), label)
+        progress = _cell_progress(on_progress, i, len(todo), label, i + 1)
+        progress(CELL_STARTED)
         outcome = run_cell(cell, store, on_progress=progress, should_stop=should_stop)
         _record(result, outcome, cell)
         if outcome.status in ("cancelled", "skipped"):  # the bar stays where the sweep stopped
             result.skipped.extend(cell_label(c) for c in todo[i + 1 :])
             return
-        on_progress(Progress("sweep", i + 1, len(todo), f"{label} finished"))
+        cell_finished(on_progress, i + 1, len(todo), label, i + 1)
 
 
 def _sweep_pool(
@@ -322,8 +350,9 @@ def _sweep_pool(
     reports, stop = context.Queue(), context.Event()
     initargs = (os.getpid(), dict(os.environ), threads, reports, stop)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
-        pending: dict[Future, TrainConfig] = {
-            pool.submit(_cell_worker, cell.to_dict(), key, str(store.path)): cell for key, cell in enumerate(todo)
+        pending: dict[Future, tuple[int, TrainConfig]] = {
+            pool.submit(_cell_worker, cell.to_dict(), key, str(store.path)): (key, cell)
+            for key, cell in enumerate(todo)
         }
         finished = 0
         while pending:
@@ -337,9 +366,9 @@ def _sweep_pool(
                     key, *report = reports.get_nowait()
                 except queue.Empty:
                     break
-                _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]))(Progress(*report))
+                _cell_progress(on_progress, finished, len(todo), cell_label(todo[key]), key + 1)(Progress(*report))
             for future in done:
-                cell = pending.pop(future)
+                key, cell = pending.pop(future)
                 if future.cancelled():
                     _record(result, CellOutcome(run_id="", status="skipped", error=""), cell)
                     continue
@@ -352,6 +381,6 @@ def _sweep_pool(
                 _record(result, outcome, cell)
                 if outcome.status not in ("cancelled", "skipped"):
                     finished += 1
-                    on_progress(Progress("sweep", finished, len(todo), f"{cell_label(cell)} finished"))
+                    cell_finished(on_progress, finished, len(todo), cell_label(cell), key + 1)
     if stop_asked(should_stop):
         result.cancelled = True

@@ -11,6 +11,7 @@ from dashboard.widgets import (
     chart,
     comparable_runs_or_stop,
     job_panel,
+    not_being_analysed,
     one_run_per_method,
     run_multiselect,
     training_data_caption,
@@ -35,12 +36,12 @@ stored_surfaces = cached_analyses(store, chosen_ids, "surface")
 slices = {labels[r.run_id]: (r.method, stored_slices[r.run_id]) for r in chosen if r.run_id in stored_slices}
 surfaces = {labels[r.run_id]: stored_surfaces[r.run_id] for r in chosen if r.run_id in stored_surfaces}
 kinds = {"slice": stored_slices, "surface": stored_surfaces}
-missing = [r for r in chosen_ids if r not in stored_slices or r not in stored_surfaces]
+lacking = not_being_analysed({kind: [r for r in chosen_ids if r not in stored] for kind, stored in kinds.items()})
+missing = list(dict.fromkeys(r for ids in lacking.values() for r in ids))
 if missing:
-    lacking = {kind: sum(r not in stored for r in missing) for kind, stored in kinds.items()}
-    analysis_time_caption(lacking, chosen)
+    analysis_time_caption({kind: len(ids) for kind, ids in lacking.items()}, chosen)
     if st.button(f"Compute slices and surfaces for {counted(len(missing), 'run')}", key="land-go"):
-        start_analyses(missing, list(kinds))
+        start_analyses(missing, list(lacking))
 if slices:
     chart(figures.slices_overlay(slices), key="land-slices")
 if surfaces:

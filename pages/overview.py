@@ -10,7 +10,15 @@ from functools import partial
 
 from dashboard.actions import report_file, start_analyses, start_default_comparison, start_probe
 from dashboard.state import get_store
-from dashboard.widgets import chart, download, job_panel, methods_table, one_run_per_method, setting_picker
+from dashboard.widgets import (
+    chart,
+    download,
+    job_panel,
+    methods_table,
+    not_being_analysed,
+    one_run_per_method,
+    setting_picker,
+)
 from dpsat_core import analysed_cells, cached_analyses, figures, method_info, step_cost
 from dpsat_core.caveats import PER_RUN
 from dpsat_core.compare import (
@@ -72,7 +80,7 @@ with sharp:  # the scale-invariant measure: λ_max alone can move with a layer's
     if any(c.adaptive_mean is not None for c in stats):
         chart(figures.adaptive_vs_epsilon(stats), key="overview-adaptive")
     analysed = cached_analyses(store, [r.run_id for r in runs], "adaptive")
-    missing = [r.run_id for r in runs if r.run_id not in analysed]
+    missing = not_being_analysed({"adaptive": [r.run_id for r in runs if r.run_id not in analysed]}).get("adaptive")
     if missing and st.button(
         f"Compute adaptive sharpness for {counted(len(missing), 'run')}", key="overview-adaptive-go"
     ):
@@ -84,8 +92,10 @@ with slices_col:
     slices = {figures.run_label(r): (r.method, stored[r.run_id]) for r in chosen if r.run_id in stored}
     if slices:
         chart(figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon:g}"), key="overview-slices")
-    missing_slices = [r.run_id for r in chosen if r.run_id not in stored]
-    if missing_slices and st.button(f"Compute 1D slices for {len(missing_slices)} runs", key="overview-slices-go"):
+    missing_slices = not_being_analysed({"slice": [r.run_id for r in chosen if r.run_id not in stored]}).get("slice")
+    if missing_slices and st.button(
+        f"Compute 1D slices for {counted(len(missing_slices), 'run')}", key="overview-slices-go"
+    ):
         start_analyses(missing_slices, ["slice"])
 with report_col:
     st.markdown("**Pilot report** for managers: the question, the settings, the verdicts, the figures, the caveats.")

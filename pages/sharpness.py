@@ -10,6 +10,7 @@ from dashboard.widgets import (
     chart,
     comparable_runs_or_stop,
     job_panel,
+    not_being_analysed,
     one_run_per_method,
     run_multiselect,
     training_data_caption,
@@ -29,7 +30,7 @@ adaptive = cached_analyses(store, run_ids, "adaptive")
 noise = cached_analyses(store, run_ids, "noise")
 stored = {"hessian": spectra, "adaptive": adaptive, "noise": noise}
 lacking = {kind: [i for i in run_ids if i not in done] for kind, done in stored.items()}
-lacking = {kind: ids for kind, ids in lacking.items() if ids}
+lacking = not_being_analysed({kind: ids for kind, ids in lacking.items() if ids})
 if lacking:
     missing = list(dict.fromkeys(i for ids in lacking.values() for i in ids))
     names = [ANALYSES[kind].label for kind in lacking]

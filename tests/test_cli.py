@@ -254,6 +254,19 @@ def test_progress_in_a_pipe_is_one_line_per_stage_not_an_overwritten_line(capsys
     progress(Progress(stage="hessian", done=0, total=1, message="λ"))
     err = capsys.readouterr().err
     assert "\r" not in err and err.splitlines() == ["[train] 0/3 epoch 0", "[train] 3/3 epoch 3", "[hessian] 0/1 λ"]
+    # a sweep's cells: a line as each starts and finishes, none for their steps in between
+    for done, message, event in (
+        (0, "a · 1 of 2: starting", "started"),
+        (0, "a · 1 of 2: epoch 1/1", None),
+        (1, "a · 1 of 2 finished", "finished"),
+        (1, "b · 2 of 2: starting", "started"),
+    ):
+        progress(Progress("sweep", done, 2, message, {"event": event} if event else {}))
+    assert capsys.readouterr().err.splitlines() == [
+        "[sweep] 0/2 a · 1 of 2: starting",
+        "[sweep] 1/2 a · 1 of 2 finished",
+        "[sweep] 1/2 b · 2 of 2: starting",
+    ]
 
 
 def test_compare_leaves_diverged_runs_out_unless_asked_and_says_how_many(tmp_path, capsys):

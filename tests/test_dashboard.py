@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from streamlit.proto.Block_pb2 import Block
 from streamlit.testing.v1 import AppTest
 
 from dashboard.state import get_jobs
@@ -21,6 +22,7 @@ from tests.factories import store_default_analyses
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "app.py")
+SHARPNESS = "adaptive sharpness × (95% CI)"  # the comparison table's ratio column
 PAGES = ["overview", "data", "train", "privacy_utility", "sharpness", "landscape", "runs", "audit"]
 
 
@@ -124,7 +126,8 @@ def test_sharpness_shows_adaptive_sharpness_beside_lambda_max(populated, monkeyp
 def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monkeypatch):
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "empty.db"))
     at = open_page("overview")
-    assert "DP-SAT" in at.dataframe[0].value["method"].tolist()
+    # a wrapping table: its "what it does" sentences are never cut off at the column's edge
+    assert "DP-SAT" in at.table[0].value["method"].tolist() and "what it does" in at.table[0].value.columns
     at.button(key="overview-default").click().run()
     jobs = get_jobs().jobs()
     assert len(jobs) == 1 and "DP-SGD, DP-SAM, DP-SAT" in jobs[0].label
@@ -284,9 +287,11 @@ def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     at = open_page("privacy_utility")
     labels = _download_labels(at)
     charts = len(at.get("plotly_chart"))
-    (table,) = [d.value for d in at.dataframe if "seed pairs" in d.value.columns]  # the paired comparisons
+    (table,) = [d.value for d in at.table if "seed pairs" in d.value.columns]  # the paired comparisons, wrapping
+    # the reading next to the numbers it reads, before the columns a narrow window may squeeze
+    assert list(table.columns[:7]) == ["method", "privacy", "ρ", "gain (points)", "95% CI", "reading", SHARPNESS]
     one_pair = r"\d\.\d{2,3} \(no interval, 1 of 2 pairs\)"  # only seed 0's runs are analysed, of two seeds
-    assert len(table) and all(re.fullmatch(one_pair, v) for v in table["adaptive sharpness × (95% CI)"])
+    assert len(table) and all(re.fullmatch(one_pair, v) for v in table[SHARPNESS])
     assert charts == 4 and all(labels.count(fmt) == charts for fmt in ("PNG", "SVG", "PDF", "HTML"))
     at = open_page("runs")
     assert {"Results CSV", "Results JSON"} <= set(_download_labels(at))
@@ -346,6 +351,10 @@ def test_the_data_page_shows_an_upload_and_its_selection_again_on_return_until_c
     assert len(at.dataframe[0].value) == 8 and at.caption[0].value == "Selected for training: **patients.csv**"
     captions = [_as_rendered(c.value) for c in at.caption]
     assert "Your earlier upload: **patients.csv** (kept for this session)." in captions
+    note, clear = [c for c in at.columns if c.get("caption") or c.button]  # the caption and its Clear button
+    assert "Your earlier upload" in note.get("caption")[0].value and clear.button[0].key == "data-upload-clear"
+    # centred on one line, the button not hanging below the caption
+    assert {c.proto.vertical_alignment for c in (note, clear)} == {Block.Column.VerticalAlignment.CENTER}
     assert "Schema from earlier: **s.json**." in captions and not at.info  # age's bounds are public: nothing released
     assert at.session_state["upload"] == {"path": chosen["source"], "schema": chosen["schema"]}
     at.button(key="data-upload-clear").click().run()
@@ -776,3 +785,26 @@ def test_pages_open_on_the_data_set_and_setting_of_the_latest_run_and_keep_the_u
     at.selectbox(key="overview-dataset").select("digits").run()  # the user's choice sticks over reruns
     at.run()
     assert not at.exception and at.selectbox(key="overview-dataset").value == "digits"
+
+
+@ON_POPULATED
+def test_the_sharpness_page_leaves_runs_a_running_job_analyses_out_of_its_offer(populated, monkeypatch):
+    from dpsat_core import cached_analyses
+
+    monkeypatch.setenv("DPSAT_STORE", str(populated))
+    store = RunStore(populated)
+    ids = [r.run_id for r in store.list_runs(status="done")]
+    lacking = [i for i in ids if i not in cached_analyses(store, ids, "hessian")]
+    assert len(lacking) == 4
+    release = threading.Event()
+    work = frozenset((i, kind) for i in lacking[:3] for kind in ("hessian", "adaptive", "noise"))
+    job = get_jobs().submit("analysis", "held", lambda progress, stop: release.wait(60), work=work)
+    try:
+        at = open_page("sharpness")
+        assert not at.exception
+        assert "3 runs already being analysed by a running job (progress under Jobs)." in [c.value for c in at.caption]
+        button = at.button(key="sharp-go").label  # only the one run no job covers
+        assert button.startswith("Compute Hessian spectrum, ") and button.endswith(" for 1 run")
+    finally:
+        release.set()
+        get_jobs().wait(job, timeout=60)

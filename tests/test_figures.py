@@ -314,3 +314,34 @@ def test_every_figure_of_training_data_says_so_and_the_others_do_not():
     # test accuracy and ε are measured on held-out rows or accounted: no label
     for fig in (figures.accuracy_vs_epsilon(stats), figures.training_curves(runs), figures.epsilon_over_epochs(runs)):
         assert TRAINING_DATA not in (fig.layout.title.subtitle.text or "")
+
+
+def test_a_single_epsilon_or_rho_stays_one_tick_with_its_methods_a_small_offset_around_it():
+    from dpsat_core.compare import comparisons
+
+    runs = [record(m, 3.0, s, 0.8, rho=0.05) for m in ("dpsgd", "dpsat") for s in (0, 1)]
+    stats = group_runs(runs)
+    fig = figures.accuracy_vs_epsilon(stats)
+    low, high = fig.layout.xaxis.range  # autoranged, the two dodged points were the axis's two ends
+    assert (low, high) == pytest.approx((math.log10(3) - 0.3, math.log10(3) + 0.3))
+    xs = [math.log10(t.x[0]) for t in fig.data]
+    assert low + 0.25 < min(xs) < math.log10(3) < max(xs) < high - 0.25  # near the tick, far from the edges
+    view = figures.rho_view(stats, comparisons(stats))
+    low, high = view.layout.xaxis.range
+    assert (low, high) == pytest.approx((0.05 * 0.7, 0.05 * 1.3)) and list(view.layout.xaxis.tickvals) == [0.05]
+    gains = [t.x[0] for t in view.data if t.mode == "lines+markers"]
+    assert all(low < x < high for x in gains)
+    two = figures.accuracy_vs_epsilon(group_runs(runs + [record("dpsgd", 8.0, 0, 0.8)]))
+    assert two.layout.xaxis.range is None  # two ε: plotly's autorange over the ticks
+
+
+def test_bottom_legends_sit_under_the_axis_title_and_a_long_one_makes_the_figure_taller():
+    runs = [record("dpsgd", e, 0, 0.8) for e in (1.0, 2.0)]
+    few = figures.accuracy_vs_epsilon(group_runs(runs))
+    many = go.Figure([go.Scatter(x=[1], y=[1], name=str(i)) for i in range(12)])
+    figures._layout(many, "t", "x", "y")
+    for fig in (few, many, figures.slices_overlay({})):
+        # anchored to the figure's bottom edge: plotly grows the margin below the x-axis title to fit it
+        assert (fig.layout.legend.yref, fig.layout.legend.y, fig.layout.legend.yanchor) == ("container", 0, "bottom")
+    assert few.layout.height == figures.HEIGHT
+    assert many.layout.height == figures.HEIGHT + (12 - figures.LEGEND_ROOMY) * figures.LEGEND_LINE

@@ -236,3 +236,30 @@ def test_a_killed_server_leaves_no_training_process_and_its_run_is_stored_as_can
     assert wait_for(lambda: not alive(trainer), timeout=60)
     (run,) = store.list_runs()
     assert run.status == "cancelled"  # the job process stopped its run and stored it before it exited
+
+
+def test_two_asks_for_the_same_analyses_compute_each_pair_once():
+    jobs = JobManager(max_workers=2)
+    release, done = threading.Event(), []
+
+    def task(part):
+        def fn(progress, stop):
+            release.wait(30)
+            done.extend(part)
+
+        return fn
+
+    label = lambda part: f"{len(part)} pairs"  # noqa: E731
+    first = jobs.submit_new_work("analysis", label, task, [("a", "hessian"), ("b", "hessian")])
+    assert jobs.pending_work() == {("a", "hessian"), ("b", "hessian")}
+    # a second tab asks while the first job waits: only the pair nobody covers is taken, and none twice
+    assert jobs.submit_new_work("analysis", label, task, [("b", "hessian"), ("a", "hessian")]) is None
+    second = jobs.submit_new_work("analysis", label, task, [("b", "hessian"), ("b", "noise")])
+    assert jobs.get(second).work == {("b", "noise")} and jobs.get(second).label == "1 pairs"
+    release.set()
+    assert {jobs.wait(j, timeout=30).status for j in (first, second)} == {"done"}
+    assert sorted(done) == [("a", "hessian"), ("b", "hessian"), ("b", "noise")]  # each pair computed once
+    assert jobs.pending_work() == frozenset()  # finished jobs cover nothing: a new ask is taken again
+    again = jobs.submit_new_work("analysis", label, task, [("a", "hessian")])
+    assert again is not None and jobs.wait(again, timeout=30).status == "done"
+    jobs.shutdown()

@@ -45,7 +45,8 @@ def test_a_small_sweep_stores_every_cell_and_a_rerun_trains_nothing(store):
     assert len(first.trained) == 2 and not first.failed and not first.reused
     assert reports[-1].done == reports[-1].total == 2
     assert any(r.metrics.get("epsilon_spent") and r.metrics.get("test_accuracy") is not None for r in reports)
-    assert any(r.message.startswith("DP-SAT, ε = 2, ρ = 0.05, seed 0: ") for r in reports)  # the method's own name
+    # the method's own name, and the cell's place in the grid
+    assert any(r.message.startswith("DP-SAT, ε = 2, ρ = 0.05, seed 0 · 2 of 2: ") for r in reports)
     records = [store.get(r) for r in first.trained]
     assert {r.method for r in records} == {"dpsgd", "dpsat"}
     assert all(r.status == "done" and r.epsilon_spent <= 2.0 for r in records)
@@ -65,8 +66,11 @@ def test_in_process_and_pool_sweeps_give_the_same_reasons_and_messages(tmp_path)
     assert outcomes[1] == outcomes[2]
     errors, messages, failed = outcomes[1]
     assert failed == 2 and errors[0].startswith("DP-SGD, ε = 3, seed 0: training diverged") and "lower lr" in errors[0]
-    assert {"DP-SGD, ε = 3, seed 0 finished", "SGD (non-private), seed 0 finished"} <= messages
-    assert any(m.startswith("DP-SGD, ε = 3, seed 0: epoch 1/1") for m in messages)
+    # each cell named with its place in the grid as it is planned, starts, steps and finishes, in both paths
+    sgd, dp = "SGD (non-private), seed 0 · 1 of 2", "DP-SGD, ε = 3, seed 0 · 2 of 2"
+    assert {f"{sgd} finished", f"{dp} finished", f"{sgd}: starting", f"{dp}: starting"} <= messages
+    assert {f"planning σ for {sgd}", f"planning σ for {dp}"} <= messages
+    assert any(m.startswith(f"{dp}: epoch 1/1") for m in messages)
 
 
 def test_cancelling_a_sweep_keeps_what_finished(store):
