@@ -51,8 +51,13 @@ def test_a_diverging_run_fails_with_the_reason(method):
 
 
 def test_cancel_stops_between_steps(quick):
+    from dpsat_core.data import load_config_dataset
+    from dpsat_core.planning import plan_run
+
+    dataset = load_config_dataset(quick)
+    plan = plan_run(quick, dataset)  # σ found first: the stop function below is asked between steps only
     calls = []
-    result = train(quick, should_stop=lambda: calls.append(1) or len(calls) > 3)
+    result = train(quick, dataset=dataset, plan=plan, should_stop=lambda: calls.append(1) or len(calls) > 3)
     assert result.status == "cancelled" and result.steps == 3 and result.releases == 3
     assert result.privacy.releases == 3  # ε charged for what was released, no more
 
