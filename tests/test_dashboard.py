@@ -316,11 +316,16 @@ def _csv(rows: int = 40, bad_row: bool = False) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch):
+def _data_page_with_upload(tmp_path, monkeypatch):
+    """The Data page on a fresh store with patients.csv (`_csv`) uploaded."""
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
     at = open_page("data")
     at.radio(key="data-kind").set_value("Upload a file").run()
-    at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
+    return at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
+
+
+def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch):
+    at = _data_page_with_upload(tmp_path, monkeypatch)
     assert not at.exception and len(at.dataframe[0].value) == 8  # preview of the first rows
     at.selectbox(key="data-target").select("label").run()
     assert [m.value for m in at.metric][:4] == ["28", "4", "8", "2"]  # 40 rows: 8 test, ⌈3.2⌉ validation
@@ -335,10 +340,7 @@ def test_an_uploaded_csv_is_previewed_checked_and_selected(tmp_path, monkeypatch
 
 
 def test_the_data_page_shows_an_upload_and_its_selection_again_on_return_until_cleared(tmp_path, monkeypatch):
-    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
-    at = open_page("data")
-    at.radio(key="data-kind").set_value("Upload a file").run()
-    at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
+    at = _data_page_with_upload(tmp_path, monkeypatch)
     at.selectbox(key="data-target").select("colour").run()
     schema = b'{"columns": {"age": {"min": 0, "max": 100}}}'
     at.get("file_uploader")[1].upload("s.json", schema, "application/json").run()
@@ -373,10 +375,7 @@ def test_the_data_page_shows_an_upload_and_its_selection_again_on_return_until_c
 
 
 def test_a_schema_given_on_the_data_page_scales_from_public_bounds_and_a_bad_one_is_explained(tmp_path, monkeypatch):
-    monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "runs.db"))
-    at = open_page("data")
-    at.radio(key="data-kind").set_value("Upload a file").run()
-    at.get("file_uploader")[0].upload("patients.csv", _csv(), "text/csv").run()
+    at = _data_page_with_upload(tmp_path, monkeypatch)
     at.selectbox(key="data-target").select("label").run()
     assert "1 numeric feature group(s) have no public bounds" in at.info[0].value  # age: released with noise
     at.get("file_uploader")[1].upload("bad.json", b'{"columns": {"age": {"min": 9}}}', "application/json").run()
