@@ -21,7 +21,7 @@ from dpsat_core.results import counted
 from dpsat_core.sweeps import default_comparison, default_workers
 
 from .state import get_jobs, get_store, session_owner
-from .widgets import plain_text
+from .widgets import analysis_time_caption, not_being_analysed, plain_text
 
 # What the Overview's panels draw, computed right after the one-click comparison so no further click is needed.
 OVERVIEW_ANALYSES = ("slice", "adaptive")
@@ -129,6 +129,19 @@ def start_analyses(run_ids: Sequence[str], kinds: Sequence[str]) -> Optional[str
     else:
         _started(get_jobs().get(job_id).label)
     return job_id
+
+
+def offer_analyses(lacking: dict[str, list[str]], runs: Sequence, *, label: str, key: str) -> None:
+    """Under a page's figures: the time estimate and the button (`label` for N runs) that computes `lacking`
+    ({analysis kind: run ids without it} among `runs`), less what a running job already covers; nothing when
+    nothing is left."""
+    left = not_being_analysed({kind: ids for kind, ids in lacking.items() if ids})
+    missing = list(dict.fromkeys(run_id for ids in left.values() for run_id in ids))
+    if not missing:
+        return
+    analysis_time_caption({kind: len(ids) for kind, ids in left.items()}, runs)
+    if st.button(f"{label} for {counted(len(missing), 'run')}", key=key):
+        start_analyses(missing, list(left))
 
 
 def start_line(run_a: str, run_b: str) -> str:

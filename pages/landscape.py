@@ -2,23 +2,20 @@
 
 import streamlit as st
 
-from dashboard.actions import start_analyses, start_line
+from dashboard.actions import offer_analyses, start_line
 from dashboard.state import get_store
 from dashboard.widgets import (
     ANALYSED_ROWS,
-    analysis_time_caption,
     baseline_pair,
     chart,
     comparable_runs_or_stop,
     job_panel,
-    not_being_analysed,
     one_run_per_method,
     run_multiselect,
     training_data_caption,
 )
 from dpsat_core import cached_analyses, figures, run_line
 from dpsat_core.compare import best_epsilon, group_runs
-from dpsat_core.results import counted
 
 st.title("Loss landscape")
 st.caption("Every run is sliced along the same seeded, filter-normalised random directions (Li et al. 2018).")
@@ -35,13 +32,11 @@ stored_slices = cached_analyses(store, chosen_ids, "slice")
 stored_surfaces = cached_analyses(store, chosen_ids, "surface")
 slices = {labels[r.run_id]: (r.method, stored_slices[r.run_id]) for r in chosen if r.run_id in stored_slices}
 surfaces = {labels[r.run_id]: stored_surfaces[r.run_id] for r in chosen if r.run_id in stored_surfaces}
-kinds = {"slice": stored_slices, "surface": stored_surfaces}
-lacking = not_being_analysed({kind: [r for r in chosen_ids if r not in stored] for kind, stored in kinds.items()})
-missing = list(dict.fromkeys(r for ids in lacking.values() for r in ids))
-if missing:
-    analysis_time_caption({kind: len(ids) for kind, ids in lacking.items()}, chosen)
-    if st.button(f"Compute slices and surfaces for {counted(len(missing), 'run')}", key="land-go"):
-        start_analyses(missing, list(lacking))
+lacking = {
+    kind: [r for r in chosen_ids if r not in stored]
+    for kind, stored in (("slice", stored_slices), ("surface", stored_surfaces))
+}
+offer_analyses(lacking, chosen, label="Compute slices and surfaces", key="land-go")
 if slices:
     chart(figures.slices_overlay(slices), key="land-slices")
 if surfaces:

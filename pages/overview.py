@@ -8,14 +8,13 @@ st.title("Do flat minima help under differential privacy?")
 
 from functools import partial
 
-from dashboard.actions import report_file, start_analyses, start_default_comparison, start_probe
+from dashboard.actions import offer_analyses, report_file, start_default_comparison, start_probe
 from dashboard.state import get_store
 from dashboard.widgets import (
     chart,
     download,
     job_panel,
     methods_table,
-    not_being_analysed,
     one_run_per_method,
     setting_picker,
 )
@@ -31,7 +30,6 @@ from dpsat_core.compare import (
     verdict,
 )
 from dpsat_core.export import find_chromium
-from dpsat_core.results import counted
 from dpsat_core.sweeps import default_comparison
 
 store = get_store()
@@ -80,11 +78,8 @@ with sharp:  # the scale-invariant measure: λ_max alone can move with a layer's
     if any(c.adaptive_mean is not None for c in stats):
         chart(figures.adaptive_vs_epsilon(stats), key="overview-adaptive")
     analysed = cached_analyses(store, [r.run_id for r in runs], "adaptive")
-    missing = not_being_analysed({"adaptive": [r.run_id for r in runs if r.run_id not in analysed]}).get("adaptive")
-    if missing and st.button(
-        f"Compute adaptive sharpness for {counted(len(missing), 'run')}", key="overview-adaptive-go"
-    ):
-        start_analyses(missing, ["adaptive"])
+    missing = [r.run_id for r in runs if r.run_id not in analysed]
+    offer_analyses({"adaptive": missing}, runs, label="Compute adaptive sharpness", key="overview-adaptive-go")
 slices_col, report_col = st.columns(2)
 with slices_col:
     chosen = one_run_per_method(runs, epsilon)
@@ -92,11 +87,8 @@ with slices_col:
     slices = {figures.run_label(r): (r.method, stored[r.run_id]) for r in chosen if r.run_id in stored}
     if slices:
         chart(figures.slices_overlay(slices, title=f"1D loss slices at ε={epsilon:g}"), key="overview-slices")
-    missing_slices = not_being_analysed({"slice": [r.run_id for r in chosen if r.run_id not in stored]}).get("slice")
-    if missing_slices and st.button(
-        f"Compute 1D slices for {counted(len(missing_slices), 'run')}", key="overview-slices-go"
-    ):
-        start_analyses(missing_slices, ["slice"])
+    missing_slices = [r.run_id for r in chosen if r.run_id not in stored]
+    offer_analyses({"slice": missing_slices}, chosen, label="Compute 1D slices", key="overview-slices-go")
 with report_col:
     st.markdown("**Pilot report** for managers: the question, the settings, the verdicts, the figures, the caveats.")
     setting = setting_key(runs[0])

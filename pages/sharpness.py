@@ -2,15 +2,13 @@
 
 import streamlit as st
 
-from dashboard.actions import start_analyses
+from dashboard.actions import offer_analyses
 from dashboard.state import get_store
 from dashboard.widgets import (
     ANALYSED_ROWS,
-    analysis_time_caption,
     chart,
     comparable_runs_or_stop,
     job_panel,
-    not_being_analysed,
     one_run_per_method,
     run_multiselect,
     training_data_caption,
@@ -18,7 +16,6 @@ from dashboard.widgets import (
 from dpsat_core import cached_analyses, figures
 from dpsat_core.analysis import ANALYSES
 from dpsat_core.compare import best_epsilon, group_runs
-from dpsat_core.results import counted
 
 st.title("Sharpness")
 training_data_caption(f"Hessian spectra, adaptive sharpness and noise robustness use {ANALYSED_ROWS}")
@@ -30,18 +27,15 @@ adaptive = cached_analyses(store, run_ids, "adaptive")
 noise = cached_analyses(store, run_ids, "noise")
 stored = {"hessian": spectra, "adaptive": adaptive, "noise": noise}
 lacking = {kind: [i for i in run_ids if i not in done] for kind, done in stored.items()}
-lacking = not_being_analysed({kind: ids for kind, ids in lacking.items() if ids})
+lacking = {kind: ids for kind, ids in lacking.items() if ids}
 if lacking:
-    missing = list(dict.fromkeys(i for ids in lacking.values() for i in ids))
-    names = [ANALYSES[kind].label for kind in lacking]
     st.caption(
         "Not computed yet: "
         + "; ".join(f"{ANALYSES[kind].label} for {len(ids)} of {len(runs)} runs" for kind, ids in lacking.items())
         + "."
     )
-    analysis_time_caption({kind: len(ids) for kind, ids in lacking.items()}, runs)
-    if st.button(f"Compute {', '.join(names)} for {counted(len(missing), 'run')}", key="sharp-go"):
-        start_analyses(missing, list(lacking))
+    names = ", ".join(ANALYSES[kind].label for kind in lacking)
+    offer_analyses(lacking, runs, label=f"Compute {names}", key="sharp-go")
 stats = group_runs(runs, spectra, adaptive)
 if spectra:
     chart(figures.hessian_vs_epsilon(stats), key="sharp-vs-eps")
