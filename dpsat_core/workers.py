@@ -12,7 +12,9 @@ parent stops them through the sweep's stop event instead.
 
 Workers and job processes start from a fork server that has imported the
 training modules once (`process_context`), so each starts in a fraction of a
-second instead of importing torch and Opacus again (~6 s on 2 cores).
+second instead of importing torch and Opacus again (~6 s on 2 cores). A job
+process that runs a pool starts its workers from that same server
+(`_adopt_fork_server`), not from a second one that would import them again.
 """
 
 from __future__ import annotations
@@ -64,6 +66,31 @@ def warm_up() -> None:
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+def _adopt_fork_server() -> None:
+    """In a fork server's child, start processes (a job's pool) from that server, not from a second one that would
+    import torch and Opacus again (~5 s of one core). Python gives the child the server's address and liveness pipe
+    but not its pid, so its `ensure_running` would start a new server; the server is this process's parent. If it
+    is gone, a fresh server starts as before."""
+    from multiprocessing import forkserver, resource_tracker
+
+    server = forkserver._forkserver
+    if server._forkserver_alive_fd is None or server._forkserver_address is None or server._forkserver_pid is not None:
+        return  # not a fork server's child, or it has a server of its own already
+    server._forkserver_pid = os.getppid()
+    start_own = server.ensure_running
+
+    def ensure_running() -> None:  # by pid: the server is not this process's child, so waitpid cannot tell
+        if _alive(server._forkserver_pid):
+            resource_tracker.ensure_running()
+            return
+        with server._lock:
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+        start_own()
+
+    server.ensure_running = ensure_running  # type: ignore[method-assign]
 
 
 def _start_fresh(environment: Mapping[str, str]) -> None:
@@ -128,8 +155,10 @@ def _exit_when_idle() -> None:
 
 def start_child(parent_pid: int, environment: Mapping[str, str]) -> None:
     """First thing in a worker or job process: the environment of `parent_pid` (the process that started it), global
-    random generators of its own, and an exit when that process dies or on SIGTERM."""
+    random generators of its own, the fork server that started it for any process it starts, and an exit when
+    `parent_pid` dies or on SIGTERM."""
     _start_fresh(environment)
+    _adopt_fork_server()
     die_with_parent(parent_pid)
 
 

@@ -30,6 +30,21 @@ def report_global_draws(progress, stop) -> tuple:
     return torch.rand(1).item(), float(np.random.random())
 
 
+def pool_worker_parent(progress, stop, *, server_gone: int = 0) -> tuple[int, int]:
+    """This job process's parent (the fork server that started it) and the parent of a pool worker it starts; with
+    `server_gone`, a dead pid, as if that server had died."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import forkserver
+
+    from dpsat_core.workers import process_context
+
+    parent = os.getppid()
+    if server_gone:
+        forkserver._forkserver._forkserver_pid = server_gone
+    with ProcessPoolExecutor(1, mp_context=process_context()) as pool:
+        return parent, pool.submit(os.getppid).result()
+
+
 def fail(progress, stop, *, error: Exception) -> None:
     progress(Progress("x", 1, 4, "about to fail"))
     raise error

@@ -1,3 +1,4 @@
+import multiprocessing as mp
 import os
 import signal
 import sqlite3
@@ -153,6 +154,23 @@ def test_a_job_process_starts_with_training_loaded_and_the_callers_environment(m
     assert jobs.wait(job, timeout=120).status == "done"
     expected_loaded = process_context().get_start_method() == "forkserver"
     assert jobs.result(job) == ("set after the fork server started", expected_loaded)
+    jobs.shutdown()
+
+
+@pytest.mark.skipif("forkserver" not in mp.get_all_start_methods(), reason="processes are spawned here")
+def test_a_job_process_starts_its_pool_from_its_own_fork_server_or_a_fresh_one_if_that_is_gone():
+    # a second fork server in the job process would import torch and Opacus again before its first worker started
+    jobs = JobManager(max_workers=1)
+    job = jobs.submit("x", "pool", job_tasks.pool_worker_parent, own_process=True)
+    assert jobs.wait(job, timeout=120).status == "done"
+    server, workers_parent = jobs.result(job)
+    assert workers_parent == server
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    job = jobs.submit("x", "gone", partial(job_tasks.pool_worker_parent, server_gone=gone.pid), own_process=True)
+    assert jobs.wait(job, timeout=120).status == "done"
+    server, workers_parent = jobs.result(job)
+    assert workers_parent not in (server, gone.pid)  # a server of its own
     jobs.shutdown()
 
 
