@@ -209,8 +209,9 @@ def sweep(
     on_progress: ProgressFn = no_progress,
     should_stop: Optional[StopFn] = None,
 ) -> SweepResult:
-    """Train every cell not yet done; `workers > 1` uses a process pool sharing the store file, a
-    `cluster` sends each cell to Ray as a task (`workers` then does not apply) and writes its result here."""
+    """Train every cell not yet done; `workers > 1` uses a process pool sharing the store file (no more workers than
+    cells to train), a `cluster` sends each cell to Ray as a task (`workers` then does not apply) and writes its
+    result here."""
     from .runner import reusable_run
 
     result = SweepResult()
@@ -229,10 +230,10 @@ def sweep(
         from .cluster import sweep_on_ray  # Ray is imported only for a sweep that uses it
 
         sweep_on_ray(todo, store, result, cluster, on_progress, should_stop)
-    elif workers <= 1:
+    elif min(workers, total) <= 1:  # one cell: here, on every core, without starting a pool
         _sweep_inline(todo, store, result, on_progress, should_stop)
     else:
-        _sweep_pool(todo, store, result, workers, on_progress, should_stop)
+        _sweep_pool(todo, store, result, min(workers, total), on_progress, should_stop)
     return result
 
 

@@ -32,16 +32,17 @@ def report_global_draws(progress, stop) -> tuple:
 
 def pool_worker_parent(progress, stop, *, server_gone: int = 0) -> tuple[int, int]:
     """This job process's parent (the fork server that started it) and the parent of a pool worker it starts; with
-    `server_gone`, a dead pid, as if that server had died."""
+    `server_gone`, a dead pid, as if that server had died (a fresh server then starts, here without preloads)."""
+    import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import forkserver
 
-    from dpsat_core.workers import process_context
-
     parent = os.getppid()
+    context = mp.get_context("forkserver")
     if server_gone:
         forkserver._forkserver._forkserver_pid = server_gone
-    with ProcessPoolExecutor(1, mp_context=process_context()) as pool:
+        context.set_forkserver_preload([])  # what the fresh server imports does not matter here: nothing, quickly
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
         return parent, pool.submit(os.getppid).result()
 
 

@@ -577,11 +577,13 @@ def test_the_runs_page_shows_infinite_and_partial_epsilons(tmp_path, monkeypatch
     import sqlite3
 
     from dpsat_core import EpochMetrics, run
+    from dpsat_core.sweeps import calibrate_cells
 
     db = tmp_path / "runs.db"
     store = RunStore(db)
     base = TrainConfig(dataset="breast_cancer", method="dpsgd", epochs=1, batch_size=64)
     no_noise = run(dataclasses.replace(base, epsilon=None, noise_multiplier=0.0), store).record
+    calibrate_cells([base.normalized()], store)  # σ found first: the stop function below is asked between steps only
     calls = []
     cancelled = run(base, store, should_stop=lambda: calls.append(1) or len(calls) > 3).record
     killed = store.create_run(dataclasses.replace(base, seed=7))

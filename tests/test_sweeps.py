@@ -54,6 +54,17 @@ def test_a_small_sweep_stores_every_cell_and_a_rerun_trains_nothing(store):
     assert second.trained == [] and sorted(second.reused) == sorted(first.trained)
 
 
+def test_a_sweep_with_one_cell_left_to_train_trains_it_here_not_in_a_pool(store, monkeypatch):
+    # a pool would first start a fork server (seconds) and give its one worker a share of the cores
+    from dpsat_core import sweeps
+
+    spec = SweepSpec(base=BASE, methods=("sgd",), epsilons=(), seeds=(0, 1))
+    assert len(sweep(dataclasses.replace(spec, seeds=(0,)), store).trained) == 1
+    monkeypatch.setattr(sweeps, "_sweep_pool", lambda *a, **k: pytest.fail("a pool started for one cell"))
+    result = sweep(spec, store, workers=2)
+    assert len(result.reused) == 1 and len(result.trained) == 1
+
+
 def test_in_process_and_pool_sweeps_give_the_same_reasons_and_messages(tmp_path):
     diverging = SweepSpec(
         base=TrainConfig(**{**BASE.to_dict(), "lr": 1e38}), methods=("sgd", "dpsgd"), epsilons=(3.0,), seeds=(0,)
