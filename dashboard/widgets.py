@@ -82,8 +82,15 @@ def show_error(exc: Exception) -> None:
 
 def wrapped_table(rows: Sequence[dict[str, Any]]) -> None:
     """A static table whose cells wrap, so a sentence column stays readable in the page's width without a
-    horizontal scrollbar (a dataframe cuts it off); every cell plain text, since `st.table` renders Markdown."""
-    st.table(pd.DataFrame(rows).map(plain_text), hide_index=True)
+    horizontal scrollbar (a dataframe cuts it off); every cell plain text, since `st.table` renders Markdown, and
+    yes/no for a flag rather than Python's True/False."""
+    st.table(pd.DataFrame(rows).map(_table_text), hide_index=True)
+
+
+def _table_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return plain_text(value)
 
 
 def methods_table() -> None:

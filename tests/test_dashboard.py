@@ -127,7 +127,9 @@ def test_overview_offers_the_default_comparison_on_an_empty_store(tmp_path, monk
     monkeypatch.setenv("DPSAT_STORE", str(tmp_path / "empty.db"))
     at = open_page("overview")
     # a wrapping table: its "what it does" sentences are never cut off at the column's edge
-    assert "DP-SAT" in at.table[0].value["method"].tolist() and "what it does" in at.table[0].value.columns
+    methods = at.table[0].value
+    assert "DP-SAT" in methods["method"].tolist() and "what it does" in methods.columns
+    assert set(methods["private"]) == {"yes", "no"}  # words, not Python's True/False
     at.button(key="overview-default").click().run()
     jobs = get_jobs().jobs()
     assert len(jobs) == 1 and "DP-SGD, DP-SAM, DP-SAT" in jobs[0].label
