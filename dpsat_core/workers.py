@@ -78,6 +78,8 @@ def _adopt_fork_server() -> None:
     server = forkserver._forkserver
     if server._forkserver_alive_fd is None or server._forkserver_address is None or server._forkserver_pid is not None:
         return  # not a fork server's child, or it has a server of its own already
+    if getattr(server, "_forkserver_authkey", b"") is None:
+        return  # a Python whose server authenticates its clients (3.14+), and this child lacks the key
     server._forkserver_pid = os.getppid()
     start_own = server.ensure_running
 
