@@ -336,11 +336,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweeps import SweepSpec, check_sweep, sweep  # heavy: only for this command, so --help and runs start fast
+    from .workers import warm_up
 
     spec = SweepSpec(
         base=_config(args), methods=args.methods, epsilons=args.epsilons, seeds=args.seeds, rhos=args.rhos or ()
     )
     cluster = _cluster(args)
+    if cluster is None and args.workers > 1 and len(spec.cells()) > 1:
+        warm_up()  # the pool's fork server imports torch and Opacus while this process checks the grid, not after
     check_sweep(spec, device_here=cluster is None)
     store = RunStore(args.store)
     progress = no_progress if args.json else _stderr_progress

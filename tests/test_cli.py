@@ -459,3 +459,25 @@ def test_compare_json_says_at_which_seeds_a_ratio_was_withheld():
     shown = _ratio_json("lambda_max_ratio", paired_ratio([0.5, 2.0]))
     assert shown["lambda_max_ratio"] == pytest.approx(1.0) and shown["lambda_max_ratio_withheld"] is None
     assert all(v is None for v in _ratio_json("lambda_max_ratio", None).values())  # not analysed
+
+
+@pytest.mark.parametrize(
+    "more, warmed",
+    [(["--workers", "2"], True), (["--workers", "1"], False), (["--workers", "2", "--seeds", "0"], False)],
+)
+def test_a_pool_sweep_starts_its_workers_fork_server_before_checking_the_grid(more, warmed, monkeypatch, capsys):
+    # the server imports torch and Opacus (~5 s of a core) while the grid is checked, not after: only where a pool of
+    # two or more workers will train two or more cells
+    from dpsat_core import ConfigError, sweeps, workers
+
+    order = []
+    monkeypatch.setattr(workers, "warm_up", lambda: order.append("fork server"))
+
+    def check(*args, **kwargs):
+        order.append("check")
+        raise ConfigError("refused here")
+
+    monkeypatch.setattr(sweeps, "check_sweep", check)
+    args = ["sweep", "--dataset", "breast_cancer", "--methods", "dpsgd", "--epsilons", "1", "--seeds", "0,1", *more]
+    assert main(args) == 2 and "refused here" in capsys.readouterr().err
+    assert order == (["fork server", "check"] if warmed else ["check"])
