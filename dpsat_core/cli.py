@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from .analysis import ANALYSES, analysed_cells, analyze, cached_analyses
@@ -334,17 +335,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cells_left(spec: Any, store_path: Optional[str]) -> int:
+    """How many cells of `spec` have no finished run of their settings in the store (by config hash alone: cheap,
+    before anything heavy is imported; the sweep itself also checks that the data are unchanged). A store not
+    written yet has none, and is not created here: bad input must leave no file behind."""
+    cells = spec.cells()
+    if not Path(default_store_path() if store_path is None else store_path).expanduser().exists():
+        return len(cells)
+    store = RunStore(store_path)
+    return sum(store.find_done(cell.normalized().config_hash()) is None for cell in cells)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweeps import SweepSpec, check_sweep, sweep  # heavy: only for this command, so --help and runs start fast
-    from .workers import warm_up
+    from .workers import warming
 
     spec = SweepSpec(
         base=_config(args), methods=args.methods, epsilons=args.epsilons, seeds=args.seeds, rhos=args.rhos or ()
     )
     cluster = _cluster(args)
-    if cluster is None and args.workers > 1 and len(spec.cells()) > 1:
-        warm_up()  # the pool's fork server imports torch and Opacus while this process checks the grid, not after
-    check_sweep(spec, device_here=cluster is None)
+    pool = cluster is None and args.workers > 1 and _cells_left(spec, args.store) > 1
+    with warming(pool):  # the pool's fork server imports torch and Opacus while the grid is checked, not after
+        check_sweep(spec, device_here=cluster is None)
     store = RunStore(args.store)
     progress = no_progress if args.json else _stderr_progress
     with stop_on_signals() as stop:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from .errors import DpsatError
 from .progress import Cancelled, Progress, ProgressFn, StopFn
-from .workers import process_context
+from .workers import process_context, warm_up
 
 POLL_SECONDS = 0.25  # how often the parent passes a cancel on while no report arrives
 REPORT_SECONDS = 0.1  # training reports every step: the child sends at most ~10 reports a second
@@ -39,6 +39,7 @@ def run_in_process(fn: Callable[[ProgressFn, StopFn], Any], on_progress: Progres
     """Run `fn` in a new process (`workers.process_context`) and return its result; raise `Cancelled` or `JobFailed`
     as it ended."""
     context = process_context()
+    warm_up()  # its fork server, if not started yet, with SIGINT blocked (a Ctrl-C while it imports: no traceback)
     reader, writer = context.Pipe(duplex=False)
     stop = context.Event()
     args = (fn, os.getpid(), dict(os.environ), writer, stop)

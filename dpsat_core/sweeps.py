@@ -343,9 +343,10 @@ def _sweep_pool(
     import queue
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-    from .workers import process_context
+    from .workers import process_context, warm_up
 
     context = process_context()
+    warm_up()  # its fork server, if not started yet, with SIGINT blocked (a Ctrl-C while it imports: no traceback)
     threads = max(1, (os.cpu_count() or 1) // workers)
     # a plain queue and event handed to each worker at start (no manager process, which would outlive a killed sweep)
     reports, stop = context.Queue(), context.Event()

@@ -61,18 +61,61 @@ def process_context() -> BaseContext:
 
 def warm_up() -> None:
     """Start the fork server now, in the background: it imports the training modules in a process of its own (~6 s
-    of one core) while nothing waits, so the first job or worker started later starts at once."""
-    if process_context().get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+    of one core) while nothing waits, so the first job or worker started later starts at once. The server starts
+    with SIGINT blocked: a Ctrl-C in the terminal stops the caller cleanly instead of printing the server's
+    traceback from the middle of its imports (its children ignore SIGINT as well, `die_with_parent`)."""
+    if process_context().get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver, resource_tracker
 
-        forkserver.ensure_running()
+    resource_tracker.ensure_running()  # first: starting it unblocks SIGINT on its way out
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver._forkserver.ensure_running()  # the instance's: in a process that adopted its server, ours
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+@contextmanager
+def warming(wanted: bool) -> Iterator[None]:
+    """`warm_up()` first when `wanted` (the block then works while the server imports); if the block raises, the
+    server this started, still unused, is stopped, so it neither finishes its imports for nothing nor holds the
+    caller's stdout and stderr open after the caller exits."""
+    if not wanted or process_context().get_start_method() != "forkserver":
+        yield
+        return
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    started = server._forkserver_pid is None
+    warm_up()
+    try:
+        yield
+    except BaseException:
+        if started and server._forkserver_pid is not None:
+            os.kill(server._forkserver_pid, signal.SIGTERM)  # a quiet end: no Python handler is installed for it
+            server._stop()
+        raise
+
+
+def _parent_is_fork_server() -> bool:
+    """Whether this process's parent is a multiprocessing fork server (where /proc says; elsewhere assumed, as a
+    child with a server's address and liveness pipe was started by one)."""
+    cmdline = PROC / str(os.getppid()) / "cmdline"
+    if not (PROC / "self" / "stat").exists():
+        return True
+    try:
+        return b"multiprocessing.forkserver" in cmdline.read_bytes()
+    except OSError:
+        return False
 
 
 def _adopt_fork_server() -> None:
     """In a fork server's child, start processes (a job's pool) from that server, not from a second one that would
     import torch and Opacus again (~5 s of one core). Python gives the child the server's address and liveness pipe
-    but not its pid, so its `ensure_running` would start a new server; the server is this process's parent. If it
-    is gone, a fresh server starts as before."""
+    but not its pid, so its `ensure_running` would start a new server; the server is this process's parent, and
+    stays usable while it is (a dead parent's children are re-parented at once). If it is gone, a fresh server
+    starts as before."""
     from multiprocessing import forkserver, resource_tracker
 
     server = forkserver._forkserver
@@ -80,17 +123,21 @@ def _adopt_fork_server() -> None:
         return  # not a fork server's child, or it has a server of its own already
     if getattr(server, "_forkserver_authkey", b"") is None:
         return  # a Python whose server authenticates its clients (3.14+), and this child lacks the key
+    if not _parent_is_fork_server():
+        return  # the server died before this process got here: start one of its own when one is needed
     server._forkserver_pid = os.getppid()
-    start_own = server.ensure_running
 
-    def ensure_running() -> None:  # by pid: the server is not this process's child, so waitpid cannot tell
-        if _alive(server._forkserver_pid):
-            resource_tracker.ensure_running()
-            return
+    def ensure_running() -> None:  # by parentage: the server is not this process's child, so waitpid cannot tell
         with server._lock:
-            os.close(server._forkserver_alive_fd)
-            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
-        start_own()
+            adopted = server.__dict__.get("ensure_running") is ensure_running
+            if adopted and os.getppid() == server._forkserver_pid:
+                resource_tracker.ensure_running()
+                return
+            if adopted:  # gone: forget it, and let the stdlib's method start a server of our own
+                os.close(server._forkserver_alive_fd)
+                server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+                del server.ensure_running
+        server.ensure_running()
 
     server.ensure_running = ensure_running  # type: ignore[method-assign]
 

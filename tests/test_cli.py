@@ -481,3 +481,19 @@ def test_a_pool_sweep_starts_its_workers_fork_server_before_checking_the_grid(mo
     args = ["sweep", "--dataset", "breast_cancer", "--methods", "dpsgd", "--epsilons", "1", "--seeds", "0,1", *more]
     assert main(args) == 2 and "refused here" in capsys.readouterr().err
     assert order == (["fork server", "check"] if warmed else ["check"])
+
+
+def test_a_sweep_rerun_with_one_cell_left_starts_no_fork_server(tmp_path, monkeypatch, capsys):
+    # the cell left trains in the sweep's own process: a server would import torch and Opacus for nothing
+    from dpsat_core import SweepSpec, sweep, sweeps, workers
+
+    db = tmp_path / "runs.db"
+    base = TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64)
+    assert len(sweep(SweepSpec(base=base, methods=("sgd",), epsilons=(), seeds=(0,)), RunStore(db)).trained) == 1
+    order = []
+    monkeypatch.setattr(workers, "warm_up", lambda: order.append("fork server"))
+    monkeypatch.setattr(sweeps, "check_sweep", lambda *a, **k: order.append("check"))
+    monkeypatch.setattr(sweeps, "sweep", lambda *a, **k: sweeps.SweepResult())
+    args = ["sweep", "--dataset", "breast_cancer", "--methods", "sgd", "--seeds", "0,1", "--epochs", "1"]
+    assert main([*args, "--batch-size", "64", "--workers", "2", "--store", str(db)]) == 0
+    assert order == ["check"]

@@ -77,3 +77,51 @@ def test_a_parent_is_alive_until_it_ends_with_or_without_proc(monkeypatch, tmp_p
     assert not workers._alive(child.pid)
     monkeypatch.setattr(workers, "PROC", tmp_path / "no-proc")
     assert not workers._alive(child.pid)
+
+
+WARM_THEN_INTERRUPT = textwrap.dedent(
+    """
+    import os, signal, time
+    from multiprocessing import forkserver
+    from dpsat_core.workers import warm_up
+    warm_up()  # the server now imports torch and Opacus for seconds
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # this process stays: only the server's answer is looked at
+    time.sleep(1.0)
+    os.killpg(0, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+    time.sleep(0.5)
+    server = forkserver._forkserver._forkserver_pid
+    os.kill(server, signal.SIGTERM)  # a quiet end, so the test need not wait for the imports
+    os.waitpid(server, 0)
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals and the fork server")
+def test_a_ctrl_c_while_the_fork_server_imports_prints_no_traceback_from_it():
+    proc = subprocess.run(
+        [sys.executable, "-c", WARM_THEN_INTERRUPT], capture_output=True, text=True, timeout=120, start_new_session=True
+    )
+    assert proc.stdout.strip() == "done" and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server")
+def test_a_server_warmed_for_a_block_that_raises_is_stopped():
+    # `dpsat sweep` starts the server while it checks the grid; bad input must not leave it importing, holding the
+    # command's output open after it exits
+    script = textwrap.dedent(
+        """
+        from multiprocessing import forkserver
+        from dpsat_core.workers import warming
+        try:
+            with warming(True):
+                started = forkserver._forkserver._forkserver_pid
+                raise ValueError("bad input")
+        except ValueError:
+            pass
+        print(started, forkserver._forkserver._forkserver_pid, flush=True)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    started, after = proc.stdout.split()
+    assert started != "None" and after == "None" and not alive(int(started)), proc.stderr[-1500:]
