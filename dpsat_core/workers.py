@@ -101,11 +101,10 @@ def warming(wanted: bool) -> Iterator[None]:
 def _parent_is_fork_server() -> bool:
     """Whether this process's parent is a multiprocessing fork server (where /proc says; elsewhere assumed, as a
     child with a server's address and liveness pipe was started by one)."""
-    cmdline = PROC / str(os.getppid()) / "cmdline"
     if not (PROC / "self" / "stat").exists():
         return True
     try:
-        return b"multiprocessing.forkserver" in cmdline.read_bytes()
+        return b"multiprocessing.forkserver" in (PROC / str(os.getppid()) / "cmdline").read_bytes()
     except OSError:
         return False
 
