@@ -240,7 +240,13 @@ def _discretised_prvs(history: History, eps_error: float, delta_error: float) ->
 
 
 def _prv_curve(
-    *, noise_multiplier: float, sample_rate: float, releases: tuple[int, ...], delta: float, prior: History
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    releases: tuple[int, ...],
+    delta: float,
+    prior: History,
+    should_stop: Optional[StopFn] = None,
 ) -> list[Optional[float]]:
     """Opacus's PRV `eps_upper` after each count in `releases` of the training's releases (after `prior`), all on
     the domain and mesh Opacus builds for the last count: its PRVs discretised once, each count one FFT power of
@@ -266,6 +272,7 @@ def _prv_curve(
         dprvs = list(_discretised_prvs(history, eps_error, delta_error))
         values: list[Optional[float]] = []
         for count in releases:
+            check_stop(should_stop)  # between compositions: each is one FFT power on the whole domain
             composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=[*counts[:-1], count])
             try:
                 values.append(float(composed.compute_epsilon(delta, delta_error, eps_error)[2]))
@@ -276,7 +283,31 @@ def _prv_curve(
     return values
 
 
-@functools.lru_cache(maxsize=1024)
+class _Memo:
+    """Answers remembered per process by their question (the computations are pure), at most `kept`, the oldest
+    dropped first; unlike `lru_cache`, the stop function passed beside a question is not part of it."""
+
+    def __init__(self, kept: int):
+        self._kept = kept
+        self._answers: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, question: tuple) -> Any:
+        with self._lock:
+            return self._answers.get(question)
+
+    def put(self, question: tuple, answer: Any) -> Any:
+        with self._lock:
+            if len(self._answers) >= self._kept:
+                del self._answers[next(iter(self._answers))]  # the oldest question
+            self._answers[question] = answer
+        return answer
+
+    def clear(self) -> None:
+        with self._lock:
+            self._answers.clear()
+
+
 def epsilon_curve(
     *,
     noise_multiplier: float,
@@ -285,36 +316,60 @@ def epsilon_curve(
     delta: float,
     accountant: str = "prv",
     prior: History = (),
+    should_stop: Optional[StopFn] = None,
 ) -> tuple[PrivacySpent, ...]:
     """ε after each count in `releases` (increasing, ≥ 1) of one history: a run's ε after each epoch, its last
     count the run's whole. The last is `epsilon_spent`'s answer, bit for bit; with PRV an earlier one is Opacus's
     PRV upper bound on the last count's domain and mesh (`_prv_curve`: a valid bound with the same errors), so
     one domain and one discretisation serve every epoch. RDP, σ = 0, and where PRV fails: `epsilon_spent` for
-    each count, as today. Cached: it is pure."""
+    each count, as today. Remembered per process by its question (pure). `should_stop()` is asked before each
+    count (a 400-epoch curve takes about a minute here): a stop raises `Cancelled` and remembers nothing."""
+    question = (noise_multiplier, sample_rate, releases, delta, accountant, prior)
+    known = _curves.get(question)
+    if known is not None:
+        return known
+    return _curves.put(question, _epsilon_curve(*question, should_stop=should_stop))
+
+
+def _epsilon_curve(
+    noise_multiplier: float,
+    sample_rate: float,
+    releases: tuple[int, ...],
+    delta: float,
+    accountant: str,
+    prior: History,
+    *,
+    should_stop: Optional[StopFn],
+) -> tuple[PrivacySpent, ...]:
     _check_accountant(accountant)
     if not releases or releases[0] < 1 or any(a >= b for a, b in zip(releases, releases[1:])):
         raise ValueError(f"releases must be increasing counts ≥ 1, got {releases!r}")
     common = dict(noise_multiplier=noise_multiplier, sample_rate=sample_rate, delta=delta, prior=prior)
 
-    def each() -> tuple[PrivacySpent, ...]:
-        return tuple(epsilon_spent(releases=count, accountant=accountant, **common) for count in releases)
+    def spent(count: int) -> PrivacySpent:
+        check_stop(should_stop)
+        return epsilon_spent(releases=count, accountant=accountant, **common)
 
     if accountant != "prv" or noise_multiplier == 0 or any(sigma == 0 for sigma, _, _ in prior):
-        return each()
+        return tuple(spent(count) for count in releases)
     try:
-        values = _prv_curve(releases=releases, **common)
+        values = _prv_curve(releases=releases, should_stop=should_stop, **common)
     except PRV_FAILURES as exc:
         if not _is_prv_failure(exc):
             raise
-        return each()
+        return tuple(spent(count) for count in releases)
     if not math.isfinite(values[-1]):
-        return each()
+        return tuple(spent(count) for count in releases)
     return tuple(
         PrivacySpent(epsilon=eps, releases=count, accountant="prv", **common)
         if eps is not None and math.isfinite(eps)
-        else epsilon_spent(releases=count, accountant=accountant, **common)
+        else spent(count)
         for count, eps in zip(releases, values)
     )
+
+
+_curves = _Memo(1024)
+epsilon_curve.cache_clear = _curves.clear  # type: ignore[attr-defined]  # cleared like the lru-cached answers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -329,8 +384,6 @@ class Calibration:
 
 
 CALIBRATIONS_KEPT = 256  # calibrations remembered per process (each a few accountant evaluations)
-_calibrations: dict[tuple, Calibration] = {}
-_calibrations_lock = threading.Lock()
 
 
 def calibrate_noise(
@@ -348,18 +401,13 @@ def calibrate_noise(
     remembered per process by its question (pure). `should_stop()` is asked before each evaluation: a stop raises
     `Cancelled` between two of them (seconds at small ε) and remembers nothing."""
     question = (target_epsilon, delta, sample_rate, releases, accountant, prior)
-    with _calibrations_lock:
-        known = _calibrations.get(question)
+    known = _calibrations.get(question)
     if known is not None:
         return known
-    found = _calibrate(*question, should_stop=should_stop)
-    with _calibrations_lock:
-        if len(_calibrations) >= CALIBRATIONS_KEPT:
-            del _calibrations[next(iter(_calibrations))]  # the oldest question
-        _calibrations[question] = found
-    return found
+    return _calibrations.put(question, _calibrate(*question, should_stop=should_stop))
 
 
+_calibrations = _Memo(CALIBRATIONS_KEPT)
 calibrate_noise.cache_clear = _calibrations.clear  # type: ignore[attr-defined]  # cleared like the lru-cached answers
 
 
@@ -536,6 +584,7 @@ def recorded_epsilon_curve(
     delta: float,
     accountant: str,
     prior: History = (),
+    should_stop: Optional[StopFn] = None,
 ) -> tuple[PrivacySpent, ...]:
     """`epsilon_curve`, read from `book` when it holds every answer, else computed and the missing ones written:
     the last count's (and every RDP answer, the same numbers) under `recorded_epsilon`'s question, an earlier
@@ -544,7 +593,7 @@ def recorded_epsilon_curve(
         noise_multiplier=noise_multiplier, sample_rate=sample_rate, delta=delta, accountant=accountant, prior=prior
     )
     if book is None:
-        return epsilon_curve(releases=releases, **common)
+        return epsilon_curve(releases=releases, should_stop=should_stop, **common)
     final = releases[-1]
     keys = [
         _question("epsilon", releases=count, **common)
@@ -556,7 +605,7 @@ def recorded_epsilon_curve(
     found = [stored.get(key) for key in keys]
     if all(answer is not None for answer in found):
         return tuple(_spent_from_json(answer) for answer in found)
-    answers = epsilon_curve(releases=releases, **common)
+    answers = epsilon_curve(releases=releases, should_stop=should_stop, **common)
     book.save_accounting_many(
         {key: dataclasses.asdict(spent) for key, answer, spent in zip(keys, found, answers) if answer is None}
     )

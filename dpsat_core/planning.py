@@ -51,11 +51,13 @@ def epoch_releases(plan: PrivacyPlan, epochs: int) -> tuple[int, ...]:
     return tuple(plan.planned_releases // epochs * epoch for epoch in range(1, epochs + 1))
 
 
-def record_epoch_epsilons(plan: PrivacyPlan, epochs: int, book: Optional[AnswerBook]) -> tuple[PrivacySpent, ...]:
+def record_epoch_epsilons(
+    plan: PrivacyPlan, epochs: int, book: Optional[AnswerBook], *, should_stop: Optional[StopFn] = None
+) -> tuple[PrivacySpent, ...]:
     """The ε a run of this plan reports after each epoch, as training asks it (`epoch_releases`; one PRV domain for
     all, `epsilon_curve`), from `book` where it holds them, else computed and written there; a sweep's parent
     does this once per distinct question, so its workers, and each seed, only read them. () for a non-private
-    plan."""
+    plan. `should_stop()` can end the computation between two epochs' compositions (`Cancelled`)."""
     if plan.noise_multiplier is None:
         return ()
     return recorded_epsilon_curve(
@@ -66,6 +68,7 @@ def record_epoch_epsilons(plan: PrivacyPlan, epochs: int, book: Optional[AnswerB
         delta=plan.delta,
         accountant=plan.accountant,
         prior=plan.prior,
+        should_stop=should_stop,
     )
 
 

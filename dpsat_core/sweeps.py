@@ -247,8 +247,8 @@ def calibrate_cells(
     """Calibrate σ for every cell here, once, into the store, then its per-epoch ε, so workers read them instead
     of each recomputing them (seeds running side by side would ask the same questions at once, each worker
     without the accountant's memo); a cell that cannot be planned is left for its run to report. `should_stop()`
-    ends it between cells or between two evaluations of a cell's σ search (seconds to a minute at small ε): the
-    sweep then starts nothing. Each cell is named in `on_progress` as it is planned (a σ search takes seconds)."""
+    ends it between cells, between two evaluations of a cell's σ search (seconds to a minute at small ε) or between
+    two epochs of its per-epoch ε (a minute for 400 epochs): the sweep then starts nothing. Each cell is named in `on_progress` as it is planned (a σ search takes seconds)."""
     from .data import load_config_dataset
     from .planning import plan_run, record_epoch_epsilons
 
@@ -264,7 +264,10 @@ def calibrate_cells(
             continue
         except Cancelled:  # stopped during σ's search: nothing of this cell was written
             return
-        record_epoch_epsilons(plan, cell.epochs, store)  # right after σ: its last evaluation's PRVs are still held
+        try:  # right after σ: its last evaluation's PRVs are still held
+            record_epoch_epsilons(plan, cell.epochs, store, should_stop=should_stop)
+        except Cancelled:  # stopped between two epochs' compositions: σ is stored, the curve is left to the run
+            return
 
 
 def _record(result: SweepResult, outcome: CellOutcome, cell: TrainConfig) -> None:

@@ -524,3 +524,19 @@ def test_a_stop_ends_the_sigma_search_between_evaluations_and_keeps_nothing(tmp_
     assert store.find_accounting(accounting._question("calibration", **target)) is None  # nothing half-done stored
     assert calibrate_noise(**target, should_stop=lambda: False) == whole  # nor remembered: searched again in full
     assert len(evaluations) == stop_after + needed
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_a_stop_ends_the_epsilon_curve_between_counts_and_remembers_nothing(accountant):
+    # a 400-epoch curve takes about a minute: a Ctrl-C or Cancel must not wait for all of it
+    from dpsat_core.progress import Cancelled
+
+    question = dict(noise_multiplier=1.1, sample_rate=0.1, delta=1e-5, accountant=accountant)
+    epsilon_curve.cache_clear()
+    asked = []
+    with pytest.raises(Cancelled):
+        epsilon_curve(releases=(10, 20, 30, 40), should_stop=lambda: asked.append(1) or len(asked) > 2, **question)
+    assert len(asked) == 3  # stopped before the third count
+    whole = epsilon_curve(releases=(10, 20, 30, 40), **question)  # computed afresh: the stopped one was not kept
+    assert [s.releases for s in whole] == [10, 20, 30, 40]
+    assert whole[-1] == epsilon_spent(releases=40, **question)

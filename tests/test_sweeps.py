@@ -343,3 +343,18 @@ def test_after_the_grid_is_checked_the_sweeps_planning_has_no_sigma_search_left_
     asked = []
     calibrate_cells([c.normalized() for c in spec.cells()], store, should_stop=lambda: asked.append(1) and False)
     assert asked == [1]  # asked once, between cells: never during a σ search
+
+
+def test_a_stop_while_a_cells_per_epoch_epsilon_is_computed_starts_nothing(store, monkeypatch):
+    import dpsat_core.accounting as accounting
+
+    from opacus.accountants.analysis import prv
+
+    accounting.epsilon_curve.cache_clear()
+    real_curve, real_compose, started, composed = accounting.epsilon_curve, prv.compose_heterogeneous, [], []
+    monkeypatch.setattr(accounting, "epsilon_curve", lambda **k: started.append(1) or real_curve(**k))
+    monkeypatch.setattr(prv, "compose_heterogeneous", lambda **k: started and composed.append(1) or real_compose(**k))
+    spec = SweepSpec(base=dataclasses.replace(BASE, epochs=30), methods=("dpsgd",), epsilons=(2.7,), seeds=(0,))
+    result = sweep(spec, store, should_stop=lambda: bool(started))  # a stop once the curve has begun
+    assert started and composed == []  # not one of its 30 epochs' compositions ran
+    assert result.cancelled and not result.trained and store.list_runs() == []
