@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .errors import ConfigError, DpsatError
 from .methods import METHODS, method_info
 from .progress import Cancelled, Progress, ProgressFn, StopFn, no_progress, stop_asked
+from .results import counted
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ def sweep(
         done = reusable_run(store, cell)
         (result.reused.append(done.run_id) if done else todo.append(cell))
     total = len(todo)
-    on_progress(Progress("sweep", 0, total, f"{len(result.reused)} cells reused, {total} to train"))
+    on_progress(Progress("sweep", 0, total, f"{counted(len(result.reused), 'cell')} reused, {total} to train"))
     calibrate_cells(todo, store, should_stop=should_stop, on_progress=on_progress)
     if stop_asked(should_stop):  # cancelled while planning (seconds for a big grid): start nothing
         result.cancelled = True

@@ -61,8 +61,10 @@ def test_a_sweep_with_one_cell_left_to_train_trains_it_here_not_in_a_pool(store,
     spec = SweepSpec(base=BASE, methods=("sgd",), epsilons=(), seeds=(0, 1))
     assert len(sweep(dataclasses.replace(spec, seeds=(0,)), store).trained) == 1
     monkeypatch.setattr(sweeps, "_sweep_pool", lambda *a, **k: pytest.fail("a pool started for one cell"))
-    result = sweep(spec, store, workers=2)
+    seen = []
+    result = sweep(spec, store, workers=2, on_progress=seen.append)
     assert len(result.reused) == 1 and len(result.trained) == 1
+    assert seen[0].message == "1 cell reused, 1 to train"
 
 
 def test_in_process_and_pool_sweeps_give_the_same_reasons_and_messages(tmp_path):
