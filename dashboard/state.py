@@ -12,6 +12,7 @@ Session-state keys used across pages:
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Optional
@@ -43,9 +44,13 @@ def get_store() -> RunStore:
 @st.cache_resource
 def get_jobs() -> JobManager:
     """One job manager per server: jobs survive reruns, reloads and other tabs. Its jobs' processes start from a fork
-    server started here, before the first click (`workers.warm_up`)."""
+    server started here, before the first click (`workers.warm_up`). When the server stops (Ctrl-C, SIGTERM), its
+    jobs are cancelled (their runs stored as cancelled) before Python waits for its threads: else a server whose
+    launcher ignored the signal would train on to the end after saying "Stopping..."."""
     warm_up()
-    return JobManager(max_workers=2)
+    jobs = JobManager(max_workers=2)
+    threading._register_atexit(jobs.shutdown)  # type: ignore[attr-defined]  # as concurrent.futures stops its pools
+    return jobs
 
 
 def session_owner() -> str:

@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -811,3 +813,25 @@ def test_the_sharpness_page_leaves_runs_a_running_job_analyses_out_of_its_offer(
     finally:
         release.set()
         get_jobs().wait(job, timeout=60)
+
+
+SERVER_EXIT = """
+import sys
+import dpsat_core.workers
+dpsat_core.workers.warm_up = lambda: None  # no fork server importing torch: this job runs in a thread
+from dashboard.state import get_jobs
+from tests import job_tasks
+jobs = get_jobs()
+job = jobs.submit("x", "waits for a stop", job_tasks.wait_for_stop)
+while "pid" not in jobs.get(job).metrics:
+    pass
+print("running", flush=True)
+sys.exit(0)  # the server's main thread ends, as after Streamlit's "Stopping..."
+"""
+
+
+def test_a_stopping_server_cancels_its_jobs_instead_of_waiting_for_them(tmp_path):
+    # Python waits for the job threads at exit: a job that runs on would keep a stopped server alive until it ends
+    env = {**os.environ, "DPSAT_STORE": str(tmp_path / "runs.db")}
+    proc = subprocess.run([sys.executable, "-c", SERVER_EXIT], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "running", proc.stderr[-1500:]
