@@ -350,16 +350,19 @@ def _epsilon_curve(
         check_stop(should_stop)
         return epsilon_spent(releases=count, accountant=accountant, **common)
 
-    if accountant != "prv" or noise_multiplier == 0 or any(sigma == 0 for sigma, _, _ in prior):
+    def each() -> tuple[PrivacySpent, ...]:
         return tuple(spent(count) for count in releases)
+
+    if accountant != "prv" or noise_multiplier == 0 or any(sigma == 0 for sigma, _, _ in prior):
+        return each()
     try:
         values = _prv_curve(releases=releases, should_stop=should_stop, **common)
     except PRV_FAILURES as exc:
         if not _is_prv_failure(exc):
             raise
-        return tuple(spent(count) for count in releases)
+        return each()
     if not math.isfinite(values[-1]):
-        return tuple(spent(count) for count in releases)
+        return each()
     return tuple(
         PrivacySpent(epsilon=eps, releases=count, accountant="prv", **common)
         if eps is not None and math.isfinite(eps)
