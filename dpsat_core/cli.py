@@ -379,7 +379,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep: {len(result.trained)} trained, {len(result.reused)} reused, {len(result.errors)} failed")
         for error in result.errors:
             print(f"  error: {error}")
-        _print_table([store.get(r) for r in result.run_ids + result.stopped])
+        records = [store.get(r) for r in result.run_ids + result.stopped]
+        if records:  # a sweep stopped before training, or whose cells all failed, prints no empty table
+            _print_table(records)
     if stop():
         print(_stopped(stop, result), file=sys.stderr)
         return stop.exit_code

@@ -497,3 +497,13 @@ def test_a_sweep_rerun_with_one_cell_left_starts_no_fork_server(tmp_path, monkey
     args = ["sweep", "--dataset", "breast_cancer", "--methods", "sgd", "--seeds", "0,1", "--epochs", "1"]
     assert main([*args, "--batch-size", "64", "--workers", "2", "--store", str(db)]) == 0
     assert order == ["check"]
+
+
+def test_a_sweep_that_trained_nothing_prints_no_empty_table(tmp_path, monkeypatch, capsys):
+    # e.g. stopped while its cells were planned: the summary line, and no table header over nothing
+    from dpsat_core import sweeps
+
+    monkeypatch.setattr(sweeps, "sweep", lambda *a, **k: sweeps.SweepResult(cancelled=True, skipped=["SGD, seed 0"]))
+    args = ["sweep", "--dataset", "breast_cancer", "--methods", "sgd", "--seeds", "0", "--epochs", "1"]
+    assert main([*args, "--workers", "1", "--store", str(tmp_path / "runs.db")]) == 0
+    assert capsys.readouterr().out == "sweep: 0 trained, 0 reused, 0 failed\n"
