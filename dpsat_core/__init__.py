@@ -79,7 +79,7 @@ _EXPORTS = {
     "method_table": "methods",
     "register_method": "methods",
     "build_model": "models",
-    "model_spec": "models",
+    "model_spec": "results",
     "PrivacyPlan": "planning",
     "RunPlan": "planning",
     "plan_run": "planning",

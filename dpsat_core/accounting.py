@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import math
+import sys
 import threading
 import warnings
 from contextlib import contextmanager
@@ -25,8 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
-from opacus.accountants import RDPAccountant, create_accountant
-from opacus.accountants.analysis import rdp as opacus_rdp
 
 from .config import ACCOUNTANTS, MAX_EPSILON
 from .errors import ConfigError
@@ -46,19 +46,26 @@ DISCRETISED_MEMO_SIZE = 4  # histories whose discretised PRVs are kept (1–10 M
 PRV_OVER_MODEL = 0.87
 
 
-def _memoize_opacus_rdp() -> None:
-    """Memoise Opacus's per-order RDP of the subsampled Gaussian, a pure function of (q, σ, α), once per process.
+_opacus_lock = threading.Lock()
+
+
+def _opacus_rdp() -> Any:
+    """Opacus's RDP analysis module, imported on first use (Opacus takes seconds to import: a refused config or a
+    stored answer needs none of it), with its per-order RDP of the subsampled Gaussian, a pure function of
+    (q, σ, α), memoised once per process.
 
     Every PRV `get_epsilon` computes it at ~60 fractional orders in Python, twice, to size its domain (92% of the
     call); the same (q, σ) comes back at every epoch of a run and in both of those passes. Memoised, the answers
     are the same floats (tests/test_accounting.py compares them with an untouched Opacus) at 7× fewer seconds
     for a run's per-epoch ε.
     """
-    if not hasattr(opacus_rdp._compute_rdp, "cache_info"):
-        opacus_rdp._compute_rdp = functools.lru_cache(maxsize=RDP_MEMO_SIZE)(opacus_rdp._compute_rdp)
+    from opacus.accountants.analysis import rdp
 
+    with _opacus_lock:
+        if not hasattr(rdp._compute_rdp, "cache_info"):
+            rdp._compute_rdp = functools.lru_cache(maxsize=RDP_MEMO_SIZE)(rdp._compute_rdp)
+    return rdp
 
-_memoize_opacus_rdp()
 
 # Past this many points PRV's FFT needs gigabytes and minutes, and then fails anyway (σ = 0.1 at q = 0.18 over 180
 # releases: 5.8e7 points, 124 s, "Floating point errors will dominate"); RDP answers at once (looser, still valid).
@@ -97,10 +104,11 @@ class PrivacySpent:
 @functools.lru_cache(maxsize=1)
 def _blas_pools() -> Any:
     """The BLAS thread pools loaded in this process, found once: scanning the loaded libraries cost ~8 ms an ε (a
-    400-epoch run's per-epoch ε: seconds). The accountant's (numpy's and scipy's OpenBLAS) came with the import of
-    `opacus.accountants` above, before any call."""
+    400-epoch run's per-epoch ε: seconds), after importing the accountant, which loads scipy's OpenBLAS beside
+    numpy's."""
     from threadpoolctl import ThreadpoolController
 
+    _opacus_rdp()
     return ThreadpoolController()
 
 
@@ -122,6 +130,9 @@ def _epsilon_with(
             noise_multiplier=noise_multiplier, sample_rate=sample_rate, releases=(releases,), delta=delta, prior=prior
         )
         return eps
+    from opacus.accountants import create_accountant
+
+    _opacus_rdp()
     acc = create_accountant(mechanism=accountant)
     acc.history = [*prior, *([(noise_multiplier, sample_rate, releases)] if releases else [])]
     with _quiet_one_blas_thread():
@@ -184,6 +195,9 @@ def _rdp_epsilon(history: History, delta: float) -> float:
     the order: RDP at α is at least RDP at the largest order below α already computed (0 below the first). Skipped
     orders enter Opacus's own conversion as ∞, so the minimum, its order and its float are Opacus's. Had a skip
     been wrong, ε would only be larger (a minimum over fewer orders): a larger PRV domain, never an unsafe one."""
+    from opacus.accountants import RDPAccountant
+
+    opacus_rdp = _opacus_rdp()
     alphas = RDPAccountant.DEFAULT_ALPHAS
     orders = np.asarray(alphas, dtype=float)
     conversion = -(math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
@@ -486,10 +500,10 @@ class AnswerBook(Protocol):
 
 def _opacus_version() -> str:
     """The version of the Opacus loaded here, not the one on disk: a long-lived fork server keeps the code it loaded
-    after an upgrade, and its answers must be keyed by that code."""
-    import opacus
-
-    return opacus.__version__
+    after an upgrade, and its answers must be keyed by that code. Where none is loaded yet, the one on disk, which
+    is what would answer here (read without importing Opacus: a stored answer then costs no import)."""
+    loaded = sys.modules.get("opacus")
+    return loaded.__version__ if loaded is not None else importlib.metadata.version("opacus")
 
 
 # How each kind of question is answered: part of its key, so answers of an earlier algorithm (the bisection of

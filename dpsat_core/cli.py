@@ -44,6 +44,7 @@ from .config import (
 )
 from .data import FILE_TYPES
 from .data.builtin import BUILTIN
+from .devices import check_device
 from .errors import ConfigError, DpsatError
 from .interrupts import StopRequest, stop_on_signals
 from .methods import METHODS, rho_methods
@@ -335,28 +336,33 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cells_left(spec: Any, store_path: Optional[str]) -> int:
-    """How many cells of `spec` have no finished run of their settings in the store (by config hash alone: cheap,
-    before anything heavy is imported; the sweep itself also checks that the data are unchanged). A store not
-    written yet has none, and is not created here: bad input must leave no file behind."""
+def _cells_left(spec: Any, store_path: Optional[str]) -> list[TrainConfig]:
+    """The cells of `spec` without a finished run that the sweep will reuse (same settings and data; cheap, before
+    torch or Opacus is imported). A store not written yet has none, and is not created here: bad input must leave
+    no file behind."""
+    from .runner import reusable_run
+
     cells = spec.cells()
     if not Path(default_store_path() if store_path is None else store_path).expanduser().exists():
-        return len(cells)
+        return cells
     store = RunStore(store_path)
-    return sum(store.find_done(cell.normalized().config_hash()) is None for cell in cells)
+    return [cell for cell in cells if reusable_run(store, cell) is None]
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweeps import SweepSpec, check_sweep, sweep  # heavy: only for this command, so --help and runs start fast
+    from .sweeps import SweepSpec, check_cells, sweep  # heavy: only for this command, so --help and runs start fast
     from .workers import warming
 
     spec = SweepSpec(
         base=_config(args), methods=args.methods, epsilons=args.epsilons, seeds=args.seeds, rhos=args.rhos or ()
     )
     cluster = _cluster(args)
-    pool = cluster is None and args.workers > 1 and _cells_left(spec, args.store) > 1
+    if cluster is None:  # as `dpsat train`: CUDA asked for but absent is an error even where every cell is reused
+        check_device(spec.base.device)
+    left = _cells_left(spec, args.store)
+    pool = cluster is None and args.workers > 1 and len(left) > 1
     with warming(pool):  # the pool's fork server imports torch and Opacus while the grid is checked, not after
-        check_sweep(spec, device_here=cluster is None)
+        check_cells(left, device_here=cluster is None)  # a cell to be reused needs no check, nor torch
     store = RunStore(args.store)
     progress = no_progress if args.json else _stderr_progress
     with stop_on_signals() as stop:

@@ -18,7 +18,8 @@ ACCOUNTANTS = ("prv", "rdp")
 # layer outputs) or "hooks" (Opacus's per-sample gradient hooks, the reference). Kept, and hashed, for
 # non-private methods too, so that the runs of one setting (compare.setting_key) share it.
 CLIPPINGS = ("fast", "hooks")
-MODELS = ("auto", "cnn", "mlp")
+ARCHITECTURE_NAMES = ("cnn", "mlp")  # the models we build (models.ARCHITECTURES)
+MODELS = ("auto", *ARCHITECTURE_NAMES)
 DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" picks one GPU
 HESSIAN_BACKENDS = ("lanczos", "pyhessian")
 # Empirical privacy audits (dpsat_core.audit): what the auditor observes. "" is an ordinary run.

@@ -17,15 +17,32 @@ if TYPE_CHECKING:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Return the device for `name`; asking for CUDA on a machine without it is an error."""
+    import torch
+
+    return torch.device(device_name(name))
+
+
+def device_name(name: str = "auto") -> str:
+    """The device `name` resolves to here ('auto': 'cuda' when present, else 'cpu'); asking for CUDA on a machine
+    without it is an error. Imports torch only where CUDA's presence decides (`auto` or a CUDA name)."""
     if not valid_device_name(name):
         raise ConfigError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)} (or cuda:N)")
+    if name == "cpu":
+        return name
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} asked for CUDA but none is available: use 'auto' or 'cpu'")
-    return torch.device(name)
+    return name
+
+
+def check_device(name: str) -> None:
+    """Refuse a device this machine cannot use (an unknown name, CUDA absent) without resolving `auto`, which every
+    machine can use: torch is imported only for a CUDA name."""
+    if name != "auto":
+        device_name(name)
 
 
 def describe_device(device: torch.device) -> str:

@@ -13,8 +13,6 @@ from copy import deepcopy as copy_module
 import torch
 from torch import nn
 
-from .config import MODELS
-from .errors import ConfigError
 from .results import ModelSpec
 
 
@@ -69,7 +67,7 @@ class TanhMLP(nn.Module):
         return self.net(x)
 
 
-ARCHITECTURES = {"cnn": TanhCNN, "mlp": TanhMLP}
+ARCHITECTURES = {"cnn": TanhCNN, "mlp": TanhMLP}  # keys: config.ARCHITECTURE_NAMES
 
 
 class PlainGroupNorm(nn.GroupNorm):
@@ -112,16 +110,6 @@ def plain_copy(model: nn.Module, *, elementary_group_norm: bool = False) -> nn.M
 def strip_wrapper_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove Opacus's `_module.` prefix (from a wrapped model's state_dict), if present."""
     return {k.removeprefix("_module."): v for k, v in state_dict.items()}
-
-
-def model_spec(choice: str, *, kind: str, input_shape: tuple[int, ...], n_classes: int) -> ModelSpec:
-    """Resolve `auto` (CNN for images, MLP for tables) and check the choice fits the data."""
-    architecture = ("cnn" if kind == "image" else "mlp") if choice == "auto" else choice
-    if architecture not in ARCHITECTURES:
-        raise ConfigError(f"unknown model {choice!r}: choose one of {', '.join(MODELS)}")
-    if architecture == "cnn" and len(input_shape) != 3:
-        raise ConfigError(f"model='cnn' needs image data (C, H, W); this data has shape {input_shape}: use 'mlp'")
-    return ModelSpec(architecture=architecture, input_shape=tuple(input_shape), n_classes=n_classes)
 
 
 def build_model(spec: ModelSpec, *, seed: int) -> nn.Module:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.optimize import brentq
 from scipy.special import gammaln, logsumexp, xlog1py, xlogy
 
 # Releases, as Opacus's accountants keep their `history`: ((noise multiplier, sample rate, count), ...).
@@ -76,6 +75,8 @@ def _root(fn: Callable[[float], float], level: float, low: float, high: float) -
         return high
     if fn(low) <= level:
         return low
+    from scipy.optimize import brentq  # 0.3–0.6 s to import: only when σ is searched, not to refuse a config
+
     return float(brentq(lambda u: fn(u) - level, low, high, xtol=1e-9))
 
 

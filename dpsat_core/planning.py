@@ -23,11 +23,10 @@ from .accounting import (
 from .config import TrainConfig, resolve_for_data
 from .data import Dataset
 from .data.scaling import STATISTICS_RELEASES
-from .devices import resolve_device
+from .devices import device_name
 from .methods import method_info
-from .models import model_spec
 from .progress import StopFn
-from .results import ModelSpec
+from .results import ModelSpec, model_spec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,7 +198,8 @@ def plan_run(
     noise = dataset.statistics_noise
     prior = () if noise is None or not config.private else ((noise, 1.0, STATISTICS_RELEASES),)
     model = model_spec(config.model, kind=dataset.kind, input_shape=dataset.input_shape, n_classes=dataset.n_classes)
-    device = str(resolve_device(config.device)) if device_here else config.device
+    resolve_for_data(config, dataset.n_train)  # δ and batch against n: refused before torch is imported below
+    device = device_name(config.device) if device_here else config.device
     return RunPlan(
         privacy=plan_privacy(config, dataset.n_train, book, prior=prior, should_stop=should_stop),
         model=model,

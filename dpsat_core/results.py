@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
-from .config import TrainConfig
+from .config import ARCHITECTURE_NAMES, MODELS, TrainConfig
 from .divergence import diverged
+from .errors import ConfigError
 
 R = TypeVar("R", bound="JsonRecord")
 # Rows of the fixed training subset every analysis of a run evaluates (the first of its seeded training split).
@@ -83,6 +84,16 @@ class ModelSpec(JsonRecord):
         return cls(
             architecture=data["architecture"], input_shape=tuple(data["input_shape"]), n_classes=data["n_classes"]
         )
+
+
+def model_spec(choice: str, *, kind: str, input_shape: tuple[int, ...], n_classes: int) -> ModelSpec:
+    """Resolve `auto` (CNN for images, MLP for tables) and check the choice fits the data (no torch needed)."""
+    architecture = ("cnn" if kind == "image" else "mlp") if choice == "auto" else choice
+    if architecture not in ARCHITECTURE_NAMES:
+        raise ConfigError(f"unknown model {choice!r}: choose one of {', '.join(MODELS)}")
+    if architecture == "cnn" and len(input_shape) != 3:
+        raise ConfigError(f"model='cnn' needs image data (C, H, W); this data has shape {input_shape}: use 'mlp'")
+    return ModelSpec(architecture=architecture, input_shape=tuple(input_shape), n_classes=n_classes)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .claims import keep_alive, wait_for_claim
 from .config import TrainConfig
-from .data import data_fingerprint, load_config_dataset
-from .devices import resolve_device
+from .data import data_fingerprint, load_config_dataset, load_config_split
+from .devices import check_device
 from .planning import plan_run
 from .progress import ProgressFn, StopFn, check_stop, no_progress
 from .results import RunRecord
 from .store import INTERRUPTED, ClaimHeld, RunStore
-from .training import TrainResult, train
+
+if TYPE_CHECKING:
+    from .training import TrainResult
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ def reusable_run(store: RunStore, config: TrainConfig) -> Optional[RunRecord]:
     record = store.get(run_id)
     if record.summary is None or record.summary.data_fingerprint != data_fingerprint(config.dataset, config.schema):
         return None
-    return record if record.summary.n_train == load_config_dataset(config).n_train else None
+    return record if record.summary.n_train == load_config_split(config).n_train else None
 
 
 def run(
@@ -55,7 +57,7 @@ def run(
     meanwhile): its finished run is reused, its failure returned (these very settings failed), and a claim that
     was interrupted or cancelled is trained here."""
     config = config.normalized()
-    resolve_device(config.device)  # CUDA asked for but absent is an error even when a finished run exists
+    check_device(config.device)  # CUDA asked for but absent is an error even when a finished run exists
     dataset, plan = None, None
     while True:
         looked = time.time()
@@ -84,6 +86,8 @@ def run(
 def train_claimed(store: RunStore, run_id: str, config: TrainConfig, **options: Any) -> TrainResult:
     """Train `config` into the row `run_id` already claimed: keep its lease alive, stream each epoch, store the
     outcome and weights (a crash is stored as failed, then raised). `options` go to `train`."""
+    from .training import train  # torch and Opacus: only once there is something to train
+
     try:
         with keep_alive(store, run_id):
             result = train(config, book=store, on_epoch=lambda metrics: store.add_epoch(run_id, metrics), **options)

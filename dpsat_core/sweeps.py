@@ -87,10 +87,15 @@ def check_sweep(spec: SweepSpec, store: Optional[RunStore] = None, *, device_her
     model fits, device present, ε reachable), so a page or the CLI can refuse the grid with one message
     instead of failing cell by cell. Calibrations are kept in `store` (and cached), so the cells reuse them.
     A sweep on a Ray cluster passes `device_here=False`: its workers, not this machine, must have the device."""
+    check_cells(spec.cells(), store, device_here=device_here)
+
+
+def check_cells(cells: Sequence[TrainConfig], store: Optional[RunStore] = None, *, device_here: bool = True) -> None:
+    """`check_sweep` for these cells of a grid (the CLI checks only those it will train)."""
     from .data import load_config_dataset
     from .planning import plan_run
 
-    for cell in spec.cells():
+    for cell in cells:
         try:  # each cell's own data: a table's released statistics take a share of that cell's ε
             plan_run(cell, load_config_dataset(cell), store, device_here=device_here)
         except ConfigError as exc:
@@ -249,7 +254,8 @@ def calibrate_cells(
     of each recomputing them (seeds running side by side would ask the same questions at once, each worker
     without the accountant's memo); a cell that cannot be planned is left for its run to report. `should_stop()`
     ends it between cells, between two evaluations of a cell's σ search (seconds to a minute at small ε) or between
-    two epochs of its per-epoch ε (a minute for 400 epochs): the sweep then starts nothing. Each cell is named in `on_progress` as it is planned (a σ search takes seconds)."""
+    two epochs of its per-epoch ε (a minute for 400 epochs): the sweep then starts nothing. Each cell is named in
+    `on_progress` as it is planned (a σ search takes seconds)."""
     from .data import load_config_dataset
     from .planning import plan_run, record_epoch_epsilons
 

@@ -343,7 +343,7 @@ def test_memoised_rdp_orders_give_untouched_opacus_answers_bit_for_bit():
         for name in ("prv", "rdp")
     ]
     assert ours == json.loads(untouched.stdout)
-    assert accounting.opacus_rdp._compute_rdp.cache_info().hits > 0  # the second epoch reused the first's orders
+    assert accounting._opacus_rdp()._compute_rdp.cache_info().hits > 0  # the second epoch reused the first's orders
 
 
 def test_answers_of_another_algorithm_are_never_read_as_this_ones(tmp_path):
@@ -477,9 +477,9 @@ def test_domain_sizing_skips_only_orders_that_cannot_hold_the_minimum(history, d
     # the second history's domain is past the usual cap (RDP ε ≈ 1,200; Opacus's PRV takes ~50 s to answer inf)
     monkeypatch.setattr(accounting, "MAX_PRV_POINTS", 1 << 30)
 
-    accounting.opacus_rdp._compute_rdp.cache_clear()
+    accounting._opacus_rdp()._compute_rdp.cache_clear()
     ours = accounting._rdp_epsilon(history, delta)
-    computed = accounting.opacus_rdp._compute_rdp.cache_info().currsize
+    computed = accounting._opacus_rdp()._compute_rdp.cache_info().currsize
     reference = RDPAccountant()
     reference.history = list(history)
     assert ours == reference.get_epsilon(delta)  # the same float as every order computed

@@ -477,7 +477,7 @@ def test_a_pool_sweep_starts_its_workers_fork_server_before_checking_the_grid(mo
         order.append("check")
         raise ConfigError("refused here")
 
-    monkeypatch.setattr(sweeps, "check_sweep", check)
+    monkeypatch.setattr(sweeps, "check_cells", check)
     args = ["sweep", "--dataset", "breast_cancer", "--methods", "dpsgd", "--epsilons", "1", "--seeds", "0,1", *more]
     assert main(args) == 2 and "refused here" in capsys.readouterr().err
     assert order == (["fork server", "check"] if warmed else ["check"])
@@ -492,11 +492,55 @@ def test_a_sweep_rerun_with_one_cell_left_starts_no_fork_server(tmp_path, monkey
     assert len(sweep(SweepSpec(base=base, methods=("sgd",), epsilons=(), seeds=(0,)), RunStore(db)).trained) == 1
     order = []
     monkeypatch.setattr(workers, "warm_up", lambda: order.append("fork server"))
-    monkeypatch.setattr(sweeps, "check_sweep", lambda *a, **k: order.append("check"))
+    monkeypatch.setattr(sweeps, "check_cells", lambda cells, **k: order.append(f"check {len(cells)}"))
     monkeypatch.setattr(sweeps, "sweep", lambda *a, **k: sweeps.SweepResult())
     args = ["sweep", "--dataset", "breast_cancer", "--methods", "sgd", "--seeds", "0,1", "--epochs", "1"]
     assert main([*args, "--batch-size", "64", "--workers", "2", "--store", str(db)]) == 0
-    assert order == ["check"]
+    assert order == ["check 1"]  # only the cell that will train is checked
+
+
+LIGHT_COMMANDS = """
+import json, sys
+from dpsat_core.cli import main
+codes = [main(args) for args in json.loads(sys.argv[1])]
+print(json.dumps([codes, sorted({m.split(".")[0] for m in sys.modules} & {"torch", "opacus"})]))
+"""
+
+
+def test_bad_input_and_a_fully_reused_sweep_are_answered_without_importing_torch_or_opacus(tmp_path):
+    # each costs seconds to import: refusing δ ≥ 1/n (tables and images) or listing reused cells needs neither
+    from dpsat_core import SweepSpec, sweep
+
+    db = str(tmp_path / "runs.db")
+    base = TrainConfig(dataset="breast_cancer", epochs=1, batch_size=64)
+    sweep(SweepSpec(base=base, methods=("sgd", "dpsgd"), epsilons=(3.0,), seeds=(0,)), RunStore(db))
+    again = ["sweep", "--dataset", "breast_cancer", "--methods", "sgd,dpsgd", "--epsilons", "3", "--seeds", "0"]
+    commands = [
+        ["train", "--method", "dpsgd", "--delta", "0.5", "--dataset", "breast_cancer", "--store", db],
+        ["sweep", "--methods", "dpsgd", "--delta", "0.5", "--dataset", "digits", "--workers", "2", "--store", db],
+        [*again, "--epochs", "1", "--batch-size", "64", "--workers", "2", "--store", db],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_COMMANDS, json.dumps(commands)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    codes, heavy = json.loads(proc.stdout.splitlines()[-1])
+    assert codes == [2, 2, 0] and heavy == []
+    assert proc.stderr.count("must be < 1/n") == 2 and "0 trained, 2 reused, 0 failed" in proc.stdout
+
+
+def test_a_reused_sweep_still_refuses_a_cuda_device_this_machine_lacks(tmp_path, monkeypatch, capsys):
+    # as `dpsat train` does: the device is no part of the settings' hash, so every cell would be reused
+    from dpsat_core import SweepSpec, sweep
+
+    db = str(tmp_path / "runs.db")
+    base = TrainConfig(dataset="breast_cancer", method="sgd", epochs=1, batch_size=64)
+    sweep(SweepSpec(base=base, methods=("sgd",), epsilons=(), seeds=(0,)), RunStore(db))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["sweep", "--dataset", "breast_cancer", "--methods", "sgd", "--seeds", "0", "--epochs", "1"]
+    assert main([*args, "--batch-size", "64", "--device", "cuda", "--store", db]) == 2
+    assert "asked for CUDA but none is available" in capsys.readouterr().err
+    assert len(RunStore(db).list_runs()) == 1
 
 
 def test_a_sweep_that_trained_nothing_prints_no_empty_table(tmp_path, monkeypatch, capsys):

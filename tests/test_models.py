@@ -3,7 +3,9 @@ import torch
 from opacus.validators import ModuleValidator
 
 from dpsat_core import build_model, model_spec
-from dpsat_core.models import count_parameters
+from dpsat_core.config import ARCHITECTURE_NAMES, MODELS
+from dpsat_core.errors import ConfigError
+from dpsat_core.models import ARCHITECTURES, count_parameters
 
 
 @pytest.mark.parametrize(
@@ -26,3 +28,11 @@ def test_building_is_seeded_and_leaves_the_global_generator_alone():
     assert torch.rand(1) == expected_next
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert count_parameters(a) == sum(p.numel() for p in b.parameters())
+
+
+def test_the_names_planning_checks_without_torch_are_the_models_built():
+    assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES and MODELS == ("auto", *ARCHITECTURE_NAMES)
+    with pytest.raises(ConfigError, match="unknown model 'resnet': choose one of auto, cnn, mlp"):
+        model_spec("resnet", kind="image", input_shape=(1, 8, 8), n_classes=10)
+    with pytest.raises(ConfigError, match="model='cnn' needs image data"):
+        model_spec("cnn", kind="tabular", input_shape=(30,), n_classes=2)

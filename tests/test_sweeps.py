@@ -348,9 +348,9 @@ def test_after_the_grid_is_checked_the_sweeps_planning_has_no_sigma_search_left_
 
 
 def test_a_stop_while_a_cells_per_epoch_epsilon_is_computed_starts_nothing(store, monkeypatch):
-    import dpsat_core.accounting as accounting
-
     from opacus.accountants.analysis import prv
+
+    import dpsat_core.accounting as accounting
 
     accounting.epsilon_curve.cache_clear()
     real_curve, real_compose, started, composed = accounting.epsilon_curve, prv.compose_heterogeneous, [], []

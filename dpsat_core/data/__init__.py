@@ -36,6 +36,7 @@ __all__ = [
     "Split",
     "data_fingerprint",
     "load_config_dataset",
+    "load_config_split",
     "load_dataset",
     "load_run_dataset",
     "load_schema",
@@ -122,13 +123,10 @@ def load_dataset(
     return _load_cached(source, None, size, split, (), preprocessing, *schema_key)
 
 
-def load_config_dataset(config: "TrainConfig", released: Optional[ReleasedScaling] = None) -> Dataset:
-    """The data set a config names, split and scaled as it says: features without public bounds are scaled by
-    statistics released with the noise its privacy plan gives them (`planning.statistics_noise`), or by
-    `released`, statistics a stored run released (`load_run_dataset`). The release's noise comes from the run's
-    seed plus `STATISTICS_SEED_OFFSET` in research mode, and from the OS entropy source (`secrets`) in release
-    mode, held only by its generator: a fresh draw per call, reproducible from nothing stored."""
-    dataset = load_dataset(
+def load_config_split(config: "TrainConfig") -> Dataset:
+    """The data set a config names, split as it says, with the features that need released statistics still
+    unscaled (`pending`): its sizes and shapes, with nothing released and no accountant imported."""
+    return load_dataset(
         config.dataset,
         target=config.target,
         size=config.dataset_size,
@@ -137,6 +135,15 @@ def load_config_dataset(config: "TrainConfig", released: Optional[ReleasedScalin
         preprocessing=config.preprocessing,
         schema=config.schema,
     )
+
+
+def load_config_dataset(config: "TrainConfig", released: Optional[ReleasedScaling] = None) -> Dataset:
+    """The data set a config names, split and scaled as it says: features without public bounds are scaled by
+    statistics released with the noise its privacy plan gives them (`planning.statistics_noise`), or by
+    `released`, statistics a stored run released (`load_run_dataset`). The release's noise comes from the run's
+    seed plus `STATISTICS_SEED_OFFSET` in research mode, and from the OS entropy source (`secrets`) in release
+    mode, held only by its generator: a fresh draw per call, reproducible from nothing stored."""
+    dataset = load_config_split(config)
     if not dataset.pending:
         return dataset
     from ..planning import statistics_noise, statistics_share  # the accountant: only for tables that need it
