@@ -97,6 +97,14 @@ def methods_table() -> None:
     wrapped_table(method_table())
 
 
+BLANK = "—"  # an empty cell: no target ε (SGD, σ runs), no ρ, no ε spent, no spread over a single seed
+
+
+def data_table(frame: pd.DataFrame, **options: Any) -> None:
+    """A sortable table without its index, a missing value shown as `BLANK` (Streamlit writes "None")."""
+    st.dataframe(frame, hide_index=True, placeholder=BLANK, **options)
+
+
 def _fixed(digits: int) -> Any:
     """A number column shown with a fixed count of decimals (no 92.1 beside 92.13)."""
     return st.column_config.NumberColumn(format=f"%.{digits}f")
@@ -119,7 +127,7 @@ def cell_table(stats: Sequence[CellStats]) -> None:
         for c in stats
     ]
     columns = {name: _fixed(2) for name in ("test accuracy %", "± std", "validation %")}
-    st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={**columns, "wall s / epoch": _fixed(3)})
+    data_table(pd.DataFrame(rows), column_config={**columns, "wall s / epoch": _fixed(3)})
 
 
 def _ratio_cell(c: Comparison) -> str:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard.actions import start_audit
 from dashboard.state import current_dataset, get_store, shown_source
-from dashboard.widgets import job_panel, plain_text, show_error
+from dashboard.widgets import data_table, job_panel, plain_text, show_error
 from dpsat_core import METHODS, DpsatError, TrainConfig
 from dpsat_core.config import AUDIT_MODES, DEFAULT_CANARIES, DEFAULT_EPSILON, MIN_CANARIES
 from dpsat_core.results import format_number
@@ -78,7 +78,7 @@ if audits:
             for r in reversed(audits)
         ]
     )
-    st.dataframe(table, hide_index=True, key="audit-table")
+    data_table(table, key="audit-table")
     st.caption(
         "ε ≥: the audit's lower bound at 95% confidence; right: correct guesses of those made; AUC: the membership "
         "scores' area under the ROC curve; s: seconds the audit took."

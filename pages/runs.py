@@ -7,7 +7,9 @@ import streamlit as st
 
 from dashboard.state import get_store, shown_source
 from dashboard.widgets import (
+    BLANK,
     chart,
+    data_table,
     download,
     job_panel,
     plain_text,
@@ -19,8 +21,6 @@ from dpsat_core import DpsatError, cached_analyses, figures, method_info
 from dpsat_core.export import inert_cell, results_csv, results_json
 from dpsat_core.results import counted, format_number
 from dpsat_core.store import STATUSES
-
-BLANK = "—"  # an empty cell: no target ε (SGD, σ runs), no ρ, no ε spent
 
 st.title("Runs")
 store = get_store()
@@ -81,7 +81,7 @@ table = pd.DataFrame(
     ]
 )
 # text cells inert for spreadsheets: the table's own CSV download writes them as shown
-st.dataframe(table.map(inert_cell), hide_index=True, key="runs-table")
+data_table(table.map(inert_cell), key="runs-table")
 randomness_caption(shown)
 spectra = cached_analyses(store, [r.run_id for r in shown], "hessian")
 down_csv, down_json, _ = st.columns([1, 1, 4])
@@ -105,6 +105,6 @@ if selected:
     epochs = pd.DataFrame([e.to_dict() for e in record.epochs])
     if not epochs.empty:
         epochs["epsilon_spent"] = [format_number(e.epsilon_spent, ".3f", missing=BLANK) for e in record.epochs]
-    st.dataframe(epochs, hide_index=True)
+    data_table(epochs)
     st.json(record.to_dict(), expanded=False)
 job_panel()

@@ -16,7 +16,7 @@ from streamlit.proto.Block_pb2 import Block
 from streamlit.testing.v1 import AppTest
 
 from dashboard.state import get_jobs
-from dashboard.widgets import JOB_PANEL_REFRESH
+from dashboard.widgets import BLANK, JOB_PANEL_REFRESH
 from dpsat_core import RunStore, SweepSpec, TrainConfig, sweep
 from dpsat_core.caveats import PER_RUN
 from dpsat_core.compare import RATIO_INTERVAL
@@ -297,8 +297,10 @@ def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     one_pair = r"\d\.\d{2,3} \(no interval, 1 of 2 pairs\)"  # only seed 0's runs are analysed, of two seeds
     assert len(table) and all(re.fullmatch(one_pair, v) for v in table[SHARPNESS])
     assert charts == 4 and all(labels.count(fmt) == charts for fmt in ("PNG", "SVG", "PDF", "HTML"))
+    assert at.dataframe and all(d.proto.placeholder == BLANK for d in at.dataframe)  # not "None" (one seed: no ±)
     at = open_page("runs")
     assert {"Results CSV", "Results JSON"} <= set(_download_labels(at))
+    assert at.dataframe and all(d.proto.placeholder == BLANK for d in at.dataframe)
     at = open_page("overview")
     assert {"Report (HTML)", "Report (PDF)"} <= set(_download_labels(at))
 
