@@ -33,6 +33,9 @@ PRODUCTION_OPTIONS: dict[str, Any] = {
 }
 
 
+GRACE_SECONDS = 10.0  # how long a stopping server may take (cancelling its jobs) before the next, harder request
+
+
 class DashboardNotFound(DpsatError):
     """The `dashboard` package (shipped with dpsat-lab) cannot be found on this Python's path."""
 
@@ -83,7 +86,7 @@ def streamlit_command(*, port: Optional[int] = None, address: str = "127.0.0.1",
     return command
 
 
-def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+def _stop(process: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
     """`kill PID` of the launcher stops the server too (no orphan); a server still busy finishing a
     background job after `grace` seconds is killed."""
     process.terminate()
@@ -101,11 +104,13 @@ def launch(*, port: Optional[int] = None, address: str = "127.0.0.1", production
             code = process.wait()
             return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
         except KeyboardInterrupt:
-            # The terminal sent SIGINT to Streamlit too; let it shut down before returning.
+            # A terminal's Ctrl-C reached Streamlit too: let it shut down (cancelling its jobs) before returning. A
+            # `kill -INT` of this process alone did not reach it: still running after the grace, it is asked to stop
+            # (a killed server would leave its job's queue to the resource tracker's "leaked semaphore" warning).
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _stop(process)
                 process.wait()
             return 130
         finally:

@@ -117,6 +117,35 @@ def test_terminating_the_launcher_stops_the_server_too(tmp_path):
         proc.stdout.close()
 
 
+def test_a_ctrl_c_sent_to_the_launcher_alone_asks_the_server_to_stop_instead_of_killing_it(tmp_path):
+    # `kill -INT PID` reaches the launcher only: after the grace the server gets SIGTERM (a clean stop that cancels
+    # its jobs), where it used to be killed (its resource tracker then warned of leaked semaphores)
+    script = (
+        "import sys; from dpsat_core import serve\n"
+        "serve.GRACE_SECONDS = 0.5\n"
+        "child = 'import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(print(\"term\", flush=True)));"
+        " print(\"ready\", flush=True); signal.pause()'\n"
+        "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
+        "raise SystemExit(serve.launch())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert proc.stdout.read() == b"term\n"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     """A wheel built offline with the installed setuptools from a copy of the checkout (bench/ and tests/ included)."""
