@@ -123,8 +123,8 @@ def test_a_ctrl_c_sent_to_the_launcher_alone_asks_the_server_to_stop_instead_of_
     script = (
         "import sys; from dpsat_core import serve\n"
         "serve.GRACE_SECONDS = 0.5\n"
-        "child = 'import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(print(\"term\", flush=True)));"
-        " print(\"ready\", flush=True); signal.pause()'\n"
+        'child = \'import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(print("term", flush=True)));'
+        ' print("ready", flush=True); signal.pause()\'\n'
         "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
         "raise SystemExit(serve.launch())\n"
     )
