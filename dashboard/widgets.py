@@ -24,6 +24,7 @@ from dpsat_core.compare import (
     diverged_left_out,
     diverged_note,
     interval_scope,
+    one_class_note,
     ratio_number,
     runs_by_setting,
     setting_key,
@@ -290,9 +291,12 @@ def setting_picker(records: Sequence[RunRecord], *, key: str) -> list[RunRecord]
             format_func=labels.__getitem__,
             key=f"{key}-setting-{dataset}",  # its own widget per data set: labels never outlive a switch
         )
-    note = diverged_note(diverged_left_out(done, setting_key(ordered[chosen][0])))
-    if note:
-        st.caption(plain_text(note))
+    for note in (
+        diverged_note(diverged_left_out(done, setting_key(ordered[chosen][0]))),
+        one_class_note(ordered[chosen]),
+    ):
+        if note:
+            st.caption(plain_text(note))
     randomness_caption(ordered[chosen])
     return ordered[chosen]
 

@@ -25,6 +25,7 @@ from .compare import (
     diverged_left_out,
     diverged_note,
     interval_scope,
+    one_class_note,
     pick_setting,
     setting_key,
     verdict,
@@ -557,19 +558,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     stats = analysed_cells(store, runs, include_diverged=args.include_diverged)
     left_out = diverged_note(diverged_left_out(records, setting_key(runs[0])), included=args.include_diverged)
+    notes = [n for n in (left_out, one_class_note(runs)) if n]
     methods = [c.method for c in stats if c.private]
     progress = no_progress if args.json else _stderr_progress
     cost = step_cost(store, runs[0].config, methods, cached_only=args.no_probe, on_progress=progress)
     _stderr_progress.end_line()
     compared = comparisons(stats, cost=cost)
     if args.json:
-        if left_out:  # stdout stays one JSON document
-            print(f"note: {left_out}", file=sys.stderr)
+        for note in notes:  # stdout stays one JSON document
+            print(f"note: {note}", file=sys.stderr)
         _print_json([_comparison_json(c) for c in compared])
         return 0
     print(f"setting {describe_setting(runs[0])} ({len(runs)} runs)")
-    if left_out:
-        print(f"  note: {left_out}")
+    for note in notes:
+        print(f"  note: {note}")
     for c in compared:
         print(f"  {verdict(c)}")
     if interval_scope(compared):

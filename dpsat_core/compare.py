@@ -84,6 +84,20 @@ def diverged_note(count: int, *, included: bool = False) -> str:
     return f"{counted(count, 'diverged run')} left out: {why} (`dpsat compare --include-diverged` counts them)"
 
 
+def one_class_note(records: Sequence[RunRecord]) -> str:
+    """'2 runs predict one class …' for finished runs whose final model predicted a single class on the whole test
+    set (their accuracy is that class's share of it, whatever ε: equal accuracies that look like a bug), or ''."""
+    constant = [r for r in records if r.summary is not None and r.summary.test_classes_predicted == 1]
+    if not constant:
+        return ""
+    runs = counted(len(constant), "run")
+    return (
+        f"{runs} predict{'s' if len(constant) == 1 else ''} one class for every test example: "
+        f"{'its' if len(constant) == 1 else 'their'} accuracy is that class's share of the test set, whatever ε "
+        "(train longer, or raise lr or ε)"
+    )
+
+
 def describe_setting(record: RunRecord) -> str:
     """The setting in words; two settings never read the same (the key ends it where the words cannot tell)."""
     c = record.config

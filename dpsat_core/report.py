@@ -31,6 +31,7 @@ from .compare import (
     headline_comparisons,
     interval_note,
     interval_scope,
+    one_class_note,
     pick_setting,
     rho_text,
     verdict,
@@ -99,6 +100,7 @@ class Report:
     created: str
     audits: tuple[AuditResult, ...] = ()  # empirical privacy audits on the report's data set
     privacy_notes: tuple[str, ...] = ()  # what the private runs' ε covers (`RunRecord.privacy_note`), each once
+    one_class: str = ""  # runs whose model predicts a single class (`compare.one_class_note`), or ""
 
 
 def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Optional[str] = None) -> Report:
@@ -130,6 +132,7 @@ def build_report(store: RunStore, *, dataset: Optional[str] = None, setting: Opt
         created=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         audits=tuple(a for a in store.audits() if a.dataset == runs[0].config.dataset),
         privacy_notes=tuple(dict.fromkeys(r.privacy_note for r in runs if r.config.private)),
+        one_class=one_class_note(runs),
     )
 
 
@@ -321,6 +324,7 @@ Privacy cost: every method is held to the same budget ε.</small></p>
 <p><small>{e(ACCURACY_CELLS)}</small></p>
 {f"<p>Non-private reference:</p><ul>{ceiling}</ul>" if ceiling else ""}
 <p class="caveat"><strong>Caveat.</strong> {e(report.caveat)}</p>
+{f'<p class="caveat"><strong>Constant classifiers.</strong> {e(report.one_class)}</p>' if report.one_class else ""}
 <p class="caveat"><strong>What ε does not cover.</strong> {e(report.uncovered)}</p>
 <p>{e(MEASURES)} {e(RATIO_INTERVAL)}.</p>
 {"".join(parts)}

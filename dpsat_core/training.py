@@ -106,6 +106,7 @@ class TrainResult:
     n_validation: int
     n_test: int  # the examples the test accuracy counts (a comparison's interval needs it)
     test_correct: Optional[str] = None  # which of them the final model got right (`correctness.pack_correct`)
+    test_classes_predicted: Optional[int] = None  # distinct classes it predicted there (1: a constant classifier)
     data_fingerprint: Optional[str]
     scaling: str  # how the features were scaled (`Dataset.scaling`)
     released_scaling: Optional[dict[str, list[float]]] = None  # `Dataset.released`, as the store keeps it
@@ -140,6 +141,7 @@ class TrainResult:
             n_validation=self.n_validation,
             n_test=self.n_test,
             test_correct=self.test_correct,
+            test_classes_predicted=self.test_classes_predicted,
             test_loss=None if last is None else json_float(last.test_loss),
             train_loss=None if last is None else json_float(last.train_loss),
             seconds=self.seconds,
@@ -187,6 +189,7 @@ class Trainer:
     book: Optional[AnswerBook] = None  # where accountant answers are kept between runs (the run store)
     epoch_epsilons: Optional[tuple[PrivacySpent, ...]] = None  # the plan's per-epoch ε, read once when first needed
     test_correct: Optional[torch.Tensor] = None  # which test examples the last finished epoch got right
+    test_classes_predicted: Optional[int] = None  # how many classes that epoch's model predicted on the test set
 
     def draw(self) -> Batch:
         idx = self.sampler.indices().to(self.device)
@@ -265,18 +268,24 @@ def prepare(
 
 
 @torch.no_grad()
-def evaluate_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Mean cross-entropy and which examples the model gets right (a bool per example, on the CPU), in eval mode
-    without building any graph."""
+def predict(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy and the predicted class of each example (on the CPU), in eval mode without building any
+    graph."""
     was_training = model.training
     model.eval()
-    loss, correct = 0.0, []
+    loss, predicted = 0.0, []
     for i in range(0, len(x), EVAL_BATCH):
         logits = model(x[i : i + EVAL_BATCH])
         loss += F.cross_entropy(logits, y[i : i + EVAL_BATCH], reduction="sum").item()
-        correct.append((logits.argmax(1) == y[i : i + EVAL_BATCH]).cpu())
+        predicted.append(logits.argmax(1).cpu())
     model.train(was_training)
-    return loss / len(x), torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    return loss / len(x), torch.cat(predicted) if predicted else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy and which examples the model gets right (a bool per example, on the CPU)."""
+    loss, predicted = predict(model, x, y)
+    return loss, predicted == y.cpu()
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -411,7 +420,8 @@ def _train(
             )
         if status != "done":
             break
-        test_loss, correct = evaluate_examples(trainer.model, x_test, y_test)
+        test_loss, predicted = predict(trainer.model, x_test, y_test)
+        correct = predicted == y_test.cpu()
         test_accuracy = int(correct.sum()) / len(y_test)
         train_loss, _ = evaluate(trainer.model, trainer.x_train[subset], trainer.y_train[subset])
         validation_accuracy = evaluate(trainer.model, x_val, y_val)[1] if len(y_val) else None
@@ -432,6 +442,7 @@ def _train(
         )
         epochs.append(metrics)
         trainer.test_correct = correct  # the last finished epoch's, as its test accuracy
+        trainer.test_classes_predicted = int(predicted.unique().numel())
         if on_epoch is not None:
             on_epoch(metrics)
         on_progress(
@@ -493,6 +504,7 @@ def _result(
         n_validation=trainer.dataset.n_val,
         n_test=len(trainer.dataset.y_test),
         test_correct=None if trainer.test_correct is None else pack_correct(trainer.test_correct.tolist()),
+        test_classes_predicted=trainer.test_classes_predicted,
         data_fingerprint=trainer.dataset.fingerprint,
         initial_train_loss=trainer.initial_train_loss,
         scaling=trainer.dataset.scaling,

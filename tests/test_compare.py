@@ -20,6 +20,7 @@ from dpsat_core.compare import (
     headline_comparisons,
     interval_note,
     interval_scope,
+    one_class_note,
     paired_difference,
     paired_ratio,
     ratio_text,
@@ -456,3 +457,14 @@ def test_a_data_set_is_found_by_the_file_name_the_pages_show_and_a_missing_one_l
     twin = [on("/srv/dpsat_uploads/99aa0000/my_table.csv", record("dpsgd", 3.0, 0, 0.5, run_id="twin"))]
     with pytest.raises(StoreError, match="several stored data sets are named 'my_table.csv'"):
         pick_setting([*runs, *twin], dataset="my_table.csv")
+
+
+def test_runs_whose_model_predicts_one_class_are_named_as_such():
+    runs = [record("dpsgd", e, 0, 0.63) for e in (1.0, 3.0)] + [record("dpsgd", 8.0, 0, 0.91)]
+    assert one_class_note(runs) == ""  # not recorded (runs stored before it was kept): nothing claimed
+    constant = [dataclasses.replace(r, summary=dataclasses.replace(r.summary, test_classes_predicted=1)) for r in runs]
+    several = dataclasses.replace(runs[2].summary, test_classes_predicted=2)
+    assert one_class_note([*constant[:2], dataclasses.replace(runs[2], summary=several)]).startswith(
+        "2 runs predict one class for every test example: their accuracy is that class's share of the test set"
+    )
+    assert one_class_note(constant[:1]).startswith("1 run predicts one class for every test example: its accuracy")

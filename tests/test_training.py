@@ -33,6 +33,34 @@ def test_a_run_keeps_which_test_examples_its_final_model_got_right(quick):
     model.load_state_dict(result.state_dict)
     _, again = evaluate_examples(model, torch.tensor(data.x_test), torch.tensor(data.y_test))
     assert again.tolist() == correct
+    with torch.no_grad():  # and how many classes it predicts there, counted again from the stored weights
+        classes = model.eval()(torch.tensor(data.x_test)).argmax(1).unique().numel()
+    assert result.summary().test_classes_predicted == classes == 2
+
+
+def test_a_model_that_predicts_one_class_is_recorded_and_named(quick, store, monkeypatch):
+    # as a tiny or over-noised run ends: every test example gets the same class, so its accuracy is that class's share
+    from dpsat_core import run, training
+    from dpsat_core.compare import one_class_note
+
+    real = training.predict
+
+    def constant(model, x, y):
+        loss, predicted = real(model, x, y)
+        return loss, torch.zeros_like(predicted)
+
+    monkeypatch.setattr(training, "predict", constant)
+    record = run(quick, store).record
+    assert record.summary.test_classes_predicted == 1
+    share = (torch.tensor(store_dataset(record).y_test) == 0).float().mean().item()
+    assert record.test_accuracy == pytest.approx(share)
+    assert one_class_note([store.get(record.run_id)]).startswith("1 run predicts one class for every test example")
+
+
+def store_dataset(record):
+    from dpsat_core.data import load_run_dataset
+
+    return load_run_dataset(record.config, record.summary.released_scaling)
 
 
 def test_same_seed_same_run_different_seed_different_run(quick):
