@@ -709,8 +709,8 @@ def verdict(c: Comparison) -> str:
     if c.cost is not None:
         spread = f"IQR {c.cost.ratio_low:.2f}–{c.cost.ratio_high:.2f}"
         if c.cost.ratio_ci_low is not None:  # probes stored before the interval was kept have the spread only
-            interval = f"95% CI {c.cost.ratio_ci_low:.2f}–{c.cost.ratio_ci_high:.2f} over this probe's rounds"
-            spread = f"{interval}, rounds' {spread}"
+            rounds = f"95% CI {c.cost.ratio_ci_low:.2f}–{c.cost.ratio_ci_high:.2f} over this probe's rounds"
+            spread = f"{rounds}, rounds' {spread}"
         compute = f"{c.cost.ratio:.2f}× compute per step (measured; {spread})"
     else:
         compute = f"{c.backward_passes_ratio:g}× backward passes per step (compute not measured)"

@@ -226,6 +226,28 @@ def test_the_gain_is_paired_by_seed_not_pooled():
     assert verdict(c).endswith("Measurably more accurate.")
 
 
+def test_a_measured_compute_interval_never_stands_in_for_the_accuracy_interval():
+    from dpsat_core.results import CostProbe, MethodCost
+
+    base, lift = [0.80, 0.82, 0.79, 0.81], [0.012, 0.008, 0.011, 0.009]
+    runs = [record("dpsgd", 2.0, s, a) for s, a in enumerate(base)]
+    runs += [record("dpsat", 2.0, s, a + d) for s, (a, d) in enumerate(zip(base, lift))]
+    dpsat = MethodCost(
+        method="dpsat", reference="dpsgd", seconds_per_step=0.01, ratio=1.05, ratio_low=1.03, ratio_high=1.07,
+        backward_passes_per_step=1, releases_per_step=1, backward_passes_ratio=1.0, ratio_ci_low=1.02,
+        ratio_ci_high=1.08,
+    )  # fmt: skip
+    probe = CostProbe(
+        setting="", device="cpu", threads=1, clock="thread CPU time", batch_size=64, rounds=300, warmup=10,
+        spread="IQR", costs=(dpsat,), seconds=1.0, created=0.0,
+    )  # fmt: skip
+    (c,) = comparisons(group_runs(runs), cost=probe)
+    low, high = c.ci_points
+    assert f"+1.0 points (95% CI {low:+.1f} to {high:+.1f}, 4 seed pairs" in verdict(c)  # the accuracy's own
+    assert "1.05× compute per step (measured; 95% CI 1.02–1.08 over this probe's rounds, rounds' IQR" in verdict(c)
+    assert verdict(c).count("over this probe's rounds") == 1
+
+
 def test_duplicate_runs_of_one_config_count_once_the_newest():
     runs = [
         record("dpsgd", 2.0, 0, 0.80, created=1.0),
