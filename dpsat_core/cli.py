@@ -247,16 +247,22 @@ def _print_run(record: RunRecord) -> None:
         )
     if record.epochs:
         print(f"  train loss and seconds (which track the Poisson batch sizes): {TRAINING_DATA}")
+    if one_class_note([record]):
+        print(f"  note: {one_class_note([record])}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .data import load_config_dataset
+    from .planning import plan_run
     from .runner import run  # heavy: only for this command, so --help and runs start fast
 
     config = _config(args, method=args.method, epsilon=args.epsilon, noise_multiplier=args.sigma, seed=args.seed)
-    store = RunStore(args.store)
     progress = no_progress if args.json else _stderr_progress
     with stop_on_signals() as stop:
         try:
+            if not _store_file(args.store).exists():  # bad input must leave no file behind: plan before creating it
+                plan_run(config, load_config_dataset(config), should_stop=stop)
+            store = RunStore(args.store)
             outcome = run(config, store, on_progress=progress, should_stop=stop, reuse=not args.no_reuse)
         except Cancelled:  # stopped before it trained (while planning, or waiting for the same settings elsewhere)
             print(f"\nstopped by {stop.name} before training: nothing was stored; {_RESUME}", file=sys.stderr)
@@ -337,6 +343,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_file(store_path: Optional[str]) -> Path:
+    """The file `RunStore(store_path)` opens (and creates), found without creating it."""
+    return Path(default_store_path() if store_path is None else store_path).expanduser()
+
+
 def _cells_left(spec: Any, store_path: Optional[str]) -> list[TrainConfig]:
     """The cells of `spec` without a finished run that the sweep will reuse (same settings and data; cheap, before
     torch or Opacus is imported). A store not written yet has none, and is not created here: bad input must leave
@@ -344,7 +355,7 @@ def _cells_left(spec: Any, store_path: Optional[str]) -> list[TrainConfig]:
     from .runner import reusable_run
 
     cells = spec.cells()
-    if not Path(default_store_path() if store_path is None else store_path).expanduser().exists():
+    if not _store_file(store_path).exists():
         return cells
     store = RunStore(store_path)
     return [cell for cell in cells if reusable_run(store, cell) is None]
@@ -389,6 +400,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         records = [store.get(r) for r in result.run_ids + result.stopped]
         if records:  # a sweep stopped before training, or whose cells all failed, prints no empty table
             _print_table(records)
+        if one_class_note(records):
+            print(f"note: {one_class_note(records)}")
     if stop():
         print(_stopped(stop, result), file=sys.stderr)
         return stop.exit_code
@@ -406,7 +419,9 @@ def _print_table(records: Sequence[RunRecord]) -> None:
         print(
             f"{r.run_id:<12} {r.status:<9} {r.method:<6} {r.config.dataset[:14]:<14} {r.config.seed:>4} {noise:<8} "
             f"{_fmt(r.target_epsilon, 'g'):>8} {rho:>5} {_fmt(r.epsilon_spent, '.3f'):>7} "
-            f"{_fmt(r.test_accuracy, '.4f'):>7}" + (f"  audit run ({r.config.audit_mode})" if r.config.audit else "")
+            f"{_fmt(r.test_accuracy, '.4f'):>7}"
+            + (f"  audit run ({r.config.audit_mode})" if r.config.audit else "")
+            + ("  one class predicted" if one_class_note([r]) else "")
         )
 
 

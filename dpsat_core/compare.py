@@ -90,9 +90,16 @@ def one_class_note(records: Sequence[RunRecord]) -> str:
     constant = [r for r in records if r.summary is not None and r.summary.test_classes_predicted == 1]
     if not constant:
         return ""
+    cells = list(
+        dict.fromkeys(
+            f"{method_info(r.method).label} at {privacy_label(r.target_epsilon, r.config.noise_multiplier)}"
+            for r in constant
+        )
+    )
+    which = ", ".join(cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
     runs = counted(len(constant), "run")
     return (
-        f"{runs} predict{'s' if len(constant) == 1 else ''} one class for every test example: "
+        f"{runs} ({which}) predict{'s' if len(constant) == 1 else ''} one class for every test example: "
         f"{'its' if len(constant) == 1 else 'their'} accuracy is that class's share of the test set, whatever ε "
         "(train longer, or raise lr or ε)"
     )

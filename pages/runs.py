@@ -72,6 +72,7 @@ table = pd.DataFrame(
             "ε spent": format_number(r.epsilon_spent, ".3f", missing=BLANK),  # ∞ for runs without noise
             "test accuracy %": None if r.test_accuracy is None else round(100 * r.test_accuracy, 2),
             "validation %": None if r.validation_accuracy is None else round(100 * r.validation_accuracy, 2),
+            "classes predicted": None if r.summary is None else r.summary.test_classes_predicted,  # 1: constant
             "epochs": r.config.epochs,
             "randomness": r.config.randomness,
             "reason": r.reason,

@@ -118,6 +118,7 @@ def test_bad_input_to_the_installed_command_is_one_line_on_stderr_with_exit_2(tm
         [sys.executable, "-m", "dpsat_core", *args, "--store", str(tmp_path / "r.db")], capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stdout == "" and "must be < 1/n" in _one_error_line(proc.stderr)
+    assert not (tmp_path / "r.db").exists()  # refused before the store file was created
 
 
 def _one_error_line(err: str) -> str:
@@ -541,6 +542,22 @@ def test_a_reused_sweep_still_refuses_a_cuda_device_this_machine_lacks(tmp_path,
     assert main([*args, "--batch-size", "64", "--device", "cuda", "--store", db]) == 2
     assert "asked for CUDA but none is available" in capsys.readouterr().err
     assert len(RunStore(db).list_runs()) == 1
+
+
+def test_runs_whose_model_predicts_one_class_are_marked_in_the_cli(tmp_path, monkeypatch, capsys):
+    from dpsat_core import training
+
+    real = training.predict
+    monkeypatch.setattr(training, "predict", lambda *a: (real(*a)[0], torch.zeros_like(real(*a)[1])))
+    db = str(tmp_path / "runs.db")
+    args = ["sweep", "--dataset", "breast_cancer", "--methods", "dpsgd", "--seeds", "0", "--epochs", "1"]
+    assert main([*args, "--epsilons", "3", "--batch-size", "64", "--store", db]) == 0  # one cell: trained here
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].endswith("  one class predicted")  # the run's row in the table
+    assert "note: 1 run (DP-SGD at ε=3) predicts one class for every test example" in out
+    (record,) = RunStore(db).list_runs()
+    assert main(["show", record.run_id, "--store", db]) == 0
+    assert "  note: 1 run (DP-SGD at ε=3) predicts one class" in capsys.readouterr().out
 
 
 def test_a_sweep_that_trained_nothing_prints_no_empty_table(tmp_path, monkeypatch, capsys):

@@ -487,6 +487,11 @@ def test_runs_whose_model_predicts_one_class_are_named_as_such():
     constant = [dataclasses.replace(r, summary=dataclasses.replace(r.summary, test_classes_predicted=1)) for r in runs]
     several = dataclasses.replace(runs[2].summary, test_classes_predicted=2)
     assert one_class_note([*constant[:2], dataclasses.replace(runs[2], summary=several)]).startswith(
-        "2 runs predict one class for every test example: their accuracy is that class's share of the test set"
+        "2 runs (DP-SGD at ε=1, DP-SGD at ε=3) predict one class for every test example: their accuracy is that "
+        "class's share of the test set"
     )
-    assert one_class_note(constant[:1]).startswith("1 run predicts one class for every test example: its accuracy")
+    assert one_class_note(constant[:1]).startswith("1 run (DP-SGD at ε=1) predicts one class for every test example")
+    many = [
+        dataclasses.replace(constant[0], config=dataclasses.replace(constant[0].config, epsilon=e)) for e in range(1, 7)
+    ]
+    assert "(DP-SGD at ε=1, DP-SGD at ε=2, DP-SGD at ε=3, DP-SGD at ε=4 and 2 more) predict" in one_class_note(many)

@@ -54,7 +54,9 @@ def test_a_model_that_predicts_one_class_is_recorded_and_named(quick, store, mon
     assert record.summary.test_classes_predicted == 1
     share = (torch.tensor(store_dataset(record).y_test) == 0).float().mean().item()
     assert record.test_accuracy == pytest.approx(share)
-    assert one_class_note([store.get(record.run_id)]).startswith("1 run predicts one class for every test example")
+    assert one_class_note([store.get(record.run_id)]).startswith(
+        "1 run (DP-SGD at ε=4) predicts one class for every test example"
+    )
 
 
 def store_dataset(record):
