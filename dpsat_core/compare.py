@@ -81,7 +81,7 @@ def diverged_note(count: int, *, included: bool = False) -> str:
     why = f"training loss ended over {DIVERGENCE_FACTOR:g}× its start"
     if included:
         return f"{counted(count, 'diverged run')} included, as asked ({why}): their accuracies enter the comparison"
-    return f"{counted(count, 'diverged run')} left out: {why} (`dpsat compare --include-diverged` counts them)"
+    return f"{counted(count, 'diverged run')} left out: {why} (dpsat compare --include-diverged counts them)"
 
 
 def one_class_note(records: Sequence[RunRecord]) -> str:
@@ -751,7 +751,7 @@ def pick_setting(
         if not include_diverged and pick_setting(records, dataset=dataset, setting=setting, include_diverged=True):
             raise StoreError(  # only diverged runs match: say so, not "train some"
                 f"every finished run{where} diverged (training loss ended over {DIVERGENCE_FACTOR:g}× its start): "
-                "they are left out of comparisons; `dpsat compare --include-diverged` counts them"
+                "they are left out of comparisons; dpsat compare --include-diverged counts them"
             )
         stored = sorted({r.config.dataset for r in records})
         if dataset is not None and stored:
