@@ -156,7 +156,7 @@ def comparison_table(compared: Sequence[Comparison]) -> None:
             "privacy": c.privacy,
             "ρ": f"{c.rho:g}",
             "gain (points)": f"{c.gain_points:+.2f}",
-            "95% CI": "–" if c.ci_points[0] is None else f"{c.ci_points[0]:+.2f} to {c.ci_points[1]:+.2f}",
+            "95% CI": BLANK if c.ci_points[0] is None else f"{c.ci_points[0]:+.2f} to {c.ci_points[1]:+.2f}",
             "reading": conclusion(c),
             "adaptive sharpness × (95% CI)": _ratio_cell(c),
             "seed pairs": c.accuracy.n_pairs,
