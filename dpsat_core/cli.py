@@ -196,14 +196,15 @@ class _StderrProgress:
         self.open = False  # a terminal line drawn and not yet ended
 
     def __call__(self, p: Progress) -> None:
+        count = f"{p.done}/{p.total} " if p.total else ""  # a sweep with nothing to train counts nothing
         if sys.stderr.isatty():
-            print(f"\r[{p.stage}] {p.done}/{p.total} {p.message[:70]:<70}", end="", file=sys.stderr, flush=True)
+            print(f"\r[{p.stage}] {count}{p.message[:70]:<70}", end="", file=sys.stderr, flush=True)
             self.open = True
             return
         mark = (p.stage, p.done >= p.total)
         if mark != self.last or "event" in p.metrics:
             self.last = mark
-            print(f"[{p.stage}] {p.done}/{p.total} {p.message}", file=sys.stderr, flush=True)
+            print(f"[{p.stage}] {count}{p.message}", file=sys.stderr, flush=True)
 
     def end_line(self) -> None:
         """End the terminal line progress drew, if it drew one (no blank line when nothing was shown)."""

@@ -528,6 +528,7 @@ def test_bad_input_and_a_fully_reused_sweep_are_answered_without_importing_torch
     codes, heavy = json.loads(proc.stdout.splitlines()[-1])
     assert codes == [2, 2, 0] and heavy == []
     assert proc.stderr.count("must be < 1/n") == 2 and "0 trained, 2 reused, 0 failed" in proc.stdout
+    assert "[sweep] 2 cells reused, 0 to train" in proc.stderr  # no "0/0" count of nothing
 
 
 def test_a_reused_sweep_still_refuses_a_cuda_device_this_machine_lacks(tmp_path, monkeypatch, capsys):
