@@ -85,9 +85,14 @@ def diverged_note(count: int, *, included: bool = False) -> str:
 
 
 def one_class_note(records: Sequence[RunRecord]) -> str:
-    """'2 runs predict one class …' for finished runs whose final model predicted a single class on the whole test
-    set (their accuracy is that class's share of it, whatever ε: equal accuracies that look like a bug), or ''."""
-    constant = [r for r in records if r.summary is not None and r.summary.test_classes_predicted == 1]
+    """'2 runs (…) predict one class …' for runs whose model predicted a single class on the whole test set at its
+    last finished epoch and so missed some of it (its accuracy is that class's share, whatever ε: equal accuracies
+    that look like a bug), or ''."""
+    constant = [
+        r
+        for r in records
+        if r.summary is not None and r.summary.test_classes_predicted == 1 and (r.test_accuracy or 0.0) < 1.0
+    ]
     if not constant:
         return ""
     cells = list(
@@ -101,7 +106,7 @@ def one_class_note(records: Sequence[RunRecord]) -> str:
     return (
         f"{runs} ({which}) predict{'s' if len(constant) == 1 else ''} one class for every test example: "
         f"{'its' if len(constant) == 1 else 'their'} accuracy is that class's share of the test set, whatever ε "
-        "(train longer, or raise lr or ε)"
+        "(train longer or raise ε; or lower an lr so large that training collapsed)"
     )
 
 

@@ -160,8 +160,9 @@ class RunSummary(JsonRecord):
     # Which test examples the final model got right (`correctness.pack_correct`, n_test bits; None in runs stored
     # before it was kept): a comparison counts from it the examples two paired models disagree on
     test_correct: Optional[str] = field(default=None, repr=False)
-    # How many distinct classes the final model predicted on the test set (None in runs stored before it was kept):
-    # 1 means a constant classifier, whose accuracy is one class's share of the test set whatever ε
+    # How many distinct classes the model predicted on the test set at the last finished epoch, the model the test
+    # accuracy measures (None in runs stored before it was kept): 1 means a constant classifier, whose accuracy is
+    # one class's share of the test set whatever ε
     test_classes_predicted: Optional[int] = None
 
     @property

@@ -108,10 +108,16 @@ def launch(*, port: Optional[int] = None, address: str = "127.0.0.1", production
             # `kill -INT` of this process alone did not reach it: still running after the grace, it is asked to stop
             # (a killed server would leave its job's queue to the resource tracker's "leaked semaphore" warning).
             try:
-                process.wait(timeout=GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                _stop(process)
-                process.wait()
+                try:
+                    process.wait(timeout=GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    _stop(process)
+                    process.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: the server is killed below (its jobs' processes with it)
+                pass
             return 130
         finally:
+            if process.poll() is None:  # never leave the server behind: Popen's exit would not wait for it here
+                process.kill()
+                process.wait()
             signal.signal(signal.SIGTERM, previous)

@@ -540,3 +540,21 @@ def test_a_stop_ends_the_epsilon_curve_between_counts_and_remembers_nothing(acco
     whole = epsilon_curve(releases=(10, 20, 30, 40), **question)  # computed afresh: the stopped one was not kept
     assert [s.releases for s in whole] == [10, 20, 30, 40]
     assert whole[-1] == epsilon_spent(releases=40, **question)
+
+
+def test_answers_are_keyed_by_the_loaded_opacus_else_the_one_on_disk_even_while_it_imports(monkeypatch):
+    # a fork server keeps the Opacus it loaded; a process that has not imported it (or whose other thread is still
+    # importing it: the module exists before its last line sets __version__) asks with the version on disk
+    import importlib.metadata
+    import sys
+    import types
+
+    on_disk = importlib.metadata.version("opacus")
+    monkeypatch.setitem(sys.modules, "opacus", types.ModuleType("opacus"))  # half imported: no __version__ yet
+    assert accounting._opacus_version() == on_disk
+    loaded = types.ModuleType("opacus")
+    loaded.__version__ = "0.0-loaded-before-an-upgrade"
+    monkeypatch.setitem(sys.modules, "opacus", loaded)
+    assert accounting._opacus_version() == "0.0-loaded-before-an-upgrade"
+    monkeypatch.delitem(sys.modules, "opacus")
+    assert accounting._opacus_version() == on_disk

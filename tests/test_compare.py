@@ -495,3 +495,10 @@ def test_runs_whose_model_predicts_one_class_are_named_as_such():
         dataclasses.replace(constant[0], config=dataclasses.replace(constant[0].config, epsilon=e)) for e in range(1, 7)
     ]
     assert "(DP-SGD at ε=1, DP-SGD at ε=2, DP-SGD at ε=3, DP-SGD at ε=4 and 2 more) predict" in one_class_note(many)
+    perfect = record("dpsgd", 1.0, 0, 1.0)  # a test set of one class, all of it right: nothing to explain
+    assert (
+        one_class_note(
+            [dataclasses.replace(perfect, summary=dataclasses.replace(perfect.summary, test_classes_predicted=1))]
+        )
+        == ""
+    )

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 import zipfile
@@ -144,6 +145,39 @@ def test_a_ctrl_c_sent_to_the_launcher_alone_asks_the_server_to_stop_instead_of_
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.stdout.close()
+
+
+def test_a_second_ctrl_c_to_the_launcher_stops_the_server_at_once_and_leaves_none(tmp_path):
+    # a server slow to stop (it ignores SIGINT, and SIGTERM too here): the second Ctrl-C kills it, quietly
+    script = (
+        "import sys; from dpsat_core import serve\n"
+        "serve.GRACE_SECONDS = 0.3\n"
+        "child = 'import os, signal; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)];"
+        " print(os.getpid(), flush=True); signal.pause()'\n"
+        "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
+        "raise SystemExit(serve.launch())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        child = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # past the grace: the server was sent SIGTERM, which it ignores
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert b"Traceback" not in proc.stderr.read()
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close(), proc.stderr.close()
 
 
 @pytest.fixture(scope="module")
