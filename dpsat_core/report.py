@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 
 from . import figures
 from .analysis import analysed_cells
-from .caveats import PER_RUN, SEEDED_NOISE, TRAINING_DATA
+from .caveats import EVALUATION_ROWS, PER_RUN, SEEDED_NOISE, TRAINING_DATA
 from .compare import (
     INTERVAL_COVERS,
     RATIO_INTERVAL,
@@ -171,7 +171,7 @@ def uncovered(runs: list[RunRecord]) -> str:
         "guarantee says nothing about them."
     )
     if any(r.config.private for r in runs):
-        text += f" {PER_RUN}."
+        text += f" {PER_RUN}. Likewise {EVALUATION_ROWS}."
     if any(r.config.private and r.config.randomness == "research" for r in runs):
         text += (
             f" The private runs use {SEEDED_NOISE}: anyone with a run's stored seed can regenerate its noise and "

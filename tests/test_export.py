@@ -293,7 +293,7 @@ def test_the_report_says_once_what_epsilon_does_not_cover(swept):
 
 
 def test_the_reports_caveats_say_epsilon_is_per_run_and_what_the_intervals_cover(swept):
-    from dpsat_core.caveats import PER_RUN
+    from dpsat_core.caveats import EVALUATION_ROWS, PER_RUN
     from dpsat_core.compare import INTERVAL_COVERS, RATIO_INTERVAL
     from dpsat_core.report import uncovered
     from tests.factories import record
@@ -305,3 +305,6 @@ def test_the_reports_caveats_say_epsilon_is_per_run_and_what_the_intervals_cover
     assert html.escape(RATIO_INTERVAL) in page
     assert "seed-to-seed spread only" not in page and "seed-to-seed variation only" not in page
     assert PER_RUN not in uncovered([record("sgd", None, 0, 0.9)])  # no ε to speak of
+    evaluation = html.escape(EVALUATION_ROWS)  # the accuracies the report is about: held-out rows, no noise
+    assert page.count(evaluation) == 1 and page.index(evaluation) > page.index("What ε does not cover")
+    assert EVALUATION_ROWS not in uncovered([record("sgd", None, 0, 0.9)])
