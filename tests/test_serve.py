@@ -10,7 +10,9 @@ import time
 import tomllib
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Optional
 
 import pytest
 
@@ -69,115 +71,81 @@ def test_dashboard_serves_health_from_another_directory(tmp_path):
         assert urllib.request.urlopen(f"{url}/_stcore/health", timeout=5).read() == b"ok"
 
 
-def test_launch_returns_the_exit_code_and_130_after_ctrl_c(tmp_path, monkeypatch):
-    monkeypatch.setattr(serve, "streamlit_command", lambda **_: [sys.executable, "-c", "raise SystemExit(3)"])
-    assert serve.launch() == 3
-
-    # Ctrl-C in a terminal signals the whole process group: launch() and the Streamlit child alike.
+@contextmanager
+def launcher(child: str, *, grace: Optional[float] = None) -> Iterator[subprocess.Popen]:
+    """`serve.launch()` in a session of its own, its server a stand-in running the Python code `child` (and its
+    grace `grace` seconds); the whole group is killed afterwards, whatever the test did."""
     script = (
         "import sys; from dpsat_core import serve\n"
-        "child = 'import signal; print(\"ready\", flush=True); signal.pause()'\n"
-        "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
-        "raise SystemExit(serve.launch())\n"
+        + ("" if grace is None else f"serve.GRACE_SECONDS = {grace}\n")
+        + f"serve.streamlit_command = lambda **_: [sys.executable, '-c', {child!r}]\n"
+        + "raise SystemExit(serve.launch())\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
         cwd=ROOT,  # imports this checkout's dpsat_core, installed or not
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # CI shells may start us with it ignored
     )
     try:
-        assert proc.stdout.readline() == b"ready\n"
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
+        yield proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.stdout.close()
+        proc.stdout.close(), proc.stderr.close()
+
+
+def test_launch_returns_the_exit_code_and_130_after_ctrl_c(tmp_path, monkeypatch):
+    monkeypatch.setattr(serve, "streamlit_command", lambda **_: [sys.executable, "-c", "raise SystemExit(3)"])
+    assert serve.launch() == 3
+    # Ctrl-C in a terminal signals the whole process group: launch() and the Streamlit child alike.
+    with launcher("import signal; print('ready', flush=True); signal.pause()") as proc:
+        assert proc.stdout.readline() == b"ready\n"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
 
 
 def test_terminating_the_launcher_stops_the_server_too(tmp_path):
     # `kill PID` reaches the launcher only (not its group): it must pass the signal on, leaving no orphan
-    script = (
-        "import sys; from dpsat_core import serve\n"
-        "child = 'import os, signal; print(os.getpid(), flush=True); signal.pause()'\n"
-        "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
-        "raise SystemExit(serve.launch())\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
-    try:
+    with launcher("import os, signal; print(os.getpid(), flush=True); signal.pause()") as proc:
         child = int(proc.stdout.readline())
         proc.terminate()
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM  # as a shell reports a process killed by TERM
         with pytest.raises(ProcessLookupError):
             os.kill(child, 0)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.stdout.close()
 
 
 def test_a_ctrl_c_sent_to_the_launcher_alone_asks_the_server_to_stop_instead_of_killing_it(tmp_path):
     # `kill -INT PID` reaches the launcher only: after the grace the server gets SIGTERM (a clean stop that cancels
     # its jobs), where it used to be killed (its resource tracker then warned of leaked semaphores)
-    script = (
-        "import sys; from dpsat_core import serve\n"
-        "serve.GRACE_SECONDS = 0.5\n"
-        'child = \'import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(print("term", flush=True)));'
-        ' print("ready", flush=True); signal.pause()\'\n'
-        "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
-        "raise SystemExit(serve.launch())\n"
+    child = (
+        "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(print('term', flush=True)));"
+        " print('ready', flush=True); signal.pause()"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
+    with launcher(child, grace=0.5) as proc:
         assert proc.stdout.readline() == b"ready\n"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
         assert proc.stdout.read() == b"term\n"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.stdout.close()
 
 
 def test_a_second_ctrl_c_to_the_launcher_stops_the_server_at_once_and_leaves_none(tmp_path):
     # a server slow to stop (it ignores SIGINT, and SIGTERM too here): the second Ctrl-C kills it, quietly
-    script = (
-        "import sys; from dpsat_core import serve\n"
-        "serve.GRACE_SECONDS = 0.3\n"
-        "child = 'import os, signal; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)];"
-        " print(os.getpid(), flush=True); signal.pause()'\n"
-        "serve.streamlit_command = lambda **_: [sys.executable, '-c', child]\n"
-        "raise SystemExit(serve.launch())\n"
+    child = (
+        "import os, signal; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)];"
+        " print(os.getpid(), flush=True); signal.pause()"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        child = int(proc.stdout.readline())
+    with launcher(child, grace=0.3) as proc:
+        server = int(proc.stdout.readline())
         proc.send_signal(signal.SIGINT)
         time.sleep(1.0)  # past the grace: the server was sent SIGTERM, which it ignores
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
         assert b"Traceback" not in proc.stderr.read()
         with pytest.raises(ProcessLookupError):
-            os.kill(child, 0)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.stdout.close(), proc.stderr.close()
+            os.kill(server, 0)
 
 
 @pytest.fixture(scope="module")
