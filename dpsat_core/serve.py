@@ -33,7 +33,15 @@ PRODUCTION_OPTIONS: dict[str, Any] = {
 }
 
 
-GRACE_SECONDS = 10.0  # how long a stopping server may take (cancelling its jobs) before the next, harder request
+# After a Ctrl-C, how long the launcher waits for a server that the terminal's SIGINT reached before it passes the
+# request on itself (a `kill -INT` of the launcher alone reached only the launcher)
+ASK_SECONDS = 10.0
+# How long a server asked to stop may take before it is killed: it waits up to `job_process.JOIN_SECONDS` (30 s) for
+# a cancelled job to store its run and exit (tests/test_serve.py keeps the two in order)
+STOP_SECONDS = 40.0
+
+
+_UNSET = object()  # no SIGTERM handler installed yet
 
 
 class DashboardNotFound(DpsatError):
@@ -86,11 +94,11 @@ def streamlit_command(*, port: Optional[int] = None, address: str = "127.0.0.1",
     return command
 
 
-def _stop(process: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
+def _stop(process: subprocess.Popen) -> None:
     """`kill PID` of the launcher stops the server too (no orphan); a server still busy finishing a
-    background job after `grace` seconds is killed."""
+    background job after `STOP_SECONDS` is killed."""
     process.terminate()
-    timer = threading.Timer(grace, lambda: process.poll() is None and process.kill())
+    timer = threading.Timer(STOP_SECONDS, lambda: process.poll() is None and process.kill())
     timer.daemon = True  # never keeps the launcher alive once the server has gone
     timer.start()
 
@@ -99,17 +107,18 @@ def launch(*, port: Optional[int] = None, address: str = "127.0.0.1", production
     """Run the dashboard until it stops; return Streamlit's exit code (130 after Ctrl-C, 143 after `kill`)."""
     command = streamlit_command(port=port, address=address, production=production)
     with subprocess.Popen(command) as process:
-        previous = signal.signal(signal.SIGTERM, lambda *_: _stop(process))
+        previous: Any = _UNSET
         try:
+            previous = signal.signal(signal.SIGTERM, lambda *_: _stop(process))
             code = process.wait()
             return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
         except KeyboardInterrupt:
             # A terminal's Ctrl-C reached Streamlit too: let it shut down (cancelling its jobs) before returning. A
-            # `kill -INT` of this process alone did not reach it: still running after the grace, it is asked to stop
-            # (a killed server would leave its job's queue to the resource tracker's "leaked semaphore" warning).
+            # `kill -INT` of this process alone did not reach it: still running after ASK_SECONDS, it is asked to
+            # stop (a killed server would leave its job's queue to the resource tracker's "leaked semaphore" warning).
             try:
                 try:
-                    process.wait(timeout=GRACE_SECONDS)
+                    process.wait(timeout=ASK_SECONDS)
                 except subprocess.TimeoutExpired:
                     _stop(process)
                     process.wait()
@@ -120,4 +129,5 @@ def launch(*, port: Optional[int] = None, address: str = "127.0.0.1", production
             if process.poll() is None:  # never leave the server behind: Popen's exit would not wait for it here
                 process.kill()
                 process.wait()
-            signal.signal(signal.SIGTERM, previous)
+            if previous is not _UNSET:
+                signal.signal(signal.SIGTERM, previous)

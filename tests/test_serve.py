@@ -72,12 +72,12 @@ def test_dashboard_serves_health_from_another_directory(tmp_path):
 
 
 @contextmanager
-def launcher(child: str, *, grace: Optional[float] = None) -> Iterator[subprocess.Popen]:
+def launcher(child: str, *, ask: Optional[float] = None) -> Iterator[subprocess.Popen]:
     """`serve.launch()` in a session of its own, its server a stand-in running the Python code `child` (and its
-    grace `grace` seconds); the whole group is killed afterwards, whatever the test did."""
+    wait `ask` seconds before passing a Ctrl-C on); the whole group is killed afterwards, whatever the test did."""
     script = (
         "import sys; from dpsat_core import serve\n"
-        + ("" if grace is None else f"serve.GRACE_SECONDS = {grace}\n")
+        + ("" if ask is None else f"serve.ASK_SECONDS = {ask}\n")
         + f"serve.streamlit_command = lambda **_: [sys.executable, '-c', {child!r}]\n"
         + "raise SystemExit(serve.launch())\n"
     )
@@ -95,6 +95,12 @@ def launcher(child: str, *, grace: Optional[float] = None) -> Iterator[subproces
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.stdout.close(), proc.stderr.close()
+
+
+def test_a_stopping_server_is_given_longer_than_its_jobs_take_to_store_their_runs():
+    from dpsat_core.job_process import JOIN_SECONDS
+
+    assert serve.ASK_SECONDS < serve.STOP_SECONDS and serve.STOP_SECONDS > JOIN_SECONDS + 5
 
 
 def test_launch_returns_the_exit_code_and_130_after_ctrl_c(tmp_path, monkeypatch):
@@ -118,13 +124,13 @@ def test_terminating_the_launcher_stops_the_server_too(tmp_path):
 
 
 def test_a_ctrl_c_sent_to_the_launcher_alone_asks_the_server_to_stop_instead_of_killing_it(tmp_path):
-    # `kill -INT PID` reaches the launcher only: after the grace the server gets SIGTERM (a clean stop that cancels
+    # `kill -INT PID` reaches the launcher only: after ASK_SECONDS the server gets SIGTERM (a clean stop that cancels
     # its jobs), where it used to be killed (its resource tracker then warned of leaked semaphores)
     child = (
         "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(print('term', flush=True)));"
         " print('ready', flush=True); signal.pause()"
     )
-    with launcher(child, grace=0.5) as proc:
+    with launcher(child, ask=0.5) as proc:
         assert proc.stdout.readline() == b"ready\n"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
@@ -137,10 +143,10 @@ def test_a_second_ctrl_c_to_the_launcher_stops_the_server_at_once_and_leaves_non
         "import os, signal; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)];"
         " print(os.getpid(), flush=True); signal.pause()"
     )
-    with launcher(child, grace=0.3) as proc:
+    with launcher(child, ask=0.3) as proc:
         server = int(proc.stdout.readline())
         proc.send_signal(signal.SIGINT)
-        time.sleep(1.0)  # past the grace: the server was sent SIGTERM, which it ignores
+        time.sleep(1.0)  # past ASK_SECONDS: the server was sent SIGTERM, which it ignores
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
         assert b"Traceback" not in proc.stderr.read()
