@@ -20,10 +20,10 @@ PER_RUN = (
     "ε is per run: choosing among, or releasing several of, the private runs trained on the same rows costs "
     "privacy on those rows beyond one run's ε (up to the sum of their ε by basic composition)"
 )
-# The accuracies (and the classes predicted) are measured on held-out rows without noise.
+# What is measured on the held-out rows, without noise.
 EVALUATION_ROWS = (
-    "the test and validation accuracies (and the count of classes a model predicts) are measured on held-out rows "
-    "without noise: if those rows are private too, ε says nothing about these figures"
+    "every figure computed on the validation and test rows (the accuracies and their intervals, the test loss, the "
+    "classes a model predicts) is computed without noise: if those rows are private too, ε says nothing about them"
 )
 # Why δ defaults to a power of ten ≤ 1/(10n), for the pages and the README.
 DELTA_WHY = (

@@ -98,15 +98,18 @@ def one_class_note(records: Sequence[RunRecord]) -> str:
     cells = list(
         dict.fromkeys(
             f"{method_info(r.method).label} at {privacy_label(r.target_epsilon, r.config.noise_multiplier)}"
+            if r.config.private
+            else method_info(r.method).label
             for r in constant
         )
     )
     which = ", ".join(cells[:4]) + (f" and {len(cells) - 4} more" if len(cells) > 4 else "")
-    runs = counted(len(constant), "run")
+    private = any(r.config.private for r in constant)
+    one = len(constant) == 1
     return (
-        f"{runs} ({which}) predict{'s' if len(constant) == 1 else ''} one class for every test example: "
-        f"{'its' if len(constant) == 1 else 'their'} accuracy is that class's share of the test set, whatever ε "
-        "(train longer or raise ε; or lower an lr so large that training collapsed)"
+        f"{counted(len(constant), 'run')} ({which}) predict{'s' if one else ''} one class for every test example: "
+        f"{'its' if one else 'their'} accuracy is that class's share of the test set{', whatever ε' if private else ''}"
+        f" (train longer{' or raise ε' if private else ''}; or lower an lr so large that training collapsed)"
     )
 
 

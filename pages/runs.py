@@ -22,6 +22,11 @@ from dpsat_core.export import inert_cell, results_csv, results_json
 from dpsat_core.results import counted, format_number
 from dpsat_core.store import STATUSES
 
+CLASSES_PREDICTED = st.column_config.NumberColumn(
+    help="How many classes the model predicts on the test set at its last finished epoch: 1 means one class for "
+    "every example, so its accuracy is that class's share"
+)
+
 st.title("Runs")
 store = get_store()
 
@@ -82,7 +87,7 @@ table = pd.DataFrame(
     ]
 )
 # text cells inert for spreadsheets: the table's own CSV download writes them as shown
-data_table(table.map(inert_cell), key="runs-table")
+data_table(table.map(inert_cell), key="runs-table", column_config={"classes predicted": CLASSES_PREDICTED})
 randomness_caption(shown)
 spectra = cached_analyses(store, [r.run_id for r in shown], "hessian")
 down_csv, down_json, _ = st.columns([1, 1, 4])

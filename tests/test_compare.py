@@ -495,6 +495,12 @@ def test_runs_whose_model_predicts_one_class_are_named_as_such():
         dataclasses.replace(constant[0], config=dataclasses.replace(constant[0].config, epsilon=e)) for e in range(1, 7)
     ]
     assert "(DP-SGD at ε=1, DP-SGD at ε=2, DP-SGD at ε=3, DP-SGD at ε=4 and 2 more) predict" in one_class_note(many)
+    sgd = record("sgd", None, 0, 0.6)  # no ε to speak of, nor to raise
+    sgd = dataclasses.replace(sgd, summary=dataclasses.replace(sgd.summary, test_classes_predicted=1))
+    assert one_class_note([sgd]) == (
+        "1 run (SGD (non-private)) predicts one class for every test example: its accuracy is that class's share of "
+        "the test set (train longer; or lower an lr so large that training collapsed)"
+    )
     perfect = record("dpsgd", 1.0, 0, 1.0)  # a test set of one class, all of it right: nothing to explain
     assert (
         one_class_note(

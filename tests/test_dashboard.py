@@ -301,6 +301,7 @@ def test_every_figure_offers_png_svg_pdf_and_html(populated, monkeypatch):
     at = open_page("runs")
     assert {"Results CSV", "Results JSON"} <= set(_download_labels(at))
     assert at.dataframe and all(d.proto.placeholder == BLANK for d in at.dataframe)
+    assert "1 means one class for every example" in at.dataframe[0].proto.columns  # the column's help
     at = open_page("overview")
     assert {"Report (HTML)", "Report (PDF)"} <= set(_download_labels(at))
 
