@@ -248,8 +248,9 @@ def _print_run(record: RunRecord) -> None:
         )
     if record.epochs:
         print(f"  train loss and seconds (which track the Poisson batch sizes): {TRAINING_DATA}")
-    if one_class_note([record]):
-        print(f"  note: {one_class_note([record])}")
+    note = one_class_note([record])
+    if note:
+        print(f"  note: {note}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -401,8 +402,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         records = [store.get(r) for r in result.run_ids + result.stopped]
         if records:  # a sweep stopped before training, or whose cells all failed, prints no empty table
             _print_table(records)
-        if one_class_note(records):
-            print(f"note: {one_class_note(records)}")
+        note = one_class_note(records)
+        if note:
+            print(f"note: {note}")
     if stop():
         print(_stopped(stop, result), file=sys.stderr)
         return stop.exit_code

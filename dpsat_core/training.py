@@ -106,7 +106,7 @@ class TrainResult:
     n_validation: int
     n_test: int  # the examples the test accuracy counts (a comparison's interval needs it)
     test_correct: Optional[str] = None  # which of them the final model got right (`correctness.pack_correct`)
-    test_classes_predicted: Optional[int] = None  # distinct classes it predicted there (1: a constant classifier)
+    test_classes_predicted: Optional[int] = None  # distinct classes that model predicted there (1: one class only)
     data_fingerprint: Optional[str]
     scaling: str  # how the features were scaled (`Dataset.scaling`)
     released_scaling: Optional[dict[str, list[float]]] = None  # `Dataset.released`, as the store keeps it
