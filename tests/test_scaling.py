@@ -193,6 +193,35 @@ def test_released_statistics_are_noised_to_their_sensitivity_and_exact_without_n
     assert np.isfinite(exact.apply(groups)).all()  # a constant column stays finite (std floor)
 
 
+def test_bounds_that_may_sit_on_noise_are_found_and_the_run_says_so(tmp_path):
+    # 10 columns at noise multiplier 26.5 (ε = 3 at 400 rows): a histogram count's noise std is 84, above any bucket
+    # of 400 rows spread over several; at 5,000 rows the fullest buckets stand far above it
+    from dpsat_core.data.scaling import SETTLED_NOISE_STDS
+
+    rng = np.random.default_rng(0)
+
+    def columns(n):
+        return np.concatenate([rng.normal(0, 1, (n, 5, 1)), rng.uniform(0, 100, (n, 5, 1))], axis=1)
+
+    few, many = columns(400), columns(5000)
+    small = release_statistics(few, noise_multiplier=26.5, rng=rng)
+    large = release_statistics(many, noise_multiplier=26.5, rng=rng)
+    assert small.unsettled == tuple(range(10)) and large.unsettled == ()
+    exact = release_statistics(many, noise_multiplier=None, rng=None)
+    assert exact.unsettled == () and np.array_equal(large.bound, exact.bound)  # settled: the noise moved no bound
+    true_max = np.abs(few).max(axis=(0, 2))
+    off = (small.bound / true_max > 1e3) | (small.bound / true_max < 0.05)
+    assert off.any()  # what the note warns of: some bounds a thousand times off (or clipping to the sign)
+    assert "unsettled" not in small.to_dict() and SETTLED_NOISE_STDS == 4.0
+    # a run on a 400-row table without a schema says so in its scaling note, which its privacy note shows
+    path = tmp_path / "t.csv"
+    rows = [",".join(f"{v:.4f}" for v in row[:, 0]) + f",{i % 2}" for i, row in enumerate(columns(560))]
+    path.write_text(",".join(f"c{j}" for j in range(10)) + ",label\n" + "\n".join(rows) + "\n")
+    config = TrainConfig(dataset=str(path), target="label", method="dpsgd", epsilon=3.0, epochs=1, batch_size=64)
+    scaling = load_config_dataset(config).scaling
+    assert "the bounds of 10 of them may sit on noise rather than data" in scaling and "schema" in scaling
+
+
 def test_bounds_map_onto_minus_one_one_and_clip():
     assert bounds_transform(np.array([0.0, 50.0, 100.0, 150.0, -9.0]), 0, 100).tolist() == [-1, 0, 1, 1, -1]
 

@@ -394,6 +394,12 @@ def release_scaling(
             f"{what} scaled by statistics released from the training rows with Gaussian noise "
             f"({STATISTICS_RELEASES} releases at noise multiplier {noise_multiplier:.3g}, {share}; covered by ε)"
         )
+        if release.unsettled:  # known only where the statistics were drawn now, not for a stored run's
+            released += (
+                f"; the bounds of {len(release.unsettled)} of them may sit on noise rather than data (too few rows "
+                "for this share of ε, and the features are then crushed or clipped): give their public bounds in a "
+                "schema, or raise ε or the preprocessing share"
+            )
     note = "; ".join(n for n in (dataset.scaling, released) if n)
     return dataclasses.replace(
         dataset,
