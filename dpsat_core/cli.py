@@ -800,7 +800,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second signal, or one before the command could stop cleanly
-        print(f"\ninterrupted: {_RESUME}", file=sys.stderr)
+        resumable = args.command in ("train", "sweep")  # the commands whose finished runs a rerun reuses
+        print("\ninterrupted" + (f": {_RESUME}" if resumable else ""), file=sys.stderr)
         return 130
 
 

@@ -561,6 +561,20 @@ def test_runs_whose_model_predicts_one_class_are_marked_in_the_cli(tmp_path, mon
     assert "  note: 1 run (DP-SGD at ε=3) predicts one class" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command, resume", [(["runs"], False), (["train"], True), (["dashboard"], False)])
+def test_an_interrupted_command_says_how_to_resume_only_where_a_rerun_resumes(command, resume, monkeypatch, capsys):
+    import dpsat_core.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for name in ("cmd_runs", "cmd_train", "cmd_dashboard"):
+        monkeypatch.setattr(cli, name, interrupted)
+    assert main(command) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("\ninterrupted") and ("run the same command again to resume" in err) == resume
+
+
 def test_a_sweep_that_trained_nothing_prints_no_empty_table(tmp_path, monkeypatch, capsys):
     # e.g. stopped while its cells were planned: the summary line, and no table header over nothing
     from dpsat_core import sweeps
