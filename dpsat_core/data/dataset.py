@@ -352,6 +352,13 @@ def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> list[np.
     return train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
 
 
+def _group_name(dataset: Dataset, index: int) -> str:
+    """A pending feature group as a user knows it: its column name, or 'channel i' of an image."""
+    if dataset.kind == "image" or index >= len(dataset.feature_names):
+        return f"channel {index}"
+    return dataset.feature_names[index]
+
+
 def release_scaling(
     dataset: Dataset,
     *,
@@ -395,10 +402,12 @@ def release_scaling(
             f"({STATISTICS_RELEASES} releases at noise multiplier {noise_multiplier:.3g}, {share}; covered by ε)"
         )
         if release.unsettled:  # known only where the statistics were drawn now, not for a stored run's
+            names = [_group_name(dataset, pending[g]) for g in release.unsettled]
+            which = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             released += (
-                f"; the bounds of {len(release.unsettled)} of them may sit on noise rather than data (too few rows "
-                "for this share of ε, and the features are then crushed or clipped): give their public bounds in a "
-                "schema, or raise ε or the preprocessing share"
+                f"; the bounds of {len(names)} of them ({which}) may sit on noise rather than data (few rows for "
+                "this share of ε, or values spread over many magnitudes; where so, the feature is crushed to ~0 or "
+                "clipped to its sign): give their public bounds in a schema, or raise ε or the preprocessing share"
             )
     note = "; ".join(n for n in (dataset.scaling, released) if n)
     return dataclasses.replace(
